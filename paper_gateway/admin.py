@@ -1,0 +1,187 @@
+"""The admin channel: one JSON object per line in, one JSON line out (DESIGN section 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .instruments import Contract
+
+if TYPE_CHECKING:
+    from .server import GatewayCore
+
+__all__ = ["AdminError", "AdminServer"]
+
+log = logging.getLogger("paper_gateway.admin")
+MAX_LINE = 64 * 1024
+
+Reply = dict[str, Any]
+
+
+class AdminError(Exception):
+    """A command that cannot be carried out; the message goes back as {"ok": false}."""
+
+
+def _number(cmd: dict[str, Any], key: str, *, positive: bool = False,
+            allow_zero: bool = True) -> float:
+    if key not in cmd:
+        raise AdminError(f"missing {key!r}")
+    value = cmd[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise AdminError(f"{key!r} must be a finite number, got {value!r}")
+    if positive and (value < 0 or (value == 0 and not allow_zero)):
+        raise AdminError(f"{key!r} must be {'> 0' if not allow_zero else '>= 0'}, got {value!r}")
+    return float(value)
+
+
+def _int(cmd: dict[str, Any], key: str) -> int:
+    value = cmd.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise AdminError(f"{key!r} must be an integer, got {value!r}")
+    return value
+
+
+class AdminServer:
+    def __init__(self, core: GatewayCore) -> None:
+        self.core = core
+        self.commands: dict[str, Callable[[dict[str, Any]], Reply]] = {
+            "state": self.state, "set_price": self.set_price, "set_position": self.set_position,
+            "error": self.error, "restart": self.restart, "reject_next": self.reject_next,
+            "freeze": self.freeze, "reset": self.reset, "step": self.step,
+        }
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                reply = self.execute(line)
+                writer.write((json.dumps(reply) + "\n").encode())
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    def execute(self, line: bytes) -> Reply:
+        """Run one command line and return its reply; never raises."""
+        if len(line) > MAX_LINE:
+            return {"ok": False, "error": "line too long"}
+        try:
+            cmd = json.loads(line)
+        except ValueError as exc:
+            return {"ok": False, "error": f"invalid JSON: {exc}"}
+        if not isinstance(cmd, dict) or not isinstance(cmd.get("cmd"), str):
+            return {"ok": False, "error": 'expected an object with a "cmd" string'}
+        handler = self.commands.get(cmd["cmd"])
+        if handler is None:
+            return {"ok": False, "error": f"unknown command {cmd['cmd']!r}",
+                    "commands": sorted(self.commands)}
+        try:
+            reply = handler(cmd)
+        except AdminError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # an admin command must never take the gateway down
+            log.exception("admin command %s failed", cmd["cmd"])
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        log.info("admin %s -> ok", cmd["cmd"])
+        return {"ok": True, **reply}
+
+    # --- commands ----------------------------------------------------------------------------
+    def state(self, cmd: dict[str, Any]) -> Reply:
+        core = self.core
+        positions = [
+            {"symbol": p.contract.symbol, "sec_type": p.contract.sec_type,
+             "quantity": p.quantity, "avg_cost": p.avg_cost, "con_id": p.contract.con_id,
+             "expiry": p.contract.expiry, "strike": p.contract.strike, "right": p.contract.right,
+             "multiplier": p.contract.multiplier}
+            for p in core.account.positions.values()
+        ]
+        open_orders = [
+            {"client_id": o.client_id, "order_id": o.order_id, "perm_id": o.perm_id,
+             "symbol": o.spec.contract.symbol, "sec_type": o.spec.contract.sec_type,
+             "action": o.spec.action, "quantity": o.spec.quantity,
+             "order_type": o.spec.order_type, "lmt_price": o.spec.lmt_price,
+             "aux_price": o.spec.aux_price, "tif": o.spec.tif, "status": o.status,
+             "filled": o.filled, "order_ref": o.spec.order_ref, "parent_id": o.spec.parent_id}
+            for o in core.engine.open_orders()
+        ]
+        values = core.account_values()
+        return {
+            "positions": positions,
+            "open_orders": open_orders,
+            "executions": len(core.engine.executions),
+            "clients": sorted(core.clients),
+            "account": {"id": core.config.account, **{k: round(v, 2) for k, v in values.items()}},
+            "prices": {s: round(core.market.price(s), 4) for s in core.market.symbols()},
+            "frozen": core.frozen,
+        }
+
+    def set_price(self, cmd: dict[str, Any]) -> Reply:
+        symbol = str(cmd.get("symbol", "")).upper()
+        price = _number(cmd, "price", positive=True, allow_zero=False)
+        if symbol not in self.core.catalogue.stocks:
+            raise AdminError(f"unknown symbol {symbol!r}")
+        self.core.market.set_price(symbol, price)
+        self.core.market_moved()
+        return {"symbol": symbol, "price": price}
+
+    def _contract(self, cmd: dict[str, Any]) -> Contract:
+        symbol = str(cmd.get("symbol", "")).upper()
+        sec_type = str(cmd.get("sec_type", "STK")).upper()
+        if sec_type == "STK":
+            found = self.core.catalogue.stock(symbol)
+        elif sec_type == "OPT":
+            found = self.core.catalogue.option(symbol, str(cmd.get("expiry", "")),
+                                               _number(cmd, "strike"), str(cmd.get("right", "")))
+        else:
+            raise AdminError(f"unsupported sec_type {sec_type!r}")
+        if found is None:
+            raise AdminError(f"unknown contract {symbol} {sec_type}")
+        return found
+
+    def set_position(self, cmd: dict[str, Any]) -> Reply:
+        contract = self._contract(cmd)
+        quantity = _number(cmd, "quantity")
+        avg_cost = _number(cmd, "avg_cost") if "avg_cost" in cmd else (
+            self.core.engine.mark(contract) * contract.multiplier)
+        self.core.account.set_position(contract, quantity, avg_cost)
+        self.core.positions_changed([contract])
+        return {"symbol": contract.symbol, "quantity": quantity, "avg_cost": avg_cost}
+
+    def error(self, cmd: dict[str, Any]) -> Reply:
+        code = _int(cmd, "code")
+        message = str(cmd.get("msg", ""))
+        sent = self.core.broadcast_error(code, message)
+        return {"sent_to": sent}
+
+    def restart(self, cmd: dict[str, Any]) -> Reply:
+        down = _number(cmd, "down_s", positive=True) if "down_s" in cmd else 1.0
+        self.core.restart(down)
+        return {"down_s": down}
+
+    def reject_next(self, cmd: dict[str, Any]) -> Reply:
+        code = _int(cmd, "code") if "code" in cmd else 201
+        self.core.engine.reject_next = code
+        return {"code": code}
+
+    def freeze(self, cmd: dict[str, Any]) -> Reply:
+        seconds = _number(cmd, "seconds", positive=True)
+        self.core.freeze(seconds)
+        return {"seconds": seconds}
+
+    def reset(self, cmd: dict[str, Any]) -> Reply:
+        self.core.reset()
+        return {}
+
+    def step(self, cmd: dict[str, Any]) -> Reply:
+        """Advance the market model by `seconds` of simulated trading (extra, for drills)."""
+        seconds = _number(cmd, "seconds", positive=True, allow_zero=False)
+        self.core.market.step(seconds)
+        self.core.market_moved()
+        return {"seconds": seconds}

@@ -1,0 +1,192 @@
+"""Server-to-client message layouts at server version 176, as ib_insync's decoder reads them.
+
+Each function returns the list of fields of one message (message id first). The layouts are
+strict: ib_insync unpacks several messages by exact field count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from .account import Position
+from .engine import Execution, Order
+from .instruments import Contract, hours_strings
+from .market import Bar
+from .wire import UNSET_DOUBLE, Field
+
+__all__ = [
+    "account_value",
+    "commission_report",
+    "completed_order",
+    "contract_details",
+    "error",
+    "exec_details",
+    "open_order",
+    "order_status",
+    "portfolio_value",
+    "position",
+]
+
+Fields = list[Field]
+
+
+def _contract11(c: Contract, exchange: str | None = None) -> Fields:
+    """conId .. tradingClass without primaryExchange (11 fields)."""
+    return [
+        c.con_id, c.symbol, c.sec_type, c.expiry, c.strike if c.sec_type == "OPT" else 0.0,
+        c.right, str(c.multiplier) if c.sec_type == "OPT" else "", exchange or c.exchange,
+        c.currency, c.local_symbol, c.trading_class,
+    ]
+
+
+def error(req_id: int, code: int, message: str) -> Fields:
+    return [4, 2, req_id, code, message, ""]
+
+
+def order_status(o: Order) -> Fields:
+    return [3, o.order_id, o.status, o.filled, o.remaining, o.avg_fill_price, o.perm_id,
+            o.spec.parent_id, o.last_fill_price, o.client_id, o.why_held, 0.0]
+
+
+def _price(p: float | None) -> Field:
+    return p if p is not None else UNSET_DOUBLE
+
+
+def open_order(o: Order, account: str, status: str | None = None,
+               what_if_margin: tuple[float, float, float] | None = None) -> Fields:
+    """The openOrder message (about 130 fields), with every optional list empty."""
+    s = o.spec
+    c = s.contract
+    margin = ["", "", "", "", "", "", "", "", ""]
+    if what_if_margin is not None:
+        init, maint, equity = what_if_margin
+        margin = ["0", "0", str(equity), str(init), str(maint), "0", str(init), str(maint),
+                  str(equity)]
+    return [
+        5, o.order_id, *_contract11(c),
+        s.action, s.quantity, s.order_type, _price(s.lmt_price), _price(s.aux_price), s.tif,
+        s.oca_group, account, "O", 0, s.order_ref, o.client_id, o.perm_id,
+        s.outside_rth, False, 0.0, "",  # outsideRth, hidden, discretionaryAmt, goodAfterTime
+        "",  # deprecated sharesAllocation
+        "", "", "", "", "", "",  # faGroup faMethod faPercentage faProfile modelCode goodTillDate
+        "", "", "", 0, "", -1,  # rule80A percentOffset settlingFirm shortSaleSlot desLoc exempt
+        0, "", "", "", "", "",  # auctionStrategy startingPrice stockRefPrice delta rangeLo rangeHi
+        0, False, False, False, "", 0,  # displaySize block sweep allOrNone minQty ocaType
+        False, False, "",  # eTradeOnly firmQuoteOnly nbboPriceCap
+        s.parent_id, 0, "", 0,  # parentId triggerMethod volatility volatilityType
+        "", "",  # deltaNeutralOrderType (must be empty), deltaNeutralAuxPrice
+        False, 0, "", "", "", "",  # continuousUpdate refPriceType trailStop trailPct bps bpsType
+        "",  # comboLegsDescrip
+        0, 0, 0,  # combo legs, order combo legs, smart combo routing params
+        "", "", "",  # scaleInitLevelSize scaleSubsLevelSize scalePriceIncrement
+        "",  # hedgeType
+        False, "", "", False, False,  # optOutSmartRouting clearingAcct clearingIntent notHeld dnc
+        "",  # algoStrategy
+        False, what_if_margin is not None, status or o.status, *margin,
+        "", "", "", "", "",  # commission minCommission maxCommission commissionCurrency warning
+        False, False,  # randomizeSize randomizePrice
+        0,  # conditions
+        "", "", "", "", "", "", "", 0,  # adjusted* and adjustableTrailingUnit
+        "", "", "",  # softDollarTier name, value, displayName
+        "", False, False, "", False,  # cashQty dontUseAutoPrice isOms discrUpTo usePriceMgmt
+        "", "", False,  # duration postToAts autoCancelParent
+        "", "", "", "", "",  # minTradeQty minCompeteSize competeAgainstBestOffset midOffsets
+    ]
+
+
+def completed_order(o: Order, account: str) -> Fields:
+    s = o.spec
+    c = s.contract
+    return [
+        101, *_contract11(c),
+        s.action, s.quantity, s.order_type, _price(s.lmt_price), _price(s.aux_price), s.tif,
+        s.oca_group, account, "O", 0, s.order_ref, o.perm_id,
+        s.outside_rth, False, 0.0, "",  # outsideRth hidden discretionaryAmt goodAfterTime
+        "", "", "", "", "", "",  # faGroup faMethod faPercentage faProfile modelCode goodTillDate
+        "", "", "", 0, "", -1,  # rule80A percentOffset settlingFirm shortSaleSlot desLoc exempt
+        "", "", "", "", "",  # startingPrice stockRefPrice delta rangeLo rangeHi
+        0, False, False, "", 0,  # displaySize sweepToFill allOrNone minQty ocaType
+        0, "", 0,  # triggerMethod volatility volatilityType
+        "", "",  # deltaNeutralOrderType deltaNeutralAuxPrice
+        False, 0, "", "",  # continuousUpdate referencePriceType trailStopPrice trailingPercent
+        "",  # comboLegsDescrip
+        0, 0, 0,  # combo legs, order combo legs, smart combo routing params
+        "", "", "",  # scale init/subs level size, price increment
+        "",  # hedgeType
+        "", "", False, False,  # clearingAccount clearingIntent notHeld dncPresent
+        "",  # algoStrategy
+        False, o.status, False, False,  # solicited status randomizeSize randomizePrice
+        0,  # conditions
+        "", "", "", False, False, "",  # trailStop lmtPriceOffset cashQty dontUseAuto isOms autoCancelDate
+        o.filled, 0, False, "", False, False, 0,  # filledQty refFutConId autoCancelParent
+        # shareholder imbalanceOnly routeMarketableToBbo parentPermId
+        o.completed_time, o.completed_status,
+        "", "", "", "", "",  # minTradeQty minCompeteSize competeAgainstBestOffset midOffsets
+    ]
+
+
+def exec_details(req_id: int, e: Execution, account: str) -> Fields:
+    c = e.contract
+    o = e.order
+    return [
+        11, req_id, o.order_id, *_contract11(c, exchange="ISLAND" if c.sec_type == "STK" else "CBOE"),
+        e.exec_id, e.time, account, "ISLAND" if c.sec_type == "STK" else "CBOE", e.side,
+        e.shares, e.price, o.perm_id, o.client_id, 0, e.cum_qty, e.avg_price, o.spec.order_ref,
+        "", "", "", 2,
+    ]
+
+
+def commission_report(e: Execution) -> Fields:
+    realized = e.realized_pnl if e.realized_pnl is not None else UNSET_DOUBLE
+    return [59, 1, e.exec_id, e.commission, "USD", realized, UNSET_DOUBLE, ""]
+
+
+def position(account: str, p: Position) -> Fields:
+    return [61, 3, account, *_contract11(p.contract), p.quantity, p.avg_cost]
+
+
+def portfolio_value(account: str, p: Position, mark: float) -> Fields:
+    c = p.contract
+    value = p.quantity * mark * c.multiplier
+    unrealized = value - p.quantity * p.avg_cost
+    return [
+        7, 8, c.con_id, c.symbol, c.sec_type, c.expiry, c.strike if c.sec_type == "OPT" else 0.0,
+        c.right, str(c.multiplier) if c.sec_type == "OPT" else "", c.primary_exchange or "CBOE",
+        c.currency, c.local_symbol, c.trading_class, p.quantity, mark, value, p.avg_cost,
+        unrealized, 0.0, account,
+    ]
+
+
+def account_value(account: str, key: str, value: float | str, currency: str = "USD") -> Fields:
+    text = f"{value:.2f}" if isinstance(value, float) else value
+    return [6, 2, key, text, currency, account]
+
+
+def contract_details(req_id: int, c: Contract, today: dt.date, long_name: str, industry: str,
+                     category: str, under_con_id: int) -> Fields:
+    trading, liquid = hours_strings(today, c.sec_type)
+    is_opt = c.sec_type == "OPT"
+    return [
+        10, req_id, c.symbol, c.sec_type, c.expiry, c.strike if is_opt else 0.0, c.right,
+        c.exchange, c.currency, c.local_symbol, c.symbol if not is_opt else c.symbol,
+        c.trading_class, c.con_id, 0.01, str(c.multiplier) if is_opt else "",
+        "ACTIVETIM,AD,ADJUST,ALERT,ALLOC,AVGCOST,BASKET,COND,CONDORDER,DAY,DEACT,GTC,IOC,LIT,"
+        "LMT,MKT,MIT,NONALGO,OCA,STP,STPLMT,TRAIL,WHATIF",
+        "SMART,CBOE,ISE" if is_opt else "SMART,NASDAQ,NYSE,ARCA,ISLAND,IEX",
+        1, under_con_id if is_opt else 0, long_name, c.primary_exchange,
+        c.expiry[:6] if is_opt else "", industry, category, "",
+        "US/Eastern", trading, liquid, "", "", 0,  # evRule evMultiplier numSecIds
+        1, c.symbol if is_opt else "", "STK" if is_opt else "", "26" if not is_opt else "32",
+        c.expiry if is_opt else "", "COMMON" if not is_opt else "",
+        1, 1, 1,  # minSize sizeIncrement suggestedSizeIncrement
+    ]
+
+
+def historical_data(req_id: int, bars: list[Bar]) -> Fields:
+    start = bars[0].date if bars else ""
+    end = bars[-1].date if bars else ""
+    out: Fields = [17, req_id, start, end, len(bars)]
+    for b in bars:
+        avg = (b.open + b.high + b.low + b.close) / 4
+        out += [b.date, b.open, b.high, b.low, b.close, b.volume, round(avg, 6), 100]
+    return out

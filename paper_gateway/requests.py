@@ -1,0 +1,214 @@
+"""Client-to-server request layouts the gateway understands (server version 176)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .wire import UNSET_DOUBLE, FieldReader, ProtocolError
+
+__all__ = [
+    "ContractRef",
+    "ExecFilter",
+    "HistoricalRequest",
+    "MktDataRequest",
+    "PlaceOrderRequest",
+    "parse_contract12",
+    "parse_exec_filter",
+    "parse_historical",
+    "parse_mkt_data",
+    "parse_place_order",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ContractRef:
+    con_id: int
+    symbol: str
+    sec_type: str
+    expiry: str
+    strike: float
+    right: str
+    multiplier: str
+    exchange: str
+    primary_exchange: str
+    currency: str
+    local_symbol: str
+    trading_class: str
+
+    def describe(self) -> str:
+        if self.con_id:
+            return f"conId={self.con_id}"
+        parts = [self.symbol, self.sec_type]
+        if self.sec_type == "OPT":
+            parts += [self.expiry, f"{self.strike:g}", self.right]
+        return " ".join(p for p in parts if p)
+
+
+def parse_contract12(r: FieldReader) -> ContractRef:
+    con_id = r.int()
+    symbol = r.str().upper()
+    sec_type = r.str().upper()
+    expiry = r.str().split(" ")[0]
+    strike = r.float(0.0)
+    right = r.str().upper()[:1]
+    multiplier = r.str()
+    exchange = r.str()
+    primary = r.str()
+    currency = r.str()
+    local_symbol = r.str()
+    trading_class = r.str()
+    return ContractRef(con_id, symbol, sec_type, expiry, 0.0 if strike == UNSET_DOUBLE else strike,
+                       right, multiplier, exchange, primary, currency, local_symbol, trading_class)
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceOrderRequest:
+    order_id: int
+    contract: ContractRef
+    action: str
+    quantity: float
+    order_type: str
+    lmt_price: float | None
+    aux_price: float | None
+    tif: str
+    oca_group: str
+    account: str
+    order_ref: str
+    transmit: bool
+    parent_id: int
+    outside_rth: bool
+    what_if: bool
+
+
+def _opt_price(v: float) -> float | None:
+    return None if v == UNSET_DOUBLE else v
+
+
+def parse_place_order(fields: list[str]) -> PlaceOrderRequest:
+    """Parse placeOrder (msg 3) up to whatIf; later fields are not needed by the gateway."""
+    r = FieldReader(fields)
+    r.skip(1)
+    order_id = r.int()
+    contract = parse_contract12(r)
+    r.skip(2)  # secIdType, secId
+    action = r.str().upper()
+    quantity = r.float(0.0)
+    order_type = r.str().upper()
+    lmt = _opt_price(r.float())
+    aux = _opt_price(r.float())
+    tif = r.str().upper() or "DAY"
+    oca_group = r.str()
+    account = r.str()
+    r.skip(2)  # openClose, origin
+    order_ref = r.str()
+    transmit = r.bool()
+    parent_id = r.int()
+    r.skip(4)  # blockOrder, sweepToFill, displaySize, triggerMethod
+    outside_rth = r.bool()
+    r.skip(1)  # hidden
+    if contract.sec_type == "BAG":
+        raise ProtocolError("combo (BAG) orders are not supported by the paper gateway")
+    r.skip(1 + 29)  # sharesAllocation, then discretionaryAmt .. volatilityType
+    dn_order_type = r.str()
+    r.skip(1)
+    if dn_order_type:
+        r.skip(8)
+    r.skip(6)  # continuousUpdate .. scaleSubsLevelSize
+    increment = r.float()
+    if 0 < increment < UNSET_DOUBLE:
+        r.skip(7)
+    r.skip(3)  # scaleTable, activeStartTime, activeStopTime
+    if r.str():  # hedgeType
+        r.skip(1)
+    r.skip(4)  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld
+    if r.bool():  # delta-neutral contract
+        r.skip(3)
+    if r.str():  # algoStrategy
+        n = r.int()
+        r.skip(2 * n)
+    r.skip(1)  # algoId
+    what_if = r.bool()
+    return PlaceOrderRequest(order_id, contract, action, quantity, order_type, lmt, aux, tif,
+                             oca_group, account, order_ref, transmit, parent_id, outside_rth,
+                             what_if)
+
+
+@dataclass(frozen=True, slots=True)
+class MktDataRequest:
+    req_id: int
+    contract: ContractRef
+    generic_ticks: frozenset[str]
+    snapshot: bool
+
+
+def parse_mkt_data(fields: list[str]) -> MktDataRequest:
+    r = FieldReader(fields)
+    r.skip(2)
+    req_id = r.int()
+    contract = parse_contract12(r)
+    if contract.sec_type == "BAG":
+        n = r.int()
+        r.skip(4 * n)
+    if r.bool():
+        r.skip(3)
+    generic = frozenset(t.strip() for t in r.str().split(",") if t.strip())
+    snapshot = r.bool()
+    return MktDataRequest(req_id, contract, generic, snapshot)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoricalRequest:
+    req_id: int
+    contract: ContractRef
+    end: str
+    bar_size: str
+    duration: str
+    use_rth: bool
+    what: str
+    format_date: int
+    keep_up_to_date: bool
+
+
+def parse_historical(fields: list[str]) -> HistoricalRequest:
+    r = FieldReader(fields)
+    r.skip(1)
+    req_id = r.int()
+    contract = parse_contract12(r)
+    r.skip(1)  # includeExpired
+    end = r.str()
+    bar_size = r.str()
+    duration = r.str()
+    use_rth = r.bool()
+    what = r.str().upper()
+    format_date = r.int(1)
+    if contract.sec_type == "BAG":
+        n = r.int()
+        r.skip(4 * n)
+    keep = r.bool() if r.remaining else False
+    return HistoricalRequest(req_id, contract, end, bar_size, duration, use_rth, what,
+                             format_date, keep)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecFilter:
+    req_id: int
+    client_id: int
+    account: str
+    time: str
+    symbol: str
+    sec_type: str
+    side: str
+
+
+def parse_exec_filter(fields: list[str]) -> ExecFilter:
+    r = FieldReader(fields)
+    r.skip(2)
+    req_id = r.int()
+    client_id = r.int()
+    account = r.str()
+    time = r.str()
+    symbol = r.str().upper()
+    sec_type = r.str().upper()
+    r.skip(1)  # exchange
+    side = r.str().upper()
+    return ExecFilter(req_id, client_id, account, time, symbol, sec_type, side)

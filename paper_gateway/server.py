@@ -1,0 +1,346 @@
+"""The gateway: listening sockets, sessions, the market clock, fault injection, and a thread wrapper."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import messages as msg
+from .account import Account, Position
+from .engine import Engine, Execution, Order, OrderSpec
+from .instruments import Catalogue, Contract
+from .market import MarketModel
+from .session import Session
+
+__all__ = ["Gateway", "GatewayConfig", "GatewayCore"]
+
+log = logging.getLogger("paper_gateway")
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Settings of one paper gateway. Port 0 picks a free port."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    admin_port: int = 0
+    seed: int = 7
+    account: str = "DU1234567"
+    cash: float = 1_000_000.0
+    master_client_id: int | None = None
+    pacing_per_s: int = 50  # messages per second per client before error 100; 0 = off
+    tick_interval_s: float = 0.5  # market model step period; 0 = prices move only by set_price
+    partial_fill_above: float = 0.0  # orders above this size fill in clips of this size; 0 = off
+    account_push_interval_s: float = 1.0
+    clock: Callable[[], dt.datetime] = field(default=_utc_now)
+
+    def __post_init__(self) -> None:
+        if not self.account or not self.account.isalnum():
+            raise ValueError(f"account must be alphanumeric, got {self.account!r}")
+        if self.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"the paper gateway listens on loopback only, not {self.host!r}")
+
+
+class GatewayCore:
+    """Everything that runs on the gateway's event loop."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.now = config.clock
+        self.catalogue = Catalogue(self.now().date())
+        self.market = MarketModel(self.catalogue, config.seed)
+        self.account = Account(config.account, config.cash)
+        self.engine = Engine(self.market, self.account, self, self.now, config.partial_fill_above)
+        self.sessions: set[Session] = set()
+        self.clients: dict[int, Session] = {}
+        self.port = config.port
+        self.admin_port = config.admin_port
+        self._server: asyncio.base_events.Server | None = None
+        self._admin: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._session_tasks: set[asyncio.Task[object]] = set()
+        self._thawed = asyncio.Event()
+        self._thawed.set()
+        self._frozen_until = 0.0
+        self._account_dirty = True
+        self._last_market_version = -1
+        self.refusing_until = 0.0
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        from .admin import AdminServer
+
+        await self._listen()
+        admin = AdminServer(self)
+        self._admin = await asyncio.start_server(admin.handle, self.config.host,
+                                                 self.config.admin_port)
+        self.admin_port = self._admin.sockets[0].getsockname()[1]
+        self._spawn(self._clock_loop(), "paper-gateway-clock")
+        log.info("paper gateway listening on %s:%s (admin %s), account %s, seed %s",
+                 self.config.host, self.port, self.admin_port, self.config.account,
+                 self.config.seed)
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._on_connect, self.config.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        for server in (self._server, self._admin):
+            if server is not None:
+                server.close()
+        self._server = None
+        self._admin = None
+        for s in list(self.sessions):
+            s.close()  # their reader sees EOF and the session task ends by itself
+        if self._session_tasks:
+            await asyncio.wait(list(self._session_tasks), timeout=2.0)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+
+    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = Session(self, reader, writer)
+        self.sessions.add(session)
+        task = asyncio.current_task()
+        if task is not None:
+            self._session_tasks.add(task)
+        try:
+            await session.run()
+        finally:
+            if task is not None:
+                self._session_tasks.discard(task)
+
+    def claim_client_id(self, client_id: int, session: Session) -> bool:
+        if client_id in self.clients and not self.clients[client_id].closed:
+            return False
+        self.clients[client_id] = session
+        return True
+
+    def session_closed(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if session.client_id is not None and self.clients.get(session.client_id) is session:
+            del self.clients[session.client_id]
+            log.info("client %s disconnected", session.client_id)
+
+    def next_valid_id(self) -> int:
+        return self.engine.max_order_id + 1
+
+    # --- faults ----------------------------------------------------------------------------
+    @property
+    def frozen(self) -> bool:
+        return not self._thawed.is_set()
+
+    async def wait_thawed(self) -> None:
+        await self._thawed.wait()
+
+    def freeze(self, seconds: float) -> None:
+        self._frozen_until = max(self._frozen_until, time.monotonic() + seconds)
+        self._thawed.clear()
+        log.warning("gateway frozen for %.1fs (admin)", seconds)
+        self._spawn(self._thaw_later(), "paper-gateway-thaw")
+
+    async def _thaw_later(self) -> None:
+        while (left := self._frozen_until - time.monotonic()) > 0:
+            await asyncio.sleep(left)
+        self._thawed.set()
+        for s in list(self.sessions):
+            s.flush_backlog()
+        log.warning("gateway thawed")
+
+    def restart(self, down_s: float) -> None:
+        """Drop every socket, refuse connections for down_s, keep state (DAY orders lapse)."""
+        log.warning("gateway restart: dropping %d sockets, down for %.1fs", len(self.sessions),
+                    down_s)
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for s in list(self.sessions):
+            s.close()
+        self.engine.cancel_day_orders()
+        self.refusing_until = time.monotonic() + down_s
+        self._spawn(self._relisten_later(down_s), "paper-gateway-relisten")
+
+    async def _relisten_later(self, down_s: float) -> None:
+        await asyncio.sleep(down_s)
+        await self._listen()
+        log.warning("gateway back up on port %s", self.port)
+
+    def broadcast_error(self, code: int, message: str) -> int:
+        for s in list(self.clients.values()):
+            s.send(msg.error(-1, code, message))
+        return len(self.clients)
+
+    def reset(self) -> None:
+        """Forget orders, executions and positions; restore cash and prices (admin `reset`)."""
+        self.catalogue = Catalogue(self.now().date())
+        self.market = MarketModel(self.catalogue, self.config.seed)
+        self.account = Account(self.config.account, self.config.cash)
+        max_id = self.engine.max_order_id
+        self.engine = Engine(self.market, self.account, self, self.now,
+                             self.config.partial_fill_above)
+        self.engine.max_order_id = max_id  # order ids keep increasing across a reset
+        self._account_dirty = True
+
+    # --- market clock ------------------------------------------------------------------------
+    async def _clock_loop(self) -> None:
+        interval = self.config.tick_interval_s
+        push = self.config.account_push_interval_s
+        last_push = time.monotonic()
+        while True:
+            await asyncio.sleep(interval if interval > 0 else push)
+            await self.wait_thawed()
+            if interval > 0:
+                self.market.step(interval)
+                self.market_moved()
+            if time.monotonic() - last_push >= push:
+                last_push = time.monotonic()
+                self.push_accounts()
+
+    def market_moved(self) -> None:
+        """Re-match working orders and stream quotes after any price change."""
+        self.engine.on_market()
+        for s in list(self.clients.values()):
+            s.push_market()
+        self._account_dirty = True
+
+    def push_accounts(self) -> None:
+        if not self._account_dirty:
+            return
+        self._account_dirty = False
+        for s in list(self.clients.values()):
+            s.push_account_all()
+
+    def account_values(self) -> dict[str, float]:
+        return self.account.values(self.engine.mark)
+
+    def flat_position(self, contract: Contract) -> Position:
+        return Position(contract, 0.0, 0.0)
+
+    # --- engine sink -------------------------------------------------------------------------
+    def _order_audience(self, client_id: int) -> list[Session]:
+        out = []
+        owner = self.clients.get(client_id)
+        if owner is not None:
+            out.append(owner)
+        master = self.config.master_client_id
+        if master is not None and master != client_id and master in self.clients:
+            out.append(self.clients[master])
+        return out
+
+    def order_changed(self, order: Order) -> None:
+        for s in self._order_audience(order.client_id):
+            s.send(msg.open_order(order, self.config.account))
+            s.send(msg.order_status(order))
+
+    def executed(self, execution: Execution) -> None:
+        log.info("fill: client %s order %s %s %s %g @ %.4f ref=%r", execution.order.client_id,
+                 execution.order.order_id, execution.side, execution.contract.key,
+                 execution.shares, execution.price, execution.order.spec.order_ref)
+        for s in self._order_audience(execution.order.client_id):
+            s.send(msg.exec_details(-1, execution, self.config.account))
+            s.send(msg.commission_report(execution))
+
+    def order_error(self, order_id: int, client_id: int, code: int, message: str) -> None:
+        log.info("order error: client %s order %s: %s %s", client_id, order_id, code, message)
+        for s in self._order_audience(client_id):
+            s.send(msg.error(order_id, code, message))
+
+    def positions_changed(self, contracts: list[Contract]) -> None:
+        account = self.config.account
+        for s in list(self.clients.values()):
+            if s.subs.positions:
+                for c in contracts:
+                    p = self.account.positions.get(c.con_id) or self.flat_position(c)
+                    s.send(msg.position(account, p))
+            if s.subs.account_updates:
+                s.push_account(contracts=contracts)
+        self._account_dirty = True
+
+    def what_if(self, session: Session, order_id: int, spec: OrderSpec) -> None:
+        assert session.client_id is not None
+        quote = self.market.quote(spec.contract, self.now())
+        price = quote.ask if spec.action == "BUY" else quote.bid
+        init = self.account.margin_for(spec.contract, spec.action, spec.quantity, price,
+                                       self.market.price(spec.contract.symbol))
+        order = Order(order_id, session.client_id, 0, spec, status="PreSubmitted")
+        equity = self.account_values()["EquityWithLoanValue"]
+        session.send(msg.open_order(order, self.config.account,
+                                    what_if_margin=(init, init / 2, equity)))
+
+
+class Gateway:
+    """Run a GatewayCore on its own event loop in a background thread (for tests and tools)."""
+
+    def __init__(self, config: GatewayConfig | None = None) -> None:
+        self.config = config or GatewayConfig()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._core: GatewayCore | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._core is not None, "gateway not started"
+        return self._core.port
+
+    @property
+    def admin_port(self) -> int:
+        assert self._core is not None, "gateway not started"
+        return self._core.admin_port
+
+    def start(self, timeout: float = 10.0) -> Gateway:
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                self._core = GatewayCore(self.config)
+                loop.run_until_complete(self._core.start())
+            except BaseException as exc:
+                errors.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._core.stop())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="paper-gateway", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise TimeoutError("paper gateway did not start in time")
+        if errors:
+            raise errors[0]
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+        self._thread = None
+
+    def __enter__(self) -> Gateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,32 @@
+"""Helpers for tests, drills and benchmarks that drive the gateway through ib_insync."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["eventually"]
+
+T = TypeVar("T")
+
+
+def eventually(cond: Callable[[], T], timeout: float = 5.0, pump: Any = None,
+               what: str = "") -> T:
+    """Return cond()'s first truthy value, polling until `timeout` seconds pass.
+
+    `pump` is an ib_insync IB (or anything with `sleep(seconds)`) whose event loop must run
+    while waiting; without it the wait yields the thread briefly. Raises AssertionError at
+    the deadline, naming `what`.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {what or cond}")
+        if pump is not None:
+            pump.sleep(0.005)
+        else:
+            time.sleep(0.005)

@@ -1,0 +1,160 @@
+"""TWS API framing and field encoding: length-prefixed messages of NUL-terminated fields."""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable
+
+__all__ = [
+    "SERVER_VERSION",
+    "UNSET_DOUBLE",
+    "UNSET_INTEGER",
+    "FieldReader",
+    "FrameDecoder",
+    "ProtocolError",
+    "encode_fields",
+    "frame",
+    "negotiate_version",
+]
+
+SERVER_VERSION = 176
+MIN_CLIENT_VERSION = 157
+UNSET_DOUBLE = 1.7976931348623157e308
+UNSET_INTEGER = 2**31 - 1
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_LEN = struct.Struct(">I")
+
+Field = str | int | float | bool | None
+
+
+class ProtocolError(Exception):
+    """The peer sent bytes that do not follow the TWS API framing."""
+
+
+def _encode(value: Field) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return "" if value == UNSET_INTEGER else str(value)
+    if isinstance(value, float):
+        if value == UNSET_DOUBLE or math.isnan(value):
+            return ""
+        if value == math.inf:
+            return "Infinite"
+        return repr(value)
+    return value
+
+
+def encode_fields(fields: Iterable[Field]) -> bytes:
+    """Encode fields as NUL-terminated text, the way IB's own server does."""
+    return "".join(_encode(f) + "\0" for f in fields).encode()
+
+
+def frame(payload: bytes) -> bytes:
+    """Prefix a payload with its 4-byte big-endian length."""
+    return _LEN.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Split a byte stream into frames; the first frame of a session may be the API prefix."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.handshake_done = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add bytes and return every complete frame payload now available."""
+        self._buf += data
+        out: list[bytes] = []
+        while True:
+            if not self.handshake_done:
+                if len(self._buf) < 4:
+                    break
+                if bytes(self._buf[:4]) != b"API\0":
+                    raise ProtocolError("connection did not start with the API prefix")
+                del self._buf[:4]
+                self.handshake_done = True
+                continue
+            if len(self._buf) < 4:
+                break
+            (size,) = _LEN.unpack_from(self._buf)
+            if size > MAX_MESSAGE_BYTES:
+                raise ProtocolError(f"frame of {size} bytes exceeds the limit")
+            if len(self._buf) < 4 + size:
+                break
+            out.append(bytes(self._buf[4 : 4 + size]))
+            del self._buf[: 4 + size]
+        return out
+
+
+def split_fields(payload: bytes) -> list[str]:
+    """Split a frame payload into its text fields."""
+    fields = payload.decode(errors="backslashreplace").split("\0")
+    if fields and fields[-1] == "":
+        fields.pop()
+    return fields
+
+
+def negotiate_version(payload: bytes) -> int:
+    """Return the server version to claim for a client's `vMIN..MAX [options]` frame."""
+    text = payload.decode(errors="replace").strip("\0").split(" ", 1)[0]
+    if not text.startswith("v"):
+        raise ProtocolError(f"bad version range {text!r}")
+    lo_s, _, hi_s = text[1:].partition("..")
+    try:
+        lo = int(lo_s)
+        hi = int(hi_s) if hi_s else lo
+    except ValueError as exc:
+        raise ProtocolError(f"bad version range {text!r}") from exc
+    version = min(hi, SERVER_VERSION)
+    if version < max(lo, MIN_CLIENT_VERSION):
+        raise ProtocolError(f"client versions {lo}..{hi} not supported (server {SERVER_VERSION})")
+    return version
+
+
+class FieldReader:
+    """Read typed fields from a decoded message, in order."""
+
+    def __init__(self, fields: list[str]) -> None:
+        self._fields = fields
+        self._pos = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self._fields) - self._pos
+
+    def str(self) -> str:
+        if self._pos >= len(self._fields):
+            raise ProtocolError("message ended early")
+        value = self._fields[self._pos]
+        self._pos += 1
+        return value
+
+    def int(self, default: int = 0) -> int:
+        text = self.str()
+        if text == "":
+            return default
+        try:
+            return int(text)
+        except ValueError:
+            return int(float(text))
+
+    def float(self, default: float = UNSET_DOUBLE) -> float:
+        text = self.str()
+        if text == "":
+            return default
+        if text == "Infinite":
+            return math.inf
+        return float(text)
+
+    def bool(self) -> bool:
+        text = self.str()
+        return text not in ("", "0", "false", "False")
+
+    def skip(self, n: int = 1) -> None:
+        if self._pos + n > len(self._fields):
+            raise ProtocolError("message ended early")
+        self._pos += n

@@ -1,0 +1,55 @@
+"""Shared fixtures: a paper gateway on free loopback ports, its admin channel, ib_insync clients."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import pytest
+from ib_insync import IB
+
+from paper_gateway import AdminClient, Gateway, GatewayConfig
+
+logging.getLogger("ib_insync").setLevel(logging.CRITICAL)
+
+
+@pytest.fixture
+def gateway_config() -> GatewayConfig:
+    """Prices move only when a test says so (tick_interval_s=0)."""
+    return GatewayConfig(tick_interval_s=0.0, account_push_interval_s=0.05)
+
+
+@pytest.fixture
+def gateway(gateway_config: GatewayConfig) -> Iterator[Gateway]:
+    gw = Gateway(gateway_config).start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture
+def admin(gateway: Gateway) -> Iterator[AdminClient]:
+    with AdminClient(gateway.admin_port) as client:
+        yield client
+
+
+@pytest.fixture
+def connect(gateway: Gateway) -> Iterator[Callable[..., IB]]:
+    """Return a function that connects a new ib_insync client; all are disconnected after."""
+    clients: list[IB] = []
+
+    def _connect(client_id: int = 1, timeout: float = 5.0, **kwargs: object) -> IB:
+        ib = IB()
+        ib.connect("127.0.0.1", gateway.port, clientId=client_id, timeout=timeout, **kwargs)
+        clients.append(ib)
+        return ib
+
+    yield _connect
+    for ib in clients:
+        ib.disconnect()
+
+
+@pytest.fixture
+def ib(connect: Callable[..., IB]) -> IB:
+    return connect(1)

@@ -1,0 +1,62 @@
+import pytest
+
+from paper_gateway.wire import (
+    UNSET_DOUBLE,
+    UNSET_INTEGER,
+    FieldReader,
+    FrameDecoder,
+    ProtocolError,
+    encode_fields,
+    frame,
+    negotiate_version,
+    split_fields,
+)
+
+
+def test_frames_split_across_reads_are_reassembled_after_the_api_prefix():
+    dec = FrameDecoder()
+    data = b"API\0" + frame(b"v157..176") + frame(b"71\x002\x001\x00\x00")
+    out = []
+    for i in range(len(data)):
+        out += dec.feed(data[i : i + 1])
+    assert out == [b"v157..176", b"71\x002\x001\x00\x00"]
+
+
+def test_connection_without_api_prefix_is_a_protocol_error():
+    with pytest.raises(ProtocolError):
+        FrameDecoder().feed(b"GET / HTTP/1.1\r\n")
+
+
+def test_oversized_frame_is_refused():
+    dec = FrameDecoder()
+    with pytest.raises(ProtocolError):
+        dec.feed(b"API\0" + (64 * 1024 * 1024).to_bytes(4, "big"))
+
+
+@pytest.mark.parametrize(
+    ("offer", "expected"),
+    [(b"v157..176", 176), (b"v157..178 +PACEAPI", 176), (b"v100..170", 170)],
+)
+def test_server_claims_version_176_or_the_clients_maximum(offer, expected):
+    assert negotiate_version(offer) == expected
+
+
+def test_client_too_old_is_refused():
+    with pytest.raises(ProtocolError):
+        negotiate_version(b"v100..150")
+
+
+def test_unset_values_encode_as_empty_fields_and_bools_as_digits():
+    payload = encode_fields([1, UNSET_DOUBLE, UNSET_INTEGER, None, True, False, 1.5, "x"])
+    assert split_fields(payload) == ["1", "", "", "", "1", "0", "1.5", "x"]
+
+
+def test_field_reader_reads_typed_values_and_reports_short_messages():
+    r = FieldReader(["3", "", "2.5", "1", "abc"])
+    assert r.int() == 3
+    assert r.float() == UNSET_DOUBLE
+    assert r.float() == 2.5
+    assert r.bool() is True
+    assert r.str() == "abc"
+    with pytest.raises(ProtocolError):
+        r.str()
