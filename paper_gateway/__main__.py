@@ -14,22 +14,39 @@ from .server import GatewayConfig, GatewayCore
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m paper_gateway",
-                                description="Paper IB Gateway speaking the TWS API (v176).")
+    p = argparse.ArgumentParser(
+        prog="python -m paper_gateway", description="Paper IB Gateway speaking the TWS API (v176)."
+    )
     p.add_argument("--port", type=int, default=4002, help="API port (0 = pick a free one)")
     p.add_argument("--admin-port", type=int, default=4003, help="admin port (0 = free one)")
     p.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
     p.add_argument("--seed", type=int, default=7, help="seed of the market model")
     p.add_argument("--account", default="DU1234567", help="paper account id")
     p.add_argument("--cash", type=float, default=1_000_000.0, help="starting cash in USD")
-    p.add_argument("--master-client-id", type=int, default=None,
-                   help="client id that receives every client's order events")
-    p.add_argument("--pacing", type=int, default=50,
-                   help="messages per second per client before error 100 (0 = off)")
-    p.add_argument("--tick-interval", type=float, default=0.5,
-                   help="seconds between market model steps (0 = prices move only by admin)")
-    p.add_argument("--partial-fill-above", type=float, default=0.0,
-                   help="orders larger than this fill in clips of this size (0 = off)")
+    p.add_argument(
+        "--master-client-id",
+        type=int,
+        default=None,
+        help="client id that receives every client's order events",
+    )
+    p.add_argument(
+        "--pacing",
+        type=int,
+        default=50,
+        help="messages per second per client before error 100 (0 = off)",
+    )
+    p.add_argument(
+        "--tick-interval",
+        type=float,
+        default=0.5,
+        help="seconds between market model steps (0 = prices move only by admin)",
+    )
+    p.add_argument(
+        "--partial-fill-above",
+        type=float,
+        default=0.0,
+        help="orders larger than this fill in clips of this size (0 = off)",
+    )
     p.add_argument("--log-level", default="INFO", help="DEBUG logs every message")
     return p
 
@@ -37,8 +54,9 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(config: GatewayConfig) -> None:
     core = GatewayCore(config)
     await core.start()
-    print(json.dumps({"event": "ready", "port": core.port, "admin_port": core.admin_port}),
-          flush=True)
+    print(
+        json.dumps({"event": "ready", "port": core.port, "admin_port": core.admin_port}), flush=True
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -50,13 +68,22 @@ async def _serve(config: GatewayConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         config = GatewayConfig(
-            host=args.host, port=args.port, admin_port=args.admin_port, seed=args.seed,
-            account=args.account, cash=args.cash, master_client_id=args.master_client_id,
-            pacing_per_s=args.pacing, tick_interval_s=args.tick_interval,
+            host=args.host,
+            port=args.port,
+            admin_port=args.admin_port,
+            seed=args.seed,
+            account=args.account,
+            cash=args.cash,
+            master_client_id=args.master_client_id,
+            pacing_per_s=args.pacing,
+            tick_interval_s=args.tick_interval,
             partial_fill_above=args.partial_fill_above,
         )
     except ValueError as exc:

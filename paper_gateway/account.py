@@ -22,7 +22,7 @@ class Position:
 
 
 def commission_for(contract: Contract, quantity: float, price: float) -> float:
-    """Return IB-like fixed-rate commission: $0.005/share (min $1, max 1%), $0.65/option (min $1)."""
+    """Return IB-like fixed-rate commission: $0.005/share (min $1, max 1%), $0.65/option."""
     if contract.sec_type == "OPT":
         return round(max(1.0, 0.65 * quantity), 2)
     value = quantity * price
@@ -39,8 +39,9 @@ class Account:
         self.positions: dict[int, Position] = {}
         self.start_net_liq = cash
 
-    def apply_fill(self, contract: Contract, side: str, quantity: float, price: float,
-                   commission: float) -> float | None:
+    def apply_fill(
+        self, contract: Contract, side: str, quantity: float, price: float, commission: float
+    ) -> float | None:
         """Book one execution; return its realised PnL net of commission (None if it only opens)."""
         signed = quantity if side == "BOT" else -quantity
         mult = contract.multiplier
@@ -111,8 +112,9 @@ class Account:
             "DailyPnL": net_liq - self.start_net_liq,
         }
 
-    def margin_for(self, contract: Contract, side: str, quantity: float, price: float,
-                   underlying_price: float) -> float:
+    def margin_for(
+        self, contract: Contract, side: str, quantity: float, price: float, underlying_price: float
+    ) -> float:
         """Return the initial margin an order would add (0 when it only reduces a position)."""
         pos = self.positions.get(contract.con_id)
         held = pos.quantity if pos else 0.0

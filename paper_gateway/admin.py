@@ -26,8 +26,9 @@ class AdminError(Exception):
     """A command that cannot be carried out; the message goes back as {"ok": false}."""
 
 
-def _number(cmd: dict[str, Any], key: str, *, positive: bool = False,
-            allow_zero: bool = True) -> float:
+def _number(
+    cmd: dict[str, Any], key: str, *, positive: bool = False, allow_zero: bool = True
+) -> float:
     if key not in cmd:
         raise AdminError(f"missing {key!r}")
     value = cmd[key]
@@ -49,9 +50,15 @@ class AdminServer:
     def __init__(self, core: GatewayCore) -> None:
         self.core = core
         self.commands: dict[str, Callable[[dict[str, Any]], Reply]] = {
-            "state": self.state, "set_price": self.set_price, "set_position": self.set_position,
-            "error": self.error, "restart": self.restart, "reject_next": self.reject_next,
-            "freeze": self.freeze, "reset": self.reset, "step": self.step,
+            "state": self.state,
+            "set_price": self.set_price,
+            "set_position": self.set_position,
+            "error": self.error,
+            "restart": self.restart,
+            "reject_next": self.reject_next,
+            "freeze": self.freeze,
+            "reset": self.reset,
+            "step": self.step,
         }
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -80,8 +87,11 @@ class AdminServer:
             return {"ok": False, "error": 'expected an object with a "cmd" string'}
         handler = self.commands.get(cmd["cmd"])
         if handler is None:
-            return {"ok": False, "error": f"unknown command {cmd['cmd']!r}",
-                    "commands": sorted(self.commands)}
+            return {
+                "ok": False,
+                "error": f"unknown command {cmd['cmd']!r}",
+                "commands": sorted(self.commands),
+            }
         try:
             reply = handler(cmd)
         except AdminError as exc:
@@ -96,19 +106,37 @@ class AdminServer:
     def state(self, cmd: dict[str, Any]) -> Reply:
         core = self.core
         positions = [
-            {"symbol": p.contract.symbol, "sec_type": p.contract.sec_type,
-             "quantity": p.quantity, "avg_cost": p.avg_cost, "con_id": p.contract.con_id,
-             "expiry": p.contract.expiry, "strike": p.contract.strike, "right": p.contract.right,
-             "multiplier": p.contract.multiplier}
+            {
+                "symbol": p.contract.symbol,
+                "sec_type": p.contract.sec_type,
+                "quantity": p.quantity,
+                "avg_cost": p.avg_cost,
+                "con_id": p.contract.con_id,
+                "expiry": p.contract.expiry,
+                "strike": p.contract.strike,
+                "right": p.contract.right,
+                "multiplier": p.contract.multiplier,
+            }
             for p in core.account.positions.values()
         ]
         open_orders = [
-            {"client_id": o.client_id, "order_id": o.order_id, "perm_id": o.perm_id,
-             "symbol": o.spec.contract.symbol, "sec_type": o.spec.contract.sec_type,
-             "action": o.spec.action, "quantity": o.spec.quantity,
-             "order_type": o.spec.order_type, "lmt_price": o.spec.lmt_price,
-             "aux_price": o.spec.aux_price, "tif": o.spec.tif, "status": o.status,
-             "filled": o.filled, "order_ref": o.spec.order_ref, "parent_id": o.spec.parent_id}
+            {
+                "client_id": o.client_id,
+                "order_id": o.order_id,
+                "perm_id": o.perm_id,
+                "symbol": o.spec.contract.symbol,
+                "sec_type": o.spec.contract.sec_type,
+                "action": o.spec.action,
+                "quantity": o.spec.quantity,
+                "order_type": o.spec.order_type,
+                "lmt_price": o.spec.lmt_price,
+                "aux_price": o.spec.aux_price,
+                "tif": o.spec.tif,
+                "status": o.status,
+                "filled": o.filled,
+                "order_ref": o.spec.order_ref,
+                "parent_id": o.spec.parent_id,
+            }
             for o in core.engine.open_orders()
         ]
         values = core.account_values()
@@ -137,8 +165,12 @@ class AdminServer:
         if sec_type == "STK":
             found = self.core.catalogue.stock(symbol)
         elif sec_type == "OPT":
-            found = self.core.catalogue.option(symbol, str(cmd.get("expiry", "")),
-                                               _number(cmd, "strike"), str(cmd.get("right", "")))
+            found = self.core.catalogue.option(
+                symbol,
+                str(cmd.get("expiry", "")),
+                _number(cmd, "strike"),
+                str(cmd.get("right", "")),
+            )
         else:
             raise AdminError(f"unsupported sec_type {sec_type!r}")
         if found is None:
@@ -148,8 +180,11 @@ class AdminServer:
     def set_position(self, cmd: dict[str, Any]) -> Reply:
         contract = self._contract(cmd)
         quantity = _number(cmd, "quantity")
-        avg_cost = _number(cmd, "avg_cost") if "avg_cost" in cmd else (
-            self.core.engine.mark(contract) * contract.multiplier)
+        avg_cost = (
+            _number(cmd, "avg_cost")
+            if "avg_cost" in cmd
+            else (self.core.engine.mark(contract) * contract.multiplier)
+        )
         self.core.account.set_position(contract, quantity, avg_cost)
         self.core.positions_changed([contract])
         return {"symbol": contract.symbol, "quantity": quantity, "avg_cost": avg_cost}

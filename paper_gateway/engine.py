@@ -131,7 +131,8 @@ class Engine:
     # --- queries ---------------------------------------------------------------------------
     def open_orders(self, client_id: int | None = None) -> list[Order]:
         return [
-            o for o in self.orders.values()
+            o
+            for o in self.orders.values()
             if not o.is_done and (client_id is None or o.client_id == client_id)
         ]
 
@@ -159,13 +160,18 @@ class Engine:
             self._validate(spec)
             if self.reject_next is not None:
                 code, self.reject_next = self.reject_next, None
-                raise OrderError(code, "Order rejected - reason: rejected by the paper gateway "
-                                       "(admin reject_next)")
+                raise OrderError(
+                    code,
+                    "Order rejected - reason: rejected by the paper gateway (admin reject_next)",
+                )
             self._check_funds(spec)
             parent = self.orders.get((client_id, spec.parent_id)) if spec.parent_id else None
             if spec.parent_id and (parent is None or parent.is_done):
-                raise OrderError(201, f"Order rejected - reason: parent order {spec.parent_id} "
-                                      "is not an open order of this client")
+                raise OrderError(
+                    201,
+                    f"Order rejected - reason: parent order {spec.parent_id} "
+                    "is not an open order of this client",
+                )
         except OrderError as exc:
             self.orders[order.key] = order
             self.sink.order_error(order_id, client_id, exc.code, exc.message)
@@ -183,13 +189,21 @@ class Engine:
         """Cancel one of the client's orders; errors 10147 (unknown) and 10148 (done)."""
         order = self.orders.get((client_id, order_id))
         if order is None:
-            self.sink.order_error(order_id, client_id, 10147,
-                                  f"OrderId {order_id} that needs to be cancelled is not found.")
+            self.sink.order_error(
+                order_id,
+                client_id,
+                10147,
+                f"OrderId {order_id} that needs to be cancelled is not found.",
+            )
             return None
         if order.is_done:
-            self.sink.order_error(order_id, client_id, 10148,
-                                  f"OrderId {order_id} that needs to be cancelled cannot be "
-                                  f"cancelled, state: {order.status}.")
+            self.sink.order_error(
+                order_id,
+                client_id,
+                10148,
+                f"OrderId {order_id} that needs to be cancelled cannot be "
+                f"cancelled, state: {order.status}.",
+            )
             return order
         self._cancel_tree(order, "Cancelled by client")
         return order
@@ -236,7 +250,11 @@ class Engine:
         if spec.lmt_price is not None and _valid_price(spec.lmt_price):
             price = max(price, spec.lmt_price) if spec.action == "BUY" else price
         needed = self.account.margin_for(
-            spec.contract, spec.action, spec.quantity, price, self.market.price(spec.contract.symbol)
+            spec.contract,
+            spec.action,
+            spec.quantity,
+            price,
+            self.market.price(spec.contract.symbol),
         )
         values = self.account.values(self.mark)
         if needed > values["AvailableFunds"]:
@@ -360,15 +378,21 @@ class Engine:
         realized = self.account.apply_fill(contract, side, qty, price, commission)
         total_cost = order.avg_fill_price * order.filled + price * qty
         order.filled += qty
-        order.avg_fill_price = total_cost / order.filled
+        order.avg_fill_price = round(total_cost / order.filled, 8)
         order.last_fill_price = price
         now = self.now()
         execution = Execution(
             exec_id=f"0000{self.market.seed:04d}.{now:%Y%m%d}.{next(self._exec_seq):08d}.01",
-            order=order, contract=contract, side=side, shares=qty, price=price,
+            order=order,
+            contract=contract,
+            side=side,
+            shares=qty,
+            price=price,
             time=now.strftime("%Y%m%d %H:%M:%S") + " UTC",
-            cum_qty=order.filled, avg_price=order.avg_fill_price,
-            commission=commission, realized_pnl=realized,
+            cum_qty=order.filled,
+            avg_price=order.avg_fill_price,
+            commission=commission,
+            realized_pnl=realized,
         )
         self.executions.append(execution)
         if order.remaining <= 1e-9:
@@ -390,7 +414,9 @@ class Engine:
             if parent:
                 siblings += [self.orders[(order.client_id, c)] for c in parent.children]
         if order.spec.oca_group:
-            siblings += [o for o in self.orders.values() if o.spec.oca_group == order.spec.oca_group]
+            siblings += [
+                o for o in self.orders.values() if o.spec.oca_group == order.spec.oca_group
+            ]
         for other in siblings:
             if other is not order and not other.is_done:
                 self._finish(other, "Cancelled", "Cancelled by OCA group fill")
@@ -409,8 +435,9 @@ class Engine:
         order.completed_time = self.now().strftime("%Y%m%d %H:%M:%S") + " UTC"
         self.sink.order_changed(order)
         if status == "Cancelled" and not why.startswith("Rejected"):
-            self.sink.order_error(order.order_id, order.client_id, 202,
-                                  f"Order Canceled - reason: {why}")
+            self.sink.order_error(
+                order.order_id, order.client_id, 202, f"Order Canceled - reason: {why}"
+            )
 
 
 def _valid_price(price: float | None) -> bool:

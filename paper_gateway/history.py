@@ -14,10 +14,18 @@ __all__ = ["HistoryError", "build_bars"]
 
 _UNIT_SECONDS = {"sec": 1, "secs": 1, "min": 60, "mins": 60, "hour": 3600, "hours": 3600}
 _DURATION_DAYS = {"S": 1 / 23400, "D": 1, "W": 5, "M": 21, "Y": 252}
-SUPPORTED_WHAT = frozenset({
-    "TRADES", "MIDPOINT", "BID", "ASK", "BID_ASK", "ADJUSTED_LAST",
-    "OPTION_IMPLIED_VOLATILITY", "HISTORICAL_VOLATILITY",
-})
+SUPPORTED_WHAT = frozenset(
+    {
+        "TRADES",
+        "MIDPOINT",
+        "BID",
+        "ASK",
+        "BID_ASK",
+        "ADJUSTED_LAST",
+        "OPTION_IMPLIED_VOLATILITY",
+        "HISTORICAL_VOLATILITY",
+    }
+)
 MAX_INTRADAY_BARS = 5000
 
 
@@ -35,7 +43,9 @@ def _duration_days(duration: str) -> float:
         n_s, unit = duration.split()
         return int(n_s) * _DURATION_DAYS[unit.upper()]
     except (ValueError, KeyError) as exc:
-        raise HistoryError(321, f"Error validating request.-'bG' : invalid duration {duration!r}") from exc
+        raise HistoryError(
+            321, f"Error validating request.-'bG' : invalid duration {duration!r}"
+        ) from exc
 
 
 def _trading_days(end: dt.date, count: int) -> list[dt.date]:
@@ -55,14 +65,24 @@ def _ohlc(prev: float, close: float, wiggle: float) -> tuple[float, float, float
     return round(prev, 4), round(high, 4), round(low, 4), round(close, 4)
 
 
-def build_bars(market: MarketModel, contract: Contract, bar_size: str, duration: str, what: str,
-               now: dt.datetime, format_date: int) -> list[Bar]:
+def build_bars(
+    market: MarketModel,
+    contract: Contract,
+    bar_size: str,
+    duration: str,
+    what: str,
+    now: dt.datetime,
+    format_date: int,
+) -> list[Bar]:
     """Return the bars a reqHistoricalData asks for, oldest first."""
     if what not in SUPPORTED_WHAT:
         raise HistoryError(321, f"Error validating request.-'bG' : unsupported whatToShow {what!r}")
     if contract.sec_type != "STK":
-        raise HistoryError(162, "Historical Market Data Service error message:HMDS query returned "
-                                "no data (the paper gateway keeps history for stocks only)")
+        raise HistoryError(
+            162,
+            "Historical Market Data Service error message:HMDS query returned "
+            "no data (the paper gateway keeps history for stocks only)",
+        )
     days = _duration_days(duration)
     parts = bar_size.split()
     if len(parts) != 2:
@@ -81,8 +101,16 @@ def build_bars(market: MarketModel, contract: Contract, bar_size: str, duration:
             prev = values[i - 1] if i else chunk[0]
             o, h, lo, c = _ohlc(prev, chunk[-1], 0.0 if is_vol else 0.004)
             h, lo = max(h, *chunk), min(lo, *chunk)
-            bars.append(Bar(dates[i + len(chunk) - 1].strftime("%Y%m%d"), o, h, lo, c,
-                            0.0 if is_vol else 1_000_000.0))
+            bars.append(
+                Bar(
+                    dates[i + len(chunk) - 1].strftime("%Y%m%d"),
+                    o,
+                    h,
+                    lo,
+                    c,
+                    0.0 if is_vol else 1_000_000.0,
+                )
+            )
         return bars
     if unit not in _UNIT_SECONDS:
         raise HistoryError(321, f"Error validating request.-'bG' : invalid bar size {bar_size!r}")
@@ -100,8 +128,11 @@ def build_bars(market: MarketModel, contract: Contract, bar_size: str, duration:
     out: list[Bar] = []
     for i in range(1, len(closes)):
         t = end - (len(closes) - 1 - i) * bar_s
-        stamp = str(t) if format_date == 2 else dt.datetime.fromtimestamp(t, dt.UTC).strftime(
-            "%Y%m%d  %H:%M:%S")
+        stamp = (
+            str(t)
+            if format_date == 2
+            else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y%m%d  %H:%M:%S")
+        )
         o, h, lo, c = _ohlc(closes[i - 1], closes[i], 0.0005)
         out.append(Bar(stamp, o, h, lo, c, 0.0 if is_vol else 10_000.0))
     return out

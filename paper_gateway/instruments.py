@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 __all__ = [
     "STOCKS",
+    "Catalogue",
     "Contract",
     "StockSpec",
-    "Catalogue",
     "hours_strings",
 ]
 
@@ -36,30 +36,162 @@ class StockSpec:
 
 
 STOCKS: tuple[StockSpec, ...] = (
-    StockSpec("NVDA", 4815747, "NASDAQ", "NVIDIA CORP", "Technology", "Semiconductors",
-              182.0, 0.50, 0.32, 0.78, 0.91),
-    StockSpec("AMD", 4391, "NASDAQ", "ADVANCED MICRO DEVICES", "Technology", "Semiconductors",
-              158.0, 0.52, 0.35, 0.72, 0.84),
-    StockSpec("TSLA", 76792991, "NASDAQ", "TESLA INC", "Consumer, Cyclical", "Auto Manufacturers",
-              241.0, 0.60, 0.40, 0.95, 0.62),
-    StockSpec("AAPL", 265598, "NASDAQ", "APPLE INC", "Technology", "Computers",
-              228.0, 0.25, 0.17, 0.38, 0.35),
-    StockSpec("MSFT", 272093, "NASDAQ", "MICROSOFT CORP", "Technology", "Software",
-              415.0, 0.24, 0.16, 0.34, 0.42),
-    StockSpec("SPY", 756733, "ARCA", "SPDR S&P 500 ETF TRUST", "Funds", "Equity Fund",
-              560.0, 0.15, 0.11, 0.30, 0.28),
-    StockSpec("JPM", 1520593, "NYSE", "JPMORGAN CHASE & CO", "Financial", "Banks",
-              212.0, 0.22, 0.17, 0.36, 0.93),
-    StockSpec("BAC", 10098, "NYSE", "BANK OF AMERICA CORP", "Financial", "Banks",
-              39.5, 0.26, 0.20, 0.42, 0.55),
-    StockSpec("GS", 4627828, "NYSE", "GOLDMAN SACHS GROUP INC", "Financial", "Banks",
-              495.0, 0.27, 0.19, 0.41, 0.88),
-    StockSpec("QQQ", 320227571, "NASDAQ", "INVESCO QQQ TRUST SERIES 1", "Funds", "Equity Fund",
-              480.0, 0.19, 0.14, 0.35, 0.31),
-    StockSpec("META", 107113386, "NASDAQ", "META PLATFORMS INC-CLASS A", "Communications",
-              "Internet", 520.0, 0.38, 0.26, 0.60, 0.47),
-    StockSpec("AMZN", 3691937, "NASDAQ", "AMAZON.COM INC", "Communications", "Internet",
-              185.0, 0.32, 0.22, 0.52, 0.39),
+    StockSpec(
+        "NVDA",
+        4815747,
+        "NASDAQ",
+        "NVIDIA CORP",
+        "Technology",
+        "Semiconductors",
+        182.0,
+        0.50,
+        0.32,
+        0.78,
+        0.91,
+    ),
+    StockSpec(
+        "AMD",
+        4391,
+        "NASDAQ",
+        "ADVANCED MICRO DEVICES",
+        "Technology",
+        "Semiconductors",
+        158.0,
+        0.52,
+        0.35,
+        0.72,
+        0.84,
+    ),
+    StockSpec(
+        "TSLA",
+        76792991,
+        "NASDAQ",
+        "TESLA INC",
+        "Consumer, Cyclical",
+        "Auto Manufacturers",
+        241.0,
+        0.60,
+        0.40,
+        0.95,
+        0.62,
+    ),
+    StockSpec(
+        "AAPL",
+        265598,
+        "NASDAQ",
+        "APPLE INC",
+        "Technology",
+        "Computers",
+        228.0,
+        0.25,
+        0.17,
+        0.38,
+        0.35,
+    ),
+    StockSpec(
+        "MSFT",
+        272093,
+        "NASDAQ",
+        "MICROSOFT CORP",
+        "Technology",
+        "Software",
+        415.0,
+        0.24,
+        0.16,
+        0.34,
+        0.42,
+    ),
+    StockSpec(
+        "SPY",
+        756733,
+        "ARCA",
+        "SPDR S&P 500 ETF TRUST",
+        "Funds",
+        "Equity Fund",
+        560.0,
+        0.15,
+        0.11,
+        0.30,
+        0.28,
+    ),
+    StockSpec(
+        "JPM",
+        1520593,
+        "NYSE",
+        "JPMORGAN CHASE & CO",
+        "Financial",
+        "Banks",
+        212.0,
+        0.22,
+        0.17,
+        0.36,
+        0.93,
+    ),
+    StockSpec(
+        "BAC",
+        10098,
+        "NYSE",
+        "BANK OF AMERICA CORP",
+        "Financial",
+        "Banks",
+        39.5,
+        0.26,
+        0.20,
+        0.42,
+        0.55,
+    ),
+    StockSpec(
+        "GS",
+        4627828,
+        "NYSE",
+        "GOLDMAN SACHS GROUP INC",
+        "Financial",
+        "Banks",
+        495.0,
+        0.27,
+        0.19,
+        0.41,
+        0.88,
+    ),
+    StockSpec(
+        "QQQ",
+        320227571,
+        "NASDAQ",
+        "INVESCO QQQ TRUST SERIES 1",
+        "Funds",
+        "Equity Fund",
+        480.0,
+        0.19,
+        0.14,
+        0.35,
+        0.31,
+    ),
+    StockSpec(
+        "META",
+        107113386,
+        "NASDAQ",
+        "META PLATFORMS INC-CLASS A",
+        "Communications",
+        "Internet",
+        520.0,
+        0.38,
+        0.26,
+        0.60,
+        0.47,
+    ),
+    StockSpec(
+        "AMZN",
+        3691937,
+        "NASDAQ",
+        "AMAZON.COM INC",
+        "Communications",
+        "Internet",
+        185.0,
+        0.32,
+        0.22,
+        0.52,
+        0.39,
+    ),
 )
 
 
@@ -160,9 +292,13 @@ class Catalogue:
         self.expiries: dict[str, list[str]] = {}
         self.strikes: dict[str, list[float]] = {}
         for spec in stocks:
-            stock = Contract(spec.con_id, spec.symbol, "STK", primary_exchange=spec.primary_exchange)
+            stock = Contract(
+                spec.con_id, spec.symbol, "STK", primary_exchange=spec.primary_exchange
+            )
             self._by_id[stock.con_id] = stock
-            expiries = sorted({d.strftime("%Y%m%d") for d in _fridays(today, 6) + _monthly(today, 4)})
+            expiries = sorted(
+                {d.strftime("%Y%m%d") for d in _fridays(today, 6) + _monthly(today, 4)}
+            )
             step = _strike_step(spec.price)
             centre = round(spec.price / step) * step
             strikes = [round(centre + step * k, 4) for k in range(-20, 21) if centre + step * k > 0]
@@ -188,8 +324,16 @@ class Catalogue:
         con_id = _option_con_id(symbol, expiry, strike, right)
         found = self._by_id.get(con_id)
         if found is None:
-            found = Contract(con_id, symbol, "OPT", expiry, float(strike), right,
-                             OPTION_MULTIPLIER, primary_exchange="")
+            found = Contract(
+                con_id,
+                symbol,
+                "OPT",
+                expiry,
+                float(strike),
+                right,
+                OPTION_MULTIPLIER,
+                primary_exchange="",
+            )
             self._by_id[con_id] = found
         return found
 

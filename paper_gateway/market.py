@@ -7,6 +7,7 @@ steps and admin commands produce the same quotes.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 import random
 import zlib
@@ -130,7 +131,10 @@ class MarketModel:
             state.price *= math.exp(-0.5 * sigma * sigma * dt_y + sigma * math.sqrt(dt_y) * shock)
             state.price = max(state.price, 0.01)
             target = state.iv_history[-1]
-            state.iv += 2.0 * (target - state.iv) * dt_y + 0.5 * math.sqrt(dt_y) * state.rng.gauss(0, 1) * state.iv
+            state.iv += (
+                2.0 * (target - state.iv) * dt_y
+                + 0.5 * math.sqrt(dt_y) * state.rng.gauss(0, 1) * state.iv
+            )
             state.iv = min(max(state.iv, 0.05), 3.0)
         self.version += 1
 
@@ -150,12 +154,14 @@ class MarketModel:
         return max((exp - now).total_seconds(), 0.0) / (365.0 * 86400.0)
 
     def option_greeks(self, contract: Contract, now: dt.datetime) -> tuple[Greeks, float]:
-        """Return the model Greeks of an option and the IV used (flat per-underlying IV with skew)."""
+        """Return an option's model Greeks and the IV used (per-underlying IV with a skew)."""
         state = self._sym[contract.symbol]
         t = self.years_to_expiry(contract.expiry, now)
         moneyness = math.log(contract.strike / state.price)
         vol = max(0.05, state.iv * (1.0 - 0.25 * moneyness + 0.6 * moneyness * moneyness))
-        return calculate_greeks(state.price, contract.strike, t, vol, RISK_FREE, 0.0, contract.right), vol
+        return calculate_greeks(
+            state.price, contract.strike, t, vol, RISK_FREE, 0.0, contract.right
+        ), vol
 
     def option_quote(self, contract: Contract, now: dt.datetime) -> Quote:
         greeks, _ = self.option_greeks(contract, now)
@@ -183,7 +189,7 @@ class MarketModel:
             out = []
             for i in range(len(closes)):
                 window = closes[max(0, i - 20) : i + 1]
-                rets = [math.log(b / a) for a, b in zip(window, window[1:], strict=False)]
+                rets = [math.log(b / a) for a, b in itertools.pairwise(window)]
                 if len(rets) < 2:
                     out.append(state.spec.vol)
                     continue

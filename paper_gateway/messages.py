@@ -33,9 +33,17 @@ Fields = list[Field]
 def _contract11(c: Contract, exchange: str | None = None) -> Fields:
     """conId .. tradingClass without primaryExchange (11 fields)."""
     return [
-        c.con_id, c.symbol, c.sec_type, c.expiry, c.strike if c.sec_type == "OPT" else 0.0,
-        c.right, str(c.multiplier) if c.sec_type == "OPT" else "", exchange or c.exchange,
-        c.currency, c.local_symbol, c.trading_class,
+        c.con_id,
+        c.symbol,
+        c.sec_type,
+        c.expiry,
+        c.strike if c.sec_type == "OPT" else 0.0,
+        c.right,
+        str(c.multiplier) if c.sec_type == "OPT" else "",
+        exchange or c.exchange,
+        c.currency,
+        c.local_symbol,
+        c.trading_class,
     ]
 
 
@@ -44,53 +52,160 @@ def error(req_id: int, code: int, message: str) -> Fields:
 
 
 def order_status(o: Order) -> Fields:
-    return [3, o.order_id, o.status, o.filled, o.remaining, o.avg_fill_price, o.perm_id,
-            o.spec.parent_id, o.last_fill_price, o.client_id, o.why_held, 0.0]
+    return [
+        3,
+        o.order_id,
+        o.status,
+        o.filled,
+        o.remaining,
+        o.avg_fill_price,
+        o.perm_id,
+        o.spec.parent_id,
+        o.last_fill_price,
+        o.client_id,
+        o.why_held,
+        0.0,
+    ]
 
 
 def _price(p: float | None) -> Field:
     return p if p is not None else UNSET_DOUBLE
 
 
-def open_order(o: Order, account: str, status: str | None = None,
-               what_if_margin: tuple[float, float, float] | None = None) -> Fields:
+def open_order(
+    o: Order,
+    account: str,
+    status: str | None = None,
+    what_if_margin: tuple[float, float, float] | None = None,
+) -> Fields:
     """The openOrder message (about 130 fields), with every optional list empty."""
     s = o.spec
     c = s.contract
     margin = ["", "", "", "", "", "", "", "", ""]
     if what_if_margin is not None:
         init, maint, equity = what_if_margin
-        margin = ["0", "0", str(equity), str(init), str(maint), "0", str(init), str(maint),
-                  str(equity)]
+        margin = [
+            "0",
+            "0",
+            str(equity),
+            str(init),
+            str(maint),
+            "0",
+            str(init),
+            str(maint),
+            str(equity),
+        ]
     return [
-        5, o.order_id, *_contract11(c),
-        s.action, s.quantity, s.order_type, _price(s.lmt_price), _price(s.aux_price), s.tif,
-        s.oca_group, account, "O", 0, s.order_ref, o.client_id, o.perm_id,
-        s.outside_rth, False, 0.0, "",  # outsideRth, hidden, discretionaryAmt, goodAfterTime
+        5,
+        o.order_id,
+        *_contract11(c),
+        s.action,
+        s.quantity,
+        s.order_type,
+        _price(s.lmt_price),
+        _price(s.aux_price),
+        s.tif,
+        s.oca_group,
+        account,
+        "O",
+        0,
+        s.order_ref,
+        o.client_id,
+        o.perm_id,
+        s.outside_rth,
+        False,
+        0.0,
+        "",  # outsideRth, hidden, discretionaryAmt, goodAfterTime
         "",  # deprecated sharesAllocation
-        "", "", "", "", "", "",  # faGroup faMethod faPercentage faProfile modelCode goodTillDate
-        "", "", "", 0, "", -1,  # rule80A percentOffset settlingFirm shortSaleSlot desLoc exempt
-        0, "", "", "", "", "",  # auctionStrategy startingPrice stockRefPrice delta rangeLo rangeHi
-        0, False, False, False, "", 0,  # displaySize block sweep allOrNone minQty ocaType
-        False, False, "",  # eTradeOnly firmQuoteOnly nbboPriceCap
-        s.parent_id, 0, "", 0,  # parentId triggerMethod volatility volatilityType
-        "", "",  # deltaNeutralOrderType (must be empty), deltaNeutralAuxPrice
-        False, 0, "", "", "", "",  # continuousUpdate refPriceType trailStop trailPct bps bpsType
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",  # faGroup faMethod faPercentage faProfile modelCode goodTillDate
+        "",
+        "",
+        "",
+        0,
+        "",
+        -1,  # rule80A percentOffset settlingFirm shortSaleSlot desLoc exempt
+        0,
+        "",
+        "",
+        "",
+        "",
+        "",  # auctionStrategy startingPrice stockRefPrice delta rangeLo rangeHi
+        0,
+        False,
+        False,
+        False,
+        "",
+        0,  # displaySize block sweep allOrNone minQty ocaType
+        False,
+        False,
+        "",  # eTradeOnly firmQuoteOnly nbboPriceCap
+        s.parent_id,
+        0,
+        "",
+        0,  # parentId triggerMethod volatility volatilityType
+        "",
+        "",  # deltaNeutralOrderType (must be empty), deltaNeutralAuxPrice
+        False,
+        0,
+        "",
+        "",
+        "",
+        "",  # continuousUpdate refPriceType trailStop trailPct bps bpsType
         "",  # comboLegsDescrip
-        0, 0, 0,  # combo legs, order combo legs, smart combo routing params
-        "", "", "",  # scaleInitLevelSize scaleSubsLevelSize scalePriceIncrement
+        0,
+        0,
+        0,  # combo legs, order combo legs, smart combo routing params
+        "",
+        "",
+        "",  # scaleInitLevelSize scaleSubsLevelSize scalePriceIncrement
         "",  # hedgeType
-        False, "", "", False, False,  # optOutSmartRouting clearingAcct clearingIntent notHeld dnc
+        False,
+        "",
+        "",
+        False,
+        False,  # optOutSmartRouting clearingAcct clearingIntent notHeld dnc
         "",  # algoStrategy
-        False, what_if_margin is not None, status or o.status, *margin,
-        "", "", "", "", "",  # commission minCommission maxCommission commissionCurrency warning
-        False, False,  # randomizeSize randomizePrice
+        False,
+        what_if_margin is not None,
+        status or o.status,
+        *margin,
+        "",
+        "",
+        "",
+        "",
+        "",  # commission minCommission maxCommission commissionCurrency warning
+        False,
+        False,  # randomizeSize randomizePrice
         0,  # conditions
-        "", "", "", "", "", "", "", 0,  # adjusted* and adjustableTrailingUnit
-        "", "", "",  # softDollarTier name, value, displayName
-        "", False, False, "", False,  # cashQty dontUseAutoPrice isOms discrUpTo usePriceMgmt
-        "", "", False,  # duration postToAts autoCancelParent
-        "", "", "", "", "",  # minTradeQty minCompeteSize competeAgainstBestOffset midOffsets
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        0,  # adjusted* and adjustableTrailingUnit
+        "",
+        "",
+        "",  # softDollarTier name, value, displayName
+        "",
+        False,
+        False,
+        "",
+        False,  # cashQty dontUseAutoPrice isOms discrUpTo usePriceMgmt
+        "",
+        "",
+        False,  # duration postToAts autoCancelParent
+        "",
+        "",
+        "",
+        "",
+        "",  # minTradeQty minCompeteSize competeAgainstBestOffset midOffsets
     ]
 
 
@@ -98,30 +213,94 @@ def completed_order(o: Order, account: str) -> Fields:
     s = o.spec
     c = s.contract
     return [
-        101, *_contract11(c),
-        s.action, s.quantity, s.order_type, _price(s.lmt_price), _price(s.aux_price), s.tif,
-        s.oca_group, account, "O", 0, s.order_ref, o.perm_id,
-        s.outside_rth, False, 0.0, "",  # outsideRth hidden discretionaryAmt goodAfterTime
-        "", "", "", "", "", "",  # faGroup faMethod faPercentage faProfile modelCode goodTillDate
-        "", "", "", 0, "", -1,  # rule80A percentOffset settlingFirm shortSaleSlot desLoc exempt
-        "", "", "", "", "",  # startingPrice stockRefPrice delta rangeLo rangeHi
-        0, False, False, "", 0,  # displaySize sweepToFill allOrNone minQty ocaType
-        0, "", 0,  # triggerMethod volatility volatilityType
-        "", "",  # deltaNeutralOrderType deltaNeutralAuxPrice
-        False, 0, "", "",  # continuousUpdate referencePriceType trailStopPrice trailingPercent
+        101,
+        *_contract11(c),
+        s.action,
+        s.quantity,
+        s.order_type,
+        _price(s.lmt_price),
+        _price(s.aux_price),
+        s.tif,
+        s.oca_group,
+        account,
+        "O",
+        0,
+        s.order_ref,
+        o.perm_id,
+        s.outside_rth,
+        False,
+        0.0,
+        "",  # outsideRth hidden discretionaryAmt goodAfterTime
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",  # faGroup faMethod faPercentage faProfile modelCode goodTillDate
+        "",
+        "",
+        "",
+        0,
+        "",
+        -1,  # rule80A percentOffset settlingFirm shortSaleSlot desLoc exempt
+        "",
+        "",
+        "",
+        "",
+        "",  # startingPrice stockRefPrice delta rangeLo rangeHi
+        0,
+        False,
+        False,
+        "",
+        0,  # displaySize sweepToFill allOrNone minQty ocaType
+        0,
+        "",
+        0,  # triggerMethod volatility volatilityType
+        "",
+        "",  # deltaNeutralOrderType deltaNeutralAuxPrice
+        False,
+        0,
+        "",
+        "",  # continuousUpdate referencePriceType trailStopPrice trailingPercent
         "",  # comboLegsDescrip
-        0, 0, 0,  # combo legs, order combo legs, smart combo routing params
-        "", "", "",  # scale init/subs level size, price increment
+        0,
+        0,
+        0,  # combo legs, order combo legs, smart combo routing params
+        "",
+        "",
+        "",  # scale init/subs level size, price increment
         "",  # hedgeType
-        "", "", False, False,  # clearingAccount clearingIntent notHeld dncPresent
+        "",
+        "",
+        False,
+        False,  # clearingAccount clearingIntent notHeld dncPresent
         "",  # algoStrategy
-        False, o.status, False, False,  # solicited status randomizeSize randomizePrice
+        False,
+        o.status,
+        False,
+        False,  # solicited status randomizeSize randomizePrice
         0,  # conditions
-        "", "", "", False, False, "",  # trailStop lmtPriceOffset cashQty dontUseAuto isOms autoCancelDate
-        o.filled, 0, False, "", False, False, 0,  # filledQty refFutConId autoCancelParent
+        "",
+        "",
+        "",
+        False,
+        False,
+        "",  # trailStop lmtPriceOffset cashQty dontUseAuto isOms autoCancelDate
+        o.filled,
+        0,
+        False,
+        "",
+        False,
+        False,
+        0,  # filledQty refFutConId autoCancelParent
         # shareholder imbalanceOnly routeMarketableToBbo parentPermId
-        o.completed_time, o.completed_status,
-        "", "", "", "", "",  # minTradeQty minCompeteSize competeAgainstBestOffset midOffsets
+        o.completed_time,
+        o.completed_status,
+        "",
+        "",
+        "",
+        "",
+        "",  # minTradeQty minCompeteSize competeAgainstBestOffset midOffsets
     ]
 
 
@@ -129,10 +308,27 @@ def exec_details(req_id: int, e: Execution, account: str) -> Fields:
     c = e.contract
     o = e.order
     return [
-        11, req_id, o.order_id, *_contract11(c, exchange="ISLAND" if c.sec_type == "STK" else "CBOE"),
-        e.exec_id, e.time, account, "ISLAND" if c.sec_type == "STK" else "CBOE", e.side,
-        e.shares, e.price, o.perm_id, o.client_id, 0, e.cum_qty, e.avg_price, o.spec.order_ref,
-        "", "", "", 2,
+        11,
+        req_id,
+        o.order_id,
+        *_contract11(c, exchange="ISLAND" if c.sec_type == "STK" else "CBOE"),
+        e.exec_id,
+        e.time,
+        account,
+        "ISLAND" if c.sec_type == "STK" else "CBOE",
+        e.side,
+        e.shares,
+        e.price,
+        o.perm_id,
+        o.client_id,
+        0,
+        e.cum_qty,
+        e.avg_price,
+        o.spec.order_ref,
+        "",
+        "",
+        "",
+        2,
     ]
 
 
@@ -150,10 +346,26 @@ def portfolio_value(account: str, p: Position, mark: float) -> Fields:
     value = p.quantity * mark * c.multiplier
     unrealized = value - p.quantity * p.avg_cost
     return [
-        7, 8, c.con_id, c.symbol, c.sec_type, c.expiry, c.strike if c.sec_type == "OPT" else 0.0,
-        c.right, str(c.multiplier) if c.sec_type == "OPT" else "", c.primary_exchange or "CBOE",
-        c.currency, c.local_symbol, c.trading_class, p.quantity, mark, value, p.avg_cost,
-        unrealized, 0.0, account,
+        7,
+        8,
+        c.con_id,
+        c.symbol,
+        c.sec_type,
+        c.expiry,
+        c.strike if c.sec_type == "OPT" else 0.0,
+        c.right,
+        str(c.multiplier) if c.sec_type == "OPT" else "",
+        c.primary_exchange or "CBOE",
+        c.currency,
+        c.local_symbol,
+        c.trading_class,
+        p.quantity,
+        mark,
+        value,
+        p.avg_cost,
+        unrealized,
+        0.0,
+        account,
     ]
 
 
@@ -162,23 +374,59 @@ def account_value(account: str, key: str, value: float | str, currency: str = "U
     return [6, 2, key, text, currency, account]
 
 
-def contract_details(req_id: int, c: Contract, today: dt.date, long_name: str, industry: str,
-                     category: str, under_con_id: int) -> Fields:
+def contract_details(
+    req_id: int,
+    c: Contract,
+    today: dt.date,
+    long_name: str,
+    industry: str,
+    category: str,
+    under_con_id: int,
+) -> Fields:
     trading, liquid = hours_strings(today, c.sec_type)
     is_opt = c.sec_type == "OPT"
     return [
-        10, req_id, c.symbol, c.sec_type, c.expiry, c.strike if is_opt else 0.0, c.right,
-        c.exchange, c.currency, c.local_symbol, c.symbol if not is_opt else c.symbol,
-        c.trading_class, c.con_id, 0.01, str(c.multiplier) if is_opt else "",
+        10,
+        req_id,
+        c.symbol,
+        c.sec_type,
+        c.expiry,
+        c.strike if is_opt else 0.0,
+        c.right,
+        c.exchange,
+        c.currency,
+        c.local_symbol,
+        c.symbol,  # marketName
+        c.trading_class,
+        c.con_id,
+        0.01,
+        str(c.multiplier) if is_opt else "",
         "ACTIVETIM,AD,ADJUST,ALERT,ALLOC,AVGCOST,BASKET,COND,CONDORDER,DAY,DEACT,GTC,IOC,LIT,"
         "LMT,MKT,MIT,NONALGO,OCA,STP,STPLMT,TRAIL,WHATIF",
         "SMART,CBOE,ISE" if is_opt else "SMART,NASDAQ,NYSE,ARCA,ISLAND,IEX",
-        1, under_con_id if is_opt else 0, long_name, c.primary_exchange,
-        c.expiry[:6] if is_opt else "", industry, category, "",
-        "US/Eastern", trading, liquid, "", "", 0,  # evRule evMultiplier numSecIds
-        1, c.symbol if is_opt else "", "STK" if is_opt else "", "26" if not is_opt else "32",
-        c.expiry if is_opt else "", "COMMON" if not is_opt else "",
-        1, 1, 1,  # minSize sizeIncrement suggestedSizeIncrement
+        1,
+        under_con_id if is_opt else 0,
+        long_name,
+        c.primary_exchange,
+        c.expiry[:6] if is_opt else "",
+        industry,
+        category,
+        "",
+        "US/Eastern",
+        trading,
+        liquid,
+        "",
+        "",
+        0,  # evRule evMultiplier numSecIds
+        1,
+        c.symbol if is_opt else "",
+        "STK" if is_opt else "",
+        "26" if not is_opt else "32",
+        c.expiry if is_opt else "",
+        "COMMON" if not is_opt else "",
+        1,
+        1,
+        1,  # minSize sizeIncrement suggestedSizeIncrement
     ]
 
 

@@ -45,20 +45,32 @@ class ContractRef:
 
 
 def parse_contract12(r: FieldReader) -> ContractRef:
-    con_id = r.int()
-    symbol = r.str().upper()
-    sec_type = r.str().upper()
-    expiry = r.str().split(" ")[0]
-    strike = r.float(0.0)
-    right = r.str().upper()[:1]
-    multiplier = r.str()
-    exchange = r.str()
-    primary = r.str()
-    currency = r.str()
-    local_symbol = r.str()
-    trading_class = r.str()
-    return ContractRef(con_id, symbol, sec_type, expiry, 0.0 if strike == UNSET_DOUBLE else strike,
-                       right, multiplier, exchange, primary, currency, local_symbol, trading_class)
+    con_id = r.integer()
+    symbol = r.text().upper()
+    sec_type = r.text().upper()
+    expiry = r.text().split(" ")[0]
+    strike = r.number(0.0)
+    right = r.text().upper()[:1]
+    multiplier = r.text()
+    exchange = r.text()
+    primary = r.text()
+    currency = r.text()
+    local_symbol = r.text()
+    trading_class = r.text()
+    return ContractRef(
+        con_id,
+        symbol,
+        sec_type,
+        expiry,
+        0.0 if strike == UNSET_DOUBLE else strike,
+        right,
+        multiplier,
+        exchange,
+        primary,
+        currency,
+        local_symbol,
+        trading_class,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,49 +100,63 @@ def parse_place_order(fields: list[str]) -> PlaceOrderRequest:
     """Parse placeOrder (msg 3) up to whatIf; later fields are not needed by the gateway."""
     r = FieldReader(fields)
     r.skip(1)
-    order_id = r.int()
+    order_id = r.integer()
     contract = parse_contract12(r)
     r.skip(2)  # secIdType, secId
-    action = r.str().upper()
-    quantity = r.float(0.0)
-    order_type = r.str().upper()
-    lmt = _opt_price(r.float())
-    aux = _opt_price(r.float())
-    tif = r.str().upper() or "DAY"
-    oca_group = r.str()
-    account = r.str()
+    action = r.text().upper()
+    quantity = r.number(0.0)
+    order_type = r.text().upper()
+    lmt = _opt_price(r.number())
+    aux = _opt_price(r.number())
+    tif = r.text().upper() or "DAY"
+    oca_group = r.text()
+    account = r.text()
     r.skip(2)  # openClose, origin
-    order_ref = r.str()
-    transmit = r.bool()
-    parent_id = r.int()
+    order_ref = r.text()
+    transmit = r.flag()
+    parent_id = r.integer()
     r.skip(4)  # blockOrder, sweepToFill, displaySize, triggerMethod
-    outside_rth = r.bool()
+    outside_rth = r.flag()
     r.skip(1)  # hidden
     if contract.sec_type == "BAG":
         raise ProtocolError("combo (BAG) orders are not supported by the paper gateway")
     r.skip(1 + 29)  # sharesAllocation, then discretionaryAmt .. volatilityType
-    dn_order_type = r.str()
+    dn_order_type = r.text()
     r.skip(1)
     if dn_order_type:
         r.skip(8)
     r.skip(6)  # continuousUpdate .. scaleSubsLevelSize
-    increment = r.float()
+    increment = r.number()
     if 0 < increment < UNSET_DOUBLE:
         r.skip(7)
     r.skip(3)  # scaleTable, activeStartTime, activeStopTime
-    if r.str():  # hedgeType
+    if r.text():  # hedgeType
         r.skip(1)
     r.skip(4)  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld
-    if r.bool():  # delta-neutral contract
+    if r.flag():  # delta-neutral contract
         r.skip(3)
-    if r.str():  # algoStrategy
-        n = r.int()
+    if r.text():  # algoStrategy
+        n = r.integer()
         r.skip(2 * n)
     r.skip(1)  # algoId
-    what_if = r.bool()
-    return PlaceOrderRequest(order_id, contract, action, quantity, order_type, lmt, aux, tif,
-                             oca_group, account, order_ref, transmit, parent_id, outside_rth,
-                             what_if)
+    what_if = r.flag()
+    return PlaceOrderRequest(
+        order_id,
+        contract,
+        action,
+        quantity,
+        order_type,
+        lmt,
+        aux,
+        tif,
+        oca_group,
+        account,
+        order_ref,
+        transmit,
+        parent_id,
+        outside_rth,
+        what_if,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,15 +170,15 @@ class MktDataRequest:
 def parse_mkt_data(fields: list[str]) -> MktDataRequest:
     r = FieldReader(fields)
     r.skip(2)
-    req_id = r.int()
+    req_id = r.integer()
     contract = parse_contract12(r)
     if contract.sec_type == "BAG":
-        n = r.int()
+        n = r.integer()
         r.skip(4 * n)
-    if r.bool():
+    if r.flag():
         r.skip(3)
-    generic = frozenset(t.strip() for t in r.str().split(",") if t.strip())
-    snapshot = r.bool()
+    generic = frozenset(t.strip() for t in r.text().split(",") if t.strip())
+    snapshot = r.flag()
     return MktDataRequest(req_id, contract, generic, snapshot)
 
 
@@ -172,21 +198,22 @@ class HistoricalRequest:
 def parse_historical(fields: list[str]) -> HistoricalRequest:
     r = FieldReader(fields)
     r.skip(1)
-    req_id = r.int()
+    req_id = r.integer()
     contract = parse_contract12(r)
     r.skip(1)  # includeExpired
-    end = r.str()
-    bar_size = r.str()
-    duration = r.str()
-    use_rth = r.bool()
-    what = r.str().upper()
-    format_date = r.int(1)
+    end = r.text()
+    bar_size = r.text()
+    duration = r.text()
+    use_rth = r.flag()
+    what = r.text().upper()
+    format_date = r.integer(1)
     if contract.sec_type == "BAG":
-        n = r.int()
+        n = r.integer()
         r.skip(4 * n)
-    keep = r.bool() if r.remaining else False
-    return HistoricalRequest(req_id, contract, end, bar_size, duration, use_rth, what,
-                             format_date, keep)
+    keep = r.flag() if r.remaining else False
+    return HistoricalRequest(
+        req_id, contract, end, bar_size, duration, use_rth, what, format_date, keep
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,12 +230,12 @@ class ExecFilter:
 def parse_exec_filter(fields: list[str]) -> ExecFilter:
     r = FieldReader(fields)
     r.skip(2)
-    req_id = r.int()
-    client_id = r.int()
-    account = r.str()
-    time = r.str()
-    symbol = r.str().upper()
-    sec_type = r.str().upper()
+    req_id = r.integer()
+    client_id = r.integer()
+    account = r.text()
+    time = r.text()
+    symbol = r.text().upper()
+    sec_type = r.text().upper()
     r.skip(1)  # exchange
-    side = r.str().upper()
+    side = r.text().upper()
     return ExecFilter(req_id, client_id, account, time, symbol, sec_type, side)

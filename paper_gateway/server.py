@@ -1,4 +1,4 @@
-"""The gateway: listening sockets, sessions, the market clock, fault injection, and a thread wrapper."""
+"""The gateway: listening sockets, sessions, market clock, fault injection, thread wrapper."""
 
 from __future__ import annotations
 
@@ -81,13 +81,19 @@ class GatewayCore:
 
         await self._listen()
         admin = AdminServer(self)
-        self._admin = await asyncio.start_server(admin.handle, self.config.host,
-                                                 self.config.admin_port)
+        self._admin = await asyncio.start_server(
+            admin.handle, self.config.host, self.config.admin_port
+        )
         self.admin_port = self._admin.sockets[0].getsockname()[1]
         self._spawn(self._clock_loop(), "paper-gateway-clock")
-        log.info("paper gateway listening on %s:%s (admin %s), account %s, seed %s",
-                 self.config.host, self.port, self.admin_port, self.config.account,
-                 self.config.seed)
+        log.info(
+            "paper gateway listening on %s:%s (admin %s), account %s, seed %s",
+            self.config.host,
+            self.port,
+            self.admin_port,
+            self.config.account,
+            self.config.seed,
+        )
 
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(self._on_connect, self.config.host, self.port)
@@ -166,8 +172,9 @@ class GatewayCore:
 
     def restart(self, down_s: float) -> None:
         """Drop every socket, refuse connections for down_s, keep state (DAY orders lapse)."""
-        log.warning("gateway restart: dropping %d sockets, down for %.1fs", len(self.sessions),
-                    down_s)
+        log.warning(
+            "gateway restart: dropping %d sockets, down for %.1fs", len(self.sessions), down_s
+        )
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -193,8 +200,9 @@ class GatewayCore:
         self.market = MarketModel(self.catalogue, self.config.seed)
         self.account = Account(self.config.account, self.config.cash)
         max_id = self.engine.max_order_id
-        self.engine = Engine(self.market, self.account, self, self.now,
-                             self.config.partial_fill_above)
+        self.engine = Engine(
+            self.market, self.account, self, self.now, self.config.partial_fill_above
+        )
         self.engine.max_order_id = max_id  # order ids keep increasing across a reset
         self._account_dirty = True
 
@@ -250,9 +258,16 @@ class GatewayCore:
             s.send(msg.order_status(order))
 
     def executed(self, execution: Execution) -> None:
-        log.info("fill: client %s order %s %s %s %g @ %.4f ref=%r", execution.order.client_id,
-                 execution.order.order_id, execution.side, execution.contract.key,
-                 execution.shares, execution.price, execution.order.spec.order_ref)
+        log.info(
+            "fill: client %s order %s %s %s %g @ %.4f ref=%r",
+            execution.order.client_id,
+            execution.order.order_id,
+            execution.side,
+            execution.contract.key,
+            execution.shares,
+            execution.price,
+            execution.order.spec.order_ref,
+        )
         for s in self._order_audience(execution.order.client_id):
             s.send(msg.exec_details(-1, execution, self.config.account))
             s.send(msg.commission_report(execution))
@@ -277,12 +292,18 @@ class GatewayCore:
         assert session.client_id is not None
         quote = self.market.quote(spec.contract, self.now())
         price = quote.ask if spec.action == "BUY" else quote.bid
-        init = self.account.margin_for(spec.contract, spec.action, spec.quantity, price,
-                                       self.market.price(spec.contract.symbol))
+        init = self.account.margin_for(
+            spec.contract,
+            spec.action,
+            spec.quantity,
+            price,
+            self.market.price(spec.contract.symbol),
+        )
         order = Order(order_id, session.client_id, 0, spec, status="PreSubmitted")
         equity = self.account_values()["EquityWithLoanValue"]
-        session.send(msg.open_order(order, self.config.account,
-                                    what_if_margin=(init, init / 2, equity)))
+        session.send(
+            msg.open_order(order, self.config.account, what_if_margin=(init, init / 2, equity))
+        )
 
 
 class Gateway:

@@ -24,6 +24,7 @@ from .requests import (
     parse_place_order,
 )
 from .wire import (
+    Field,
     FieldReader,
     FrameDecoder,
     ProtocolError,
@@ -41,24 +42,52 @@ __all__ = ["Session"]
 log = logging.getLogger("paper_gateway.session")
 
 ACCOUNT_TAGS = (
-    "NetLiquidation", "TotalCashValue", "CashBalance", "SettledCash", "GrossPositionValue",
-    "EquityWithLoanValue", "InitMarginReq", "MaintMarginReq", "AvailableFunds",
-    "ExcessLiquidity", "BuyingPower", "UnrealizedPnL", "RealizedPnL",
+    "NetLiquidation",
+    "TotalCashValue",
+    "CashBalance",
+    "SettledCash",
+    "GrossPositionValue",
+    "EquityWithLoanValue",
+    "InitMarginReq",
+    "MaintMarginReq",
+    "AvailableFunds",
+    "ExcessLiquidity",
+    "BuyingPower",
+    "UnrealizedPnL",
+    "RealizedPnL",
 )
 
 # Requests the gateway does not implement: message id -> (name, index of the reqId field).
 UNSUPPORTED: dict[int, tuple[str, int | None]] = {
-    10: ("reqMktDepth", 2), 11: ("cancelMktDepth", None), 12: ("reqNewsBulletins", None),
-    18: ("requestFA", None), 19: ("replaceFA", None), 21: ("exerciseOptions", 2),
-    22: ("reqScannerSubscription", 1), 24: ("reqScannerParameters", None),
-    50: ("reqRealTimeBars", 2), 52: ("reqFundamentalData", 2),
-    54: ("calculateImpliedVolatility", 2), 55: ("calculateOptionPrice", 2),
-    74: ("reqPositionsMulti", 2), 79: ("reqSoftDollarTiers", 1), 80: ("reqFamilyCodes", None),
-    81: ("reqMatchingSymbols", 1), 82: ("reqMktDepthExchanges", None),
-    83: ("reqSmartComponents", 1), 84: ("reqNewsArticle", 1), 85: ("reqNewsProviders", None),
-    86: ("reqHistoricalNews", 1), 87: ("reqHeadTimeStamp", 1), 88: ("reqHistogramData", 1),
-    91: ("reqMarketRule", None), 96: ("reqHistoricalTicks", 1), 97: ("reqTickByTickData", 1),
-    100: ("reqWshMetaData", 1), 102: ("reqWshEventData", 1), 104: ("reqUserInfo", 1),
+    10: ("reqMktDepth", 2),
+    11: ("cancelMktDepth", None),
+    12: ("reqNewsBulletins", None),
+    18: ("requestFA", None),
+    19: ("replaceFA", None),
+    21: ("exerciseOptions", 2),
+    22: ("reqScannerSubscription", 1),
+    24: ("reqScannerParameters", None),
+    50: ("reqRealTimeBars", 2),
+    52: ("reqFundamentalData", 2),
+    54: ("calculateImpliedVolatility", 2),
+    55: ("calculateOptionPrice", 2),
+    74: ("reqPositionsMulti", 2),
+    79: ("reqSoftDollarTiers", 1),
+    80: ("reqFamilyCodes", None),
+    81: ("reqMatchingSymbols", 1),
+    82: ("reqMktDepthExchanges", None),
+    83: ("reqSmartComponents", 1),
+    84: ("reqNewsArticle", 1),
+    85: ("reqNewsProviders", None),
+    86: ("reqHistoricalNews", 1),
+    87: ("reqHeadTimeStamp", 1),
+    88: ("reqHistogramData", 1),
+    91: ("reqMarketRule", None),
+    96: ("reqHistoricalTicks", 1),
+    97: ("reqTickByTickData", 1),
+    100: ("reqWshMetaData", 1),
+    102: ("reqWshEventData", 1),
+    104: ("reqUserInfo", 1),
 }
 
 
@@ -83,8 +112,9 @@ class Subscriptions:
 class Session:
     """Serve one TCP client until it disconnects or the gateway drops it."""
 
-    def __init__(self, core: GatewayCore, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, core: GatewayCore, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.core = core
         self.reader = reader
         self.writer = writer
@@ -98,21 +128,41 @@ class Session:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self._handlers: dict[int, Callable[[list[str]], None]] = {
-            1: self._req_mkt_data, 2: self._cancel_mkt_data, 3: self._place_order,
-            4: self._cancel_order, 5: self._req_open_orders, 6: self._req_account_updates,
-            7: self._req_executions, 8: self._req_ids, 9: self._req_contract_details,
-            14: self._ignore, 15: self._ignore, 16: self._req_all_open_orders,
-            17: self._req_managed_accounts, 20: self._req_historical, 25: self._ignore,
-            49: self._req_current_time, 58: self._req_global_cancel, 59: self._ignore,
-            61: self._req_positions, 62: self._req_account_summary,
-            63: self._cancel_account_summary, 64: self._cancel_positions, 71: self._ignore,
-            76: self._req_account_updates_multi, 77: self._cancel_account_updates_multi,
-            78: self._req_sec_def_opt_params, 92: self._req_pnl, 93: self._cancel_pnl,
-            94: self._req_pnl_single, 95: self._cancel_pnl_single, 99: self._req_completed_orders,
+            1: self._req_mkt_data,
+            2: self._cancel_mkt_data,
+            3: self._place_order,
+            4: self._cancel_order,
+            5: self._req_open_orders,
+            6: self._req_account_updates,
+            7: self._req_executions,
+            8: self._req_ids,
+            9: self._req_contract_details,
+            14: self._ignore,
+            15: self._ignore,
+            16: self._req_all_open_orders,
+            17: self._req_managed_accounts,
+            20: self._req_historical,
+            25: self._ignore,
+            49: self._req_current_time,
+            58: self._req_global_cancel,
+            59: self._ignore,
+            61: self._req_positions,
+            62: self._req_account_summary,
+            63: self._cancel_account_summary,
+            64: self._cancel_positions,
+            71: self._ignore,
+            76: self._req_account_updates_multi,
+            77: self._cancel_account_updates_multi,
+            78: self._req_sec_def_opt_params,
+            92: self._req_pnl,
+            93: self._cancel_pnl,
+            94: self._req_pnl_single,
+            95: self._cancel_pnl_single,
+            99: self._req_completed_orders,
         }
 
     # --- transport -------------------------------------------------------------------------
-    def send(self, fields: list[msg.Field]) -> None:
+    def send(self, fields: list[Field]) -> None:
         if self.closed:
             return
         data = frame(encode_fields(fields))
@@ -171,8 +221,14 @@ class Session:
             return
         if not self._pace_ok():
             req_id = _req_id_of(fields, 2 if msg_id != 3 else 1)
-            self.send(msg.error(req_id, 100, "Max rate of messages per second has been exceeded:"
-                                f"max={self.core.config.pacing_per_s} rec={len(self._times)}"))
+            self.send(
+                msg.error(
+                    req_id,
+                    100,
+                    "Max rate of messages per second has been exceeded:"
+                    f"max={self.core.config.pacing_per_s} rec={len(self._times)}",
+                )
+            )
             return
         handler = self._handlers.get(msg_id)
         try:
@@ -182,13 +238,21 @@ class Session:
                 handler(fields)
         except (ProtocolError, ValueError) as exc:
             log.warning("client %s: bad message %s: %s", self.client_id, fields[:3], exc)
-            self.send(msg.error(_req_id_of(fields, 1), 321,
-                                f"Error validating request.-'{fields[0]}' : {exc}"))
+            self.send(
+                msg.error(
+                    _req_id_of(fields, 1), 321, f"Error validating request.-'{fields[0]}' : {exc}"
+                )
+            )
         except Exception as exc:  # a gateway bug must not drop the client or desync the stream
             log.exception("client %s: internal error handling %s", self.client_id, fields[:3])
-            self.send(msg.error(_req_id_of(fields, 1), 321,
-                                f"Error validating request.-'{fields[0]}' : internal error "
-                                f"{type(exc).__name__}"))
+            self.send(
+                msg.error(
+                    _req_id_of(fields, 1),
+                    321,
+                    f"Error validating request.-'{fields[0]}' : internal error "
+                    f"{type(exc).__name__}",
+                )
+            )
 
     def _pace_ok(self) -> bool:
         limit = self.core.config.pacing_per_s
@@ -203,47 +267,70 @@ class Session:
     def _start_api(self, fields: list[str]) -> None:
         r = FieldReader(fields)
         r.skip(2)
-        client_id = r.int()
+        client_id = r.integer()
         if not self.core.claim_client_id(client_id, self):
             log.warning("client id %s already in use; refusing %s", client_id, self.peer)
-            self.writer.write(frame(encode_fields(msg.error(
-                -1, 326, "Unable to connect as the client id is already in use. "
-                         "Retry with a unique client id."))))
+            self.writer.write(
+                frame(
+                    encode_fields(
+                        msg.error(
+                            -1,
+                            326,
+                            "Unable to connect as the client id is already in use. "
+                            "Retry with a unique client id.",
+                        )
+                    )
+                )
+            )
             self.close()
             return
         self.client_id = client_id
-        log.info("client %s connected from %s (server version %s)", client_id, self.peer,
-                 self.version)
+        log.info(
+            "client %s connected from %s (server version %s)", client_id, self.peer, self.version
+        )
         self.send([15, 1, self.core.config.account])
         self.send([9, 1, self.core.next_valid_id()])
-        for code, text in ((2104, "Market data farm connection is OK:usfarm"),
-                           (2106, "HMDS data farm connection is OK:ushmds"),
-                           (2158, "Sec-def data farm connection is OK:secdefnj")):
+        for code, text in (
+            (2104, "Market data farm connection is OK:usfarm"),
+            (2106, "HMDS data farm connection is OK:ushmds"),
+            (2158, "Sec-def data farm connection is OK:secdefnj"),
+        ):
             self.send(msg.error(-1, code, text))
 
     def _unsupported(self, msg_id: int, fields: list[str]) -> None:
         name, idx = UNSUPPORTED.get(msg_id, (f"message {msg_id}", None))
         req_id = _req_id_of(fields, idx) if idx is not None else -1
         log.warning("client %s: unsupported request %s", self.client_id, name)
-        self.send(msg.error(req_id, 321, f"Error validating request.-'{name}' : "
-                                         "not supported by the paper gateway"))
+        self.send(
+            msg.error(
+                req_id,
+                321,
+                f"Error validating request.-'{name}' : not supported by the paper gateway",
+            )
+        )
 
     def _ignore(self, fields: list[str]) -> None:
         return None
 
     # --- contracts and market data -----------------------------------------------------------
     def _resolve(self, ref: ContractRef) -> list[Contract]:
-        return self.core.catalogue.match(ref.con_id, ref.symbol, ref.sec_type, ref.expiry,
-                                         ref.strike, ref.right)
+        return self.core.catalogue.match(
+            ref.con_id, ref.symbol, ref.sec_type, ref.expiry, ref.strike, ref.right
+        )
 
     def _no_definition(self, req_id: int, ref: ContractRef) -> None:
-        self.send(msg.error(req_id, 200, "No security definition has been found for the request"
-                                         f" ({ref.describe()})"))
+        self.send(
+            msg.error(
+                req_id,
+                200,
+                f"No security definition has been found for the request ({ref.describe()})",
+            )
+        )
 
     def _req_contract_details(self, fields: list[str]) -> None:
         r = FieldReader(fields)
         r.skip(2)
-        req_id = r.int()
+        req_id = r.integer()
         ref = parse_contract12(r)
         found = self._resolve(ref)
         if not found:
@@ -252,26 +339,50 @@ class Session:
         for c in found:
             spec = self.core.catalogue.stocks[c.symbol]
             long_name = spec.long_name if c.sec_type == "STK" else f"{spec.long_name} OPTION"
-            self.send(msg.contract_details(req_id, c, self.core.now().date(), long_name,
-                                           spec.industry, spec.category, spec.con_id))
+            self.send(
+                msg.contract_details(
+                    req_id,
+                    c,
+                    self.core.now().date(),
+                    long_name,
+                    spec.industry,
+                    spec.category,
+                    spec.con_id,
+                )
+            )
         self.send([52, 1, req_id])
 
     def _req_sec_def_opt_params(self, fields: list[str]) -> None:
         r = FieldReader(fields)
         r.skip(1)
-        req_id = r.int()
-        symbol = r.str().upper()
+        req_id = r.integer()
+        symbol = r.text().upper()
         r.skip(2)
         stock = self.core.catalogue.stock(symbol)
         if stock is None:
-            self.send(msg.error(req_id, 200, f"No security definition has been found for "
-                                             f"the request ({symbol})"))
+            self.send(
+                msg.error(
+                    req_id, 200, f"No security definition has been found for the request ({symbol})"
+                )
+            )
             return
         expiries = self.core.catalogue.expiries[symbol]
         strikes = self.core.catalogue.strikes[symbol]
         for exchange in ("SMART", "CBOE"):
-            self.send([75, req_id, exchange, stock.con_id, symbol, "100", len(expiries), *expiries,
-                       len(strikes), *strikes])
+            self.send(
+                [
+                    75,
+                    req_id,
+                    exchange,
+                    stock.con_id,
+                    symbol,
+                    "100",
+                    len(expiries),
+                    *expiries,
+                    len(strikes),
+                    *strikes,
+                ]
+            )
         self.send([76, req_id])
 
     def _req_mkt_data(self, fields: list[str]) -> None:
@@ -299,10 +410,17 @@ class Session:
         last = None if force else sub.last
         if last == quote:
             return
-        for tick, price, size in ((1, quote.bid, quote.bid_size), (2, quote.ask, quote.ask_size),
-                                  (4, quote.last, 100.0), (9, quote.close, 0.0)):
-            old = None if last is None else {1: last.bid, 2: last.ask, 4: last.last,
-                                             9: last.close}[tick]
+        for tick, price, size in (
+            (1, quote.bid, quote.bid_size),
+            (2, quote.ask, quote.ask_size),
+            (4, quote.last, 100.0),
+            (9, quote.close, 0.0),
+        ):
+            old = (
+                None
+                if last is None
+                else {1: last.bid, 2: last.ask, 4: last.last, 9: last.close}[tick]
+            )
             if old != price:
                 self.send([1, 6, req_id, tick, price, size, 0])
         sub.last = quote
@@ -317,9 +435,22 @@ class Session:
         greeks, vol = core.market.option_greeks(sub.contract, now)
         und = core.market.price(symbol)
         for tick, opt_price in ((10, quote.bid), (11, quote.ask), (13, greeks.price)):
-            self.send([21, req_id, tick, 1, round(vol, 6), round(greeks.delta, 6), opt_price, 0.0,
-                       round(greeks.gamma, 6), round(greeks.vega / 100, 6),
-                       round(greeks.theta, 6), und])
+            self.send(
+                [
+                    21,
+                    req_id,
+                    tick,
+                    1,
+                    round(vol, 6),
+                    round(greeks.delta, 6),
+                    opt_price,
+                    0.0,
+                    round(greeks.gamma, 6),
+                    round(greeks.vega / 100, 6),
+                    round(greeks.theta, 6),
+                    und,
+                ]
+            )
 
     def push_market(self) -> None:
         for req_id, sub in list(self.subs.market.items()):
@@ -332,8 +463,15 @@ class Session:
             self._no_definition(req.req_id, req.contract)
             return
         try:
-            bars = build_bars(self.core.market, found[0], req.bar_size, req.duration, req.what,
-                              self.core.now(), req.format_date)
+            bars = build_bars(
+                self.core.market,
+                found[0],
+                req.bar_size,
+                req.duration,
+                req.what,
+                self.core.now(),
+                req.format_date,
+            )
         except HistoryError as exc:
             self.send(msg.error(req.req_id, exc.code, exc.message))
             return
@@ -347,9 +485,22 @@ class Session:
         if len(found) != 1:
             self._no_definition(req.order_id, req.contract)
             return
-        spec = OrderSpec(found[0], req.action, req.quantity, req.order_type, req.lmt_price,
-                         req.aux_price, req.tif, req.order_ref, req.account, req.parent_id,
-                         req.transmit, req.oca_group, req.outside_rth, req.what_if)
+        spec = OrderSpec(
+            found[0],
+            req.action,
+            req.quantity,
+            req.order_type,
+            req.lmt_price,
+            req.aux_price,
+            req.tif,
+            req.order_ref,
+            req.account,
+            req.parent_id,
+            req.transmit,
+            req.oca_group,
+            req.outside_rth,
+            req.what_if,
+        )
         if req.what_if:
             self.core.what_if(self, req.order_id, spec)
             return
@@ -415,7 +566,7 @@ class Session:
     def _req_account_updates(self, fields: list[str]) -> None:
         r = FieldReader(fields)
         r.skip(2)
-        subscribe = r.bool()
+        subscribe = r.flag()
         self.subs.account_updates = subscribe
         if subscribe:
             self.push_account(full=True)
@@ -445,7 +596,7 @@ class Session:
     def _req_account_updates_multi(self, fields: list[str]) -> None:
         r = FieldReader(fields)
         r.skip(2)
-        req_id = r.int()
+        req_id = r.integer()
         self.subs.account_multi.add(req_id)
         self.push_account_multi(req_id)
         self.send([74, 1, req_id])
@@ -471,7 +622,7 @@ class Session:
     def _req_account_summary(self, fields: list[str]) -> None:
         r = FieldReader(fields)
         r.skip(2)
-        req_id = r.int()
+        req_id = r.integer()
         self.subs.account_summary.add(req_id)
         self.push_account_summary(req_id)
 
@@ -493,8 +644,15 @@ class Session:
 
     def push_pnl(self, req_id: int) -> None:
         v = self.core.account_values()
-        self.send([94, req_id, round(v["DailyPnL"], 2), round(v["UnrealizedPnL"], 2),
-                   round(v["RealizedPnL"], 2)])
+        self.send(
+            [
+                94,
+                req_id,
+                round(v["DailyPnL"], 2),
+                round(v["UnrealizedPnL"], 2),
+                round(v["RealizedPnL"], 2),
+            ]
+        )
 
     def _cancel_pnl(self, fields: list[str]) -> None:
         self.subs.pnl.discard(_req_id_of(fields, 1))
@@ -502,9 +660,9 @@ class Session:
     def _req_pnl_single(self, fields: list[str]) -> None:
         r = FieldReader(fields)
         r.skip(1)
-        req_id = r.int()
+        req_id = r.integer()
         r.skip(2)
-        self.subs.pnl_single[req_id] = r.int()
+        self.subs.pnl_single[req_id] = r.integer()
         self.push_pnl_single(req_id)
 
     def push_pnl_single(self, req_id: int) -> None:
@@ -515,8 +673,17 @@ class Session:
             return
         value = p.quantity * self.core.engine.mark(p.contract) * p.contract.multiplier
         unrealized = value - p.quantity * p.avg_cost
-        self.send([95, req_id, p.quantity, round(unrealized, 2), round(unrealized, 2), 0.0,
-                   round(value, 2)])
+        self.send(
+            [
+                95,
+                req_id,
+                p.quantity,
+                round(unrealized, 2),
+                round(unrealized, 2),
+                0.0,
+                round(value, 2),
+            ]
+        )
 
     def _cancel_pnl_single(self, fields: list[str]) -> None:
         self.subs.pnl_single.pop(_req_id_of(fields, 1), None)
@@ -540,4 +707,3 @@ def _req_id_of(fields: list[str], index: int) -> int:
         return int(fields[index])
     except (IndexError, ValueError):
         return -1
-

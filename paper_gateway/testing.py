@@ -11,8 +11,7 @@ __all__ = ["eventually"]
 T = TypeVar("T")
 
 
-def eventually(cond: Callable[[], T], timeout: float = 5.0, pump: Any = None,
-               what: str = "") -> T:
+def eventually(cond: Callable[[], T], timeout: float = 5.0, pump: Any = None, what: str = "") -> T:
     """Return cond()'s first truthy value, polling until `timeout` seconds pass.
 
     `pump` is an ib_insync IB (or anything with `sleep(seconds)`) whose event loop must run

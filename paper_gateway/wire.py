@@ -10,12 +10,14 @@ __all__ = [
     "SERVER_VERSION",
     "UNSET_DOUBLE",
     "UNSET_INTEGER",
+    "Field",
     "FieldReader",
     "FrameDecoder",
     "ProtocolError",
     "encode_fields",
     "frame",
     "negotiate_version",
+    "split_fields",
 ]
 
 SERVER_VERSION = 176
@@ -126,15 +128,15 @@ class FieldReader:
     def remaining(self) -> int:
         return len(self._fields) - self._pos
 
-    def str(self) -> str:
+    def text(self) -> str:
         if self._pos >= len(self._fields):
             raise ProtocolError("message ended early")
         value = self._fields[self._pos]
         self._pos += 1
         return value
 
-    def int(self, default: int = 0) -> int:
-        text = self.str()
+    def integer(self, default: int = 0) -> int:
+        text = self.text()
         if text == "":
             return default
         try:
@@ -142,16 +144,16 @@ class FieldReader:
         except ValueError:
             return int(float(text))
 
-    def float(self, default: float = UNSET_DOUBLE) -> float:
-        text = self.str()
+    def number(self, default: float = UNSET_DOUBLE) -> float:
+        text = self.text()
         if text == "":
             return default
         if text == "Infinite":
             return math.inf
         return float(text)
 
-    def bool(self) -> bool:
-        text = self.str()
+    def flag(self) -> bool:
+        text = self.text()
         return text not in ("", "0", "false", "False")
 
     def skip(self, n: int = 1) -> None:

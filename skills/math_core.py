@@ -102,7 +102,14 @@ def kelly_criterion(
 
 
 def _validate_bs(spot: float, strike: float, t: float, vol: float, r: float, q: float) -> None:
-    for name, value in (("spot", spot), ("strike", strike), ("t", t), ("vol", vol), ("r", r), ("q", q)):
+    for name, value in (
+        ("spot", spot),
+        ("strike", strike),
+        ("t", t),
+        ("vol", vol),
+        ("r", r),
+        ("q", q),
+    ):
         _finite(name, value)
     if spot <= 0.0:
         raise MathInputError(f"spot must be > 0, got {spot}")
@@ -114,14 +121,21 @@ def _validate_bs(spot: float, strike: float, t: float, vol: float, r: float, q: 
         raise MathInputError(f"vol must be >= 0, got {vol}")
 
 
-def _intrinsic_forward(spot: float, strike: float, t: float, r: float, q: float, right: Right) -> float:
+def _intrinsic_forward(
+    spot: float, strike: float, t: float, r: float, q: float, right: Right
+) -> float:
     fwd_s = spot * math.exp(-q * t)
     pv_k = strike * math.exp(-r * t)
     return max(fwd_s - pv_k, 0.0) if right == "C" else max(pv_k - fwd_s, 0.0)
 
 
 def black_scholes_price(
-    spot: float, strike: float, t: float, vol: float, r: float = 0.0, q: float = 0.0,
+    spot: float,
+    strike: float,
+    t: float,
+    vol: float,
+    r: float = 0.0,
+    q: float = 0.0,
     right: str = "C",
 ) -> float:
     """Return the Black-Scholes-Merton price of a European call or put with dividend yield q."""
@@ -140,7 +154,12 @@ def black_scholes_price(
 
 
 def calculate_greeks(
-    spot: float, strike: float, t: float, vol: float, r: float = 0.0, q: float = 0.0,
+    spot: float,
+    strike: float,
+    t: float,
+    vol: float,
+    r: float = 0.0,
+    q: float = 0.0,
     right: str = "C",
 ) -> Greeks:
     """Return price, delta, gamma, vega, theta (per calendar day) and rho of a European option."""
@@ -175,8 +194,16 @@ def calculate_greeks(
 
 
 def black_scholes_iv(
-    price: float, spot: float, strike: float, t: float, r: float = 0.0, q: float = 0.0,
-    right: str = "C", *, tol: float = 1e-10, max_iter: int = 200,
+    price: float,
+    spot: float,
+    strike: float,
+    t: float,
+    r: float = 0.0,
+    q: float = 0.0,
+    right: str = "C",
+    *,
+    tol: float = 1e-10,
+    max_iter: int = 200,
 ) -> float:
     """Return the volatility at which Black-Scholes reproduces `price`.
 
@@ -197,7 +224,9 @@ def black_scholes_iv(
             f"price {price:.6g} is outside the no-arbitrage bounds [{lower:.6g}, {upper:.6g}]"
         )
     if price <= lower + eps:
-        raise ImpliedVolError(f"price {price:.6g} equals intrinsic value: implied vol is 0 or undefined")
+        raise ImpliedVolError(
+            f"price {price:.6g} equals intrinsic value: implied vol is 0 or undefined"
+        )
     if price >= upper - eps:
         raise ImpliedVolError(f"price {price:.6g} equals the upper bound: implied vol is unbounded")
     lo, hi = 1e-9, 20.0

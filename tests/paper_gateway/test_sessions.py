@@ -15,7 +15,11 @@ def test_connect_syncs_account_positions_and_orders(connect):
     assert ib.isConnected()
     assert ib.managedAccounts() == ["DU1234567"]
     assert ib.client.serverVersion() == 176
-    assert {v.tag for v in ib.accountValues()} >= {"NetLiquidation", "BuyingPower", "TotalCashValue"}
+    assert {v.tag for v in ib.accountValues()} >= {
+        "NetLiquidation",
+        "BuyingPower",
+        "TotalCashValue",
+    }
     assert ib.positions() == []
 
 
@@ -39,7 +43,9 @@ def test_daemon_watchdog_and_cli_clients_connect_at_once(connect, admin):
     assert admin.call("state")["clients"] == [1, 7, 999]
 
 
-def test_client_id_in_use_is_refused_with_326_and_first_client_keeps_working(gateway, connect, admin):
+def test_client_id_in_use_is_refused_with_326_and_first_client_keeps_working(
+    gateway, connect, admin
+):
     first = connect(1)
     second = IB()
     codes = []

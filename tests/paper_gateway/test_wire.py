@@ -53,10 +53,10 @@ def test_unset_values_encode_as_empty_fields_and_bools_as_digits():
 
 def test_field_reader_reads_typed_values_and_reports_short_messages():
     r = FieldReader(["3", "", "2.5", "1", "abc"])
-    assert r.int() == 3
-    assert r.float() == UNSET_DOUBLE
-    assert r.float() == 2.5
-    assert r.bool() is True
-    assert r.str() == "abc"
+    assert r.integer() == 3
+    assert r.number() == UNSET_DOUBLE
+    assert r.number() == 2.5
+    assert r.flag() is True
+    assert r.text() == "abc"
     with pytest.raises(ProtocolError):
-        r.str()
+        r.text()
