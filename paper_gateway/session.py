@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Callable
@@ -124,7 +123,9 @@ class Session:
         self.closed = False
         self._decoder = FrameDecoder()
         self._backlog: list[bytes] = []
-        self._times: collections.deque[float] = collections.deque()
+        self._tokens = 0.0
+        self._tokens_at = 0.0
+        self._refused = 0
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self._handlers: dict[int, Callable[[list[str]], None]] = {
@@ -198,6 +199,10 @@ class Session:
                     self._on_frame(payload)
         except (ProtocolError, ConnectionError) as exc:
             log.warning("client %s (%s) dropped: %s", self.client_id, self.peer, exc)
+        except Exception:
+            log.exception(
+                "client %s (%s) dropped after an internal error", self.client_id, self.peer
+            )
         finally:
             self.close()
             self.core.session_closed(self)
@@ -226,7 +231,7 @@ class Session:
                     req_id,
                     100,
                     "Max rate of messages per second has been exceeded:"
-                    f"max={self.core.config.pacing_per_s} rec={len(self._times)}",
+                    f"max={self.core.config.pacing_per_s} rec={self._refused}",
                 )
             )
             return
@@ -255,14 +260,21 @@ class Session:
             )
 
     def _pace_ok(self) -> bool:
+        """Token bucket: `pacing_per_s` messages of burst, refilled at `pacing_per_s` a second."""
         limit = self.core.config.pacing_per_s
         if limit <= 0:
             return True
         now = time.monotonic()
-        self._times.append(now)
-        while self._times and now - self._times[0] > 1.0:
-            self._times.popleft()
-        return len(self._times) <= limit
+        if self._tokens_at:
+            self._tokens = min(float(limit), self._tokens + (now - self._tokens_at) * limit)
+        else:
+            self._tokens = float(limit)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            self._refused += 1
+            return False
+        self._tokens -= 1.0
+        return True
 
     def _start_api(self, fields: list[str]) -> None:
         r = FieldReader(fields)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -16,7 +17,8 @@ def eventually(cond: Callable[[], T], timeout: float = 5.0, pump: Any = None, wh
 
     `pump` is an ib_insync IB (or anything with `sleep(seconds)`) whose event loop must run
     while waiting; without it the wait yields the thread briefly. Raises AssertionError at
-    the deadline, naming `what`.
+    the deadline, naming `what`. A ConnectionError raised by the pump (ib_insync reports a
+    lost socket from whatever call is waiting) does not end the wait.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -26,6 +28,8 @@ def eventually(cond: Callable[[], T], timeout: float = 5.0, pump: Any = None, wh
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout}s: {what or cond}")
         if pump is not None:
-            pump.sleep(0.005)
+            # ib_insync raises a socket loss from any wait; the condition decides
+            with contextlib.suppress(ConnectionError):
+                pump.sleep(0.005)
         else:
             time.sleep(0.005)

@@ -19,8 +19,11 @@ def quote(ib, contract):
 
 
 def done(ib, trade, status="Filled"):
-    return eventually(lambda: trade.orderStatus.status == status, pump=ib,
-                      what=f"order {trade.order.orderId} {status}")
+    return eventually(
+        lambda: trade.orderStatus.status == status,
+        pump=ib,
+        what=f"order {trade.order.orderId} {status}",
+    )
 
 
 def errors_of(ib):
@@ -51,14 +54,28 @@ def test_fill_books_position_cash_and_commission_exactly_once(ib, admin):
     state = admin.call("state")
     assert state["executions"] == 1
     assert state["positions"] == [
-        pytest.approx({**state["positions"][0], "symbol": "MSFT", "quantity": 100.0,
-                       "avg_cost": fill.execution.price})
+        pytest.approx(
+            {
+                **state["positions"][0],
+                "symbol": "MSFT",
+                "quantity": 100.0,
+                "avg_cost": fill.execution.price,
+            }
+        )
     ]
     expected_cash = cash0 - 100 * fill.execution.price - 1.0
     assert state["account"]["TotalCashValue"] == pytest.approx(expected_cash, abs=0.01)
-    eventually(lambda: abs(float(next(v.value for v in ib.accountValues()
-                                      if v.tag == "TotalCashValue")) - expected_cash) < 0.01,
-               pump=ib, what="cash pushed to the client")
+    eventually(
+        lambda: (
+            abs(
+                float(next(v.value for v in ib.accountValues() if v.tag == "TotalCashValue"))
+                - expected_cash
+            )
+            < 0.01
+        ),
+        pump=ib,
+        what="cash pushed to the client",
+    )
 
 
 def test_order_ref_round_trips_into_open_orders_status_executions_and_completed(ib):
@@ -158,8 +175,7 @@ def test_cancel_of_unknown_order_is_10147_and_of_filled_order_is_10148(ib):
     trade = ib.placeOrder(c, MarketOrder("BUY", 1))
     done(ib, trade)
     ib.client.cancelOrder(trade.order.orderId)
-    eventually(lambda: (trade.order.orderId, 10148) in [(r, code) for r, code, _ in seen],
-               pump=ib)
+    eventually(lambda: (trade.order.orderId, 10148) in [(r, code) for r, code, _ in seen], pump=ib)
 
 
 def test_another_clients_order_cannot_be_cancelled_but_global_cancel_cancels_it(connect, admin):
@@ -326,8 +342,10 @@ def test_master_client_receives_order_events_of_other_clients(gateway_config):
             c = stock(daemon)
             trade = daemon.placeOrder(c, MarketOrder("BUY", 1, orderRef="seen-by-master"))
             done(daemon, trade)
-            eventually(lambda: [f.execution.orderRef for f in master.fills()] == ["seen-by-master"],
-                       pump=master)
+            eventually(
+                lambda: [f.execution.orderRef for f in master.fills()] == ["seen-by-master"],
+                pump=master,
+            )
             assert any(t.order.orderRef == "seen-by-master" for t in master.trades())
         finally:
             daemon.disconnect()
