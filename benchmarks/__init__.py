@@ -1,0 +1,1 @@
+"""Performance measurements that print figures: python -m benchmarks.<name>."""
