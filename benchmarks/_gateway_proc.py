@@ -17,9 +17,20 @@ __all__ = ["gateway_process"]
 def gateway_process(*args: str) -> Iterator[dict[str, Any]]:
     """Yield the gateway's ready line ({"port", "admin_port"}); SIGTERM it afterwards."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "paper_gateway", "--port", "0", "--admin-port", "0",
-         "--log-level", "WARNING", *args],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "paper_gateway",
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+            "--log-level",
+            "WARNING",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None

@@ -97,12 +97,16 @@ def main() -> None:
     ms = [r * 1000 for r in rtts]
     print(f"connect (handshake + full sync): {connect_s * 1000:.1f} ms")
     print(f"round trip place -> Filled, {len(ms)} MKT orders at {args.rate:g}/s:")
-    print(f"  p50 {statistics.median(ms):.2f} ms   p99 {_pct(ms, 0.99):.2f} ms   "
-          f"max {max(ms):.2f} ms   (target p50 < 5 ms, p99 < 20 ms)")
+    print(
+        f"  p50 {statistics.median(ms):.2f} ms   p99 {_pct(ms, 0.99):.2f} ms   "
+        f"max {max(ms):.2f} ms   (target p50 < 5 ms, p99 < 20 ms)"
+    )
     with gateway_process("--tick-interval", "0", "--pacing", "0") as gw:
         rate = asyncio.run(_throughput(gw["port"], args.burst))
-    print(f"sustained rate, pacing off, {args.burst} orders fired at once: "
-          f"{rate:,.0f} orders/s (placed -> every Filled seen)")
+    print(
+        f"sustained rate, pacing off, {args.burst} orders fired at once: "
+        f"{rate:,.0f} orders/s (placed -> every Filled seen)"
+    )
 
 
 if __name__ == "__main__":

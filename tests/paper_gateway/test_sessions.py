@@ -108,3 +108,22 @@ def test_garbage_connection_is_dropped_without_affecting_others(gateway, ib):
     assert s.recv(100) == b""
     s.close()
     assert ib.reqCurrentTime() is not None
+
+
+def test_account_summary_reports_the_paper_account(ib):
+    summary = {v.tag: v.value for v in ib.accountSummary()}
+    assert float(summary["NetLiquidation"]) == 1_000_000.0
+    assert float(summary["BuyingPower"]) == 2_000_000.0
+    assert summary["AccountType"] == "INDIVIDUAL"
+
+
+def test_debug_log_shows_every_message_per_client(connect, caplog):
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="paper_gateway.session"):
+        ib = connect(4)
+        ib.reqCurrentTime()
+    lines = [r.getMessage() for r in caplog.records if r.name == "paper_gateway.session"]
+    assert any(line.startswith("client 4 <<< 49,1") for line in lines)  # reqCurrentTime in
+    assert any(line.startswith("client 4 >>> 49,1,") for line in lines)  # currentTime out
+    assert any("client 4 connected" in line for line in lines)
