@@ -1,0 +1,1 @@
+"""Processes and orchestration: config, broker adapter, breaker, main loop, watchdog."""

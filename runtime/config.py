@@ -1,0 +1,229 @@
+"""One frozen, typed configuration, loaded once from TOML and passed down as sub-configs.
+
+Unknown keys, wrong types and out-of-range values are refused with the key and the reason.
+`mode` has no default. Secrets never live here: they come from the environment (`Secrets`).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "BrokerConfig",
+    "CommanderConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "LoopConfig",
+    "RiskConfig",
+    "Secrets",
+    "SwarmConfig",
+    "WatchdogConfig",
+    "load_config",
+    "parse_config",
+]
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names every bad key and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class BrokerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(4002, ge=1, le=65535)
+    client_id: int = Field(1, ge=0)
+    watchdog_client_id: int = Field(999, ge=0)
+    account: str = Field("", description="'' = the single account the gateway manages")
+    connect_timeout_s: float = Field(10.0, gt=0, le=120)
+    request_timeout_s: float = Field(10.0, gt=0, le=120)
+    reconnect_initial_s: float = Field(1.0, gt=0, le=60)
+    reconnect_max_s: float = Field(30.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _distinct_ids(self) -> BrokerConfig:
+        if self.client_id == self.watchdog_client_id:
+            raise ValueError("client_id and watchdog_client_id must differ")
+        if self.reconnect_initial_s > self.reconnect_max_s:
+            raise ValueError("reconnect_initial_s must not exceed reconnect_max_s")
+        return self
+
+
+class DataConfig(_Section):
+    dir: str = "data_lake/var"
+
+
+class LoopConfig(_Section):
+    cycle_interval_s: float = Field(60.0, gt=0, le=86400)
+    max_cycle_s: float = Field(45.0, gt=0, le=3600)
+    heartbeat_interval_s: float = Field(1.0, gt=0, le=60)
+    stop_timeout_s: float = Field(20.0, gt=0, le=300)
+    trade_outside_liquid_hours: bool = False
+
+
+class WatchdogConfig(_Section):
+    spawn: bool = True
+    heartbeat_timeout_s: float = Field(10.0, gt=0, le=3600)
+    poll_interval_s: float = Field(1.0, gt=0, le=60)
+    kill_frozen_main: bool = True
+    close_wait_s: float = Field(5.0, gt=0, le=300)
+    close_collar_pct: float = Field(0.02, gt=0, le=0.5)
+    max_close_attempts: int = Field(5, ge=1, le=100)
+
+
+class SwarmConfig(_Section):
+    provider: Literal["anthropic", "offline"] = "offline"
+    instances_dir: str = "swarm_intelligence/active_instances"
+    templates_dir: str = "swarm_intelligence/templates"
+    max_concurrency: int = Field(8, ge=1, le=256)
+    call_timeout_s: float = Field(30.0, gt=0, le=600)
+    deadline_s: float = Field(60.0, gt=0, le=3600)
+    max_tokens_per_cycle: int = Field(200_000, ge=0)
+    max_usd_per_cycle: float = Field(2.0, ge=0)
+    max_usd_per_day: float = Field(50.0, ge=0)
+
+
+class CommanderConfig(_Section):
+    mode: Literal["rules", "llm"] = "rules"
+    min_confidence: float = Field(0.6, ge=0, le=1)
+    min_consensus: int = Field(1, ge=1)
+    kelly_fraction: float = Field(0.25, gt=0, le=1)
+    kelly_cap: float = Field(0.05, ge=0, le=1)
+    model: str = "claude-sonnet-4-5"
+    max_turns: int = Field(8, ge=1, le=50)
+
+
+class RiskConfig(_Section):
+    """The execution gate's limits. Read-only to everything an LLM touches."""
+
+    allowed_symbols: tuple[str, ...] = ()
+    allowed_sec_types: tuple[Literal["STK", "OPT"], ...] = ("STK", "OPT")
+    max_order_quantity: float = Field(100, gt=0)
+    max_order_notional: float = Field(25_000.0, gt=0)
+    max_position_notional: float = Field(50_000.0, gt=0)
+    max_gross_exposure: float = Field(200_000.0, gt=0)
+    max_portfolio_delta: float = Field(100_000.0, gt=0, description="dollar delta, absolute")
+    max_open_positions: int = Field(10, ge=1)
+    max_daily_loss: float = Field(5_000.0, gt=0)
+    price_collar_pct: float = Field(0.05, gt=0, le=0.5)
+    quote_max_age_s: float = Field(10.0, gt=0, le=3600)
+    max_orders_per_second: int = Field(2, ge=1, le=50)
+    max_orders_per_minute: int = Field(20, ge=1)
+    max_orders_per_day: int = Field(200, ge=1)
+    max_executions_per_window: int = Field(50, ge=1)
+    execution_window_s: float = Field(60.0, gt=0)
+    duplicate_window_s: float = Field(60.0, ge=0)
+    max_consecutive_rejects: int = Field(3, ge=1)
+    require_watchdog: bool = True
+
+    @model_validator(mode="after")
+    def _symbols_upper(self) -> RiskConfig:
+        if not self.allowed_symbols:
+            raise ValueError("allowed_symbols must list at least one symbol")
+        bad = [s for s in self.allowed_symbols if not s.isalnum() or s != s.upper()]
+        if bad:
+            raise ValueError(f"allowed_symbols must be upper-case tickers, got {bad}")
+        return self
+
+
+class Config(_Section):
+    mode: Literal["paper", "live"]
+    broker: BrokerConfig = BrokerConfig()
+    data: DataConfig = DataConfig()
+    loop: LoopConfig = LoopConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
+    swarm: SwarmConfig = SwarmConfig()
+    commander: CommanderConfig = CommanderConfig()
+    risk: RiskConfig
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.loop.max_cycle_s > self.loop.cycle_interval_s:
+            raise ValueError("loop.max_cycle_s must not exceed loop.cycle_interval_s")
+        if self.mode == "paper" and self.broker.port in (4001, 7496):
+            raise ValueError("broker.port 4001/7496 are IB's live ports; paper mode uses 4002/7497")
+        return self
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.data.dir)
+
+
+class Secrets:
+    """Secrets from the environment. The repr never shows a value."""
+
+    __slots__ = ("_anthropic_key", "anthropic_base_url", "live_armed")
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        self._anthropic_key = env.get("ANTHROPIC_API_KEY") or None
+        self.anthropic_base_url = env.get("ANTHROPIC_BASE_URL") or None
+        self.live_armed = env.get("LIVE_TRADING_ARMED") == "1"
+
+    @property
+    def anthropic_api_key(self) -> str | None:
+        return self._anthropic_key
+
+    def __repr__(self) -> str:
+        key = "set" if self._anthropic_key else "unset"
+        return f"Secrets(anthropic_api_key=<{key}>, live_armed={self.live_armed})"
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing (it has no default)"
+        got = err.get("input")
+        shown = (
+            ""
+            if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict)
+            else f" (got {got!r})"
+        )
+        lines.append(f"  {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Mapping[str, Any], source: str = "config") -> Config:
+    """Validate a parsed TOML document; raise ConfigError naming each bad key."""
+    try:
+        return Config.model_validate(_tuples(dict(data)))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return parse_config(data, str(p))

@@ -1,0 +1,592 @@
+"""The execution gate: deterministic pre-trade checks, and the only path to the broker.
+
+`place_order_with_guard()` evaluates every check against a frozen snapshot of the world
+(`GateContext`). Each check is a small function that returns a reason or None. A refusal is
+stored as a safety event with every failing reason and returned; it never raises. An accepted
+order's intent, with a deterministic orderRef, is stored before the broker sees the order.
+
+What an LLM produces can only ever become an `OrderRequest`; the limits (`RiskConfig`), the
+context and the gate's own counters are out of its reach, and there is no bypass switch.
+Exposure-reducing orders skip the exposure limits (they must always be able to reduce risk);
+the watchdog's closing orders are the only orders allowed while the breaker is HALTED.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import math
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlite_utils import Database
+
+from data_lake import insert_intent, log_safety_event, update_intent
+from runtime.config import RiskConfig
+
+__all__ = [
+    "CHECKS",
+    "GateContext",
+    "GateState",
+    "GateVerdict",
+    "Holding",
+    "OrderRequest",
+    "Quote",
+    "Submitter",
+    "evaluate",
+    "order_ref_for",
+    "place_order_with_guard",
+]
+
+log = logging.getLogger("skills.execution_gate")
+
+WATCHDOG = "watchdog"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """What the commander (or the watchdog, or a person) asks the gate to send."""
+
+    symbol: str
+    sec_type: str
+    action: str
+    quantity: float
+    order_type: str
+    limit_price: float | None = None
+    expiry: str = ""
+    strike: float = 0.0
+    right: str = ""
+    tif: str = "DAY"
+    source: str = "commander"
+    cycle_id: int | None = None
+    decision_id: int | None = None
+    ref_seed: str = ""  # extra idempotency material (e.g. the watchdog's attempt number)
+
+    @property
+    def key(self) -> str:
+        if self.sec_type == "OPT":
+            return f"{self.symbol} {self.expiry} {self.strike:g}{self.right}"
+        return self.symbol
+
+    @property
+    def signed_quantity(self) -> float:
+        return self.quantity if self.action == "BUY" else -self.quantity
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    bid: float
+    ask: float
+    age_s: float  # seconds since the quote was received (monotonic)
+    multiplier: float = 1.0
+    delta: float = 1.0  # per unit; 1 for stock
+    underlying_price: float = 0.0  # for options; for stock the mid is used
+
+    @property
+    def mid(self) -> float:
+        return 0.5 * (self.bid + self.ask)
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    symbol: str
+    quantity: float
+    mark: float
+    multiplier: float = 1.0
+    delta: float = 1.0
+    underlying_price: float = 0.0
+
+    @property
+    def notional(self) -> float:
+        return abs(self.quantity * self.mark * self.multiplier)
+
+    @property
+    def dollar_delta(self) -> float:
+        und = self.underlying_price or self.mark
+        return self.quantity * self.delta * self.multiplier * und
+
+
+@dataclass(frozen=True, slots=True)
+class GateContext:
+    """A frozen view of the world at the moment of the decision."""
+
+    breaker: str  # ACTIVE | REDUCING | HALTED
+    connected: bool
+    watchdog_alive: bool
+    market_open: bool
+    quote: Quote | None
+    holdings: Mapping[str, Holding]  # by contract key
+    daily_pnl: float
+    now: float  # monotonic seconds
+
+
+@dataclass
+class GateState:
+    """The gate's own counters (one per process). Orders are counted when they are sent."""
+
+    sent: collections.deque[float] = field(default_factory=collections.deque)
+    day: str = ""
+    sent_today: int = 0
+    executions: collections.deque[float] = field(default_factory=collections.deque)
+    execution_throttle_latched: bool = False
+    recent: dict[tuple[str, str, float], float] = field(default_factory=dict)
+
+    def record_sent(self, request: OrderRequest, now: float, day: str) -> None:
+        self.sent.append(now)
+        if day != self.day:
+            self.day, self.sent_today = day, 0
+        self.sent_today += 1
+        self.recent[(request.key, request.action, request.quantity)] = now
+
+    def record_execution(self, now: float, limits: RiskConfig) -> bool:
+        """Count an execution; return True when this one latched the throttle."""
+        self.executions.append(now)
+        while self.executions and now - self.executions[0] > limits.execution_window_s:
+            self.executions.popleft()
+        if (
+            not self.execution_throttle_latched
+            and len(self.executions) >= limits.max_executions_per_window
+        ):
+            self.execution_throttle_latched = True
+            return True
+        return False
+
+    def reenable_executions(self) -> None:
+        """A person re-enables trading after the repeated-execution throttle latched."""
+        self.execution_throttle_latched = False
+        self.executions.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class GateVerdict:
+    accepted: bool
+    order_ref: str | None
+    reasons: tuple[str, ...] = ()
+    broker_order_id: int | None = None
+
+
+class Submitter(Protocol):
+    def submit(self, order_ref: str, request: OrderRequest) -> int:
+        """Send the order to the broker; return its order id; raise if it was not sent."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Eval:
+    """Per-request values shared by the checks (computed once)."""
+
+    r: OrderRequest
+    ctx: GateContext
+    state: GateState
+    limits: RiskConfig
+    day: str
+    held: float
+    reducing: bool
+    price: float | None
+
+    @property
+    def multiplier(self) -> float:
+        return (
+            self.ctx.quote.multiplier
+            if self.ctx.quote
+            else (100.0 if self.r.sec_type == "OPT" else 1.0)
+        )
+
+
+Check = Callable[[_Eval], str | None]
+
+
+def _finite_positive(x: float | None) -> bool:
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+# --- the checks ---------------------------------------------------------------------------
+def check_breaker(e: _Eval) -> str | None:
+    state = e.ctx.breaker
+    if state == "HALTED" and not (e.r.source == WATCHDOG and e.reducing):
+        return "breaker HALTED: no new orders"
+    if state == "REDUCING" and not e.reducing:
+        return "breaker REDUCING: only exposure-reducing orders"
+    if state not in ("ACTIVE", "REDUCING", "HALTED"):
+        return f"breaker state {state!r} unknown: failing closed"
+    return None
+
+
+def check_connected(e: _Eval) -> str | None:
+    return None if e.ctx.connected else "broker not connected and reconciled: no orders"
+
+
+def check_watchdog(e: _Eval) -> str | None:
+    if e.limits.require_watchdog and not e.ctx.watchdog_alive and not e.reducing:
+        return "watchdog heartbeat stale: no new positions"
+    return None
+
+
+def check_market_open(e: _Eval) -> str | None:
+    if e.ctx.market_open or e.r.source == WATCHDOG:
+        return None
+    return "market closed for this instrument (outside liquid hours)"
+
+
+def check_fields(e: _Eval) -> str | None:
+    r = e.r
+    if r.action not in ("BUY", "SELL"):
+        return f"action must be BUY or SELL, got {r.action!r}"
+    if r.order_type not in ("LMT", "MKT"):
+        return f"order_type must be LMT or MKT, got {r.order_type!r}"
+    if not _finite_positive(r.quantity) or r.quantity != int(r.quantity):
+        return f"quantity must be a positive whole number, got {r.quantity!r}"
+    if r.order_type == "LMT" and not _finite_positive(r.limit_price):
+        return f"limit order needs a positive finite limit_price, got {r.limit_price!r}"
+    if r.tif not in ("DAY", "GTC", "IOC"):
+        return f"tif must be DAY, GTC or IOC, got {r.tif!r}"
+    if r.sec_type == "OPT" and not (
+        len(r.expiry) == 8
+        and r.expiry.isdigit()
+        and _finite_positive(r.strike)
+        and r.right in ("C", "P")
+    ):
+        return "option order needs expiry YYYYMMDD, a positive strike and right C or P"
+    return None
+
+
+def check_allow_list(e: _Eval) -> str | None:
+    if e.r.symbol not in e.limits.allowed_symbols and not e.reducing:
+        return f"symbol {e.r.symbol!r} is not on the allow-list"
+    if e.r.sec_type not in e.limits.allowed_sec_types:
+        return f"security type {e.r.sec_type!r} is not allowed"
+    return None
+
+
+def check_quote(e: _Eval) -> str | None:
+    if e.r.source == WATCHDOG and e.reducing and e.r.order_type == "MKT":
+        return None  # the watchdog's last-resort market close must not wait for a quote
+    q = e.ctx.quote
+    if q is None:
+        return "no quote: the price collar cannot be checked"
+    if not (_finite_positive(q.bid) and _finite_positive(q.ask)) or q.ask < q.bid:
+        return f"quote invalid (bid {q.bid}, ask {q.ask}): the price collar cannot be checked"
+    if q.age_s > e.limits.quote_max_age_s:
+        return f"quote stale ({q.age_s:.1f}s old > {e.limits.quote_max_age_s:g}s)"
+    return None
+
+
+def check_price_collar(e: _Eval) -> str | None:
+    q = e.ctx.quote
+    if q is None or not (_finite_positive(q.bid) and _finite_positive(q.ask)):
+        return None  # check_quote already refused (or the watchdog's market close)
+    collar = e.limits.price_collar_pct
+    mid = q.mid
+    if e.r.order_type == "MKT":
+        spread = (q.ask - q.bid) / mid
+        if spread > collar and e.r.source != WATCHDOG:
+            return f"market order refused: spread {spread:.1%} wider than the collar {collar:.1%}"
+        return None
+    assert e.r.limit_price is not None
+    off = abs(e.r.limit_price - mid) / mid
+    if off > collar:
+        return (
+            f"limit {e.r.limit_price:g} is {off:.1%} from the mid {mid:.4g} (collar {collar:.1%})"
+        )
+    return None
+
+
+def check_max_quantity(e: _Eval) -> str | None:
+    if e.r.source == WATCHDOG and e.reducing:
+        return None
+    if e.r.quantity > e.limits.max_order_quantity:
+        return f"quantity {e.r.quantity:g} exceeds the maximum {e.limits.max_order_quantity:g}"
+    return None
+
+
+def check_max_notional(e: _Eval) -> str | None:
+    if e.price is None or (e.r.source == WATCHDOG and e.reducing):
+        return None
+    notional = e.r.quantity * e.price * e.multiplier
+    if notional > e.limits.max_order_notional:
+        return (
+            f"order value {notional:,.0f} exceeds the maximum "
+            f"{e.limits.max_order_notional:,.0f} (multiplier {e.multiplier:g})"
+        )
+    return None
+
+
+def _after(e: _Eval) -> dict[str, Holding]:
+    """Holdings after the order fills at its price."""
+    out = dict(e.ctx.holdings)
+    q = e.ctx.quote
+    old = out.get(e.r.key)
+    qty = (old.quantity if old else 0.0) + e.r.signed_quantity
+    mark = e.price if e.price is not None else (old.mark if old else 0.0)
+    out[e.r.key] = Holding(
+        e.r.symbol,
+        qty,
+        mark,
+        e.multiplier,
+        q.delta if q else (old.delta if old else 1.0),
+        (q.underlying_price if q else 0.0) or (old.underlying_price if old else 0.0),
+    )
+    return out
+
+
+def check_position_limit(e: _Eval) -> str | None:
+    if e.reducing or e.price is None:
+        return None
+    total = sum(h.notional for h in _after(e).values() if h.symbol == e.r.symbol)
+    if total > e.limits.max_position_notional:
+        return (
+            f"{e.r.symbol} position value after the order {total:,.0f} exceeds "
+            f"{e.limits.max_position_notional:,.0f}"
+        )
+    return None
+
+
+def check_gross_exposure(e: _Eval) -> str | None:
+    if e.reducing or e.price is None:
+        return None
+    gross = sum(h.notional for h in _after(e).values())
+    if gross > e.limits.max_gross_exposure:
+        limit = e.limits.max_gross_exposure
+        return f"gross exposure after the order {gross:,.0f} exceeds {limit:,.0f}"
+    return None
+
+
+def check_portfolio_delta(e: _Eval) -> str | None:
+    if e.reducing or e.price is None:
+        return None
+    before = sum(h.dollar_delta for h in e.ctx.holdings.values())
+    after = sum(h.dollar_delta for h in _after(e).values())
+    if abs(after) > e.limits.max_portfolio_delta and abs(after) > abs(before):
+        return (
+            f"portfolio dollar delta after the order {after:,.0f} exceeds "
+            f"±{e.limits.max_portfolio_delta:,.0f}"
+        )
+    return None
+
+
+def check_open_positions(e: _Eval) -> str | None:
+    if e.reducing or e.held != 0:
+        return None
+    open_now = sum(1 for h in e.ctx.holdings.values() if h.quantity != 0)
+    if open_now >= e.limits.max_open_positions:
+        return f"{open_now} open positions: the maximum is {e.limits.max_open_positions}"
+    return None
+
+
+def check_daily_loss(e: _Eval) -> str | None:
+    if e.reducing:
+        return None
+    if e.ctx.daily_pnl <= -e.limits.max_daily_loss:
+        return (
+            f"daily loss {e.ctx.daily_pnl:,.0f} breaches the limit -{e.limits.max_daily_loss:,.0f}"
+        )
+    return None
+
+
+def check_order_rate(e: _Eval) -> str | None:
+    if e.r.source == WATCHDOG and e.reducing:
+        return None
+    now = e.ctx.now
+    sent = e.state.sent
+    while sent and now - sent[0] > 86_400:
+        sent.popleft()
+    last_s = sum(1 for t in reversed(sent) if now - t < 1.0)
+    if last_s >= e.limits.max_orders_per_second:
+        return (
+            f"order rate: {last_s} sent in the last second (max {e.limits.max_orders_per_second})"
+        )
+    last_m = sum(1 for t in reversed(sent) if now - t < 60.0)
+    if last_m >= e.limits.max_orders_per_minute:
+        return (
+            f"order rate: {last_m} sent in the last minute (max {e.limits.max_orders_per_minute})"
+        )
+    today = e.state.sent_today if e.state.day == e.day else 0
+    if today >= e.limits.max_orders_per_day:
+        return f"order rate: {today} sent today (max {e.limits.max_orders_per_day})"
+    return None
+
+
+def check_execution_throttle(e: _Eval) -> str | None:
+    if e.state.execution_throttle_latched and not e.reducing:
+        return (
+            f"repeated-execution throttle latched ({e.limits.max_executions_per_window} in "
+            f"{e.limits.execution_window_s:g}s): a person must re-enable trading"
+        )
+    return None
+
+
+def check_duplicate(e: _Eval) -> str | None:
+    if e.r.source == WATCHDOG:
+        return None
+    when = e.state.recent.get((e.r.key, e.r.action, e.r.quantity))
+    if when is not None and e.ctx.now - when < e.limits.duplicate_window_s:
+        return (
+            f"duplicate: {e.r.action} {e.r.quantity:g} {e.r.key} was sent "
+            f"{e.ctx.now - when:.1f}s ago (window {e.limits.duplicate_window_s:g}s)"
+        )
+    return None
+
+
+CHECKS: tuple[Check, ...] = (
+    check_breaker,
+    check_connected,
+    check_fields,
+    check_allow_list,
+    check_watchdog,
+    check_market_open,
+    check_quote,
+    check_price_collar,
+    check_max_quantity,
+    check_max_notional,
+    check_position_limit,
+    check_gross_exposure,
+    check_portfolio_delta,
+    check_open_positions,
+    check_daily_loss,
+    check_order_rate,
+    check_execution_throttle,
+    check_duplicate,
+)
+
+
+def _prepare(
+    r: OrderRequest, ctx: GateContext, state: GateState, limits: RiskConfig, day: str
+) -> _Eval:
+    holding = ctx.holdings.get(r.key)
+    held = holding.quantity if holding else 0.0
+    signed = r.signed_quantity if _finite_positive(r.quantity) else 0.0
+    reducing = held != 0 and signed != 0 and (held > 0) != (signed > 0) and abs(signed) <= abs(held)
+    price: float | None
+    if r.order_type == "LMT" and _finite_positive(r.limit_price):
+        price = r.limit_price
+    elif (
+        ctx.quote is not None
+        and _finite_positive(ctx.quote.ask)
+        and _finite_positive(ctx.quote.bid)
+    ):
+        price = ctx.quote.ask if r.action == "BUY" else ctx.quote.bid
+    else:
+        price = None
+    return _Eval(r, ctx, state, limits, day, held, reducing, price)
+
+
+def evaluate(
+    request: OrderRequest, ctx: GateContext, state: GateState, limits: RiskConfig, day: str = ""
+) -> list[str]:
+    """Run every check; return all the reasons for refusal (empty: the order may go)."""
+    e = _prepare(request, ctx, state, limits, day)
+    return [reason for check in CHECKS if (reason := check(e)) is not None]
+
+
+def order_ref_for(r: OrderRequest) -> str:
+    """A deterministic orderRef: the same request in the same cycle gets the same ref."""
+    material = "|".join(
+        str(x)
+        for x in (
+            r.source,
+            r.cycle_id,
+            r.decision_id,
+            r.key,
+            r.action,
+            r.quantity,
+            r.order_type,
+            r.limit_price,
+            r.tif,
+            r.ref_seed,
+        )
+    )
+    digest = hashlib.sha256(material.encode()).hexdigest()[:12]
+    prefix = {"commander": "cmd", WATCHDOG: "wd"}.get(r.source, r.source[:6])
+    cycle = f"c{r.cycle_id}" if r.cycle_id is not None else "x"
+    return f"{prefix}-{cycle}-{digest}"
+
+
+def place_order_with_guard(
+    request: OrderRequest,
+    ctx: GateContext,
+    state: GateState,
+    limits: RiskConfig,
+    db: Database,
+    submitter: Submitter,
+    day: str = "",
+) -> GateVerdict:
+    """Check, record the intent, then submit. The only path from a decision to placeOrder."""
+    reasons = evaluate(request, ctx, state, limits, day)
+    order_ref = order_ref_for(request)
+    if not reasons:
+        intent = {
+            "order_ref": order_ref,
+            "cycle_id": request.cycle_id,
+            "decision_id": request.decision_id,
+            "source": request.source,
+            "symbol": request.symbol,
+            "sec_type": request.sec_type,
+            "expiry": request.expiry or None,
+            "strike": request.strike or None,
+            "opt_right": request.right or None,
+            "action": request.action,
+            "quantity": request.quantity,
+            "order_type": request.order_type,
+            "limit_price": request.limit_price,
+            "tif": request.tif,
+        }
+        try:
+            if not insert_intent(db, intent):
+                reasons = [f"duplicate orderRef {order_ref}: this intent was already recorded"]
+        except sqlite3.Error as exc:
+            reasons = [f"intent could not be stored ({exc}): no order without a stored intent"]
+    if reasons:
+        _refusal(db, request, order_ref, reasons)
+        return GateVerdict(False, order_ref, tuple(reasons))
+    try:
+        broker_id = submitter.submit(order_ref, request)
+    except Exception as exc:  # not sent: the intent says so, and nothing is retried blindly
+        reason = f"broker did not accept the order for sending: {type(exc).__name__}: {exc}"
+        _safe(lambda: update_intent(db, order_ref, status="not_sent", last_error=reason))
+        _refusal(db, request, order_ref, [reason])
+        return GateVerdict(False, order_ref, (reason,))
+    state.record_sent(request, ctx.now, day)
+    _safe(lambda: update_intent(db, order_ref, status="submitted", broker_order_id=broker_id))
+    return GateVerdict(True, order_ref, (), broker_id)
+
+
+def _safe(action: Callable[[], object]) -> None:
+    try:
+        action()
+    except sqlite3.Error as exc:
+        log.error("audit write failed (the order itself is accounted for by orderRef): %s", exc)
+
+
+def _refusal(db: Database, r: OrderRequest, order_ref: str, reasons: list[str]) -> None:
+    log.warning(
+        "gate refused %s %g %s (%s): %s", r.action, r.quantity, r.key, r.source, "; ".join(reasons)
+    )
+    _safe(
+        lambda: log_safety_event(
+            db,
+            "gate",
+            "gate_refusal",
+            "; ".join(reasons),
+            "warning",
+            details={
+                "reasons": reasons,
+                "request": {
+                    "symbol": r.symbol,
+                    "sec_type": r.sec_type,
+                    "action": r.action,
+                    "quantity": r.quantity,
+                    "order_type": r.order_type,
+                    "limit_price": r.limit_price,
+                    "expiry": r.expiry,
+                    "strike": r.strike,
+                    "right": r.right,
+                    "source": r.source,
+                },
+            },
+            order_ref=order_ref,
+            cycle_id=r.cycle_id,
+        )
+    )
