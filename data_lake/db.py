@@ -32,8 +32,23 @@ _SCHEMA = Path(__file__).with_name("schema.sql")
 Database = sqlite_utils.Database
 
 
+def _statements(script: str) -> list[str]:
+    """Split a SQL script into statements (executescript would commit our transaction)."""
+    out: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip() and not all(x.strip().startswith("--") for x in buf.splitlines() if x.strip()):
+        raise ValueError("schema script ends with an incomplete statement")
+    return out
+
+
 def _v1(conn: sqlite3.Connection) -> None:
-    conn.executescript(_SCHEMA.read_text(encoding="utf-8"))
+    for statement in _statements(_SCHEMA.read_text(encoding="utf-8")):
+        conn.execute(statement)
 
 
 # (version, migration). A new schema version appends here; shipped steps are never edited.

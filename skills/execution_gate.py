@@ -285,6 +285,8 @@ def check_price_collar(e: _Eval) -> str | None:
         if spread > collar and e.r.source != WATCHDOG:
             return f"market order refused: spread {spread:.1%} wider than the collar {collar:.1%}"
         return None
+    if not _finite_positive(e.r.limit_price):
+        return None  # check_fields refuses it
     assert e.r.limit_price is not None
     off = abs(e.r.limit_price - mid) / mid
     if off > collar:
@@ -477,8 +479,19 @@ def evaluate(
     request: OrderRequest, ctx: GateContext, state: GateState, limits: RiskConfig, day: str = ""
 ) -> list[str]:
     """Run every check; return all the reasons for refusal (empty: the order may go)."""
-    e = _prepare(request, ctx, state, limits, day)
-    return [reason for check in CHECKS if (reason := check(e)) is not None]
+    try:
+        e = _prepare(request, ctx, state, limits, day)
+    except Exception as exc:
+        return [f"request could not be evaluated ({type(exc).__name__}: {exc}): failing closed"]
+    out: list[str] = []
+    for check in CHECKS:
+        try:
+            reason = check(e)
+        except Exception as exc:  # a broken check refuses; it never lets an order through
+            reason = f"{check.__name__} failed ({type(exc).__name__}: {exc}): failing closed"
+        if reason is not None:
+            out.append(reason)
+    return out
 
 
 def order_ref_for(r: OrderRequest) -> str:

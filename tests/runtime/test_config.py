@@ -1,0 +1,146 @@
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from runtime.config import ConfigError, Secrets, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _paper() -> dict:
+    return tomllib.loads((ROOT / "config" / "paper.toml").read_text())
+
+
+@pytest.mark.parametrize("name", ["paper.toml", "demo.toml"])
+def test_shipped_configs_are_valid(name):
+    cfg = load_config(ROOT / "config" / name)
+    assert cfg.mode == "paper"
+    assert cfg.broker.watchdog_client_id == 999
+    assert "NVDA" in cfg.risk.allowed_symbols
+
+
+def test_config_is_frozen():
+    cfg = parse_config(_paper())
+    with pytest.raises(Exception, match="frozen"):
+        cfg.risk.max_order_quantity = 1e9  # type: ignore[misc]
+
+
+def test_mode_has_no_default():
+    data = _paper()
+    del data["mode"]
+    with pytest.raises(ConfigError, match=r"mode: required key is missing"):
+        parse_config(data)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda d: d["risk"].update(max_order_quantitty=5),
+            r"risk\.max_order_quantitty: unknown key",
+        ),
+        (lambda d: d.update(mode="yolo"), r"mode: Input should be 'paper' or 'live'"),
+        (
+            lambda d: d["risk"].update(max_order_quantity=0),
+            r"risk\.max_order_quantity: .*greater than 0",
+        ),
+        (
+            lambda d: d["broker"].update(port="4002"),
+            r"broker\.port: Input should be a valid integer",
+        ),
+        (
+            lambda d: d["watchdog"].update(spawn="yes"),
+            r"watchdog\.spawn: Input should be a valid boolean",
+        ),
+        (
+            lambda d: d["risk"].update(price_collar_pct=0.9),
+            r"risk\.price_collar_pct: .*less than or equal to 0\.5",
+        ),
+        (
+            lambda d: d["broker"].update(watchdog_client_id=1),
+            r"client_id and watchdog_client_id must differ",
+        ),
+        (lambda d: d["loop"].update(max_cycle_s=120.0), r"max_cycle_s must not exceed"),
+        (lambda d: d["broker"].update(port=4001), r"live ports"),
+        (lambda d: d["risk"].update(allowed_symbols=["nvda"]), r"upper-case tickers"),
+        (lambda d: d.update(extra_section={}), r"extra_section: unknown key"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key_and_reason(mutate, message):
+    data = _paper()
+    mutate(data)
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data)
+
+
+def test_every_error_is_reported_at_once():
+    data = _paper()
+    data["risk"]["max_daily_loss"] = -1
+    data["swarm"]["max_concurrency"] = 0
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert "risk.max_daily_loss" in str(info.value)
+    assert "swarm.max_concurrency" in str(info.value)
+
+
+def test_secrets_come_from_the_environment_and_never_show():
+    s = Secrets({"ANTHROPIC_API_KEY": "sk-ant-secret-123456", "LIVE_TRADING_ARMED": "1"})
+    assert s.anthropic_api_key == "sk-ant-secret-123456"
+    assert "sk-ant" not in repr(s)
+    assert s.live_armed is True
+    assert Secrets({}).live_armed is False
+
+
+def test_cli_check_exits_non_zero_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        (ROOT / "config" / "paper.toml")
+        .read_text()
+        .replace("max_order_quantity = 100", "max_order_quantity = -5")
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime", "check", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "risk.max_order_quantity" in proc.stderr
+    assert "greater than 0" in proc.stderr
+
+
+def test_cli_check_accepts_a_good_config():
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime", "check", "--config", "config/paper.toml"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "config/paper.toml: ok" in proc.stdout
+
+
+def test_cli_check_missing_file_and_bad_toml(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime", "check", "--config", str(tmp_path / "nope.toml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "cannot read config" in proc.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("mode = \n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime", "check", "--config", str(broken)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "not valid TOML" in proc.stderr

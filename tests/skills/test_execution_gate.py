@@ -1,0 +1,345 @@
+"""One test per pre-trade control, each asserting the reason; plus invariants (hypothesis)."""
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from data_lake import get_intent, open_db, query_safety_events
+from runtime.config import RiskConfig, parse_config
+from skills.execution_gate import (
+    GateContext,
+    GateState,
+    Holding,
+    OrderRequest,
+    Quote,
+    evaluate,
+    order_ref_for,
+    place_order_with_guard,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+LIMITS: RiskConfig = parse_config(tomllib.loads((ROOT / "config/paper.toml").read_text())).risk
+
+
+class RecordingSubmitter:
+    """A hand-written fake broker: records what it was asked to send."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.sent: list[tuple[str, OrderRequest]] = []
+        self.fail = fail
+
+    def submit(self, order_ref, request):
+        if self.fail:
+            raise self.fail
+        self.sent.append((order_ref, request))
+        return 100 + len(self.sent)
+
+
+def ctx(**kw) -> GateContext:
+    base = dict(
+        breaker="ACTIVE",
+        connected=True,
+        watchdog_alive=True,
+        market_open=True,
+        quote=Quote(99.95, 100.05, 0.5),
+        holdings={},
+        daily_pnl=0.0,
+        now=1000.0,
+    )
+    return GateContext(**{**base, **kw})
+
+
+def buy(qty=10, price=100.0, **kw) -> OrderRequest:
+    return OrderRequest(
+        **{
+            **dict(
+                symbol="NVDA",
+                sec_type="STK",
+                action="BUY",
+                quantity=qty,
+                order_type="LMT",
+                limit_price=price,
+                cycle_id=1,
+            ),
+            **kw,
+        }
+    )
+
+
+def reasons(request=None, context=None, state=None, limits=LIMITS):
+    return evaluate(request or buy(), context or ctx(), state or GateState(), limits, "20261120")
+
+
+def limits(**kw) -> RiskConfig:
+    return LIMITS.model_copy(update=kw)
+
+
+def test_clean_order_passes_every_check():
+    assert reasons() == []
+
+
+def test_refuses_when_breaker_halted():
+    assert reasons(context=ctx(breaker="HALTED")) == ["breaker HALTED: no new orders"]
+
+
+def test_breaker_reducing_allows_only_exposure_reducing_orders():
+    held = {"NVDA": Holding("NVDA", 20, 100.0)}
+    assert reasons(context=ctx(breaker="REDUCING", holdings=held)) == [
+        "breaker REDUCING: only exposure-reducing orders"
+    ]
+    assert reasons(buy(action="SELL"), ctx(breaker="REDUCING", holdings=held)) == []
+
+
+def test_halted_allows_only_the_watchdogs_closing_orders():
+    held = {"NVDA": Holding("NVDA", 20, 100.0)}
+    close = buy(action="SELL", qty=20, source="watchdog", order_type="MKT", limit_price=None)
+    assert reasons(close, ctx(breaker="HALTED", holdings=held)) == []
+    assert (
+        reasons(
+            dataclasses.replace(close, source="commander"), ctx(breaker="HALTED", holdings=held)
+        )[0]
+        == "breaker HALTED: no new orders"
+    )
+    opening = dataclasses.replace(close, action="BUY")
+    assert "breaker HALTED" in reasons(opening, ctx(breaker="HALTED", holdings=held))[0]
+
+
+def test_refuses_while_disconnected():
+    assert reasons(context=ctx(connected=False)) == [
+        "broker not connected and reconciled: no orders"
+    ]
+
+
+def test_refuses_new_positions_while_watchdog_is_stale_but_allows_reducing():
+    assert reasons(context=ctx(watchdog_alive=False)) == [
+        "watchdog heartbeat stale: no new positions"
+    ]
+    held = {"NVDA": Holding("NVDA", 20, 100.0)}
+    assert reasons(buy(action="SELL"), ctx(watchdog_alive=False, holdings=held)) == []
+
+
+def test_refuses_outside_market_hours():
+    assert reasons(context=ctx(market_open=False)) == [
+        "market closed for this instrument (outside liquid hours)"
+    ]
+
+
+def test_refuses_symbol_not_on_allow_list():
+    assert reasons(buy(symbol="GME")) == ["symbol 'GME' is not on the allow-list"]
+
+
+@pytest.mark.parametrize(
+    ("request_", "expected"),
+    [
+        (buy(qty=float("nan")), "quantity must be a positive whole number"),
+        (buy(qty=-5), "quantity must be a positive whole number"),
+        (buy(qty=2.5), "quantity must be a positive whole number"),
+        (buy(price=float("inf")), "limit order needs a positive finite limit_price"),
+        (buy(action="HOLD"), "action must be BUY or SELL"),
+        (buy(order_type="STP"), "order_type must be LMT or MKT"),
+        (buy(sec_type="OPT", expiry="soon"), "option order needs expiry YYYYMMDD"),
+    ],
+)
+def test_refuses_malformed_orders(request_, expected):
+    assert reasons(request_)[0].startswith(expected)
+
+
+def test_refuses_without_a_quote_or_with_a_stale_one():
+    assert reasons(context=ctx(quote=None)) == ["no quote: the price collar cannot be checked"]
+    stale = reasons(context=ctx(quote=Quote(99.95, 100.05, 30.0)))
+    assert stale == ["quote stale (30.0s old > 10s)"]
+    crossed = reasons(context=ctx(quote=Quote(0.0, 100.05, 0.1)))[0]
+    assert crossed.startswith("quote invalid")
+
+
+def test_price_collar_refuses_limit_far_from_the_market():
+    assert reasons(buy(price=120.0)) == ["limit 120 is 20.0% from the mid 100 (collar 5.0%)"]
+    assert reasons(buy(price=104.0)) == []
+
+
+def test_market_order_needs_a_tight_quote():
+    mkt = buy(order_type="MKT", limit_price=None)
+    assert reasons(mkt) == []
+    wide = ctx(quote=Quote(90.0, 110.0, 0.1))
+    assert reasons(mkt, wide)[0].startswith("market order refused: spread 20.0%")
+
+
+def test_refuses_quantity_above_maximum():
+    assert (
+        reasons(
+            buy(qty=101),
+            state=GateState(),
+            limits=limits(max_order_notional=1e9, max_position_notional=1e9),
+        )[0]
+        == "quantity 101 exceeds the maximum 100"
+    )
+
+
+def test_refuses_notional_above_maximum_with_option_multiplier():
+    opt = buy(sec_type="OPT", expiry="20261218", strike=100.0, right="C", qty=30, price=10.0)
+    q = ctx(quote=Quote(9.9, 10.1, 0.1, multiplier=100, delta=0.5, underlying_price=100))
+    assert reasons(opt, q)[0] == "order value 30,000 exceeds the maximum 25,000 (multiplier 100)"
+
+
+def test_refuses_per_symbol_position_above_limit():
+    held = {"NVDA": Holding("NVDA", 450, 100.0)}
+    assert reasons(buy(qty=100), ctx(holdings=held))[0] == (
+        "NVDA position value after the order 55,000 exceeds 50,000"
+    )
+
+
+def test_refuses_gross_exposure_above_limit():
+    held = {s: Holding(s, 480, 100.0) for s in ("AMD", "TSLA", "AAPL", "MSFT")}
+    assert reasons(buy(qty=10), ctx(holdings=held), limits=limits(max_portfolio_delta=1e9)) == []
+    assert reasons(buy(qty=100), ctx(holdings=held))[0] == (
+        "gross exposure after the order 202,000 exceeds 200,000"
+    )
+
+
+def test_refuses_portfolio_delta_above_limit():
+    held = {"AMD": Holding("AMD", 950, 100.0)}
+    got = reasons(buy(qty=60), ctx(holdings=held), limits=limits(max_gross_exposure=1e9))
+    assert got == ["portfolio dollar delta after the order 101,000 exceeds ±100,000"]
+
+
+def test_option_delta_counts_with_multiplier_and_underlying():
+    held = {"X": Holding("AMD", 20, 5.0, multiplier=100, delta=-0.5, underlying_price=100.0)}
+    assert sum(h.dollar_delta for h in held.values()) == -100_000
+
+
+def test_refuses_a_new_position_beyond_max_open_positions():
+    held = {s: Holding(s, 1, 10.0) for s in ("A", "B", "C", "D", "E", "F", "G", "H", "I", "J")}
+    assert reasons(context=ctx(holdings=held)) == ["10 open positions: the maximum is 10"]
+
+
+def test_refuses_new_exposure_after_daily_loss_limit():
+    assert reasons(context=ctx(daily_pnl=-5000.0)) == [
+        "daily loss -5,000 breaches the limit -5,000"
+    ]
+
+
+def test_order_rate_per_second_minute_and_day():
+    state = GateState()
+    state.record_sent(buy(symbol="AMD"), 999.5, "20261120")
+    state.record_sent(buy(symbol="TSLA"), 999.8, "20261120")
+    assert reasons(state=state) == ["order rate: 2 sent in the last second (max 2)"]
+    state = GateState()
+    for i in range(20):
+        state.record_sent(buy(symbol="AMD", qty=i + 1), 950.0 + i, "20261120")
+    assert reasons(state=state) == ["order rate: 20 sent in the last minute (max 20)"]
+    state = GateState(day="20261120", sent_today=200)
+    assert reasons(state=state) == ["order rate: 200 sent today (max 200)"]
+    state = GateState(day="20261119", sent_today=200)  # yesterday's count does not apply
+    assert reasons(state=state) == []
+
+
+def test_repeated_execution_throttle_latches_until_a_person_reenables():
+    state = GateState()
+    small = limits(max_executions_per_window=3)
+    assert [state.record_execution(t, small) for t in (1.0, 2.0, 3.0)] == [False, False, True]
+    assert reasons(state=state, limits=small)[0].startswith("repeated-execution throttle latched")
+    later = ctx(now=10_000.0)
+    assert reasons(context=later, state=state, limits=small) != []  # time alone does not clear it
+    state.reenable_executions()
+    assert reasons(context=later, state=state, limits=small) == []
+
+
+def test_duplicate_guard_refuses_same_contract_side_size_within_window():
+    state = GateState()
+    state.record_sent(buy(), 990.0, "20261120")
+    assert reasons(state=state) == ["duplicate: BUY 10 NVDA was sent 10.0s ago (window 60s)"]
+    assert reasons(context=ctx(now=1100.0), state=state) == []
+    assert reasons(buy(qty=11), state=state) == []
+
+
+def test_every_failing_reason_is_reported_not_just_the_first():
+    got = reasons(buy(symbol="GME", price=500.0), ctx(breaker="HALTED", watchdog_alive=False))
+    assert len(got) >= 4
+
+
+def test_order_ref_is_deterministic_and_distinct():
+    assert order_ref_for(buy()) == order_ref_for(buy())
+    assert order_ref_for(buy()) != order_ref_for(buy(qty=11))
+    assert order_ref_for(buy()).startswith("cmd-c1-")
+
+
+# --- place_order_with_guard: records and submits ------------------------------------------
+def test_accepted_order_stores_intent_before_submitting(tmp_path):
+    db = open_db(tmp_path)
+    seen_at_submit = []
+
+    class CheckingSubmitter(RecordingSubmitter):
+        def submit(self, order_ref, request):
+            seen_at_submit.append(get_intent(db, order_ref))
+            return super().submit(order_ref, request)
+
+    sub = CheckingSubmitter()
+    verdict = place_order_with_guard(buy(), ctx(), GateState(), LIMITS, db, sub, "20261120")
+    assert verdict.accepted and verdict.broker_order_id == 101
+    assert seen_at_submit[0]["status"] == "pending"
+    assert get_intent(db, verdict.order_ref)["status"] == "submitted"
+
+
+def test_refusal_is_a_stored_safety_event_with_every_reason(tmp_path):
+    db = open_db(tmp_path)
+    sub = RecordingSubmitter()
+    verdict = place_order_with_guard(
+        buy(symbol="GME"), ctx(breaker="HALTED"), GateState(), LIMITS, db, sub
+    )
+    assert not verdict.accepted and sub.sent == []
+    [event] = query_safety_events(db, kind="gate_refusal")
+    assert "breaker HALTED" in event["reason"] and "allow-list" in event["reason"]
+    assert get_intent(db, verdict.order_ref) is None
+
+
+def test_same_intent_twice_is_refused_as_duplicate_order_ref(tmp_path):
+    db = open_db(tmp_path)
+    sub = RecordingSubmitter()
+    place_order_with_guard(buy(), ctx(), GateState(), LIMITS, db, sub)
+    again = place_order_with_guard(buy(), ctx(now=5000.0), GateState(), LIMITS, db, sub)
+    assert not again.accepted and again.reasons[0].startswith("duplicate orderRef")
+    assert len(sub.sent) == 1
+
+
+def test_broker_failure_marks_intent_not_sent_and_is_not_retried(tmp_path):
+    db = open_db(tmp_path)
+    sub = RecordingSubmitter(fail=ConnectionError("Not connected"))
+    verdict = place_order_with_guard(buy(), ctx(), GateState(), LIMITS, db, sub)
+    assert not verdict.accepted
+    intent = get_intent(db, verdict.order_ref)
+    assert intent["status"] == "not_sent" and "Not connected" in intent["last_error"]
+
+
+def test_no_order_without_a_stored_intent(tmp_path):
+    db = open_db(tmp_path)
+    other = open_db(tmp_path)
+    other.conn.execute("BEGIN IMMEDIATE")
+    db.conn.execute("PRAGMA busy_timeout = 50")
+    sub = RecordingSubmitter()
+    verdict = place_order_with_guard(buy(), ctx(), GateState(), LIMITS, db, sub)
+    other.conn.execute("ROLLBACK")
+    assert not verdict.accepted and sub.sent == []
+    assert "intent could not be stored" in verdict.reasons[0]
+
+
+# --- invariants ---------------------------------------------------------------------------
+@settings(max_examples=300, deadline=None)
+@given(
+    qty=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**9), 10**9)),
+    price=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+    symbol=st.sampled_from(["NVDA", "GME", "AAPL", ""]),
+    action=st.sampled_from(["BUY", "SELL", "buy", "HOLD"]),
+    breaker=st.sampled_from(["ACTIVE", "REDUCING", "HALTED", "???"]),
+)
+def test_gate_never_accepts_what_breaks_a_limit(qty, price, symbol, action, breaker):
+    r = OrderRequest(symbol, "STK", action, qty, "LMT", price, cycle_id=1)
+    got = evaluate(r, ctx(breaker=breaker), GateState(), LIMITS, "d")
+    if not got:
+        assert breaker == "ACTIVE" and action == "BUY" and symbol in LIMITS.allowed_symbols
+        assert 0 < qty <= LIMITS.max_order_quantity and qty == int(qty)
+        assert price is not None and abs(price - 100.0) / 100.0 <= LIMITS.price_collar_pct
+        assert qty * price <= LIMITS.max_order_notional
