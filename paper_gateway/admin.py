@@ -148,6 +148,9 @@ class AdminServer:
             "account": {"id": core.config.account, **{k: round(v, 2) for k, v in values.items()}},
             "prices": {s: round(core.market.price(s), 4) for s in core.market.symbols()},
             "frozen": core.frozen,
+            "market_data": {
+                str(cid): sorted(sess.subs.market) for cid, sess in sorted(core.clients.items())
+            },
         }
 
     def set_price(self, cmd: dict[str, Any]) -> Reply:

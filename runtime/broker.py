@@ -1,0 +1,761 @@
+"""The broker adapter: the ONLY module that imports the IB client library.
+
+It connects (with a timeout), checks the account against the trading mode, reconciles what
+the broker knows against the stored order intents before anything new may be sent, keeps
+reconnecting with backoff and jitter after drops and gateway restarts, and records every
+order status and execution in the data lake exactly once (by execId). Orders go out only
+through `submit()`, which the execution gate calls; nothing else here places orders except
+`close_position()`, which is the watchdog's path and is also called through the gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ib_insync import (
+    IB,
+    Contract,
+    Fill,
+    LimitOrder,
+    MarketOrder,
+    Option,
+    Stock,
+    Ticker,
+    Trade,
+)
+from sqlite_utils import Database
+
+from data_lake import (
+    log_account_snapshot,
+    log_safety_event,
+    log_trade,
+    open_intents,
+    record_order_event,
+    set_commission,
+    update_intent,
+)
+from skills.execution_gate import OrderRequest
+
+from .config import BrokerConfig, Secrets
+from .market_hours import is_open
+
+__all__ = [
+    "AccountModeError",
+    "Broker",
+    "BrokerError",
+    "BrokerNotReady",
+    "ClientIdInUse",
+    "PositionView",
+    "QuoteSnapshot",
+    "ReconcileReport",
+]
+
+log = logging.getLogger("runtime.broker")
+
+REJECT_CODES = frozenset({201, 203, 10147})  # counted towards the consecutive-reject trip
+ORDER_ERROR_CODES = frozenset(
+    {103, 104, 105, 110, 135, 161, 200, 201, 202, 203, 321, 387, 399, 10147, 10148}
+)
+
+
+class BrokerError(Exception):
+    """Base class: something at the broker prevents trading."""
+
+
+class ClientIdInUse(BrokerError):
+    """Error 326 on first start: another session uses this client id (a fatal config error)."""
+
+
+class AccountModeError(BrokerError):
+    """The account does not match the trading mode (paper needs DU..., live needs arming)."""
+
+
+class BrokerNotReady(BrokerError):
+    """Not connected, not reconciled, or connectivity to IB lost (1100): no orders."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteSnapshot:
+    symbol: str
+    sec_type: str
+    bid: float
+    ask: float
+    last: float
+    close: float
+    received: float  # monotonic time of the last update
+    multiplier: float = 1.0
+    iv: float | None = None  # stock: implied vol (tick 106); option: model IV
+    delta: float | None = None
+    gamma: float | None = None
+    vega: float | None = None
+    theta: float | None = None
+    underlying_price: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PositionView:
+    con_id: int
+    symbol: str
+    sec_type: str
+    quantity: float
+    avg_cost: float
+    multiplier: float
+    expiry: str = ""
+    strike: float = 0.0
+    right: str = ""
+
+    @property
+    def key(self) -> str:
+        if self.sec_type == "OPT":
+            return f"{self.symbol} {self.expiry} {self.strike:g}{self.right}"
+        return self.symbol
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    executions_new: int
+    intents_checked: int
+    intents_resolved: dict[str, str]  # order_ref -> new status
+    unknown_broker_orders: tuple[str, ...]
+
+
+def _num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v != 1.7976931348623157e308 else None
+
+
+def contract_for(
+    symbol: str, sec_type: str, expiry: str = "", strike: float = 0.0, right: str = ""
+) -> Contract:
+    if sec_type == "OPT":
+        return Option(symbol, expiry, strike, right, "SMART", currency="USD")
+    return Stock(symbol, "SMART", "USD")
+
+
+def _key(c: Contract) -> str:
+    if c.secType == "OPT":
+        return f"{c.symbol} {c.lastTradeDateOrContractMonth} {c.strike:g}{c.right}"
+    return str(c.symbol)
+
+
+class Broker:
+    """One IB API session (client id) with reconnect, reconciliation and recording."""
+
+    def __init__(
+        self,
+        cfg: BrokerConfig,
+        mode: str,
+        secrets: Secrets,
+        db: Database,
+        *,
+        client_id: int | None = None,
+        source: str = "main_loop",
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        on_reject_streak: Callable[[int, str], None] | None = None,
+        on_execution: Callable[[float], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.mode = mode
+        self.secrets = secrets
+        self.db = db
+        self.client_id = cfg.client_id if client_id is None else client_id
+        self.source = source
+        self.monotonic = monotonic
+        self.rng = rng or random.Random()
+        self.on_reject_streak = on_reject_streak
+        self.on_execution = on_execution
+        self.ib = IB()
+        self.ib.RequestTimeout = cfg.request_timeout_s
+        self.account = ""
+        self.connected_to_ib = False  # False between 1100 and 1101/1102
+        self.reconciled = False
+        self.reject_streak = 0
+        self.reconnects = 0
+        self._closing = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._tickers: dict[str, Ticker] = {}
+        self._updated: dict[int, float] = {}  # id(ticker) -> monotonic time of last update
+        self._qualified: dict[str, Contract] = {}
+        self._cancel_requested: set[str] = set()
+        self._pnl: Any = None
+        ib = self.ib
+        ib.execDetailsEvent += self._on_exec
+        ib.commissionReportEvent += self._on_commission
+        ib.orderStatusEvent += self._on_status
+        ib.errorEvent += self._on_error
+        ib.disconnectedEvent += self._on_disconnected
+        ib.pendingTickersEvent += self._on_tickers
+
+    # --- state -----------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """Connected, synced, account checked, reconciled, and IB connectivity is up."""
+        return self.ib.isConnected() and self.reconciled and self.connected_to_ib
+
+    # --- connection ------------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Connect, check the account, reconcile. Raise ClientIdInUse / AccountModeError /
+        ConnectionError / TimeoutError on failure (the caller decides whether to retry)."""
+        if self.mode == "live" and not self.secrets.live_armed:
+            raise AccountModeError(
+                "mode is 'live' but LIVE_TRADING_ARMED=1 is not set: refusing to connect"
+            )
+        in_use: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def watch_326(req_id: int, code: int, msg: str, contract: Any) -> None:
+            if code == 326 and not in_use.done():
+                in_use.set_result(None)
+
+        self.ib.errorEvent += watch_326
+        try:
+            task = asyncio.ensure_future(
+                self.ib.connectAsync(
+                    self.cfg.host,
+                    self.cfg.port,
+                    clientId=self.client_id,
+                    timeout=self.cfg.connect_timeout_s,
+                    account=self.cfg.account,
+                )
+            )
+            done, _ = await asyncio.wait(
+                {task, in_use},
+                timeout=self.cfg.connect_timeout_s + 1,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if in_use in done:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                self.ib.disconnect()
+                raise ClientIdInUse(
+                    f"client id {self.client_id} is already in use at {self.cfg.host}:"
+                    f"{self.cfg.port} (error 326): another session with this id is connected"
+                )
+            if task not in done:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                self.ib.disconnect()
+                raise TimeoutError(f"connect to {self.cfg.host}:{self.cfg.port} timed out")
+            task.result()
+        finally:
+            self.ib.errorEvent -= watch_326
+            if not in_use.done():
+                in_use.cancel()
+        try:
+            self._check_account()
+            self.connected_to_ib = True
+            await self.reconcile()
+            self._pnl = self.ib.reqPnL(self.account)
+            await self._resubscribe()
+        except BaseException:
+            self.ib.disconnect()
+            raise
+        log.info("broker %s ready: client %s account %s", self.source, self.client_id, self.account)
+
+    def _check_account(self) -> None:
+        accounts = self.ib.managedAccounts()
+        account = self.cfg.account or (accounts[0] if len(accounts) == 1 else "")
+        if not account or account not in accounts:
+            raise AccountModeError(
+                f"account {self.cfg.account!r} not among the gateway's "
+                f"accounts {accounts}; set broker.account"
+            )
+        is_paper = account.startswith("DU")
+        if self.mode == "paper" and not is_paper:
+            raise AccountModeError(
+                f"mode is 'paper' but account {account} is not a paper "
+                "account (paper ids start with DU): refusing to trade"
+            )
+        if self.mode == "live" and is_paper:
+            raise AccountModeError(f"mode is 'live' but account {account} is a paper account")
+        self.account = account
+
+    async def start(self) -> None:
+        """Connect once (failing loudly on fatal errors), then keep the session up."""
+        await self.connect()
+        self._supervisor = asyncio.get_running_loop().create_task(
+            self._supervise(), name=f"broker-supervisor-{self.client_id}"
+        )
+
+    async def _supervise(self) -> None:
+        delay = self.cfg.reconnect_initial_s
+        while not self._closing:
+            if self.ib.isConnected():
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                await self.connect()
+                self.reconnects += 1
+                delay = self.cfg.reconnect_initial_s
+                self._event("reconnected", f"reconnected after a drop (#{self.reconnects})", "info")
+            except AccountModeError as exc:
+                self._event("account_mode", str(exc), "critical")
+                raise
+            except (ConnectionError, OSError, TimeoutError, ClientIdInUse) as exc:
+                wait = min(delay, self.cfg.reconnect_max_s) * (0.5 + self.rng.random())
+                log.warning(
+                    "broker %s reconnect failed (%s); retrying in %.1fs", self.source, exc, wait
+                )
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, self.cfg.reconnect_max_s)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._supervisor, 5)
+        self.ib.disconnect()
+
+    def _on_disconnected(self) -> None:
+        self.reconciled = False
+        if not self._closing:
+            log.error(
+                "broker %s: socket to the gateway lost; no orders until reconnected", self.source
+            )
+        self._wake.set()
+
+    # --- reconciliation --------------------------------------------------------------------------
+    async def reconcile(self) -> ReconcileReport:
+        """Match stored intents against the broker's open orders, completed orders and
+        executions; record what happened while we were away. Never re-sends anything."""
+        self.reconciled = False
+        timeout = self.cfg.request_timeout_s
+        fills = await asyncio.wait_for(self.ib.reqExecutionsAsync(), timeout)
+        new = sum(1 for f in fills if self._record_fill(f))
+        for f in fills:
+            self._record_commission(f)
+        completed = await asyncio.wait_for(self.ib.reqCompletedOrdersAsync(False), timeout)
+        open_by_ref = {t.order.orderRef: t for t in self.ib.openTrades() if t.order.orderRef}
+        done_by_ref = {t.order.orderRef: t for t in completed if t.order.orderRef}
+        filled_by_ref: dict[str, float] = {}
+        for f in fills:
+            ref = f.execution.orderRef
+            filled_by_ref[ref] = filled_by_ref.get(ref, 0.0) + f.execution.shares
+        intents = open_intents(self.db)
+        resolved: dict[str, str] = {}
+        for intent in intents:
+            ref = intent["order_ref"]
+            if ref in open_by_ref:
+                t = open_by_ref[ref]
+                self._record_status(t)
+                continue
+            if ref in done_by_ref:
+                t = done_by_ref[ref]
+                status = {
+                    "Filled": "filled",
+                    "Cancelled": "cancelled",
+                    "ApiCancelled": "cancelled",
+                    "Inactive": "rejected",
+                }.get(t.orderStatus.status, "cancelled")
+                update_intent(
+                    self.db,
+                    ref,
+                    status=status,
+                    perm_id=t.order.permId,
+                    filled=filled_by_ref.get(ref, 0.0),
+                )
+                resolved[ref] = status
+                continue
+            if ref in filled_by_ref:
+                filled = filled_by_ref[ref]
+                status = "filled" if filled >= intent["quantity"] else "submitted"
+                update_intent(self.db, ref, status=status, filled=filled)
+                resolved[ref] = status
+                continue
+            # The broker has never seen it: the process died between storing the intent and
+            # sending it (or the send was lost). It is closed, not re-sent.
+            status = "not_sent" if intent["status"] == "pending" else "unknown"
+            update_intent(
+                self.db,
+                ref,
+                status=status,
+                last_error="not found at the broker during reconciliation",
+            )
+            resolved[ref] = status
+            self._event(
+                "reconcile",
+                f"intent {ref} ({intent['status']}) not found at the "
+                f"broker: marked {status}, not re-sent",
+                "warning",
+                order_ref=ref,
+            )
+        known = {i["order_ref"] for i in intents}
+        unknown = tuple(
+            sorted(r for r in open_by_ref if r not in known and not self._intent_exists(r))
+        )
+        for ref in unknown:
+            self._event(
+                "reconcile",
+                f"open order {ref} at the broker has no stored intent",
+                "warning",
+                order_ref=ref,
+            )
+        self._snapshot_account("reconcile")
+        self.reconciled = True
+        report = ReconcileReport(new, len(intents), resolved, unknown)
+        log.info(
+            "broker %s reconciled: %d new executions, %d intents checked, resolved %s",
+            self.source,
+            new,
+            len(intents),
+            resolved,
+        )
+        return report
+
+    def _intent_exists(self, ref: str) -> bool:
+        return bool(list(self.db.query("SELECT 1 FROM order_intents WHERE order_ref = ?", [ref])))
+
+    # --- recording -------------------------------------------------------------------------------
+    def _record_fill(self, fill: Fill) -> bool:
+        c, e = fill.contract, fill.execution
+        row = {
+            "exec_id": e.execId,
+            "order_ref": e.orderRef or None,
+            "perm_id": e.permId,
+            "order_id": e.orderId,
+            "client_id": e.clientId,
+            "account": e.acctNumber,
+            "symbol": c.symbol,
+            "sec_type": c.secType,
+            "expiry": c.lastTradeDateOrContractMonth or None,
+            "strike": c.strike or None,
+            "opt_right": c.right or None,
+            "con_id": c.conId,
+            "multiplier": float(c.multiplier or 1),
+            "side": e.side,
+            "shares": e.shares,
+            "price": e.price,
+            "exec_time": e.time.isoformat() if e.time else "",
+        }
+        return log_trade(self.db, row)
+
+    def _record_commission(self, fill: Fill) -> None:
+        report = fill.commissionReport
+        if report and report.execId and report.commission:
+            set_commission(self.db, report.execId, report.commission, _num(report.realizedPNL))
+
+    def _on_exec(self, trade: Trade, fill: Fill) -> None:
+        if self._record_fill(fill):
+            self.reject_streak = 0
+            log.info(
+                "execution %s %s %g %s @ %g ref=%s",
+                fill.execution.execId,
+                fill.execution.side,
+                fill.execution.shares,
+                _key(fill.contract),
+                fill.execution.price,
+                fill.execution.orderRef,
+            )
+            if self.on_execution is not None:
+                self.on_execution(self.monotonic())
+
+    def _on_commission(self, trade: Trade, fill: Fill, report: Any) -> None:
+        self._record_commission(fill)
+
+    def _record_status(self, trade: Trade) -> None:
+        s, o, c = trade.orderStatus, trade.order, trade.contract
+        record_order_event(
+            self.db,
+            order_ref=o.orderRef or None,
+            perm_id=o.permId or s.permId or None,
+            order_id=o.orderId,
+            client_id=o.clientId or self.client_id,
+            status=s.status,
+            filled=s.filled,
+            remaining=s.remaining,
+            avg_fill_price=s.avgFillPrice or None,
+            order={
+                "symbol": c.symbol,
+                "sec_type": c.secType,
+                "action": o.action,
+                "quantity": o.totalQuantity,
+                "order_type": o.orderType,
+                "limit_price": _num(o.lmtPrice),
+            },
+        )
+
+    def _on_status(self, trade: Trade) -> None:
+        try:
+            self._record_status(trade)
+        except Exception:
+            log.exception("could not record the status of order %s", trade.order.orderRef)
+
+    def _on_error(self, req_id: int, code: int, msg: str, contract: Any) -> None:
+        if code == 1100:
+            self.connected_to_ib = False
+            self._event("connectivity", f"1100: {msg}; no orders until restored", "critical")
+        elif code in (1101, 1102):
+            self.connected_to_ib = True
+            self._event("connectivity", f"{code}: {msg}", "warning")
+            asyncio.get_event_loop().create_task(
+                self._after_restore(code), name=f"broker-restore-{code}"
+            )
+        elif code in ORDER_ERROR_CODES and req_id > 0:
+            trade = next((t for t in self.ib.trades() if t.order.orderId == req_id), None)
+            ref = trade.order.orderRef if trade else None
+            record_order_event(
+                self.db,
+                order_ref=ref,
+                perm_id=None,
+                order_id=req_id,
+                client_id=self.client_id,
+                status=None,
+                error_code=code,
+                message=msg,
+            )
+            cancelled_by_us = code == 202 and ref in self._cancel_requested
+            if code in REJECT_CODES or (code == 202 and not cancelled_by_us):
+                self.reject_streak += 1
+                self._event("order_reject", f"{code}: {msg}", "warning", order_ref=ref)
+                if self.on_reject_streak is not None:
+                    self.on_reject_streak(self.reject_streak, f"{code}: {msg}")
+
+    async def _after_restore(self, code: int) -> None:
+        try:
+            if code == 1101:
+                await self._resubscribe()  # market data was lost
+            await self.reconcile()
+        except Exception as exc:
+            log.error("after connectivity restore: %s", exc)
+
+    def _event(self, kind: str, reason: str, severity: str, order_ref: str | None = None) -> None:
+        try:
+            log_safety_event(self.db, self.source, kind, reason, severity, order_ref=order_ref)
+        except Exception as exc:  # the database may be busy; the log line still says it
+            log.error("safety event not stored (%s): %s %s", exc, kind, reason)
+
+    def _snapshot_account(self, source: str) -> None:
+        try:
+            log_account_snapshot(
+                self.db,
+                f"{self.source}:{source}",
+                self.account,
+                self.account_values(),
+                [
+                    {
+                        "con_id": p.con_id,
+                        "symbol": p.symbol,
+                        "sec_type": p.sec_type,
+                        "expiry": p.expiry or None,
+                        "strike": p.strike or None,
+                        "opt_right": p.right or None,
+                        "quantity": p.quantity,
+                        "avg_cost": p.avg_cost,
+                    }
+                    for p in self.positions()
+                ],
+            )
+        except Exception as exc:
+            log.error("account snapshot not stored: %s", exc)
+
+    # --- account ---------------------------------------------------------------------------------
+    def account_values(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for v in self.ib.accountValues(self.account):
+            if v.currency in ("USD", "BASE", "") and (val := _num(v.value)) is not None:
+                out[v.tag] = val
+        if self._pnl is not None and (daily := _num(self._pnl.dailyPnL)) is not None:
+            out["DailyPnL"] = daily
+        return out
+
+    def positions(self) -> list[PositionView]:
+        return [
+            PositionView(
+                p.contract.conId,
+                p.contract.symbol,
+                p.contract.secType,
+                p.position,
+                p.avgCost,
+                float(p.contract.multiplier or 1),
+                p.contract.lastTradeDateOrContractMonth,
+                p.contract.strike,
+                p.contract.right,
+            )
+            for p in self.ib.positions(self.account)
+            if p.position
+        ]
+
+    # --- market data -----------------------------------------------------------------------------
+    async def qualify(
+        self,
+        symbol: str,
+        sec_type: str = "STK",
+        expiry: str = "",
+        strike: float = 0.0,
+        right: str = "",
+    ) -> Contract | None:
+        contract = contract_for(symbol, sec_type, expiry, strike, right)
+        key = _key(contract)
+        if key in self._qualified:
+            return self._qualified[key]
+        found = await asyncio.wait_for(
+            self.ib.qualifyContractsAsync(contract), self.cfg.request_timeout_s
+        )
+        if not found:
+            return None
+        self._qualified[key] = found[0]
+        return found[0]
+
+    def _on_tickers(self, tickers: set[Ticker]) -> None:
+        now = self.monotonic()
+        for t in tickers:
+            self._updated[id(t)] = now
+
+    async def subscribe(self, contract: Contract) -> Ticker:
+        key = _key(contract)
+        ticker = self._tickers.get(key)
+        if ticker is None:
+            generic = "106" if contract.secType == "STK" else ""
+            ticker = self.ib.reqMktData(contract, generic, False, False)
+            self._tickers[key] = ticker
+        return ticker
+
+    async def _resubscribe(self) -> None:
+        old = list(self._tickers.values())
+        self._tickers.clear()
+        for t in old:
+            if t.contract is None:
+                continue
+            with contextlib.suppress(Exception):
+                self.ib.cancelMktData(t.contract)
+            await self.subscribe(t.contract)
+
+    async def quote(
+        self, contract: Contract, max_wait_s: float | None = None
+    ) -> QuoteSnapshot | None:
+        """Return the latest streaming quote, waiting up to max_wait_s for a first one."""
+        ticker = await self.subscribe(contract)
+        deadline = self.monotonic() + (
+            self.cfg.request_timeout_s if max_wait_s is None else max_wait_s
+        )
+        while not (_num(ticker.bid) and _num(ticker.ask)):
+            if self.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.01)
+        greeks = ticker.modelGreeks
+        iv = (
+            _num(ticker.impliedVolatility)
+            if contract.secType == "STK"
+            else (_num(greeks.impliedVol) if greeks else None)
+        )
+        return QuoteSnapshot(
+            contract.symbol,
+            contract.secType,
+            float(ticker.bid),
+            float(ticker.ask),
+            _num(ticker.last) or 0.0,
+            _num(ticker.close) or 0.0,
+            self._updated.get(id(ticker), self.monotonic()),
+            float(contract.multiplier or 1),
+            iv,
+            _num(greeks.delta) if greeks else None,
+            _num(greeks.gamma) if greeks else None,
+            _num(greeks.vega) if greeks else None,
+            _num(greeks.theta) if greeks else None,
+            _num(greeks.undPrice) if greeks else None,
+        )
+
+    async def iv_rank(self, contract: Contract) -> tuple[float, float] | None:
+        """Return (current IV, IV rank 0..1) from a year of daily implied-vol bars."""
+        bars = await asyncio.wait_for(
+            self.ib.reqHistoricalDataAsync(
+                contract, "", "1 Y", "1 day", "OPTION_IMPLIED_VOLATILITY", True
+            ),
+            self.cfg.request_timeout_s,
+        )
+        closes = [b.close for b in bars if _num(b.close)]
+        if len(closes) < 20:
+            return None
+        lo, hi, cur = min(closes), max(closes), closes[-1]
+        return cur, (cur - lo) / (hi - lo) if hi > lo else 0.0
+
+    async def option_chain(self, contract: Contract) -> tuple[list[str], list[float]]:
+        chains = await asyncio.wait_for(
+            self.ib.reqSecDefOptParamsAsync(contract.symbol, "", contract.secType, contract.conId),
+            self.cfg.request_timeout_s,
+        )
+        smart = [c for c in chains if c.exchange == "SMART"] or chains
+        if not smart:
+            return [], []
+        return sorted(smart[0].expirations), sorted(smart[0].strikes)
+
+    async def market_open(self, contract: Contract, now: dt.datetime) -> bool:
+        details = await asyncio.wait_for(
+            self.ib.reqContractDetailsAsync(contract), self.cfg.request_timeout_s
+        )
+        if not details:
+            return False
+        return is_open(details[0].liquidHours, details[0].timeZoneId, now)
+
+    # --- orders ----------------------------------------------------------------------------------
+    def submit(self, order_ref: str, request: OrderRequest) -> int:
+        """Send one order (the execution gate's Submitter). Raises BrokerNotReady."""
+        if not self.ready:
+            raise BrokerNotReady(
+                f"broker {self.source} not ready (connected="
+                f"{self.ib.isConnected()}, reconciled={self.reconciled}, "
+                f"ib_link={self.connected_to_ib})"
+            )
+        contract = self._qualified.get(request.key) or contract_for(
+            request.symbol, request.sec_type, request.expiry, request.strike, request.right
+        )
+        order: Any
+        if request.order_type == "LMT":
+            assert request.limit_price is not None
+            order = LimitOrder(request.action, request.quantity, request.limit_price)
+        else:
+            order = MarketOrder(request.action, request.quantity)
+        order.orderRef = order_ref
+        order.tif = request.tif
+        order.account = self.account
+        trade = self.ib.placeOrder(contract, order)
+        log.info(
+            "sent %s %s %g %s ref=%s (order id %s)",
+            request.order_type,
+            request.action,
+            request.quantity,
+            request.key,
+            order_ref,
+            trade.order.orderId,
+        )
+        return int(trade.order.orderId)
+
+    def cancel(self, order_ref: str) -> bool:
+        for trade in self.ib.openTrades():
+            if trade.order.orderRef == order_ref:
+                self._cancel_requested.add(order_ref)
+                self.ib.cancelOrder(trade.order)
+                return True
+        return False
+
+    def global_cancel(self) -> None:
+        """Cancel every open order at the broker, whoever placed it (reqGlobalCancel)."""
+        if not self.ib.isConnected():
+            raise BrokerNotReady("not connected: global cancel not sent")
+        self._cancel_requested.update(t.order.orderRef for t in self.ib.openTrades())
+        self.ib.reqGlobalCancel()
+        log.warning("broker %s: global cancel sent", self.source)
+
+    def order_status(self, order_ref: str) -> str | None:
+        for trade in self.ib.trades():
+            if trade.order.orderRef == order_ref:
+                return str(trade.orderStatus.status)
+        return None

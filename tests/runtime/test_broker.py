@@ -1,0 +1,314 @@
+"""The broker adapter against the paper gateway over TCP: orders, recording, reconnects."""
+
+import asyncio
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from ib_insync import IB
+
+from data_lake import get_intent, insert_intent, open_db, query_safety_events, query_trades
+from paper_gateway import Gateway, GatewayConfig
+from runtime.broker import AccountModeError, Broker, BrokerNotReady, ClientIdInUse
+from runtime.config import Secrets, parse_config
+from skills.execution_gate import (
+    GateContext,
+    GateState,
+    OrderRequest,
+    Quote,
+    place_order_with_guard,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_config(port: int, **broker):
+    data = tomllib.loads((ROOT / "config/paper.toml").read_text())
+    data["broker"].update(
+        {
+            "port": port,
+            "connect_timeout_s": 3.0,
+            "request_timeout_s": 3.0,
+            "reconnect_initial_s": 0.05,
+            "reconnect_max_s": 0.2,
+            **broker,
+        }
+    )
+    return parse_config(data)
+
+
+async def until(cond, timeout=5.0, what=""):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def db(tmp_path):
+    return open_db(tmp_path)
+
+
+@pytest_asyncio.fixture
+async def broker(gateway, db):
+    cfg = make_config(gateway.port)
+    b = Broker(cfg.broker, cfg.mode, Secrets({}), db)
+    await b.start()
+    yield b
+    await b.close()
+
+
+async def gate_order(broker, db, request, state=None):
+    contract = await broker.qualify(request.symbol)
+    q = await broker.quote(contract)
+    ctx = GateContext(
+        "ACTIVE",
+        broker.ready,
+        True,
+        True,
+        Quote(q.bid, q.ask, time.monotonic() - q.received),
+        {},
+        0.0,
+        time.monotonic(),
+    )
+    cfg = make_config(1)
+    return place_order_with_guard(request, ctx, state or GateState(), cfg.risk, db, broker)
+
+
+def req(symbol="AAPL", qty=10, order_type="MKT", price=None, tif="DAY", cycle=1, action="BUY"):
+    return OrderRequest(symbol, "STK", action, qty, order_type, price, tif=tif, cycle_id=cycle)
+
+
+@pytest.mark.asyncio
+async def test_accepted_order_is_filled_and_recorded_once(broker, db, admin):
+    verdict = await gate_order(broker, db, req())
+    assert verdict.accepted, verdict.reasons
+    await until(lambda: get_intent(db, verdict.order_ref)["status"] == "filled", what="filled")
+    await until(
+        lambda: (
+            query_trades(db, order_ref=verdict.order_ref)
+            and query_trades(db, order_ref=verdict.order_ref)[0]["commission"]
+        )
+    )
+    report = await broker.reconcile()  # replays every execution: still recorded once
+    assert report.executions_new == 0
+    [trade] = query_trades(db, order_ref=verdict.order_ref)
+    assert (trade["shares"], trade["side"], trade["commission"]) == (10, "BOT", 1.0)
+    assert admin.call("state")["executions"] == 1
+    statuses = [
+        r["status"]
+        for r in db.query(
+            "SELECT status FROM order_events WHERE order_ref = ? ORDER BY id", [verdict.order_ref]
+        )
+    ]
+    assert statuses[-1] == "Filled"
+
+
+@pytest.mark.asyncio
+async def test_quotes_iv_rank_option_chain_and_hours(broker):
+    stock = await broker.qualify("NVDA")
+    q = await broker.quote(stock)
+    assert q.bid < q.ask and q.iv is not None and 0.3 < q.iv < 0.8
+    iv, rank = await broker.iv_rank(stock)
+    assert iv == pytest.approx(q.iv, rel=1e-3)
+    assert rank == pytest.approx(0.91, abs=0.02)
+    expiries, strikes = await broker.option_chain(stock)
+    opt = await broker.qualify(
+        "NVDA", "OPT", expiries[2], min(strikes, key=lambda k: abs(k - 182)), "C"
+    )
+    oq = await broker.quote(opt)
+    assert 0.3 < oq.delta < 0.7 and oq.multiplier == 100 and oq.underlying_price == q.last
+    import datetime as dt
+
+    saturday = dt.datetime(2026, 11, 21, 16, 0, tzinfo=dt.UTC)
+    assert await broker.market_open(stock, saturday) is False
+
+
+@pytest.mark.asyncio
+async def test_paper_mode_refuses_an_account_that_is_not_paper(db):
+    with Gateway(GatewayConfig(tick_interval_s=0, account="U7654321")) as gw:
+        cfg = make_config(gw.port)
+        b = Broker(cfg.broker, "paper", Secrets({}), db)
+        with pytest.raises(AccountModeError, match="not a paper account"):
+            await b.connect()
+        assert not b.ib.isConnected()
+
+
+@pytest.mark.asyncio
+async def test_live_mode_needs_arming_before_connecting(gateway, db, admin):
+    cfg = make_config(gateway.port)
+    b = Broker(cfg.broker, "live", Secrets({}), db)
+    with pytest.raises(AccountModeError, match="LIVE_TRADING_ARMED"):
+        await b.connect()
+    assert admin.call("state")["clients"] == []
+    armed = Broker(cfg.broker, "live", Secrets({"LIVE_TRADING_ARMED": "1"}), db)
+    with pytest.raises(AccountModeError, match="paper account"):
+        await armed.connect()  # armed, but the gateway's account is a paper one
+
+
+@pytest.mark.asyncio
+async def test_client_id_in_use_on_first_start_is_a_clear_fatal_error(gateway, db):
+    squatter = IB()
+    await squatter.connectAsync("127.0.0.1", gateway.port, clientId=1, timeout=5)
+    cfg = make_config(gateway.port)
+    b = Broker(cfg.broker, "paper", Secrets({}), db)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(ClientIdInUse, match="326"):
+            await b.connect()
+        assert time.monotonic() - t0 < cfg.broker.connect_timeout_s  # not a silent timeout
+    finally:
+        squatter.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_gateway_restart_mid_order_leaves_it_accounted_for_without_duplicates(
+    broker, db, admin
+):
+    day = await gate_order(broker, db, req(order_type="LMT", price=226.0, cycle=1))
+    gtc = await gate_order(broker, db, req(order_type="LMT", price=226.5, tif="GTC", cycle=2))
+    assert day.accepted and gtc.accepted
+    await until(lambda: len(admin.call("state")["open_orders"]) == 2)
+    reconnects = broker.reconnects
+    admin.call("restart", down_s=0.3)
+    await until(
+        lambda: broker.reconnects > reconnects and broker.ready,
+        timeout=10,
+        what="reconnected and reconciled",
+    )
+    assert get_intent(db, day.order_ref)["status"] == "cancelled"  # DAY order lapsed
+    assert get_intent(db, gtc.order_ref)["status"] == "submitted"
+    refs = [o["order_ref"] for o in admin.call("state")["open_orders"]]
+    assert refs == [gtc.order_ref]  # nothing was re-sent
+    again = await gate_order(broker, db, req(order_type="LMT", price=226.5, tif="GTC", cycle=2))
+    assert not again.accepted and "duplicate orderRef" in again.reasons[0]
+
+
+@pytest.mark.asyncio
+async def test_order_filled_while_disconnected_is_recorded_on_reconnect(gateway, db, admin):
+    cfg = make_config(gateway.port)
+    first = Broker(cfg.broker, "paper", Secrets({}), db)
+    await first.start()
+    verdict = await gate_order(first, db, req(order_type="LMT", price=226.0, tif="GTC"))
+    await until(lambda: admin.call("state")["open_orders"])
+    await first.close()
+    admin.call("set_price", symbol="AAPL", price=225.0)  # fills while nobody listens
+    assert admin.call("state")["executions"] == 1
+    assert query_trades(db) == []
+    second = Broker(cfg.broker, "paper", Secrets({}), db)
+    await second.start()
+    try:
+        [trade] = query_trades(db)
+        assert (trade["order_ref"], trade["price"]) == (verdict.order_ref, 226.0)
+        assert get_intent(db, verdict.order_ref)["status"] == "filled"
+    finally:
+        await second.close()
+
+
+@pytest.mark.asyncio
+async def test_intent_stored_but_never_sent_is_closed_not_resent(gateway, db, admin):
+    insert_intent(
+        db,
+        {
+            "order_ref": "cmd-c9-crashed",
+            "source": "commander",
+            "symbol": "AAPL",
+            "sec_type": "STK",
+            "action": "BUY",
+            "quantity": 5,
+            "order_type": "MKT",
+            "tif": "DAY",
+        },
+    )
+    cfg = make_config(gateway.port)
+    b = Broker(cfg.broker, "paper", Secrets({}), db)
+    await b.start()
+    try:
+        assert get_intent(db, "cmd-c9-crashed")["status"] == "not_sent"
+        assert any(e["order_ref"] == "cmd-c9-crashed" for e in query_safety_events(db, "reconcile"))
+        state = admin.call("state")
+        assert state["open_orders"] == [] and state["executions"] == 0
+    finally:
+        await b.close()
+
+
+@pytest.mark.asyncio
+async def test_1100_stops_orders_until_connectivity_is_restored(broker, db, admin):
+    admin.call("error", code=1100, msg="Connectivity between IB and TWS has been lost.")
+    await until(lambda: not broker.ready, what="1100 seen")
+    with pytest.raises(BrokerNotReady):
+        broker.submit("x", req())
+    refused = await gate_order(broker, db, req(cycle=5))
+    assert not refused.accepted and "not connected" in refused.reasons[0]
+    admin.call("error", code=1102, msg="Connectivity restored - data maintained.")
+    await until(lambda: broker.ready, what="1102 seen")
+    ok = await gate_order(broker, db, req(cycle=6))
+    assert ok.accepted
+
+
+@pytest.mark.asyncio
+async def test_1101_resubscribes_market_data(broker, admin):
+    stock = await broker.qualify("MSFT")
+    await broker.quote(stock)
+    before = admin.call("state")["market_data"]["1"]
+    admin.call("error", code=1101, msg="Connectivity restored - data lost.")
+    await until(
+        lambda: (
+            (now := admin.call("state")["market_data"]["1"])
+            and now != before
+            and len(now) == len(before)
+        ),
+        what="old subscription replaced by a new one",
+    )
+    admin.call("set_price", symbol="MSFT", price=430.0)
+    await until(lambda: broker._tickers["MSFT"].last == 430.0, what="fresh data after 1101")
+
+
+@pytest.mark.asyncio
+async def test_consecutive_rejects_are_reported_for_the_breaker(gateway, db, admin):
+    streaks = []
+    cfg = make_config(gateway.port)
+    b = Broker(
+        cfg.broker, "paper", Secrets({}), db, on_reject_streak=lambda n, why: streaks.append(n)
+    )
+    await b.start()
+    try:
+        for cycle in (1, 2, 3):
+            admin.call("reject_next", code=201)
+            verdict = await gate_order(b, db, req(cycle=cycle, qty=cycle))
+            assert verdict.accepted  # the gate sent it; the broker rejected it
+            await until(lambda c=cycle: len(streaks) >= c, what=f"reject {cycle}")
+        assert streaks == [1, 2, 3]
+        assert len(query_safety_events(db, "order_reject")) == 3
+    finally:
+        await b.close()
+
+
+@pytest.mark.asyncio
+async def test_client_id_in_use_on_reconnect_is_retried(gateway, db, admin):
+    cfg = make_config(gateway.port, reconnect_initial_s=0.5, reconnect_max_s=0.5)
+    b = Broker(cfg.broker, "paper", Secrets({}), db)
+    await b.start()
+    squatter = IB()
+    codes = []
+    b.ib.errorEvent += lambda r, code, m, c: codes.append(code)
+    try:
+        admin.call("restart", down_s=0.2)
+        await until(lambda: not b.ib.isConnected(), what="dropped")
+        deadline = time.monotonic() + 5
+        while not squatter.isConnected():  # take client id 1 as soon as the gateway is back
+            try:
+                await squatter.connectAsync("127.0.0.1", gateway.port, clientId=1, timeout=2)
+            except (OSError, TimeoutError, ConnectionError):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+        await until(lambda: 326 in codes, timeout=5, what="the broker met 326 while reconnecting")
+        assert not b.ready
+        squatter.disconnect()
+        await until(lambda: b.ready, timeout=10, what="reconnected after the id was freed")
+    finally:
+        squatter.disconnect()
+        await b.close()
