@@ -43,7 +43,7 @@ from data_lake import (
     set_commission,
     update_intent,
 )
-from skills.execution_gate import OrderRequest
+from skills.execution_gate import Holding, OrderRequest
 
 from .config import BrokerConfig, Secrets
 from .market_hours import is_open
@@ -592,6 +592,24 @@ class Broker:
             for p in self.ib.positions(self.account)
             if p.position
         ]
+
+    async def holdings(self, quote_wait_s: float = 2.0) -> dict[str, Holding]:
+        """Positions marked to the latest quotes (options with model delta), by contract key."""
+        out: dict[str, Holding] = {}
+        for p in self.ib.positions(self.account):
+            if not p.position:
+                continue
+            c = p.contract
+            mult = float(c.multiplier or 1)
+            snap = await self.quote(c, max_wait_s=quote_wait_s) if c.conId else None
+            mark = snap.bid * 0.5 + snap.ask * 0.5 if snap else p.avgCost / mult
+            delta = 1.0
+            und = 0.0
+            if c.secType == "OPT":
+                delta = snap.delta if snap and snap.delta is not None else 0.0
+                und = (snap.underlying_price or 0.0) if snap else 0.0
+            out[_key(c)] = Holding(c.symbol, p.position, mark, mult, delta, und)
+        return out
 
     # --- market data -----------------------------------------------------------------------------
     async def qualify(

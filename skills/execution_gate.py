@@ -121,6 +121,7 @@ class GateContext:
     holdings: Mapping[str, Holding]  # by contract key
     daily_pnl: float
     now: float  # monotonic seconds
+    qualified: bool = True  # the broker resolved the contract to exactly one conId
 
 
 @dataclass
@@ -259,6 +260,12 @@ def check_allow_list(e: _Eval) -> str | None:
     if e.r.sec_type not in e.limits.allowed_sec_types:
         return f"security type {e.r.sec_type!r} is not allowed"
     return None
+
+
+def check_qualified(e: _Eval) -> str | None:
+    if e.ctx.qualified:
+        return None
+    return f"contract {e.r.key} could not be qualified at the broker (unknown or ambiguous)"
 
 
 def check_quote(e: _Eval) -> str | None:
@@ -437,6 +444,7 @@ CHECKS: tuple[Check, ...] = (
     check_connected,
     check_fields,
     check_allow_list,
+    check_qualified,
     check_watchdog,
     check_market_open,
     check_quote,

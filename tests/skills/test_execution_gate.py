@@ -343,3 +343,9 @@ def test_gate_never_accepts_what_breaks_a_limit(qty, price, symbol, action, brea
         assert 0 < qty <= LIMITS.max_order_quantity and qty == int(qty)
         assert price is not None and abs(price - 100.0) / 100.0 <= LIMITS.price_collar_pct
         assert qty * price <= LIMITS.max_order_notional
+
+
+def test_refuses_a_contract_the_broker_could_not_qualify():
+    assert reasons(context=ctx(qualified=False)) == [
+        "contract NVDA could not be qualified at the broker (unknown or ambiguous)"
+    ]
