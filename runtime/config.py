@@ -89,6 +89,7 @@ class SwarmConfig(_Section):
     max_concurrency: int = Field(8, ge=1, le=256)
     call_timeout_s: float = Field(30.0, gt=0, le=600)
     deadline_s: float = Field(60.0, gt=0, le=3600)
+    max_retries: int = Field(3, ge=0, le=10)
     max_tokens_per_cycle: int = Field(200_000, ge=0)
     max_usd_per_cycle: float = Field(2.0, ge=0)
     max_usd_per_day: float = Field(50.0, ge=0)
@@ -100,7 +101,7 @@ class CommanderConfig(_Section):
     min_consensus: int = Field(1, ge=1)
     kelly_fraction: float = Field(0.25, gt=0, le=1)
     kelly_cap: float = Field(0.05, ge=0, le=1)
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
     max_turns: int = Field(8, ge=1, le=50)
 
 

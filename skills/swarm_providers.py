@@ -1,0 +1,338 @@
+"""Where the swarm's answers come from: the Anthropic API, or the deterministic offline evaluator.
+
+Both return a `ProviderAnswer` whose `tool_input` is whatever was offered as the
+`submit_signals` input; validating it is the caller's job (swarm_core), for both providers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from anthropic import AsyncAnthropic
+from anthropic._middleware import AsyncCallNext, Middleware
+from anthropic._request import APIRequest
+from anthropic._response import AsyncAPIResponse
+
+from .swarm_models import SIGNAL_TOOL, InstanceConfig, MarketContext
+
+__all__ = [
+    "PRICES_PER_MTOK",
+    "AnthropicProvider",
+    "OfflineProvider",
+    "Provider",
+    "ProviderAnswer",
+    "ProviderError",
+    "SpendLimitReached",
+    "SwarmBudget",
+    "Usage",
+    "cost_usd",
+    "estimate_tokens",
+]
+
+# USD per million tokens: (input, output). Cache reads cost 0.1x input, cache writes 1.25x.
+# Check against the provider's price list before trusting the dollar budget with a new model.
+PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
+    "claude-sonnet-4-6": (3.0, 15.0),
+    "claude-sonnet-4-5": (3.0, 15.0),
+    "claude-haiku-4-5": (1.0, 5.0),
+}
+UNKNOWN_MODEL_PRICE = (15.0, 75.0)  # price an unknown model as the dearest: fail expensive
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_read_tokens
+            + self.cache_write_tokens
+        )
+
+
+def cost_usd(model: str, usage: Usage) -> float:
+    price_in, price_out = PRICES_PER_MTOK.get(model, UNKNOWN_MODEL_PRICE)
+    return (
+        usage.input_tokens * price_in
+        + usage.output_tokens * price_out
+        + usage.cache_read_tokens * price_in * 0.1
+        + usage.cache_write_tokens * price_in * 1.25
+    ) / 1e6
+
+
+def estimate_tokens(text: str) -> int:
+    """A conservative local estimate (about 3.5 characters a token), made before each call."""
+    return math.ceil(len(text) / 3.5) + 16
+
+
+class SwarmBudget:
+    """Token and dollar ceilings for one cycle and one day. Reserve before a call, settle after."""
+
+    def __init__(
+        self,
+        max_tokens_per_cycle: int,
+        max_usd_per_cycle: float,
+        max_usd_per_day: float,
+        spent_today_usd: float = 0.0,
+    ) -> None:
+        self.max_tokens = max_tokens_per_cycle
+        self.max_usd_cycle = max_usd_per_cycle
+        self.max_usd_day = max_usd_per_day
+        self.spent_today = spent_today_usd
+        self.tokens = 0
+        self.usd = 0.0
+
+    def reserve(self, model: str, input_tokens: int, max_output: int) -> str | None:
+        """Reserve the worst case of one call; return a refusal reason or None."""
+        usage = Usage(input_tokens, max_output)
+        cost = cost_usd(model, usage)
+        if self.tokens + usage.total > self.max_tokens:
+            return (
+                f"token budget: {self.tokens + usage.total} would exceed "
+                f"{self.max_tokens} this cycle"
+            )
+        if self.usd + cost > self.max_usd_cycle:
+            return (
+                f"cost budget: ${self.usd + cost:.4f} would exceed ${self.max_usd_cycle} this cycle"
+            )
+        if self.spent_today + self.usd + cost > self.max_usd_day:
+            return (
+                f"daily cost budget: ${self.spent_today + self.usd + cost:.4f} would exceed "
+                f"${self.max_usd_day} today"
+            )
+        self.tokens += usage.total
+        self.usd += cost
+        return None
+
+    def settle(self, model: str, reserved_input: int, max_output: int, actual: Usage) -> None:
+        """Replace a reservation by what the call really used."""
+        self.tokens += actual.total - (reserved_input + max_output)
+        self.usd += cost_usd(model, actual) - cost_usd(model, Usage(reserved_input, max_output))
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderAnswer:
+    tool_input: Any | None  # the submit_signals input, unvalidated; None: no such tool call
+    raw: str  # the whole answer as JSON text, for the snapshot
+    usage: Usage
+    model: str
+    provider: str
+
+
+class ProviderError(Exception):
+    """The provider produced no answer (the instance abstains with this reason)."""
+
+
+class SpendLimitReached(ProviderError):
+    """A 429 that says the account's spend limit is reached: retrying cannot help."""
+
+
+class Provider(Protocol):
+    name: str
+
+    async def answer(
+        self, instance: InstanceConfig, shared_system: str, prompt: str, context: MarketContext
+    ) -> ProviderAnswer: ...
+
+    async def close(self) -> None: ...
+
+
+_SPEND = re.compile(r"spend(ing)? limit|usage limit|credit balance|billing", re.IGNORECASE)
+
+
+class SpendLimitGuard(Middleware):
+    """Stop the SDK's retry loop on a spend-limit 429 (other 429/529/5xx are retried)."""
+
+    async def handle_async(
+        self, request: APIRequest, call_next: AsyncCallNext
+    ) -> AsyncAPIResponse[Any]:
+        response = await call_next(request)
+        if response.status_code == 429:
+            body = (await response.http_response.aread()).decode(errors="replace")
+            if _SPEND.search(body):
+                raise SpendLimitReached(f"spend limit reached (429): {body[:300]}")
+        return response
+
+
+class AnthropicProvider:
+    """One shared AsyncAnthropic client for the whole swarm."""
+
+    name = "anthropic"
+
+    def __init__(
+        self,
+        api_key: str | None,
+        base_url: str | None = None,
+        max_retries: int = 3,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.client = AsyncAnthropic(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=max_retries,
+            timeout=timeout_s,
+            middleware=[SpendLimitGuard()],
+        )
+
+    async def answer(
+        self, instance: InstanceConfig, shared_system: str, prompt: str, context: MarketContext
+    ) -> ProviderAnswer:
+        create: Any = self.client.messages.create  # the request is plain JSON-shaped dicts
+        msg = await create(
+            model=instance.model,
+            max_tokens=instance.max_tokens,
+            system=[
+                {"type": "text", "text": shared_system, "cache_control": {"type": "ephemeral"}}
+            ],
+            messages=[{"role": "user", "content": prompt}],
+            tools=[SIGNAL_TOOL],
+            tool_choice={"type": "tool", "name": "submit_signals"},
+            metadata={"user_id": instance.id},
+            timeout=instance.timeout_s,
+        )
+        tool_input = None
+        for block in msg.content:
+            if (
+                getattr(block, "type", "") == "tool_use"
+                and getattr(block, "name", "") == "submit_signals"
+            ):
+                tool_input = getattr(block, "input", None)
+                break
+        u = msg.usage
+        usage = Usage(
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_input_tokens or 0,
+            u.cache_creation_input_tokens or 0,
+        )
+        raw = json.dumps([b.model_dump(mode="json") for b in msg.content], default=str)
+        return ProviderAnswer(tool_input, raw, usage, msg.model, self.name)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class OfflineProvider:
+    """Deterministic evaluators that carry out each template's intent with no network."""
+
+    name = "offline"
+
+    async def answer(
+        self, instance: InstanceConfig, shared_system: str, prompt: str, context: MarketContext
+    ) -> ProviderAnswer:
+        evaluator = {"vol_sniper.md": _vol_sniper, "trend_follower.md": _trend_follower}.get(
+            instance.template
+        )
+        if evaluator is None:
+            raise ProviderError(f"no offline evaluator for template {instance.template}")
+        signals = evaluator(instance.parameters, context)
+        tool_input = {"signals": signals}
+        return ProviderAnswer(tool_input, json.dumps(tool_input), Usage(), "offline", self.name)
+
+    async def close(self) -> None:
+        return None
+
+
+def _cents(x: float) -> float:
+    return math.floor(x * 100 + 0.5) / 100
+
+
+def _vol_sniper(p: dict[str, Any], ctx: MarketContext) -> list[dict[str, Any]]:
+    out = []
+    lo, hi = float(p["min_abs_delta"]), float(p["max_abs_delta"])
+    for symbol in p["symbols"]:
+        s = ctx.symbol(symbol)
+        if s is None or s.iv_rank * 100 < float(p["min_iv_rank"]):
+            continue
+        if any(o.symbol == symbol and o.position < 0 for o in ctx.options):
+            continue  # already short premium here: one position per underlying
+        candidates = [
+            o
+            for o in ctx.options
+            if o.symbol == symbol
+            and o.right == "P"
+            and lo <= abs(o.delta) <= hi
+            and p["min_dte"] <= o.dte <= p["max_dte"]
+            and o.bid > 0
+        ]
+        if not candidates:
+            continue
+        target = 0.5 * (lo + hi)
+        o = min(candidates, key=lambda c: (abs(abs(c.delta) - target), c.dte, c.strike))
+        out.append(
+            {
+                "symbol": symbol,
+                "action": "SELL",
+                "sec_type": "OPT",
+                "expiry": o.expiry,
+                "strike": o.strike,
+                "right": "P",
+                "order_type": "LMT",
+                "limit_price": _cents(max(o.mid, o.bid)),
+                "quantity": int(p["max_contracts"]),
+                "confidence": round(min(0.95, 0.6 + (s.iv_rank * 100 - p["min_iv_rank"]) / 50), 3),
+                "win_probability": round(1 - abs(o.delta), 3),
+                "payoff_ratio": 0.4,
+                "rationale": (
+                    f"IV rank {s.iv_rank * 100:.0f} >= {p['min_iv_rank']}: sell the "
+                    f"{o.expiry} {o.strike:g} put (delta {o.delta:.2f}, {o.dte} DTE) "
+                    f"at {max(o.mid, o.bid):.2f}."
+                ),
+            }
+        )
+    return out
+
+
+def _trend_follower(p: dict[str, Any], ctx: MarketContext) -> list[dict[str, Any]]:
+    out = []
+    for symbol in p["symbols"]:
+        s = ctx.symbol(symbol)
+        if s is None or s.sma20 <= 0:
+            continue
+        trend = (s.last / s.sma20 - 1) * 100
+        if s.position > 0 and s.last < s.sma20:
+            out.append(
+                {
+                    "symbol": symbol,
+                    "action": "SELL",
+                    "sec_type": "STK",
+                    "order_type": "LMT",
+                    "limit_price": _cents(s.bid),
+                    "quantity": int(s.position),
+                    "confidence": 0.7,
+                    "win_probability": 0.5,
+                    "payoff_ratio": 1.0,
+                    "rationale": f"Closed below its 20-day average ({trend:.1f}%): exit.",
+                }
+            )
+        elif (
+            s.position == 0 and trend >= p["min_trend_pct"] and s.iv_rank * 100 <= p["max_iv_rank"]
+        ):
+            out.append(
+                {
+                    "symbol": symbol,
+                    "action": "BUY",
+                    "sec_type": "STK",
+                    "order_type": "LMT",
+                    "limit_price": _cents(s.ask),
+                    "quantity": int(p["max_shares"]),
+                    "confidence": round(min(0.9, 0.6 + trend / 20), 3),
+                    "win_probability": 0.55,
+                    "payoff_ratio": 1.5,
+                    "rationale": (
+                        f"{trend:.1f}% above the 20-day average with IV rank "
+                        f"{s.iv_rank * 100:.0f}: ride the trend."
+                    ),
+                }
+            )
+    return out
