@@ -249,7 +249,7 @@ def _cents(x: float) -> float:
 
 def _vol_sniper(p: dict[str, Any], ctx: MarketContext) -> list[dict[str, Any]]:
     out = []
-    lo, hi = float(p["min_abs_delta"]), float(p["max_abs_delta"])
+    lo, hi = float(p["min_abs_delta"]), float(p["max_delta_exposure"])
     for symbol in p["symbols"]:
         s = ctx.symbol(symbol)
         if s is None or s.iv_rank * 100 < float(p["min_iv_rank"]):
