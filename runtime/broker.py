@@ -166,6 +166,7 @@ class Broker:
         rng: random.Random | None = None,
         on_reject_streak: Callable[[int, str], None] | None = None,
         on_execution: Callable[[float], None] | None = None,
+        intent_sources: tuple[str, ...] | None = None,
     ) -> None:
         self.cfg = cfg
         self.mode = mode
@@ -177,6 +178,7 @@ class Broker:
         self.rng = rng or random.Random()
         self.on_reject_streak = on_reject_streak
         self.on_execution = on_execution
+        self.intent_sources = intent_sources  # reconcile only these intents (None: all)
         self.ib = IB()
         self.ib.RequestTimeout = cfg.request_timeout_s
         self.account = ""
@@ -349,7 +351,11 @@ class Broker:
         for f in fills:
             ref = f.execution.orderRef
             filled_by_ref[ref] = filled_by_ref.get(ref, 0.0) + f.execution.shares
-        intents = open_intents(self.db)
+        intents = [
+            i
+            for i in open_intents(self.db)
+            if self.intent_sources is None or i["source"] in self.intent_sources
+        ]
         resolved: dict[str, str] = {}
         for intent in intents:
             ref = intent["order_ref"]

@@ -1,0 +1,498 @@
+"""One cycle: Sense -> Think -> Decide -> Act, and its decision snapshot.
+
+Rules mode (default): merged swarm signals -> conflicts dropped -> confidence and consensus
+thresholds -> fractional Kelly size -> portfolio dollar-delta check -> the execution gate.
+LLM mode (`[commander] mode = "llm"`) replaces Decide/Act by a bounded tool-use loop whose
+only way to trade is the same gate (runtime/llm_commander.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlite_utils import Database
+
+from data_lake import finish_cycle, log_safety_event, redact, save_snapshot, transaction, utc_now
+from skills.execution_gate import (
+    GateState,
+    GateVerdict,
+    Holding,
+    OrderRequest,
+    place_order_with_guard,
+)
+from skills.math_core import MathInputError, kelly_criterion
+from skills.swarm_core import (
+    LoadedTemplate,
+    MergedSignal,
+    SwarmResult,
+    consult_swarm,
+    spent_today_usd,
+)
+from skills.swarm_models import InstanceConfig, MarketContext
+from skills.swarm_providers import Provider, SwarmBudget
+
+from .breaker import BreakerState, CircuitBreaker
+from .broker import Broker
+from .config import Config
+from .gate_context import build_gate_context
+from .heartbeat import Clock
+from .sense import MarketSensor, SenseSpec
+
+__all__ = ["Commander", "CycleReport", "Decision", "decide_rules"]
+
+log = logging.getLogger("runtime.commander")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    symbol: str
+    action: str
+    sec_type: str
+    order_type: str
+    quantity: float
+    accepted: bool
+    reason: str
+    sources: tuple[str, ...] = ()
+    expiry: str = ""
+    strike: float = 0.0
+    right: str = ""
+    limit_price: float | None = None
+    kelly_fraction: float | None = None
+
+    def request(self, cycle_id: int, decision_id: int | None) -> OrderRequest:
+        return OrderRequest(
+            self.symbol,
+            self.sec_type,
+            self.action,
+            self.quantity,
+            self.order_type,
+            self.limit_price,
+            self.expiry,
+            self.strike,
+            self.right,
+            "DAY",
+            "commander",
+            cycle_id,
+            decision_id,
+        )
+
+
+@dataclass
+class CycleReport:
+    cycle_id: int
+    status: str = "ok"
+    skipped: str | None = None
+    swarm: SwarmResult | None = None
+    decisions: list[Decision] = field(default_factory=list)
+    verdicts: list[GateVerdict] = field(default_factory=list)
+
+    @property
+    def orders(self) -> int:
+        return sum(1 for v in self.verdicts if v.accepted)
+
+
+def _risk_per_unit(m: MergedSignal, price: float) -> float:
+    if m.sec_type == "OPT":
+        if m.action == "SELL" and m.right == "P":
+            return m.strike * 100.0  # cash-secured: the most a short put can lose
+        return price * 100.0
+    return price
+
+
+def decide_rules(
+    merged: Sequence[MergedSignal],
+    cfg: Config,
+    net_liq: float,
+    holdings: Mapping[str, Holding],
+    context: MarketContext,
+    working: frozenset[tuple[str, str]] = frozenset(),
+) -> list[Decision]:
+    """Turn merged signals into sized decisions (or refusals with reasons). Pure.
+
+    `working` holds (contract key, action) pairs that already have an order working."""
+    c = cfg.commander
+    out: list[Decision] = []
+    delta_now = sum(h.dollar_delta for h in holdings.values())
+    for m in merged:
+        base: dict[str, Any] = dict(
+            symbol=m.symbol,
+            action=m.action,
+            sec_type=m.sec_type,
+            order_type=m.order_type,
+            sources=m.sources,
+            expiry=m.expiry,
+            strike=m.strike,
+            right=m.right,
+            limit_price=m.limit_price,
+        )
+
+        def refuse(reason: str, base: dict[str, Any] = base) -> Decision:
+            return Decision(quantity=0, accepted=False, reason=reason, **base)
+
+        if m.conflict:
+            out.append(refuse("conflict: instances disagree on the side for this underlying"))
+            continue
+        if (m.key, m.action) in working:
+            out.append(refuse("an order for this contract and side is already working"))
+            continue
+        if m.confidence < c.min_confidence:
+            out.append(refuse(f"confidence {m.confidence:.2f} below {c.min_confidence}"))
+            continue
+        if m.consensus < c.min_consensus:
+            out.append(refuse(f"consensus {m.consensus} below {c.min_consensus}"))
+            continue
+        held = holdings.get(m.key)
+        signed = 1 if m.action == "BUY" else -1
+        if held is not None and held.quantity * signed < 0:  # closing: no Kelly needed
+            qty = float(min(abs(held.quantity), m.quantity or abs(held.quantity)))
+            out.append(
+                Decision(
+                    quantity=qty,
+                    accepted=True,
+                    reason=f"reduces the {held.quantity:g} held",
+                    **base,
+                )
+            )
+            continue
+        sym = context.symbol(m.symbol)
+        opt = context.option(m.symbol, m.expiry, m.strike, m.right) if m.sec_type == "OPT" else None
+        price = m.limit_price or (opt.mid if opt else (sym.ask if sym else 0.0))
+        if not price or price <= 0:
+            out.append(refuse("no price to size the order"))
+            continue
+        p = m.win_probability if m.win_probability is not None else m.confidence
+        b = m.payoff_ratio if m.payoff_ratio is not None else 1.0
+        try:
+            f = kelly_criterion(p, b, c.kelly_fraction, c.kelly_cap)
+        except MathInputError as exc:
+            out.append(refuse(f"Kelly inputs invalid: {exc}"))
+            continue
+        units = math.floor(f * net_liq / _risk_per_unit(m, price)) if f > 0 else 0
+        qty = float(min(units, m.quantity) if m.quantity else units)
+        if qty < 1:
+            out.append(refuse(f"Kelly size below one unit (f={f:.4f}, net liq {net_liq:,.0f})"))
+            continue
+        if m.sec_type == "OPT":
+            delta = opt.delta if opt else 0.0
+            und = sym.last if sym else 0.0
+            added = signed * qty * delta * 100.0 * und
+        else:
+            added = signed * qty * price
+        after = delta_now + added
+        if abs(after) > cfg.risk.max_portfolio_delta and abs(after) > abs(delta_now):
+            out.append(
+                refuse(
+                    f"portfolio dollar delta would be {after:,.0f} "
+                    f"(limit ±{cfg.risk.max_portfolio_delta:,.0f})"
+                )
+            )
+            continue
+        delta_now = after
+        out.append(
+            Decision(
+                quantity=qty,
+                accepted=True,
+                kelly_fraction=f,
+                reason=f"Kelly f={f:.4f} of net liq {net_liq:,.0f} -> {qty:g}",
+                **base,
+            )
+        )
+    return out
+
+
+def sense_spec(instances: Sequence[InstanceConfig]) -> SenseSpec:
+    symbols = tuple(dict.fromkeys(s for i in instances for s in i.symbols))
+    snipers = [i for i in instances if i.template == "vol_sniper.md"]
+    if not snipers:
+        return SenseSpec(symbols)
+    p = [i.parameters for i in snipers]
+    return SenseSpec(
+        symbols,
+        min(float(x["min_iv_rank"]) for x in p) / 100.0,
+        min(int(x["min_dte"]) for x in p),
+        max(int(x["max_dte"]) for x in p),
+    )
+
+
+class Commander:
+    """Runs cycles for the main loop. One instance per process; cycles never overlap."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        db: Database,
+        broker: Broker,
+        breaker: CircuitBreaker,
+        provider: Provider,
+        instances: Sequence[InstanceConfig],
+        templates: Mapping[str, LoadedTemplate],
+        gate_state: GateState,
+        clock: Clock,
+        watchdog_alive: Callable[[], bool],
+        cancel: asyncio.Event,
+        phase: Callable[[str], None] = lambda p: None,
+        wall_now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        llm_client: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.db = db
+        self.broker = broker
+        self.breaker = breaker
+        self.provider = provider
+        self.instances = list(instances)
+        self.templates = dict(templates)
+        self.gate_state = gate_state
+        self.clock = clock
+        self.watchdog_alive = watchdog_alive
+        self.cancel = cancel
+        self.phase = phase
+        self.wall_now = wall_now
+        self.llm_client = llm_client
+        self.sensor = MarketSensor(broker)
+        self.spec = sense_spec(self.instances)
+        self._open_cache: dict[str, tuple[str, bool]] = {}
+
+    async def run_cycle(self, cycle_id: int) -> CycleReport:
+        report = CycleReport(cycle_id)
+        doc: dict[str, Any] = {
+            "cycle_id": cycle_id,
+            "started_at": utc_now(),
+            "mode": self.cfg.commander.mode,
+        }
+        try:
+            await self._cycle(report, doc)
+        except asyncio.CancelledError:
+            report.status, report.skipped = "timeout", "cancelled (max_cycle_s or shutdown)"
+            raise
+        except Exception as exc:
+            report.status, report.skipped = "error", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            doc["finished_at"] = utc_now()
+            doc["status"] = report.status
+            doc["skipped"] = report.skipped
+            self._persist(report, doc)
+        return report
+
+    async def _cycle(self, report: CycleReport, doc: dict[str, Any]) -> None:
+        status = self.breaker.status()
+        doc["breaker"] = {"state": status.state.value, "reason": status.reason}
+        if status.state is BreakerState.HALTED:
+            report.status, report.skipped = "skipped", f"breaker HALTED: {status.reason}"
+            return
+        if not self.broker.ready:
+            report.status, report.skipped = "skipped", "broker not connected and reconciled"
+            return
+        self.phase("sense")
+        now = self.wall_now()
+        context = await self.sensor.context(self.spec, now)
+        values = self.broker.account_values()
+        holdings = await self.broker.holdings()
+        doc["account"] = values
+        doc["positions"] = {k: dataclasses.asdict(h) for k, h in holdings.items()}
+        doc["context"] = dataclasses.asdict(context)
+        self.phase("think")
+        budget = SwarmBudget(
+            self.cfg.swarm.max_tokens_per_cycle,
+            self.cfg.swarm.max_usd_per_cycle,
+            self.cfg.swarm.max_usd_per_day,
+            spent_today_usd(self.db),
+        )
+        swarm = await consult_swarm(
+            self.instances,
+            self.templates,
+            context,
+            self.provider,
+            limits=self.cfg.risk.model_dump(),
+            max_concurrency=self.cfg.swarm.max_concurrency,
+            deadline_s=self.cfg.swarm.deadline_s,
+            budget=budget,
+            db=self.db,
+            cycle_id=report.cycle_id,
+            cancel=self.cancel,
+        )
+        report.swarm = swarm
+        doc["swarm"] = _swarm_doc(swarm)
+        self.phase("decide")
+        if self.cfg.commander.mode == "llm":
+            from .llm_commander import LlmCommander
+
+            llm = LlmCommander(self)
+            decisions, verdicts, transcript = await llm.run(
+                report.cycle_id, swarm, context, holdings, values
+            )
+            report.decisions, report.verdicts = decisions, verdicts
+            doc["llm_transcript"] = transcript
+        else:
+            decisions = decide_rules(
+                swarm.merged,
+                self.cfg,
+                values.get("NetLiquidation", 0.0),
+                holdings,
+                context,
+                self._working(),
+            )
+            report.decisions = decisions
+            self.phase("act")
+            for d in decisions:
+                if d.accepted:
+                    report.verdicts.append(await self.act(d, report.cycle_id))
+        doc["decisions"] = [dataclasses.asdict(d) for d in report.decisions]
+        doc["verdicts"] = [dataclasses.asdict(v) for v in report.verdicts]
+
+    def _working(self) -> frozenset[tuple[str, str]]:
+        rows = self.db.query(
+            "SELECT symbol, sec_type, expiry, strike, opt_right, action FROM "
+            "order_intents WHERE status IN ('pending', 'submitted') AND "
+            "source = 'commander'"
+        )
+        return frozenset(
+            (
+                r["symbol"]
+                if r["sec_type"] != "OPT"
+                else f"{r['symbol']} {r['expiry']} {r['strike']:g}{r['opt_right']}",
+                r["action"],
+            )
+            for r in rows
+        )
+
+    async def act(self, d: Decision, cycle_id: int, decision_id: int | None = None) -> GateVerdict:
+        """Send one decision through the gate (checking the breaker right before)."""
+        request = d.request(cycle_id, decision_id)
+        state = self.breaker.status().state.value
+        market_open = await self._market_open(request)
+        ctx = await build_gate_context(
+            self.broker,
+            request,
+            breaker=state,
+            watchdog_alive=self.watchdog_alive(),
+            market_open=market_open,
+            now=self.clock.monotonic(),
+        )
+        return place_order_with_guard(
+            request,
+            ctx,
+            self.gate_state,
+            self.cfg.risk,
+            self.db,
+            self.broker,
+            self.wall_now().strftime("%Y%m%d"),
+        )
+
+    async def _market_open(self, r: OrderRequest) -> bool:
+        if self.cfg.loop.trade_outside_liquid_hours:
+            return True
+        contract = await self.broker.qualify(r.symbol, r.sec_type, r.expiry, r.strike, r.right)
+        if contract is None:
+            return False
+        now = self.wall_now()
+        key = f"{r.key}@{now:%Y%m%d%H%M}"
+        cached = self._open_cache.get(r.key)
+        if cached and cached[0] == key:
+            return cached[1]
+        is_open = await self.broker.market_open(contract, now)
+        self._open_cache[r.key] = (key, is_open)
+        return is_open
+
+    def _persist(self, report: CycleReport, doc: dict[str, Any]) -> None:
+        n_signals = len(report.swarm.signals) if report.swarm else 0
+        try:
+            with transaction(self.db) as conn:
+                for d in report.decisions:
+                    conn.execute(
+                        "INSERT INTO decisions (cycle_id, symbol, action, sec_type, expiry, "
+                        "strike, opt_right, order_type, limit_price, quantity, reason, sources, "
+                        "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            report.cycle_id,
+                            d.symbol,
+                            d.action,
+                            d.sec_type,
+                            d.expiry or None,
+                            d.strike or None,
+                            d.right or None,
+                            d.order_type,
+                            d.limit_price,
+                            d.quantity,
+                            ("accepted: " if d.accepted else "refused: ") + d.reason,
+                            json.dumps(list(d.sources)),
+                            utc_now(),
+                        ),
+                    )
+            save_snapshot(
+                self.db,
+                self.cfg.data_dir,
+                report.cycle_id,
+                doc,
+                summary={
+                    "status": report.status,
+                    "signals": n_signals,
+                    "decisions": len(report.decisions),
+                    "orders": report.orders,
+                },
+            )
+            finish_cycle(
+                self.db,
+                report.cycle_id,
+                report.status,
+                report.skipped,
+                n_signals=n_signals,
+                n_decisions=len(report.decisions),
+                n_orders=report.orders,
+            )
+        except Exception as exc:
+            log.error("cycle %s: records not stored: %s", report.cycle_id, exc)
+            try:
+                log_safety_event(
+                    self.db,
+                    "main_loop",
+                    "record_failure",
+                    str(exc),
+                    "critical",
+                    cycle_id=report.cycle_id,
+                )
+            except Exception:
+                log.exception("cycle %s: safety event not stored either", report.cycle_id)
+
+
+def _swarm_doc(swarm: SwarmResult) -> dict[str, Any]:
+    return {
+        "outcomes": [
+            {
+                "instance": o.instance_id,
+                "provider": o.provider,
+                "model": o.model,
+                "status": o.status,
+                "reason": o.abstain.reason if o.abstain else None,
+                "prompt_hash": o.prompt_hash,
+                "prompt": o.prompt,
+                "raw": redact(o.raw),
+                "usage": dataclasses.asdict(o.usage),
+                "cost_usd": o.cost_usd,
+                "latency_ms": o.latency_ms,
+                "signals": [
+                    {k: v for k, v in dataclasses.asdict(s).items() if k != "provenance"}
+                    | {
+                        "provenance": {
+                            k: v
+                            for k, v in dataclasses.asdict(s.provenance).items()
+                            if k != "raw_response"
+                        }
+                    }
+                    for s in o.signals
+                ],
+            }
+            for o in swarm.outcomes
+        ],
+        "merged": [
+            {k: v for k, v in dataclasses.asdict(m).items() if k != "signals"} for m in swarm.merged
+        ],
+    }

@@ -1,0 +1,286 @@
+"""python -m runtime demo: the whole product on a fresh machine, with no key and no gateway.
+
+Starts the paper gateway on free loopback ports, runs the daemon (offline swarm provider, the
+watchdog as its child) for N cycles, then prints what happened from the SQLite trail. With
+--kill-drill it SIGKILLs the main loop mid-run and shows the watchdog flattening the account.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from data_lake import open_db, query_trades
+from paper_gateway import AdminClient
+
+from .breaker import BreakerState, CircuitBreaker
+from .config import load_config
+from .heartbeat import read_heartbeat
+from .main_loop import WATCHDOG_HEARTBEAT
+
+__all__ = ["run_demo"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _wait(cond: Any, timeout: float, what: str) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    _say(f"  ! gave up waiting for {what} after {timeout:.0f}s")
+    return False
+
+
+def _write_config(work: Path, port: int) -> Path:
+    text = (ROOT / "config" / "demo.toml").read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^port = \d+", f"port = {port}", text, count=1)
+    text = re.sub(r'(?m)^dir = "[^"]*"', f'dir = "{work.as_posix()}"', text, count=1)
+    path = work / "demo.toml"
+    path.write_text(text, encoding="utf-8")
+    load_config(path)  # fail here, loudly, if the substitution broke anything
+    return path
+
+
+def _cycles_done(work: Path) -> int:
+    try:
+        db = open_db(work)
+        row = next(iter(db.query("SELECT COUNT(*) AS n FROM cycles WHERE finished_at IS NOT NULL")))
+        return int(row["n"])
+    except Exception:
+        return 0
+
+
+def run_demo(cycles: int = 5, kill_drill: bool = False, data_dir: str | None = None) -> int:
+    work = (
+        Path(data_dir)
+        if data_dir
+        else ROOT / "data_lake" / "var" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    work = work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    _say(f"demo: files in {work}")
+    gw_log = open(work / "gateway.log", "w")  # noqa: SIM115 - lives as long as the gateway
+    gateway = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "paper_gateway",
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+            "--seed",
+            "7",
+            "--tick-interval",
+            "0.25",
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=gw_log,
+        text=True,
+        cwd=ROOT,
+    )
+    main: subprocess.Popen[bytes] | None = None
+    ok = True
+    try:
+        assert gateway.stdout is not None
+        ready = json.loads(gateway.stdout.readline() or "{}")
+        if ready.get("event") != "ready":
+            _say("demo: the paper gateway did not start; see gateway.log")
+            return 1
+        _say(f"demo: paper gateway on 127.0.0.1:{ready['port']} (admin {ready['admin_port']})")
+        admin = AdminClient(ready["admin_port"])
+        cfg_path = _write_config(work, ready["port"])
+        cfg = load_config(cfg_path)
+        run_cycles = max(cycles, 50) if kill_drill else cycles
+        daemon_log = open(work / "daemon.log", "w")  # noqa: SIM115
+        main = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "runtime",
+                "run",
+                "--config",
+                str(cfg_path),
+                "--max-cycles",
+                str(run_cycles),
+            ],
+            stdout=daemon_log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        _say(
+            f"demo: daemon started (pid {main.pid}), watchdog as its child; "
+            f"cycle every {cfg.loop.cycle_interval_s:g}s"
+        )
+        budget = cycles * (cfg.loop.cycle_interval_s + cfg.loop.max_cycle_s) + 60
+        if kill_drill:
+            ok = _kill_drill(
+                main, admin, work, cfg.watchdog.heartbeat_timeout_s, cfg.watchdog.poll_interval_s
+            )
+        else:
+            seen = 0
+            deadline = time.monotonic() + budget
+            while main.poll() is None and time.monotonic() < deadline:
+                done = _cycles_done(work)
+                if done > seen:
+                    seen = done
+                    _say(f"demo: cycle {done}/{cycles} done")
+                time.sleep(0.2)
+            if main.poll() is None:
+                _say("demo: the daemon overran its time; stopping it")
+                main.terminate()
+                ok = False
+            code = main.wait(30)
+            if code != 0:
+                _say(f"demo: daemon exited with {code}; see daemon.log")
+                ok = False
+        _summary(work, admin)
+        admin.close()
+    finally:
+        if main is not None and main.poll() is None:
+            main.terminate()
+            main.wait(30)
+        hb = read_heartbeat(work / WATCHDOG_HEARTBEAT)
+        if hb is not None and hb.phase != "stopped":
+            try:
+                os.kill(hb.pid, signal.SIGTERM)
+                _wait(
+                    lambda: (read_heartbeat(work / WATCHDOG_HEARTBEAT) or hb).phase == "stopped",
+                    15,
+                    "the watchdog to stop",
+                )
+            except ProcessLookupError:
+                pass
+        gateway.send_signal(signal.SIGTERM)
+        try:
+            gateway.wait(10)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+    return 0 if ok else 1
+
+
+def _kill_drill(
+    main: subprocess.Popen[bytes], admin: AdminClient, work: Path, timeout_s: float, poll_s: float
+) -> bool:
+    _say("demo: kill drill: waiting for two cycles and open positions ...")
+    if not _wait(
+        lambda: _cycles_done(work) >= 2 and admin.call("state")["positions"],
+        90,
+        "positions to open",
+    ):
+        return False
+    n = len(admin.call("state")["positions"])
+    t0 = time.monotonic()
+    os.kill(main.pid, signal.SIGKILL)
+    main.wait(10)
+    _say(f"demo: SIGKILL sent to the main loop (pid {main.pid}) with {n} positions open")
+    breaker = CircuitBreaker(work)
+    tripped = _wait(
+        lambda: breaker.status().state is BreakerState.HALTED,
+        timeout_s + poll_s + 10,
+        "the breaker to trip",
+    )
+    t_trip = time.monotonic() - t0
+    flat = _wait(lambda: not admin.call("state")["positions"], 30, "the account to go flat")
+    t_flat = time.monotonic() - t0
+    if tripped:
+        _say(
+            f"demo: watchdog tripped the breaker {t_trip:.2f}s after the kill "
+            f"(limit {timeout_s:g}s heartbeat timeout + {poll_s:g}s poll): "
+            f"{breaker.status().reason}"
+        )
+    if flat:
+        _say(
+            f"demo: account flat {t_flat:.2f}s after the kill ({t_flat - t_trip:.2f}s after "
+            "the trip); the breaker stays HALTED until a person resets it"
+        )
+    return tripped and flat
+
+
+def _summary(work: Path, admin: AdminClient) -> None:
+    db = open_db(work)
+
+    def q(sql: str, *args: Any) -> list[dict[str, Any]]:
+        return list(db.query(sql, list(args)))
+
+    _say("\n=== demo summary ===")
+    statuses = Counter(r["status"] for r in q("SELECT status FROM cycles"))
+    _say(f"cycles: {sum(statuses.values())} ({', '.join(f'{k} {v}' for k, v in statuses.items())})")
+    for r in q(
+        "SELECT instance_id, provider, SUM(status = 'valid') AS valid, "
+        "SUM(status = 'abstain') AS abstain FROM signals GROUP BY instance_id"
+    ):
+        _say(
+            f"  swarm {r['instance_id']:22} ({r['provider']}): {r['valid']} signals, "
+            f"{r['abstain']} abstains"
+        )
+    decisions = q("SELECT reason, COUNT(*) AS n FROM decisions GROUP BY reason ORDER BY n DESC")
+    _say(f"decisions: {sum(d['n'] for d in decisions)}")
+    for d in decisions[:8]:
+        _say(f"  {d['n']:3} x {d['reason'][:110]}")
+    refusals = q(
+        "SELECT reason, COUNT(*) AS n FROM safety_events WHERE kind = 'gate_refusal' "
+        "GROUP BY reason ORDER BY n DESC"
+    )
+    _say(f"gate refusals: {sum(r['n'] for r in refusals)}")
+    for r in refusals[:8]:
+        _say(f"  {r['n']:3} x {r['reason'][:110]}")
+    intents = Counter(r["status"] for r in q("SELECT status FROM order_intents"))
+    _say(
+        f"orders (intents): {sum(intents.values())} "
+        f"({', '.join(f'{k} {v}' for k, v in intents.items()) or 'none'})"
+    )
+    trades = query_trades(db)
+    _say(f"fills: {len(trades)}")
+    for t in trades[-10:]:
+        contract = (
+            t["symbol"]
+            if t["sec_type"] == "STK"
+            else f"{t['symbol']} {t['expiry']} {t['strike']:g}{t['opt_right']}"
+        )
+        _say(
+            f"  {t['side']} {t['shares']:g} {contract} @ {t['price']:.2f} "
+            f"(commission {(t['commission'] or 0):.2f}) ref {t['order_ref']}"
+        )
+    state = admin.call("state")
+    _say(f"positions at the gateway: {len(state['positions'])}")
+    for p in state["positions"]:
+        contract = (
+            p["symbol"]
+            if p["sec_type"] == "STK"
+            else f"{p['symbol']} {p['expiry']} {p['strike']:g}{p['right']}"
+        )
+        _say(f"  {p['quantity']:g} {contract} avg cost {p['avg_cost']:.2f}")
+    a = state["account"]
+    _say(
+        f"account {a['id']}: net liquidation {a['NetLiquidation']:,.2f}, unrealised PnL "
+        f"{a['UnrealizedPnL']:,.2f}, realised PnL {a['RealizedPnL']:,.2f}"
+    )
+    events = q(
+        "SELECT kind, COUNT(*) AS n FROM safety_events WHERE kind != 'gate_refusal' GROUP BY kind"
+    )
+    if events:
+        _say("other safety events: " + ", ".join(f"{e['kind']} {e['n']}" for e in events))
+    _say(f"breaker: {CircuitBreaker(work).status().state.value}")
+    _say(f"database: {work / 'trading.sqlite3'}")
+    _say(
+        f"snapshots: {work / 'snapshots'}  (python -m runtime snapshots --config "
+        f"{work / 'demo.toml'})"
+    )
+    _say(f"logs: {work / 'daemon.log'}, {work / 'gateway.log'}")

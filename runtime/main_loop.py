@@ -1,0 +1,347 @@
+"""The daemon: owns the event loop, the scheduler, the heartbeat, the watchdog child, shutdown.
+
+Boot order (fail closed): open the database and breaker, load and validate the swarm, start
+the heartbeat, start the watchdog child, connect and reconcile, READY=1, then schedule cycles
+(one at a time, missed runs coalesced, each bounded by max_cycle_s). SIGTERM/SIGINT: stop
+scheduling, cancel the swarm's calls, let an order in flight finish, record, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from data_lake import log_safety_event, open_db, register_secret, start_cycle
+from skills.execution_gate import GateState
+from skills.swarm_core import SwarmConfigError, load_instances
+from skills.swarm_providers import AnthropicProvider, OfflineProvider, Provider
+
+from .breaker import BreakerState, CircuitBreaker
+from .broker import AccountModeError, Broker, ClientIdInUse
+from .commander import Commander
+from .config import Config, Secrets
+from .heartbeat import Clock, SystemClock, read_heartbeat, sd_notify, write_heartbeat
+
+__all__ = ["MAIN_HEARTBEAT", "WATCHDOG_HEARTBEAT", "MainLoop"]
+
+log = logging.getLogger("runtime.main_loop")
+MAIN_HEARTBEAT = "heartbeat-main.json"
+WATCHDOG_HEARTBEAT = "heartbeat-watchdog.json"
+
+
+class MainLoop:
+    def __init__(
+        self,
+        cfg: Config,
+        config_path: str | Path,
+        secrets: Secrets,
+        *,
+        clock: Clock | None = None,
+        max_cycles: int | None = None,
+        provider: Provider | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = str(config_path)
+        self.secrets = secrets
+        self.clock = clock or SystemClock()
+        self.max_cycles = max_cycles
+        self.provider = provider
+        self.data_dir = cfg.data_dir
+        self.cycle = 0
+        self.cycles_run = 0
+        self.phase = "starting"
+        self.stop = asyncio.Event()
+        self.cancel = asyncio.Event()
+        self.gate_state = GateState()
+        self._child: subprocess.Popen[bytes] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._cycle_task: asyncio.Task[Any] | None = None
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
+
+    def _beat(self) -> None:
+        try:
+            write_heartbeat(self.data_dir / MAIN_HEARTBEAT, self.clock, self.cycle, self.phase)
+        except OSError as exc:  # disk full: the watchdog will see a stale heartbeat; say why
+            log.error("heartbeat not written: %s", exc)
+
+    def watchdog_alive(self) -> bool:
+        hb = read_heartbeat(self.data_dir / WATCHDOG_HEARTBEAT)
+        return (
+            hb is not None
+            and hb.phase != "stopped"
+            and hb.age(self.clock.monotonic()) <= self.cfg.watchdog.heartbeat_timeout_s
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            self._beat()
+            if self.phase not in ("starting", "connecting"):
+                sd_notify("WATCHDOG=1")
+            await asyncio.sleep(self.cfg.loop.heartbeat_interval_s)
+
+    def _spawn_watchdog(self) -> None:
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "runtime", "watchdog", "--config", self.config_path],
+            stdin=subprocess.DEVNULL,
+        )
+        log.info("watchdog started as child process %s", self._child.pid)
+
+    async def _supervise_watchdog(self) -> None:
+        delay = 1.0
+        while True:
+            await asyncio.sleep(1.0)
+            if self._child is not None and self._child.poll() is not None:
+                code = self._child.returncode
+                log.error("watchdog child exited with %s; restarting in %.0fs", code, delay)
+                self._event(
+                    "watchdog_exit", f"watchdog child exited with {code}; restarting", "critical"
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                self._spawn_watchdog()
+            elif self.watchdog_alive():
+                delay = 1.0
+
+    def _event(
+        self, kind: str, reason: str, severity: str = "warning", cycle_id: int | None = None
+    ) -> None:
+        try:
+            log_safety_event(self.db, "main_loop", kind, reason, severity, cycle_id=cycle_id)
+        except Exception as exc:
+            log.error("safety event not stored (%s): %s", exc, reason)
+
+    def _on_reject_streak(self, n: int, why: str) -> None:
+        if n >= self.cfg.risk.max_consecutive_rejects:
+            self.breaker.trip(
+                BreakerState.HALTED, "broker", f"{n} consecutive order rejects (last: {why})"
+            )
+
+    def _on_execution(self, when: float) -> None:
+        if self.gate_state.record_execution(when, self.cfg.risk):
+            self.breaker.trip(
+                BreakerState.REDUCING,
+                "gate",
+                f"repeated-execution throttle: {self.cfg.risk.max_executions_per_window}"
+                f" executions in {self.cfg.risk.execution_window_s:g}s",
+            )
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    async def run(self) -> int:
+        """Run until stopped; return the process exit code."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = open_db(self.data_dir)
+        self.breaker = CircuitBreaker(self.data_dir, self.db)
+        register_secret(self.secrets.anthropic_api_key)
+        limits = self.cfg.risk.model_dump()
+        try:
+            instances, templates = load_instances(
+                self.cfg.swarm.instances_dir, self.cfg.swarm.templates_dir, limits
+            )
+        except SwarmConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        llm_client = None
+        needs_key = self.cfg.swarm.provider == "anthropic" or self.cfg.commander.mode == "llm"
+        if self.provider is None and needs_key and not self.secrets.anthropic_api_key:
+            print(
+                "config: swarm.provider 'anthropic' / commander.mode 'llm' need "
+                "ANTHROPIC_API_KEY in the environment",
+                file=sys.stderr,
+            )
+            return 2
+        if self.provider is None:
+            self.provider = (
+                AnthropicProvider(
+                    self.secrets.anthropic_api_key,
+                    self.secrets.anthropic_base_url,
+                    self.cfg.swarm.max_retries,
+                    self.cfg.swarm.call_timeout_s,
+                )
+                if self.cfg.swarm.provider == "anthropic"
+                else OfflineProvider()
+            )
+        if self.cfg.commander.mode == "llm":
+            from anthropic import AsyncAnthropic
+
+            llm_client = AsyncAnthropic(
+                api_key=self.secrets.anthropic_api_key,
+                base_url=self.secrets.anthropic_base_url,
+                max_retries=self.cfg.swarm.max_retries,
+            )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_stop, sig)
+        self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
+        if self.cfg.watchdog.spawn:
+            self._spawn_watchdog()
+            self._tasks.append(loop.create_task(self._supervise_watchdog(), name="watchdog-sup"))
+        self.broker = Broker(
+            self.cfg.broker,
+            self.cfg.mode,
+            self.secrets,
+            self.db,
+            source="main_loop",
+            intent_sources=("commander", "person"),
+            on_reject_streak=self._on_reject_streak,
+            on_execution=self._on_execution,
+            monotonic=self.clock.monotonic,
+        )
+        code = await self._connect()
+        if code is not None:
+            await self._shutdown()
+            return code
+        sd_notify("READY=1")
+        self.commander = Commander(
+            self.cfg,
+            self.db,
+            self.broker,
+            self.breaker,
+            self.provider,
+            instances,
+            templates,
+            self.gate_state,
+            self.clock,
+            self.watchdog_alive,
+            self.cancel,
+            self._set_phase,
+            llm_client=llm_client,
+        )
+        if self.cfg.watchdog.spawn:
+            await self._wait_for_watchdog()
+        self._set_phase("idle")
+        scheduler = AsyncIOScheduler(event_loop=loop)
+        scheduler.add_job(
+            self._run_cycle,
+            "interval",
+            seconds=self.cfg.loop.cycle_interval_s,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=dt.datetime.now(dt.UTC),
+            id="cycle",
+        )
+        scheduler.start()
+        log.info(
+            "main loop running: cycle every %.1fs (max %.1fs), breaker %s",
+            self.cfg.loop.cycle_interval_s,
+            self.cfg.loop.max_cycle_s,
+            self.breaker.status().state.value,
+        )
+        await self.stop.wait()
+        scheduler.shutdown(wait=False)
+        await self._shutdown()
+        return 0
+
+    def _request_stop(self, sig: signal.Signals) -> None:
+        log.warning("received %s: stopping", sig.name)
+        sd_notify("STOPPING=1")
+        self.cancel.set()  # in-flight LLM calls stop now
+        self.stop.set()
+
+    async def _connect(self) -> int | None:
+        self._set_phase("connecting")
+        delay = self.cfg.broker.reconnect_initial_s
+        while not self.stop.is_set():
+            try:
+                await self.broker.start()
+                return None
+            except (ClientIdInUse, AccountModeError) as exc:
+                print(f"fatal: {exc}", file=sys.stderr)
+                self._event("startup", str(exc), "critical")
+                return 2
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                log.error(
+                    "cannot reach the gateway at %s:%s (%s); retrying in %.1fs",
+                    self.cfg.broker.host,
+                    self.cfg.broker.port,
+                    exc,
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), delay)
+                delay = min(delay * 2, self.cfg.broker.reconnect_max_s)
+        return 0
+
+    async def _wait_for_watchdog(self) -> None:
+        deadline = self.clock.monotonic() + max(10.0, self.cfg.watchdog.heartbeat_timeout_s)
+        while not self.watchdog_alive() and self.clock.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if not self.watchdog_alive():
+            self._event(
+                "watchdog_absent",
+                "watchdog heartbeat not seen at start: no new positions until it is",
+                "critical",
+            )
+
+    async def _run_cycle(self) -> None:
+        if self.stop.is_set():
+            return
+        cycle_id = start_cycle(self.db)
+        self.cycle = cycle_id
+        self._cycle_task = asyncio.current_task()
+        try:
+            await asyncio.wait_for(self.commander.run_cycle(cycle_id), self.cfg.loop.max_cycle_s)
+        except TimeoutError:
+            log.error(
+                "cycle %s exceeded max_cycle_s=%.1f and was cancelled",
+                cycle_id,
+                self.cfg.loop.max_cycle_s,
+            )
+            self._event(
+                "cycle_timeout",
+                f"cycle exceeded {self.cfg.loop.max_cycle_s:g}s and was cancelled",
+                "warning",
+                cycle_id,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one bad cycle never stops the loop
+            log.exception("cycle %s failed", cycle_id)
+            self._event("cycle_error", f"{type(exc).__name__}: {exc}", "warning", cycle_id)
+        finally:
+            self._cycle_task = None
+            self._set_phase("idle")
+            self.cycles_run += 1
+            if self.max_cycles is not None and self.cycles_run >= self.max_cycles:
+                self.stop.set()
+
+    async def _shutdown(self) -> None:
+        self._set_phase("stopping")
+        self.cancel.set()
+        task = self._cycle_task
+        if task is not None and not task.done():
+            # the Act step sends synchronously, so an order in flight is never half-sent;
+            # give the cycle the stop timeout to record, then cancel it
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(task), self.cfg.loop.stop_timeout_s / 2)
+            if not task.done():
+                task.cancel()
+        if hasattr(self, "broker"):
+            await self.broker.close()
+        if self.provider is not None:
+            with contextlib.suppress(Exception):
+                await self.provider.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._child is not None and self._child.poll() is None:
+            self._child.terminate()
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self._child.wait), 10)
+            except TimeoutError:
+                self._child.kill()
+        self._set_phase("stopped")
+        self._beat()
+        log.info("main loop stopped after %d cycles", self.cycles_run)

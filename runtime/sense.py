@@ -1,0 +1,141 @@
+"""Sense: turn the live broker session into the swarm's MarketContext."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from skills.swarm_models import MarketContext, OptionView, SymbolView
+
+from .broker import Broker
+
+__all__ = ["MarketSensor", "SenseSpec"]
+
+log = logging.getLogger("runtime.sense")
+
+
+@dataclass(frozen=True, slots=True)
+class SenseSpec:
+    """What the cycle needs to look at: symbols, and for which ones an option band."""
+
+    symbols: tuple[str, ...]
+    option_symbols_min_iv_rank: float = 1.01  # 0..1; options are fetched above this IV rank
+    min_dte: int = 5
+    max_dte: int = 60
+    max_expiries: int = 1
+    strikes_below_spot: int = 8  # puts from just below spot downwards
+
+
+@dataclass
+class _DayCache:
+    day: str = ""
+    iv_rank: dict[str, tuple[float, float]] = field(default_factory=dict)
+    sma20: dict[str, float] = field(default_factory=dict)
+    chains: dict[str, tuple[list[str], list[float]]] = field(default_factory=dict)
+
+
+class MarketSensor:
+    """Collect quotes, IV, IV rank, 20-day averages, positions and candidate options."""
+
+    def __init__(self, broker: Broker, quote_wait_s: float = 3.0) -> None:
+        self.broker = broker
+        self.quote_wait_s = quote_wait_s
+        self._cache = _DayCache()
+
+    async def context(self, spec: SenseSpec, now: dt.datetime) -> MarketContext:
+        day = now.strftime("%Y%m%d")
+        if self._cache.day != day:
+            self._cache = _DayCache(day)
+        positions = {p.key: p.quantity for p in self.broker.positions()}
+        views = await asyncio.gather(*(self._symbol(s, positions) for s in spec.symbols))
+        symbols = tuple(v for v in views if v is not None)
+        wanted = [v for v in symbols if v.iv_rank >= spec.option_symbols_min_iv_rank]
+        option_lists = await asyncio.gather(*(self._puts(v, spec, now, positions) for v in wanted))
+        options = tuple(o for lst in option_lists for o in lst)
+        return MarketContext(now.isoformat(timespec="seconds"), symbols, options)
+
+    async def _symbol(self, symbol: str, positions: dict[str, float]) -> SymbolView | None:
+        b = self.broker
+        contract = await b.qualify(symbol)
+        if contract is None:
+            log.warning("sense: %s could not be qualified; left out of this cycle", symbol)
+            return None
+        q = await b.quote(contract, max_wait_s=self.quote_wait_s)
+        if q is None:
+            log.warning("sense: no quote for %s; left out of this cycle", symbol)
+            return None
+        if symbol not in self._cache.iv_rank:
+            found = await b.iv_rank(contract)
+            self._cache.iv_rank[symbol] = found if found else (q.iv or 0.0, 0.0)
+        if symbol not in self._cache.sma20:
+            bars = await asyncio.wait_for(
+                b.ib.reqHistoricalDataAsync(contract, "", "1 M", "1 day", "TRADES", True),
+                b.cfg.request_timeout_s,
+            )
+            closes = [bar.close for bar in bars][-20:]
+            self._cache.sma20[symbol] = sum(closes) / len(closes) if closes else q.last
+        iv_hist, rank = self._cache.iv_rank[symbol]
+        last = q.last or 0.5 * (q.bid + q.ask)
+        return SymbolView(
+            symbol,
+            last,
+            q.bid,
+            q.ask,
+            q.iv if q.iv is not None else iv_hist,
+            rank,
+            self._cache.sma20[symbol],
+            positions.get(symbol, 0.0),
+        )
+
+    async def _puts(
+        self, view: SymbolView, spec: SenseSpec, now: dt.datetime, positions: dict[str, float]
+    ) -> Iterable[OptionView]:
+        b = self.broker
+        stock = await b.qualify(view.symbol)
+        if stock is None:
+            return []
+        if view.symbol not in self._cache.chains:
+            self._cache.chains[view.symbol] = await b.option_chain(stock)
+        expiries, strikes = self._cache.chains[view.symbol]
+        today = now.date()
+
+        def dte(e: str) -> int:
+            return (dt.datetime.strptime(e, "%Y%m%d").date() - today).days
+
+        usable = [e for e in expiries if spec.min_dte <= dte(e) <= spec.max_dte]
+        usable.sort(key=lambda e: abs(dte(e) - 30))
+        below = sorted((k for k in strikes if k < view.last), reverse=True)
+        below = below[: spec.strikes_below_spot]
+        out: list[OptionView] = []
+        for expiry in usable[: spec.max_expiries]:
+            contracts = await asyncio.gather(
+                *(b.qualify(view.symbol, "OPT", expiry, k, "P") for k in below)
+            )
+            quotes = await asyncio.gather(
+                *(b.quote(c, max_wait_s=self.quote_wait_s) for c in contracts if c is not None)
+            )
+            for k, q in zip(
+                [k for k, c in zip(below, contracts, strict=True) if c is not None],
+                quotes,
+                strict=True,
+            ):
+                if q is None or q.delta is None:
+                    continue
+                key = f"{view.symbol} {expiry} {k:g}P"
+                out.append(
+                    OptionView(
+                        view.symbol,
+                        expiry,
+                        k,
+                        "P",
+                        q.bid,
+                        q.ask,
+                        q.delta,
+                        dte(expiry),
+                        positions.get(key, 0.0),
+                    )
+                )
+        return out
