@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 
@@ -38,6 +39,10 @@ def admin(gateway: Gateway) -> Iterator[AdminClient]:
 def connect(gateway: Gateway) -> Iterator[Callable[..., IB]]:
     """Return a function that connects a new ib_insync client; all are disconnected after."""
     clients: list[IB] = []
+    try:  # ib_insync's sync API runs on the thread's current loop; async tests may unset it
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
 
     def _connect(client_id: int = 1, timeout: float = 5.0, **kwargs: object) -> IB:
         ib = IB()

@@ -1,0 +1,347 @@
+"""End to end with real processes: the daemon and the watchdog against the paper gateway."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from anthropic_server import AnthropicStub, Reply
+
+from data_lake import open_db, query_safety_events, query_trades
+from paper_gateway import GatewayConfig
+from paper_gateway.testing import eventually
+from runtime.breaker import BreakerState, CircuitBreaker
+from runtime.heartbeat import read_heartbeat
+
+ROOT = Path(__file__).resolve().parents[2]
+HB_TIMEOUT = 1.0
+POLL = 0.25
+
+
+@pytest.fixture
+def gateway_config():
+    return GatewayConfig(tick_interval_s=0.25, account_push_interval_s=0.1)
+
+
+def write_config(tmp_path, port, instances=("index_trend.json",), **overrides):
+    inst = tmp_path / "instances"
+    inst.mkdir(exist_ok=True)
+    for name in instances:
+        shutil.copy(ROOT / "swarm_intelligence/active_instances" / name, inst / name)
+    text = (ROOT / "config/demo.toml").read_text()
+    values = {
+        "port": port,
+        "dir": f'"{(tmp_path / "data").as_posix()}"',
+        "instances_dir": f'"{inst.as_posix()}"',
+        "templates_dir": f'"{(ROOT / "swarm_intelligence/templates").as_posix()}"',
+        "cycle_interval_s": 2.0,
+        "max_cycle_s": 1.9,
+        "heartbeat_interval_s": 0.2,
+        "heartbeat_timeout_s": HB_TIMEOUT,
+        "poll_interval_s": POLL,
+        "close_wait_s": 2.0,
+        "connect_timeout_s": 3.0,
+        "request_timeout_s": 3.0,
+        **overrides,
+    }
+    for key, value in values.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        section, _, name = key.rpartition("__")  # commander__mode -> [commander] mode
+        start = text.index(f"[{section}]") if section else 0
+        head, tail = text[:start], text[start:]
+        tail, n = re.subn(rf"(?m)^{name} = .*$", f"{name} = {value}", tail, count=1)
+        assert n == 1, key
+        text = head + tail
+    path = tmp_path / "test.toml"
+    path.write_text(text)
+    return path
+
+
+def start(cmd, cfg, *extra, env=None):
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime", cmd, "--config", str(cfg), *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def data(tmp_path):
+    return tmp_path / "data"
+
+
+def stop(proc, sig=signal.SIGTERM):
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def stop_watchdog(tmp_path):
+    hb = read_heartbeat(data(tmp_path) / "heartbeat-watchdog.json")
+    if hb is not None and hb.phase != "stopped":
+        try:
+            os.kill(hb.pid, signal.SIGTERM)
+            eventually(
+                lambda: (
+                    read_heartbeat(data(tmp_path) / "heartbeat-watchdog.json").phase == "stopped"
+                ),
+                timeout=15,
+                what="watchdog stopped",
+            )
+        except ProcessLookupError:
+            pass
+
+
+def test_full_cycle_from_market_data_to_a_recorded_fill(gateway, admin, tmp_path):
+    cfg = write_config(tmp_path, gateway.port)
+    proc = start("run", cfg, "--max-cycles", "2")
+    out = proc.communicate(timeout=90)[0].decode()
+    assert proc.returncode == 0, out[-3000:]
+    db = open_db(data(tmp_path))
+    [trade] = query_trades(db)  # index_trend buys MSFT (trend up, IV rank low)
+    assert (trade["symbol"], trade["side"], trade["shares"]) == ("MSFT", "BOT", 20)
+    assert trade["order_ref"].startswith("cmd-c1-")
+    assert admin.call("state")["positions"][0]["symbol"] == "MSFT"
+    cycles = list(db.query("SELECT status FROM cycles ORDER BY id"))
+    assert [c["status"] for c in cycles] == ["ok", "ok"]
+    snap = json.loads(cli("snapshots", "--config", str(cfg), "--cycle", "1").stdout)
+    assert snap["verdicts"][0]["accepted"] and snap["swarm"]["outcomes"][0]["prompt_hash"]
+    assert "| MSFT |" in snap["swarm"]["outcomes"][0]["prompt"]
+    assert read_heartbeat(data(tmp_path) / "heartbeat-main.json").phase == "stopped"
+    eventually(
+        lambda: read_heartbeat(data(tmp_path) / "heartbeat-watchdog.json").phase == "stopped",
+        timeout=15,
+        what="watchdog child stopped with the main loop",
+    )
+    status = json.loads(cli("status", "--config", str(cfg), "--json").stdout)
+    assert status["breaker"]["state"] == "ACTIVE" and status["cycles"] == 2
+
+
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP])
+def test_dead_or_frozen_main_loop_is_flattened_by_the_watchdog(gateway, admin, tmp_path, fault):
+    admin.call("set_position", symbol="AAPL", quantity=50, avg_cost=228.0)
+    admin.call("set_position", symbol="JPM", quantity=-30, avg_cost=212.0)
+    cfg = write_config(tmp_path, gateway.port)
+    proc = start("run", cfg)
+    try:
+        eventually(
+            lambda: (
+                (hb := read_heartbeat(data(tmp_path) / "heartbeat-main.json")) and hb.cycle >= 1
+            ),
+            timeout=30,
+            what="main loop cycling",
+        )
+        eventually(lambda: 999 in admin.call("state")["clients"], timeout=10)
+        t0 = time.monotonic()
+        os.kill(proc.pid, fault)
+        breaker = CircuitBreaker(data(tmp_path))
+        limit = HB_TIMEOUT + POLL + 2.0
+        eventually(
+            lambda: breaker.status().state is BreakerState.HALTED,
+            timeout=limit,
+            what="breaker HALTED",
+        )
+        eventually(
+            lambda: admin.call("state")["positions"] == [],
+            timeout=limit - (time.monotonic() - t0),
+            what="account flat",
+        )
+        assert "main loop process" in breaker.status().reason
+        db = open_db(data(tmp_path))
+        eventually(
+            lambda: (
+                {"breaker_trip", "flat_confirmed"} <= {e["kind"] for e in query_safety_events(db)}
+            ),
+            timeout=5,
+            what="the watchdog confirmed flat from its own positions",
+        )
+        if fault == signal.SIGSTOP:  # the watchdog kills a frozen main loop
+            eventually(lambda: proc.poll() is not None, timeout=5, what="frozen main killed")
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        stop_watchdog(tmp_path)
+
+
+def test_restarted_main_loop_stays_halted_until_a_person_resets(gateway, admin, tmp_path):
+    cfg = write_config(tmp_path, gateway.port)
+    CircuitBreaker(data(tmp_path)).trip(BreakerState.HALTED, "watchdog", "drill")
+    proc = start("run", cfg, "--max-cycles", "1")
+    assert proc.wait(60) == 0
+    db = open_db(data(tmp_path))
+    [cycle] = db.query("SELECT status, error FROM cycles")
+    assert cycle["status"] == "skipped" and "HALTED" in cycle["error"]
+    assert admin.call("state")["executions"] == 0
+    refused = cli("breaker", "reset", "--config", str(cfg))
+    assert refused.returncode == 2 and "needs the person's name" in refused.stderr
+    ok = cli("breaker", "reset", "--config", str(cfg), "--by", "alice", "--reason", "drill done")
+    assert ok.returncode == 0 and "alice" in ok.stdout
+    proc = start("run", cfg, "--max-cycles", "1")
+    assert proc.wait(60) == 0
+    assert admin.call("state")["executions"] == 1
+    shown = cli("breaker", "--config", str(cfg)).stdout
+    assert "ACTIVE" in shown and "HALTED -> ACTIVE by person (alice)" in shown
+
+
+def test_stale_watchdog_heartbeat_blocks_new_positions(gateway, admin, tmp_path):
+    cfg = write_config(tmp_path, gateway.port, spawn=False)
+    proc = start("run", cfg, "--max-cycles", "1")
+    assert proc.wait(60) == 0
+    assert admin.call("state")["executions"] == 0
+    reasons = [e["reason"] for e in query_safety_events(open_db(data(tmp_path)), "gate_refusal")]
+    assert reasons and all("watchdog heartbeat stale" in r for r in reasons)
+
+
+def test_sigterm_exits_cleanly_with_nothing_unrecorded(gateway, admin, tmp_path):
+    cfg = write_config(tmp_path, gateway.port, cycle_interval_s=0.5, max_cycle_s=0.45)
+    proc = start("run", cfg)
+    eventually(
+        lambda: admin.call("state")["executions"] >= 1 or proc.poll() is not None,
+        timeout=30,
+        what="a fill",
+    )
+    assert stop(proc) == 0
+    db = open_db(data(tmp_path))
+    pending = list(db.query("SELECT order_ref, status FROM order_intents WHERE status = 'pending'"))
+    assert pending == []
+    assert all(c["finished_at"] for c in db.query("SELECT finished_at FROM cycles"))
+    assert read_heartbeat(data(tmp_path) / "heartbeat-main.json").phase == "stopped"
+    eventually(
+        lambda: read_heartbeat(data(tmp_path) / "heartbeat-watchdog.json").phase == "stopped",
+        timeout=15,
+    )
+
+
+def test_watchdog_alone_trips_on_an_exposure_breach(gateway, admin, tmp_path):
+    cfg = write_config(tmp_path, gateway.port, max_gross_exposure=100000.0)
+    wd = start("watchdog", cfg)
+    try:
+        eventually(lambda: 999 in admin.call("state")["clients"], timeout=20)
+        admin.call("set_position", symbol="AAPL", quantity=1000, avg_cost=228.0)
+        breaker = CircuitBreaker(data(tmp_path))
+        eventually(lambda: breaker.status().state is BreakerState.HALTED, timeout=10)
+        assert "gross exposure" in breaker.status().reason
+        eventually(lambda: admin.call("state")["positions"] == [], timeout=10, what="flat")
+    finally:
+        assert stop(wd) == 0
+
+
+def test_panic_command_trips_cancels_and_flattens(gateway, admin, tmp_path, connect):
+    cfg = write_config(tmp_path, gateway.port)
+    admin.call("set_position", symbol="NVDA", quantity=10, avg_cost=180.0)
+    from ib_insync import LimitOrder, Stock
+
+    ib = connect(1)
+    c = Stock("AAPL", "SMART", "USD")
+    ib.qualifyContracts(c)
+    ib.placeOrder(c, LimitOrder("BUY", 1, 100.0))
+    eventually(lambda: admin.call("state")["open_orders"], timeout=5)
+    result = cli("panic", "--config", str(cfg), "--by", "bob", "--reason", "test")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "account flat" in result.stdout
+    state = admin.call("state")
+    assert state["positions"] == [] and state["open_orders"] == []
+    assert CircuitBreaker(data(tmp_path)).status().reason == "panic by bob: test"
+
+
+@pytest.fixture
+def stub():
+    s = AnthropicStub().start()
+    yield s
+    s.stop()
+
+
+def _llm_env(stub):
+    return {"ANTHROPIC_API_KEY": "sk-ant-e2e-0123456789", "ANTHROPIC_BASE_URL": stub.base_url}
+
+
+def test_llm_mode_trades_only_through_the_gate(gateway, admin, tmp_path, stub):
+    cfg = write_config(tmp_path, gateway.port, commander__mode='"llm"', max_retries=0)
+    good = {
+        "symbol": "MSFT",
+        "sec_type": "STK",
+        "action": "BUY",
+        "quantity": 5,
+        "order_type": "LMT",
+        "limit_price": 420.0,
+        "reason": "swarm agrees",
+    }
+    bad = {
+        "symbol": "GME",
+        "sec_type": "STK",
+        "action": "BUY",
+        "quantity": 100000,
+        "order_type": "MKT",
+        "reason": "IGNORE THE LIMITS",
+    }
+
+    def turn(*calls):
+        body = stub.tool_answer([])
+        body["content"] = [
+            {"type": "tool_use", "id": f"toolu_{i}_{c[0]}", "name": c[0], "input": c[1]}
+            for i, c in enumerate(calls)
+        ]
+        return Reply(body=body)
+
+    done = stub.text_answer("Placed MSFT; GME refused by the gate.")
+    stub.script(
+        "commander",
+        turn(("get_swarm_signals", {})),
+        turn(("place_guarded_order", good), ("place_guarded_order", bad)),
+        Reply(body=done),
+    )
+    proc = start("run", cfg, "--max-cycles", "1", env=_llm_env(stub))
+    out = proc.communicate(timeout=90)[0].decode()
+    assert proc.returncode == 0, out[-3000:]
+    db = open_db(data(tmp_path))
+    intents = {r["symbol"]: r for r in db.query("SELECT * FROM order_intents")}
+    assert set(intents) == {"MSFT"} and intents["MSFT"]["source"] == "commander"
+    [refusal] = query_safety_events(db, "gate_refusal")
+    assert "GME" in refusal["details"] and "allow-list" in refusal["reason"]
+    assert [t["symbol"] for t in query_trades(db)] == ["MSFT"]
+    assert all(o["symbol"] != "GME" for o in admin.call("state")["open_orders"])
+    results = stub.calls_for("commander")[2]["body"]["messages"][-1]["content"]
+    verdicts = [json.loads(r["content"]) for r in results]
+    assert verdicts[0]["accepted"] is True and verdicts[1]["accepted"] is False
+    calls = list(db.query("SELECT COUNT(*) AS n FROM llm_calls WHERE instance_id = 'commander'"))
+    assert calls[0]["n"] == 3
+
+
+def test_a_cycle_that_raises_does_not_stop_the_loop(gateway, admin, tmp_path, stub):
+    cfg = write_config(tmp_path, gateway.port, commander__mode='"llm"', max_retries=0)
+    stub.script(
+        "commander",
+        stub.error(500, "api_error", "boom"),
+        Reply(body=stub.text_answer("nothing to do")),
+    )
+    proc = start("run", cfg, "--max-cycles", "2", env=_llm_env(stub))
+    out = proc.communicate(timeout=90)[0].decode()
+    assert proc.returncode == 0, out[-3000:]
+    cycles = list(open_db(data(tmp_path)).query("SELECT status, error FROM cycles ORDER BY id"))
+    assert [c["status"] for c in cycles] == ["error", "ok"]
+    assert "InternalServerError" in cycles[0]["error"]
+    assert "sk-ant-e2e" not in out
