@@ -26,7 +26,7 @@ from .config import load_config
 from .heartbeat import read_heartbeat
 from .main_loop import WATCHDOG_HEARTBEAT
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "write_config"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,13 +45,26 @@ def _wait(cond: Any, timeout: float, what: str) -> bool:
     return False
 
 
-def _write_config(work: Path, port: int) -> Path:
-    text = (ROOT / "config" / "demo.toml").read_text(encoding="utf-8")
-    text = re.sub(r"(?m)^port = \d+", f"port = {port}", text, count=1)
-    text = re.sub(r'(?m)^dir = "[^"]*"', f'dir = "{work.as_posix()}"', text, count=1)
-    path = work / "demo.toml"
+def write_config(path: Path, overrides: dict[str, Any], base: Path | None = None) -> Path:
+    """Write a copy of a TOML config (default config/demo.toml) with keys replaced, keeping
+    its comments. Keys are plain (`port`) or section-qualified (`commander__mode`); values
+    are Python values (str, int, float, bool). The result is validated before returning."""
+    text = (base or ROOT / "config" / "demo.toml").read_text(encoding="utf-8")
+    for key, value in overrides.items():
+        if isinstance(value, bool):
+            literal = "true" if value else "false"
+        elif isinstance(value, str):
+            literal = json.dumps(value)
+        else:
+            literal = repr(value)
+        section, _, name = key.rpartition("__")
+        start = text.index(f"[{section}]") if section else 0
+        tail, n = re.subn(rf"(?m)^{name} = .*$", f"{name} = {literal}", text[start:], count=1)
+        if n != 1:
+            raise KeyError(f"{key} not found in the base config")
+        text = text[:start] + tail
     path.write_text(text, encoding="utf-8")
-    load_config(path)  # fail here, loudly, if the substitution broke anything
+    load_config(path)  # fail here, loudly, if a replacement broke anything
     return path
 
 
@@ -105,7 +118,7 @@ def run_demo(cycles: int = 5, kill_drill: bool = False, data_dir: str | None = N
             return 1
         _say(f"demo: paper gateway on 127.0.0.1:{ready['port']} (admin {ready['admin_port']})")
         admin = AdminClient(ready["admin_port"])
-        cfg_path = _write_config(work, ready["port"])
+        cfg_path = write_config(work / "demo.toml", {"port": ready["port"], "dir": work.as_posix()})
         cfg = load_config(cfg_path)
         run_cycles = max(cycles, 50) if kill_drill else cycles
         daemon_log = open(work / "daemon.log", "w")  # noqa: SIM115

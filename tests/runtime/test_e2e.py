@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from data_lake import open_db, query_safety_events, query_trades
 from paper_gateway import GatewayConfig
 from paper_gateway.testing import eventually
 from runtime.breaker import BreakerState, CircuitBreaker
+from runtime.demo import write_config as demo_config
 from runtime.heartbeat import read_heartbeat
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,12 +34,11 @@ def write_config(tmp_path, port, instances=("index_trend.json",), **overrides):
     inst.mkdir(exist_ok=True)
     for name in instances:
         shutil.copy(ROOT / "swarm_intelligence/active_instances" / name, inst / name)
-    text = (ROOT / "config/demo.toml").read_text()
     values = {
         "port": port,
-        "dir": f'"{(tmp_path / "data").as_posix()}"',
-        "instances_dir": f'"{inst.as_posix()}"',
-        "templates_dir": f'"{(ROOT / "swarm_intelligence/templates").as_posix()}"',
+        "dir": (tmp_path / "data").as_posix(),
+        "instances_dir": inst.as_posix(),
+        "templates_dir": (ROOT / "swarm_intelligence/templates").as_posix(),
         "cycle_interval_s": 2.0,
         "max_cycle_s": 1.9,
         "heartbeat_interval_s": 0.2,
@@ -50,18 +49,7 @@ def write_config(tmp_path, port, instances=("index_trend.json",), **overrides):
         "request_timeout_s": 3.0,
         **overrides,
     }
-    for key, value in values.items():
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        section, _, name = key.rpartition("__")  # commander__mode -> [commander] mode
-        start = text.index(f"[{section}]") if section else 0
-        head, tail = text[:start], text[start:]
-        tail, n = re.subn(rf"(?m)^{name} = .*$", f"{name} = {value}", tail, count=1)
-        assert n == 1, key
-        text = head + tail
-    path = tmp_path / "test.toml"
-    path.write_text(text)
-    return path
+    return demo_config(tmp_path / "test.toml", values)
 
 
 def start(cmd, cfg, *extra, env=None):
@@ -280,7 +268,7 @@ def _llm_env(stub):
 
 
 def test_llm_mode_trades_only_through_the_gate(gateway, admin, tmp_path, stub):
-    cfg = write_config(tmp_path, gateway.port, commander__mode='"llm"', max_retries=0)
+    cfg = write_config(tmp_path, gateway.port, commander__mode="llm", max_retries=0)
     good = {
         "symbol": "MSFT",
         "sec_type": "STK",
@@ -332,7 +320,7 @@ def test_llm_mode_trades_only_through_the_gate(gateway, admin, tmp_path, stub):
 
 
 def test_a_cycle_that_raises_does_not_stop_the_loop(gateway, admin, tmp_path, stub):
-    cfg = write_config(tmp_path, gateway.port, commander__mode='"llm"', max_retries=0)
+    cfg = write_config(tmp_path, gateway.port, commander__mode="llm", max_retries=0)
     stub.script(
         "commander",
         stub.error(500, "api_error", "boom"),
