@@ -220,6 +220,7 @@ class MainLoop:
         )
         if self.cfg.watchdog.spawn:
             await self._wait_for_watchdog()
+        await self._warm_up()
         self._set_phase("idle")
         scheduler = AsyncIOScheduler(event_loop=loop)
         scheduler.add_job(
@@ -284,6 +285,21 @@ class MainLoop:
                 "watchdog heartbeat not seen at start: no new positions until it is",
                 "critical",
             )
+
+    async def _warm_up(self) -> None:
+        """Sense once before the first cycle: qualify contracts, subscribe quotes, load chains
+        and a year of IV. IB's pacing (about 45 requests a second) makes this take seconds;
+        inside a cycle it would run into max_cycle_s."""
+        self._set_phase("warm-up")
+        t0 = self.clock.monotonic()
+        try:
+            await asyncio.wait_for(
+                self.commander.sensor.context(self.commander.spec, dt.datetime.now(dt.UTC)),
+                max(60.0, self.cfg.loop.max_cycle_s),
+            )
+            log.info("warm-up done in %.1fs", self.clock.monotonic() - t0)
+        except Exception as exc:  # the cycles will retry what is missing
+            log.warning("warm-up incomplete (%s); continuing", exc)
 
     async def _run_cycle(self) -> None:
         if self.stop.is_set():

@@ -128,7 +128,7 @@ class Watchdog:
             reasons.append(f"main loop process {hb.pid} is gone")
         except psutil.Error as exc:
             log.warning("cannot inspect main pid %s: %s", hb.pid, exc)
-        if hb.phase not in ("starting", "connecting"):
+        if hb.phase not in ("starting", "connecting", "warm-up"):
             if self._progress is None or self._progress[0] != hb.cycle:
                 self._progress = (hb.cycle, now)
             else:
@@ -245,14 +245,17 @@ class Watchdog:
         """Close every position and confirm flat from the broker; True when flat."""
         w = self.cfg.watchdog
         for attempt in range(1, w.max_close_attempts + 1):
+            if not self.broker.ready:  # no session: an empty position list proves nothing
+                self._event(
+                    "flatten_blocked",
+                    "gateway unreachable: cannot close positions or confirm flat yet",
+                )
+                return False
             positions = self.broker.positions()
             if not positions:
                 self._flat_generation = generation
                 self._event("flat_confirmed", f"account flat (attempt {attempt})", "info")
                 return True
-            if not self.broker.ready:
-                self._event("flatten_blocked", "gateway unreachable: cannot close positions yet")
-                return False
             await asyncio.gather(*(self._close(p, attempt, generation) for p in positions))
             deadline = self.clock.monotonic() + w.close_wait_s
             while self.broker.positions() and self.clock.monotonic() < deadline:
@@ -283,13 +286,13 @@ class Watchdog:
                 await self.broker.holdings(quote_wait_s=0.2)  # keep closing quotes streaming
         if reasons and status.state is not BreakerState.HALTED:
             await self.trip(reasons)
-        elif (
-            status.state is BreakerState.HALTED
-            and self.broker.ready
-            and self._flat_generation != status.generation
-            and self.broker.positions()
-        ):
-            await self.flatten(status.generation)
+        elif status.state is BreakerState.HALTED:
+            if (
+                self.broker.ready
+                and self._flat_generation != status.generation
+                and self.broker.positions()
+            ):
+                await self.flatten(status.generation)  # HALTED by anyone means: go flat
             if reasons:
                 self._kill_frozen_main(reasons)
 

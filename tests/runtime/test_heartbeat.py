@@ -1,0 +1,51 @@
+import os
+import socket
+
+from runtime.heartbeat import Clock, read_heartbeat, sd_notify, write_heartbeat
+
+
+class FakeClock(Clock):
+    def __init__(self, mono=100.0, wall=1_700_000_000.0):
+        self.mono, self.wall_s = mono, wall
+
+    def monotonic(self):
+        return self.mono
+
+    def wall(self):
+        return self.wall_s
+
+
+def test_heartbeat_round_trip_and_age_on_the_monotonic_clock(tmp_path):
+    clock = FakeClock()
+    path = tmp_path / "hb.json"
+    written = write_heartbeat(path, clock, cycle=7, phase="think")
+    assert read_heartbeat(path) == written
+    assert written.pid == os.getpid()
+    clock.mono += 3.5
+    clock.wall_s -= 3600  # an NTP step backwards changes nothing
+    assert read_heartbeat(path).age(clock.monotonic()) == 3.5
+    assert not list(tmp_path.glob(".*tmp"))  # the temp file was renamed, not left behind
+
+
+def test_half_written_or_garbage_heartbeat_reads_as_missing(tmp_path):
+    path = tmp_path / "hb.json"
+    path.write_text('{"pid": 12, "wall_ts": 1.0, "mono_')
+    assert read_heartbeat(path) is None
+    path.write_text('{"pid": "x", "wall_ts": 1, "mono_ts": 1, "cycle": 1, "phase": "a"}')
+    assert read_heartbeat(path) is None
+    assert read_heartbeat(tmp_path / "absent.json") is None
+
+
+def test_sd_notify_sends_to_the_notify_socket(tmp_path):
+    addr = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(addr)
+        server.settimeout(5)
+        for message in ("READY=1", "WATCHDOG=1", "STOPPING=1"):
+            assert sd_notify(message, env={"NOTIFY_SOCKET": addr}) is True
+            assert server.recv(100) == message.encode()
+
+
+def test_sd_notify_without_systemd_is_a_no_op():
+    assert sd_notify("READY=1", env={}) is False
+    assert sd_notify("READY=1", env={"NOTIFY_SOCKET": "/nonexistent/sock"}) is False

@@ -1,0 +1,70 @@
+"""The commander trades only inside the instrument's liquid hours (from contract details)."""
+
+import asyncio
+import datetime as dt
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from data_lake import open_db, start_cycle
+from runtime.breaker import CircuitBreaker
+from runtime.broker import Broker
+from runtime.commander import Commander, Decision
+from runtime.config import Secrets, parse_config
+from runtime.heartbeat import SystemClock
+from skills.execution_gate import GateState
+from skills.swarm_core import load_instances
+from skills.swarm_providers import OfflineProvider
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _moments():
+    today = dt.datetime.now(dt.UTC).date()
+    saturday = today + dt.timedelta(days=(5 - today.weekday()) % 7)
+    weekday = today if today.weekday() < 5 else today + dt.timedelta(days=7 - today.weekday())
+    at = lambda d, h, m: dt.datetime(d.year, d.month, d.day, h, m, tzinfo=dt.UTC)  # noqa: E731
+    return at(saturday, 16, 0), at(weekday, 15, 30), at(weekday, 23, 0)  # 15:30 UTC ~ 10:30 ET
+
+
+@pytest.mark.asyncio
+async def test_orders_only_inside_liquid_hours(gateway, tmp_path):
+    data = tomllib.loads((ROOT / "config/paper.toml").read_text())
+    data["broker"].update(port=gateway.port, connect_timeout_s=3.0, request_timeout_s=3.0)
+    data["data"]["dir"] = str(tmp_path)
+    cfg = parse_config(data)
+    assert cfg.loop.trade_outside_liquid_hours is False
+    db = open_db(tmp_path)
+    broker = Broker(cfg.broker, "paper", Secrets({}), db)
+    await broker.start()
+    try:
+        instances, templates = load_instances(
+            cfg.swarm.instances_dir, cfg.swarm.templates_dir, cfg.risk.model_dump()
+        )
+        saturday, open_, evening = _moments()
+        verdicts = {}
+        for name, when in (("saturday", saturday), ("open", open_), ("evening", evening)):
+            commander = Commander(
+                cfg,
+                db,
+                broker,
+                CircuitBreaker(tmp_path, db),
+                OfflineProvider(),
+                instances,
+                templates,
+                GateState(),
+                SystemClock(),
+                lambda: True,
+                asyncio.Event(),
+                wall_now=lambda when=when: when,
+            )
+            d = Decision("MSFT", "BUY", "STK", "LMT", 1, True, "test", limit_price=415.0)
+            verdicts[name] = await commander.act(d, start_cycle(db))
+        assert verdicts["saturday"].reasons == (
+            "market closed for this instrument (outside liquid hours)",
+        )
+        assert verdicts["evening"].reasons == verdicts["saturday"].reasons
+        assert verdicts["open"].accepted, verdicts["open"].reasons
+    finally:
+        await broker.close()

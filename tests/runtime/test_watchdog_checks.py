@@ -1,0 +1,127 @@
+"""The watchdog's judgement on an injected clock, with real processes for the PID states."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import psutil
+import pytest
+
+from data_lake import open_db
+from paper_gateway.testing import eventually
+from runtime.config import Secrets, parse_config
+from runtime.heartbeat import Clock, write_heartbeat
+from runtime.watchdog import Watchdog
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeClock(Clock):
+    def __init__(self):
+        self.mono, self.wall_s = 1000.0, 1_700_000_000.0
+
+    def monotonic(self):
+        return self.mono
+
+    def wall(self):
+        return self.wall_s
+
+
+@pytest.fixture
+def wd(tmp_path):
+    data = tomllib.loads((ROOT / "config/paper.toml").read_text())
+    data["data"]["dir"] = str(tmp_path)
+    data["watchdog"]["heartbeat_timeout_s"] = 5.0
+    cfg = parse_config(data)
+    clock = FakeClock()
+    w = Watchdog(cfg, Secrets({}), clock=clock)
+    w.db = open_db(tmp_path)
+    w.started = clock.mono
+    w.clock = clock
+    return w
+
+
+def beat(w, pid=None, cycle=1, phase="idle"):
+    write_heartbeat(w.data_dir / "heartbeat-main.json", w.clock, cycle, phase, pid=pid)
+
+
+def test_fresh_heartbeat_of_a_running_process_is_healthy(wd):
+    beat(wd)
+    assert wd.check_main() == []
+
+
+def test_stale_heartbeat_is_judged_on_the_monotonic_clock(wd):
+    beat(wd)
+    wd.clock.wall_s += 86_400  # wall clock jumps a day (NTP step): no false trip
+    assert wd.check_main() == []
+    wd.clock.mono += 5.5  # monotonic time really passes: the trip is not missed
+    wd.clock.wall_s -= 90_000
+    assert wd.check_main() == ["main heartbeat stale: 5.5s old (limit 5s)"]
+
+
+def test_heartbeat_vanishing_after_it_was_seen_is_a_fault(wd):
+    beat(wd)
+    wd.check_main()
+    (wd.data_dir / "heartbeat-main.json").write_text("{garbage")
+    assert wd.check_main() == ["main heartbeat missing or unreadable"]
+
+
+def test_clean_stop_is_not_a_fault(wd):
+    beat(wd, phase="stopped")
+    wd.clock.mono += 1000
+    assert wd.check_main() == []
+
+
+def test_no_heartbeat_ever_is_reported_but_does_not_trip(wd):
+    wd.clock.mono += 60
+    assert wd.check_main() == []
+    assert wd.warned_absent
+
+
+def test_cycle_without_progress_trips(wd):
+    limit = wd.cfg.loop.cycle_interval_s + wd.cfg.loop.max_cycle_s + 5.0
+    for _ in range(3):  # the heartbeat stays fresh, but the cycle number never moves
+        beat(wd, cycle=4)
+        assert wd.check_main() == []
+        wd.clock.mono += limit / 2 - 0.1
+    beat(wd, cycle=4)
+    wd.clock.mono += 0.5
+    beat(wd, cycle=4)
+    assert wd.check_main()[0].startswith("no cycle progress for")
+
+
+def test_gone_zombie_and_stopped_processes_are_faults(wd):
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    beat(wd, pid=done.pid)
+    assert wd.check_main() == [f"main loop process {done.pid} is gone"]
+
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    eventually(lambda: psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE)
+    beat(wd, pid=zombie.pid)
+    assert wd.check_main() == [f"main loop process {zombie.pid} is a zombie"]
+    zombie.wait()
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(sleeper.pid, signal.SIGSTOP)
+        eventually(lambda: psutil.Process(sleeper.pid).status() == psutil.STATUS_STOPPED)
+        beat(wd, pid=sleeper.pid)
+        assert wd.check_main() == [f"main loop process {sleeper.pid} is stopped (SIGSTOP)"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_flatten_without_a_gateway_says_so_instead_of_confirming_flat(wd):
+    from runtime.broker import Broker
+
+    wd.broker = Broker(wd.cfg.broker, "paper", Secrets({}), wd.db, client_id=999)
+    assert wd.broker.positions() == []  # a disconnected session knows no positions ...
+    assert asyncio.run(wd.flatten(1)) is False  # ... which is not the same as flat
+    kinds = [r["kind"] for r in wd.db.query("SELECT kind FROM safety_events")]
+    assert kinds == ["flatten_blocked"]
