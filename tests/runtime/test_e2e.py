@@ -333,3 +333,50 @@ def test_a_cycle_that_raises_does_not_stop_the_loop(gateway, admin, tmp_path, st
     assert [c["status"] for c in cycles] == ["error", "ok"]
     assert "InternalServerError" in cycles[0]["error"]
     assert "sk-ant-e2e" not in out
+
+
+def test_hanging_llm_call_is_cancelled_at_max_cycle_s_without_a_false_trip(
+    gateway, admin, tmp_path, stub
+):
+    cfg = write_config(
+        tmp_path, gateway.port, commander__mode="llm", max_retries=0, call_timeout_s=30.0
+    )
+    stub.script(
+        "commander",
+        Reply(body=stub.text_answer("late"), delay_s=10.0),
+        Reply(body=stub.text_answer("nothing to do")),
+    )
+    proc = start("run", cfg, "--max-cycles", "2", env=_llm_env(stub))
+    out = proc.communicate(timeout=90)[0].decode()
+    assert proc.returncode == 0, out[-3000:]
+    db = open_db(data(tmp_path))
+    cycles = [c["status"] for c in db.query("SELECT status FROM cycles ORDER BY id")]
+    assert cycles == ["timeout", "ok"]
+    assert CircuitBreaker(data(tmp_path)).status().state is BreakerState.ACTIVE
+    assert [e["kind"] for e in query_safety_events(db, "cycle_timeout")] == ["cycle_timeout"]
+
+
+def test_dead_watchdog_is_restarted_by_the_main_loop(gateway, admin, tmp_path):
+    cfg = write_config(tmp_path, gateway.port)
+    proc = start("run", cfg)
+    hb_path = data(tmp_path) / "heartbeat-watchdog.json"
+    try:
+        first = eventually(
+            lambda: (hb := read_heartbeat(hb_path)) and hb.phase == "watching" and hb,
+            timeout=30,
+            what="watchdog up",
+        )
+        os.kill(first.pid, signal.SIGKILL)
+        eventually(
+            lambda: (
+                (hb := read_heartbeat(hb_path)) and hb.pid != first.pid and hb.phase == "watching"
+            ),
+            timeout=30,
+            what="a new watchdog",
+        )
+        events = query_safety_events(open_db(data(tmp_path)), "watchdog_exit")
+        assert events and "restarting" in events[0]["reason"]
+        assert proc.poll() is None
+    finally:
+        assert stop(proc) == 0
+    eventually(lambda: read_heartbeat(hb_path).phase == "stopped", timeout=15)
