@@ -61,11 +61,11 @@ def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     conn = sqlite3.connect(
-        str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        str(path), timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
     )
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"{path}: cannot enable WAL (journal_mode={mode})")
@@ -102,11 +102,14 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-def open_db(data_dir: str | Path) -> sqlite_utils.Database:
-    """Open (creating and migrating if needed) the trading database in `data_dir`."""
+def open_db(data_dir: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite_utils.Database:
+    """Open (creating and migrating if needed) the trading database in `data_dir`.
+
+    `busy_timeout_ms` is how long a write waits for another writer; the watchdog uses a short
+    one so that a busy database delays its records, never its event loop."""
     directory = Path(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    conn = _connect(directory / DB_FILENAME)
+    conn = _connect(directory / DB_FILENAME, busy_timeout_ms)
     migrate(conn)
     return sqlite_utils.Database(conn)
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from data_lake import transaction
+
 __all__ = ["BreakerState", "BreakerStatus", "CircuitBreaker", "ResetRefused"]
 
 log = logging.getLogger("runtime.breaker")
@@ -154,34 +156,48 @@ class CircuitBreaker:
         finally:
             os.close(dir_fd)
 
+    def flush_pending(self) -> int:
+        """Retry writing transitions the database refused earlier; return how many remain."""
+        if self._unrecorded and self.db is not None:
+            self._write_records()
+        return len(self._unrecorded)
+
     def _record(self, old: BreakerStatus, new: BreakerStatus) -> None:
         self._unrecorded.append((old, new))
-        if self.db is None:
-            return
+        if self.db is not None:
+            self._write_records()
+
+    def _write_records(self) -> None:
+        assert self.db is not None
         try:
             while self._unrecorded:
                 before, after = self._unrecorded[0]
-                self.db.conn.execute(
-                    "INSERT INTO breaker_history (at, from_state, to_state, source, actor, "
-                    "reason, generation) VALUES (?,?,?,?,?,?,?)",
-                    (
-                        after.since,
-                        before.state.value,
-                        after.state.value,
-                        after.source,
-                        after.actor or None,
-                        after.reason,
-                        after.generation,
-                    ),
-                )
-                self.db.conn.execute(
-                    "INSERT INTO breaker_state (id, state, since, source, reason, generation) "
-                    "VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-                    "state = excluded.state, since = excluded.since, source = excluded.source, "
-                    "reason = excluded.reason, generation = excluded.generation "
-                    "WHERE excluded.generation >= breaker_state.generation",
-                    (after.state.value, after.since, after.source, after.reason, after.generation),
-                )
+                with transaction(self.db) as conn:  # history and state together, or neither
+                    self._insert(conn, before, after)
                 self._unrecorded.pop(0)
         except sqlite3.Error as exc:
             log.error("breaker transition kept in memory, database unavailable: %s", exc)
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, before: BreakerStatus, after: BreakerStatus) -> None:
+        conn.execute(
+            "INSERT INTO breaker_history (at, from_state, to_state, source, actor, reason, "
+            "generation) VALUES (?,?,?,?,?,?,?)",
+            (
+                after.since,
+                before.state.value,
+                after.state.value,
+                after.source,
+                after.actor or None,
+                after.reason,
+                after.generation,
+            ),
+        )
+        conn.execute(
+            "INSERT INTO breaker_state (id, state, since, source, reason, generation) "
+            "VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET state = excluded.state, "
+            "since = excluded.since, source = excluded.source, reason = excluded.reason, "
+            "generation = excluded.generation WHERE excluded.generation >= "
+            "breaker_state.generation",
+            (after.state.value, after.since, after.source, after.reason, after.generation),
+        )

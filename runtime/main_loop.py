@@ -87,6 +87,13 @@ class MainLoop:
     async def _heartbeat_loop(self) -> None:
         while True:
             self._beat()
+            if (
+                self._cycle_task is not None
+                and self.breaker.status().state is BreakerState.HALTED
+                and not self.cancel.is_set()
+            ):
+                log.warning("breaker HALTED during a cycle: cancelling in-flight LLM calls")
+                self.cancel.set()
             if self.phase not in ("starting", "connecting"):
                 sd_notify("WATCHDOG=1")
             await asyncio.sleep(self.cfg.loop.heartbeat_interval_s)
@@ -304,6 +311,7 @@ class MainLoop:
     async def _run_cycle(self) -> None:
         if self.stop.is_set():
             return
+        self.cancel.clear()  # a trip or stop cancels the calls of the cycle it happens in
         cycle_id = start_cycle(self.db)
         self.cycle = cycle_id
         self._cycle_task = asyncio.current_task()

@@ -32,6 +32,7 @@ from .main_loop import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT
 __all__ = ["Watchdog"]
 
 log = logging.getLogger("runtime.watchdog")
+WATCHDOG_BUSY_TIMEOUT_MS = 500
 
 
 class Watchdog:
@@ -212,7 +213,7 @@ class Watchdog:
             f"g{generation}-a{attempt}",
         )
 
-    async def _close(self, p: PositionView, attempt: int, generation: int) -> None:
+    async def _close(self, p: PositionView, attempt: int, generation: int) -> bool:
         w = self.cfg.watchdog
         limit = None
         if attempt < w.max_close_attempts and attempt <= 2:
@@ -240,6 +241,7 @@ class Watchdog:
         )
         if not verdict.accepted:
             self._event("close_refused", f"closing {p.key}: {'; '.join(verdict.reasons)}")
+        return verdict.accepted
 
     async def flatten(self, generation: int) -> bool:
         """Close every position and confirm flat from the broker; True when flat."""
@@ -256,7 +258,13 @@ class Watchdog:
                 self._flat_generation = generation
                 self._event("flat_confirmed", f"account flat (attempt {attempt})", "info")
                 return True
-            await asyncio.gather(*(self._close(p, attempt, generation) for p in positions))
+            sent = await asyncio.gather(*(self._close(p, attempt, generation) for p in positions))
+            if not any(sent):  # e.g. no intent could be stored: retry at the next poll
+                self._event(
+                    "flatten_blocked",
+                    f"attempt {attempt}: no closing order could be sent; retrying at the next poll",
+                )
+                return False
             deadline = self.clock.monotonic() + w.close_wait_s
             while self.broker.positions() and self.clock.monotonic() < deadline:
                 await asyncio.sleep(0.02)
@@ -279,6 +287,7 @@ class Watchdog:
 
     async def poll_once(self) -> None:
         self.polls += 1
+        self.breaker.flush_pending()
         status = self.breaker.status()
         reasons = self.check_main() + self.check_account()
         if self.broker.ready:
@@ -324,7 +333,7 @@ class Watchdog:
     # --- run -----------------------------------------------------------------------------------
     async def run(self) -> int:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = open_db(self.data_dir)
+        self.db = open_db(self.data_dir, busy_timeout_ms=WATCHDOG_BUSY_TIMEOUT_MS)
         self.breaker = CircuitBreaker(self.data_dir, self.db)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -380,3 +380,72 @@ def test_dead_watchdog_is_restarted_by_the_main_loop(gateway, admin, tmp_path):
     finally:
         assert stop(proc) == 0
     eventually(lambda: read_heartbeat(hb_path).phase == "stopped", timeout=15)
+
+
+def test_breaker_trip_cancels_in_flight_swarm_calls_promptly(gateway, admin, tmp_path, stub):
+    cfg = write_config(
+        tmp_path,
+        gateway.port,
+        provider="anthropic",
+        max_retries=0,
+        cycle_interval_s=20.0,
+        max_cycle_s=19.0,
+        deadline_s=18.0,
+        call_timeout_s=18.0,
+        heartbeat_interval_s=0.2,
+    )
+    stub.latency_s = 15.0
+    proc = start("run", cfg, "--max-cycles", "1", env=_llm_env(stub))
+    try:
+        eventually(lambda: stub.requests, timeout=30, what="the swarm's call in flight")
+        CircuitBreaker(data(tmp_path)).trip(BreakerState.HALTED, "watchdog", "drill")
+        db = open_db(data(tmp_path))
+        eventually(
+            lambda: list(db.query("SELECT 1 FROM cycles WHERE finished_at IS NOT NULL")),
+            timeout=10,
+            what="cycle finished after the trip (the answer takes 15 s)",
+        )
+        [call] = db.query("SELECT status, error FROM llm_calls")
+        assert call["status"] == "cancelled" and "breaker" in call["error"]
+        assert admin.call("state")["open_orders"] == []
+    finally:
+        assert stop(proc) == 0
+
+
+def test_watchdog_keeps_working_while_the_database_is_locked(gateway, admin, tmp_path):
+    import sqlite3
+
+    admin.call("set_position", symbol="AAPL", quantity=40, avg_cost=228.0)
+    cfg = write_config(tmp_path, gateway.port)
+    proc = start("run", cfg)
+    hb_wd = data(tmp_path) / "heartbeat-watchdog.json"
+    lock = None
+    try:
+        eventually(lambda: (hb := read_heartbeat(hb_wd)) and hb.phase == "watching",
+                   timeout=30, what="watchdog up")
+        eventually(lambda: (hb := read_heartbeat(data(tmp_path) / "heartbeat-main.json"))
+                   and hb.cycle >= 1, timeout=30, what="main cycling")
+        lock = sqlite3.connect(data(tmp_path) / "trading.sqlite3", isolation_level=None,
+                               timeout=30)
+        lock.execute("BEGIN IMMEDIATE")  # another process holds the write lock from now on
+        os.kill(proc.pid, signal.SIGKILL)
+        breaker = CircuitBreaker(data(tmp_path))
+        eventually(lambda: breaker.status().state is BreakerState.HALTED, timeout=5,
+                   what="trip while the database is locked")
+        # no order without a stored intent: the position stays until the database frees up,
+        # and the watchdog stays responsive meanwhile
+        eventually(lambda: read_heartbeat(hb_wd).age(time.monotonic()) < 1.5
+                   and read_heartbeat(hb_wd).cycle >= 3, timeout=10, what="watchdog polling")
+        assert admin.call("state")["positions"] != []
+        lock.execute("ROLLBACK")
+        eventually(lambda: admin.call("state")["positions"] == [], timeout=10,
+                   what="flat once the database is writable again")
+        history = list(open_db(data(tmp_path)).query("SELECT to_state FROM breaker_history"))
+        assert [h["to_state"] for h in history] == ["HALTED"]  # recorded once it could be
+    finally:
+        if lock is not None:
+            lock.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        stop_watchdog(tmp_path)
