@@ -14,6 +14,18 @@ from paper_gateway import AdminClient, Gateway, GatewayConfig
 logging.getLogger("ib_insync").setLevel(logging.CRITICAL)
 
 
+@pytest.fixture(autouse=True)
+def _current_loop_for_sync_clients(request: pytest.FixtureRequest) -> None:
+    """ib_insync's sync API runs on the thread's current event loop; an async test before
+    this one may have left none. Async tests get theirs from pytest-asyncio."""
+    if asyncio.iscoroutinefunction(request.function):
+        return
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 @pytest.fixture
 def gateway_config() -> GatewayConfig:
     """Prices move only when a test says so (tick_interval_s=0)."""
@@ -39,10 +51,6 @@ def admin(gateway: Gateway) -> Iterator[AdminClient]:
 def connect(gateway: Gateway) -> Iterator[Callable[..., IB]]:
     """Return a function that connects a new ib_insync client; all are disconnected after."""
     clients: list[IB] = []
-    try:  # ib_insync's sync API runs on the thread's current loop; async tests may unset it
-        asyncio.get_event_loop_policy().get_event_loop()
-    except RuntimeError:
-        asyncio.set_event_loop(asyncio.new_event_loop())
 
     def _connect(client_id: int = 1, timeout: float = 5.0, **kwargs: object) -> IB:
         ib = IB()
