@@ -25,10 +25,9 @@ from pathlib import Path
 import psutil
 
 from data_lake import open_db
+from paper_gateway.process import gateway_process
 from runtime.demo import write_config
 from runtime.heartbeat import read_heartbeat
-
-from ._gateway_proc import gateway_process
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import time
 
 from ib_insync import IB, MarketOrder, Stock, Trade
 
-from ._gateway_proc import gateway_process
+from paper_gateway.process import gateway_process
 
 
 def _pct(values: list[float], q: float) -> float:

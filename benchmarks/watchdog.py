@@ -21,11 +21,10 @@ from pathlib import Path
 
 from paper_gateway import AdminClient
 from paper_gateway.instruments import Catalogue
+from paper_gateway.process import gateway_process
 from runtime.breaker import BreakerState, CircuitBreaker
 from runtime.demo import write_config
 from runtime.heartbeat import read_heartbeat
-
-from ._gateway_proc import gateway_process
 
 ROOT = Path(__file__).resolve().parents[1]
 

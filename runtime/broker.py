@@ -43,6 +43,7 @@ from data_lake import (
     set_commission,
     update_intent,
 )
+from skills.contracts import contract_key
 from skills.execution_gate import Holding, OrderRequest
 
 from .config import BrokerConfig, Secrets
@@ -115,9 +116,7 @@ class PositionView:
 
     @property
     def key(self) -> str:
-        if self.sec_type == "OPT":
-            return f"{self.symbol} {self.expiry} {self.strike:g}{self.right}"
-        return self.symbol
+        return contract_key(self.symbol, self.sec_type, self.expiry, self.strike, self.right)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +144,7 @@ def contract_for(
 
 
 def _key(c: Contract) -> str:
-    if c.secType == "OPT":
-        return f"{c.symbol} {c.lastTradeDateOrContractMonth} {c.strike:g}{c.right}"
-    return str(c.symbol)
+    return contract_key(c.symbol, c.secType, c.lastTradeDateOrContractMonth, c.strike, c.right)
 
 
 class Broker:

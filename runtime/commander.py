@@ -21,6 +21,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from data_lake import finish_cycle, log_safety_event, redact, save_snapshot, transaction, utc_now
+from skills.contracts import contract_key
 from skills.execution_gate import (
     GateState,
     GateVerdict,
@@ -356,9 +357,7 @@ class Commander:
         )
         return frozenset(
             (
-                r["symbol"]
-                if r["sec_type"] != "OPT"
-                else f"{r['symbol']} {r['expiry']} {r['strike']:g}{r['opt_right']}",
+                contract_key(r["symbol"], r["sec_type"], r["expiry"], r["strike"], r["opt_right"]),
                 r["action"],
             )
             for r in rows

@@ -20,6 +20,7 @@ from typing import Any
 
 from data_lake import open_db, query_trades
 from paper_gateway import AdminClient
+from paper_gateway.process import gateway_process
 
 from .breaker import BreakerState, CircuitBreaker
 from .config import load_config
@@ -86,42 +87,21 @@ def run_demo(cycles: int = 5, kill_drill: bool = False, data_dir: str | None = N
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     _say(f"demo: files in {work}")
-    gw_log = open(work / "gateway.log", "w")  # noqa: SIM115 - lives as long as the gateway
-    gateway = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "paper_gateway",
-            "--port",
-            "0",
-            "--admin-port",
-            "0",
-            "--seed",
-            "7",
-            "--tick-interval",
-            "0.25",
-            "--log-level",
-            "WARNING",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=gw_log,
-        text=True,
-        cwd=ROOT,
-    )
-    main: subprocess.Popen[bytes] | None = None
-    ok = True
-    try:
-        assert gateway.stdout is not None
-        ready = json.loads(gateway.stdout.readline() or "{}")
-        if ready.get("event") != "ready":
-            _say("demo: the paper gateway did not start; see gateway.log")
-            return 1
+    with (
+        open(work / "gateway.log", "w") as gw_log,
+        gateway_process("--seed", "7", "--tick-interval", "0.25", stderr=gw_log, cwd=ROOT) as ready,
+    ):
         _say(f"demo: paper gateway on 127.0.0.1:{ready['port']} (admin {ready['admin_port']})")
-        admin = AdminClient(ready["admin_port"])
-        cfg_path = write_config(work / "demo.toml", {"port": ready["port"], "dir": work.as_posix()})
-        cfg = load_config(cfg_path)
-        run_cycles = max(cycles, 50) if kill_drill else cycles
-        daemon_log = open(work / "daemon.log", "w")  # noqa: SIM115
+        with AdminClient(ready["admin_port"]) as admin:
+            return _run(work, ready["port"], admin, cycles, kill_drill)
+
+
+def _run(work: Path, port: int, admin: AdminClient, cycles: int, kill_drill: bool) -> int:
+    cfg_path = write_config(work / "demo.toml", {"port": port, "dir": work.as_posix()})
+    cfg = load_config(cfg_path)
+    run_cycles = max(cycles, 50) if kill_drill else cycles
+    ok = True
+    with open(work / "daemon.log", "w") as daemon_log:
         main = subprocess.Popen(
             [
                 sys.executable,
@@ -137,55 +117,69 @@ def run_demo(cycles: int = 5, kill_drill: bool = False, data_dir: str | None = N
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-        _say(
-            f"demo: daemon started (pid {main.pid}), watchdog as its child; "
-            f"cycle every {cfg.loop.cycle_interval_s:g}s"
-        )
-        budget = cycles * (cfg.loop.cycle_interval_s + cfg.loop.max_cycle_s) + 60
-        if kill_drill:
-            ok = _kill_drill(
-                main, admin, work, cfg.watchdog.heartbeat_timeout_s, cfg.watchdog.poll_interval_s
-            )
-        else:
-            seen = 0
-            deadline = time.monotonic() + budget
-            while main.poll() is None and time.monotonic() < deadline:
-                done = _cycles_done(work)
-                if done > seen:
-                    seen = done
-                    _say(f"demo: cycle {done}/{cycles} done")
-                time.sleep(0.2)
-            if main.poll() is None:
-                _say("demo: the daemon overran its time; stopping it")
-                main.terminate()
-                ok = False
-            code = main.wait(30)
-            if code != 0:
-                _say(f"demo: daemon exited with {code}; see daemon.log")
-                ok = False
-        _summary(work, admin)
-        admin.close()
-    finally:
-        if main is not None and main.poll() is None:
-            main.terminate()
-            main.wait(30)
-        hb = read_heartbeat(work / WATCHDOG_HEARTBEAT)
-        if hb is not None and hb.phase != "stopped":
-            try:
-                os.kill(hb.pid, signal.SIGTERM)
-                _wait(
-                    lambda: (read_heartbeat(work / WATCHDOG_HEARTBEAT) or hb).phase == "stopped",
-                    15,
-                    "the watchdog to stop",
-                )
-            except ProcessLookupError:
-                pass
-        gateway.send_signal(signal.SIGTERM)
         try:
-            gateway.wait(10)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
+            _say(
+                f"demo: daemon started (pid {main.pid}), watchdog as its child; "
+                f"cycle every {cfg.loop.cycle_interval_s:g}s"
+            )
+            if kill_drill:
+                ok = _kill_drill(
+                    main,
+                    admin,
+                    work,
+                    cfg.watchdog.heartbeat_timeout_s,
+                    cfg.watchdog.poll_interval_s,
+                )
+            else:
+                ok = _wait_cycles(
+                    main,
+                    work,
+                    cycles,
+                    cycles * (cfg.loop.cycle_interval_s + cfg.loop.max_cycle_s) + 60,
+                )
+            _summary(work, admin)
+        finally:
+            if main.poll() is None:
+                main.terminate()
+                main.wait(30)
+            _stop_watchdog(work)
     return 0 if ok else 1
+
+
+def _wait_cycles(main: subprocess.Popen[bytes], work: Path, cycles: int, budget: float) -> bool:
+    seen = 0
+    deadline = time.monotonic() + budget
+    while main.poll() is None and time.monotonic() < deadline:
+        done = _cycles_done(work)
+        if done > seen:
+            seen = done
+            _say(f"demo: cycle {done}/{cycles} done")
+        time.sleep(0.2)
+    if main.poll() is None:
+        _say("demo: the daemon overran its time; stopping it")
+        main.terminate()
+        main.wait(30)
+        return False
+    if main.returncode != 0:
+        _say(f"demo: daemon exited with {main.returncode}; see daemon.log")
+        return False
+    return True
+
+
+def _stop_watchdog(work: Path) -> None:
+    """The watchdog outlives a killed main loop (that is its job); stop it at the end."""
+    hb = read_heartbeat(work / WATCHDOG_HEARTBEAT)
+    if hb is None or hb.phase == "stopped":
+        return
+    try:
+        os.kill(hb.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    _wait(
+        lambda: (read_heartbeat(work / WATCHDOG_HEARTBEAT) or hb).phase == "stopped",
+        15,
+        "the watchdog to stop",
+    )
 
 
 def _kill_drill(

@@ -23,7 +23,7 @@ from skills.execution_gate import GateVerdict, Holding
 from skills.math_core import MathInputError, calculate_greeks, kelly_criterion
 from skills.swarm_core import SwarmResult
 from skills.swarm_models import MarketContext
-from skills.swarm_providers import Usage, cost_usd
+from skills.swarm_providers import Usage, cost_usd, usage_from
 
 if TYPE_CHECKING:
     from .commander import Commander, Decision
@@ -156,13 +156,7 @@ class LlmCommander:
                 metadata={"user_id": "commander"},
                 timeout=cfg.swarm.call_timeout_s,
             )
-            u = msg.usage
-            usage = Usage(
-                u.input_tokens,
-                u.output_tokens,
-                u.cache_read_input_tokens or 0,
-                u.cache_creation_input_tokens or 0,
-            )
+            usage = usage_from(msg.usage)
             cost = cost_usd(cfg.commander.model, usage)
             spent += cost
             self._record(cycle_id, usage, cost, (time.perf_counter() - t0) * 1000, msg.stop_reason)

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from skills.contracts import contract_key
 from skills.swarm_models import MarketContext, OptionView, SymbolView
 
 from .broker import Broker
@@ -124,7 +125,7 @@ class MarketSensor:
             ):
                 if q is None or q.delta is None:
                     continue
-                key = f"{view.symbol} {expiry} {k:g}P"
+                key = contract_key(view.symbol, "OPT", expiry, k, "P")
                 out.append(
                     OptionView(
                         view.symbol,

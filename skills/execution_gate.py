@@ -27,6 +27,8 @@ from sqlite_utils import Database
 from data_lake import insert_intent, log_safety_event, update_intent
 from runtime.config import RiskConfig
 
+from .contracts import contract_key
+
 __all__ = [
     "CHECKS",
     "GateContext",
@@ -67,9 +69,7 @@ class OrderRequest:
 
     @property
     def key(self) -> str:
-        if self.sec_type == "OPT":
-            return f"{self.symbol} {self.expiry} {self.strike:g}{self.right}"
-        return self.symbol
+        return contract_key(self.symbol, self.sec_type, self.expiry, self.strike, self.right)
 
     @property
     def signed_quantity(self) -> float:

@@ -129,6 +129,19 @@ def _intrinsic_forward(
     return max(fwd_s - pv_k, 0.0) if right == "C" else max(pv_k - fwd_s, 0.0)
 
 
+def _d1_d2(
+    spot: float,
+    strike: float,
+    t: float,
+    vol: float,
+    r: float,
+    q: float,
+) -> tuple[float, float]:
+    sq = vol * math.sqrt(t)
+    d1 = (math.log(spot / strike) + (r - q + 0.5 * vol * vol) * t) / sq
+    return d1, d1 - sq
+
+
 def black_scholes_price(
     spot: float,
     strike: float,
@@ -143,9 +156,7 @@ def black_scholes_price(
     rt = _check_right(right)
     if t == 0.0 or vol == 0.0:
         return _intrinsic_forward(spot, strike, t, r, q, rt)
-    sq = vol * math.sqrt(t)
-    d1 = (math.log(spot / strike) + (r - q + 0.5 * vol * vol) * t) / sq
-    d2 = d1 - sq
+    d1, d2 = _d1_d2(spot, strike, t, vol, r, q)
     df_q = math.exp(-q * t)
     df_r = math.exp(-r * t)
     if rt == "C":
@@ -176,8 +187,7 @@ def calculate_greeks(
             delta = -df_q if (spot * df_q < strike * df_r) else 0.0
         return Greeks(price, delta, 0.0, 0.0, 0.0, 0.0)
     sqt = math.sqrt(t)
-    d1 = (math.log(spot / strike) + (r - q + 0.5 * vol * vol) * t) / (vol * sqt)
-    d2 = d1 - vol * sqt
+    d1, d2 = _d1_d2(spot, strike, t, vol, r, q)
     pdf1 = norm_pdf(d1)
     gamma = df_q * pdf1 / (spot * vol * sqt)
     vega = spot * df_q * pdf1 * sqt

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .contracts import contract_key
+
 __all__ = [
     "SIGNAL_TOOL",
     "Abstain",
@@ -246,9 +248,7 @@ class Signal:
 
     @property
     def key(self) -> str:
-        if self.sec_type == "OPT":
-            return f"{self.symbol} {self.expiry} {self.strike:g}{self.right}"
-        return self.symbol
+        return contract_key(self.symbol, self.sec_type, self.expiry, self.strike, self.right)
 
 
 @dataclass(frozen=True, slots=True)

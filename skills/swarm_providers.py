@@ -31,6 +31,7 @@ __all__ = [
     "Usage",
     "cost_usd",
     "estimate_tokens",
+    "usage_from",
 ]
 
 # USD per million tokens: (input, output). Cache reads cost 0.1x input, cache writes 1.25x.
@@ -58,6 +59,16 @@ class Usage:
             + self.cache_read_tokens
             + self.cache_write_tokens
         )
+
+
+def usage_from(u: Any) -> Usage:
+    """Convert the SDK's usage object (cache fields may be None) into Usage."""
+    return Usage(
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_input_tokens or 0,
+        u.cache_creation_input_tokens or 0,
+    )
 
 
 def cost_usd(model: str, usage: Usage) -> float:
@@ -208,13 +219,7 @@ class AnthropicProvider:
             ):
                 tool_input = getattr(block, "input", None)
                 break
-        u = msg.usage
-        usage = Usage(
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_read_input_tokens or 0,
-            u.cache_creation_input_tokens or 0,
-        )
+        usage = usage_from(msg.usage)
         raw = json.dumps([b.model_dump(mode="json") for b in msg.content], default=str)
         return ProviderAnswer(tool_input, raw, usage, msg.model, self.name)
 

@@ -421,25 +421,44 @@ def test_watchdog_keeps_working_while_the_database_is_locked(gateway, admin, tmp
     hb_wd = data(tmp_path) / "heartbeat-watchdog.json"
     lock = None
     try:
-        eventually(lambda: (hb := read_heartbeat(hb_wd)) and hb.phase == "watching",
-                   timeout=30, what="watchdog up")
-        eventually(lambda: (hb := read_heartbeat(data(tmp_path) / "heartbeat-main.json"))
-                   and hb.cycle >= 1, timeout=30, what="main cycling")
-        lock = sqlite3.connect(data(tmp_path) / "trading.sqlite3", isolation_level=None,
-                               timeout=30)
+        eventually(
+            lambda: (hb := read_heartbeat(hb_wd)) and hb.phase == "watching",
+            timeout=30,
+            what="watchdog up",
+        )
+        eventually(
+            lambda: (
+                (hb := read_heartbeat(data(tmp_path) / "heartbeat-main.json")) and hb.cycle >= 1
+            ),
+            timeout=30,
+            what="main cycling",
+        )
+        lock = sqlite3.connect(data(tmp_path) / "trading.sqlite3", isolation_level=None, timeout=30)
         lock.execute("BEGIN IMMEDIATE")  # another process holds the write lock from now on
         os.kill(proc.pid, signal.SIGKILL)
         breaker = CircuitBreaker(data(tmp_path))
-        eventually(lambda: breaker.status().state is BreakerState.HALTED, timeout=5,
-                   what="trip while the database is locked")
+        eventually(
+            lambda: breaker.status().state is BreakerState.HALTED,
+            timeout=5,
+            what="trip while the database is locked",
+        )
         # no order without a stored intent: the position stays until the database frees up,
         # and the watchdog stays responsive meanwhile
-        eventually(lambda: read_heartbeat(hb_wd).age(time.monotonic()) < 1.5
-                   and read_heartbeat(hb_wd).cycle >= 3, timeout=10, what="watchdog polling")
+        eventually(
+            lambda: (
+                read_heartbeat(hb_wd).age(time.monotonic()) < 1.5
+                and read_heartbeat(hb_wd).cycle >= 3
+            ),
+            timeout=10,
+            what="watchdog polling",
+        )
         assert admin.call("state")["positions"] != []
         lock.execute("ROLLBACK")
-        eventually(lambda: admin.call("state")["positions"] == [], timeout=10,
-                   what="flat once the database is writable again")
+        eventually(
+            lambda: admin.call("state")["positions"] == [],
+            timeout=10,
+            what="flat once the database is writable again",
+        )
         history = list(open_db(data(tmp_path)).query("SELECT to_state FROM breaker_history"))
         assert [h["to_state"] for h in history] == ["HALTED"]  # recorded once it could be
     finally:

@@ -1,4 +1,4 @@
-"""Start `python -m paper_gateway` as a separate process on free loopback ports."""
+"""Run `python -m paper_gateway` as its own process on free loopback ports."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 __all__ = ["gateway_process"]
 
 
 @contextmanager
-def gateway_process(*args: str) -> Iterator[dict[str, Any]]:
-    """Yield the gateway's ready line ({"port", "admin_port"}); SIGTERM it afterwards."""
+def gateway_process(
+    *args: str, stderr: IO[Any] | int | None = subprocess.DEVNULL, cwd: str | Path | None = None
+) -> Iterator[dict[str, Any]]:
+    """Yield the gateway's ready line ({"event", "port", "admin_port", "pid"}); SIGTERM it
+    afterwards (SIGKILL if it does not stop within 10 s)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -30,7 +34,9 @@ def gateway_process(*args: str) -> Iterator[dict[str, Any]]:
             *args,
         ],
         stdout=subprocess.PIPE,
+        stderr=stderr,
         text=True,
+        cwd=cwd,
     )
     try:
         assert proc.stdout is not None
@@ -46,3 +52,4 @@ def gateway_process(*args: str) -> Iterator[dict[str, Any]]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(timeout=10)

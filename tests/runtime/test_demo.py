@@ -1,0 +1,37 @@
+"""The README's demo command, as a person runs it (fresh data dir, no key, no gateway)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_demo(tmp_path, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC")}
+    return subprocess.run([sys.executable, "-m", "runtime", "demo", "--data-dir",
+                           str(tmp_path / "demo"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240, env=env)
+
+
+def test_demo_runs_cycles_and_prints_a_summary(tmp_path):
+    proc = run_demo(tmp_path, "--cycles", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "cycles: 2 (ok 2)" in out
+    assert "(offline)" in out and "decisions:" in out and "gate refusals:" in out
+    assert "fills: 1" in out and "BOT 20 MSFT" in out
+    assert "net liquidation" in out and "breaker: ACTIVE" in out
+    assert (tmp_path / "demo" / "trading.sqlite3").exists()
+    assert list((tmp_path / "demo" / "snapshots").rglob("cycle-*.json"))
+
+
+def test_demo_kill_drill_shows_the_watchdog_flattening(tmp_path):
+    proc = run_demo(tmp_path, "--kill-drill")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "SIGKILL sent to the main loop" in out
+    assert "watchdog tripped the breaker" in out and "main loop process" in out
+    assert "account flat" in out
+    assert "positions at the gateway: 0" in out and "breaker: HALTED" in out
