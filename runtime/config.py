@@ -29,7 +29,7 @@ __all__ = [
     "parse_config",
 ]
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DEFAULT_SYMBOLS = ("NVDA", "AMD", "TSLA", "AAPL", "MSFT", "SPY", "JPM", "BAC", "GS")
 
 
 class ConfigError(ValueError):
@@ -108,7 +108,7 @@ class CommanderConfig(_Section):
 class RiskConfig(_Section):
     """The execution gate's limits. Read-only to everything an LLM touches."""
 
-    allowed_symbols: tuple[str, ...] = ()
+    allowed_symbols: tuple[str, ...] = DEFAULT_SYMBOLS
     allowed_sec_types: tuple[Literal["STK", "OPT"], ...] = ("STK", "OPT")
     max_order_quantity: float = Field(100, gt=0)
     max_order_notional: float = Field(25_000.0, gt=0)
@@ -146,7 +146,7 @@ class Config(_Section):
     watchdog: WatchdogConfig = WatchdogConfig()
     swarm: SwarmConfig = SwarmConfig()
     commander: CommanderConfig = CommanderConfig()
-    risk: RiskConfig
+    risk: RiskConfig = RiskConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
