@@ -185,6 +185,7 @@ class Broker:
         self.reconnects = 0
         self._closing = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._tickers: dict[str, Ticker] = {}
         self._updated: dict[int, float] = {}  # id(ticker) -> monotonic time of last update
@@ -317,10 +318,11 @@ class Broker:
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(self._supervisor, 5)
+        tasks = [*self._tasks, *([self._supervisor] if self._supervisor else [])]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
         self.ib.disconnect()
 
     def _on_disconnected(self) -> None:
@@ -508,9 +510,11 @@ class Broker:
         elif code in (1101, 1102):
             self.connected_to_ib = True
             self._event("connectivity", f"{code}: {msg}", "warning")
-            asyncio.get_event_loop().create_task(
+            task = asyncio.get_event_loop().create_task(
                 self._after_restore(code), name=f"broker-restore-{code}"
             )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         elif code in ORDER_ERROR_CODES and req_id > 0:
             trade = next((t for t in self.ib.trades() if t.order.orderId == req_id), None)
             ref = trade.order.orderRef if trade else None
