@@ -32,7 +32,7 @@ from .main_loop import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT
 __all__ = ["Watchdog"]
 
 log = logging.getLogger("runtime.watchdog")
-WATCHDOG_BUSY_TIMEOUT_MS = 500
+WATCHDOG_BUSY_TIMEOUT_MS = 200
 
 
 class Watchdog:

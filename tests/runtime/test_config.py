@@ -149,8 +149,20 @@ def test_cli_check_missing_file_and_bad_toml(tmp_path):
 def test_minimal_config_needs_only_mode_and_takes_documented_defaults():
     cfg = parse_config({"mode": "paper"})
     assert (cfg.broker.port, cfg.broker.watchdog_client_id, cfg.data.dir) == (
-        4002, 999, "data_lake/var")
-    assert cfg.risk.allowed_symbols == ("NVDA", "AMD", "TSLA", "AAPL", "MSFT", "SPY", "JPM",
-                                        "BAC", "GS")
+        4002,
+        999,
+        "data_lake/var",
+    )
+    assert cfg.risk.allowed_symbols == (
+        "NVDA",
+        "AMD",
+        "TSLA",
+        "AAPL",
+        "MSFT",
+        "SPY",
+        "JPM",
+        "BAC",
+        "GS",
+    )
     with pytest.raises(ConfigError, match="allowed_symbols must list at least one symbol"):
         parse_config({"mode": "paper", "risk": {"allowed_symbols": []}})

@@ -10,9 +10,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_demo(tmp_path, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC")}
-    return subprocess.run([sys.executable, "-m", "runtime", "demo", "--data-dir",
-                           str(tmp_path / "demo"), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=240, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", "demo", "--data-dir", str(tmp_path / "demo"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
 
 
 def test_demo_runs_cycles_and_prints_a_summary(tmp_path):

@@ -444,13 +444,14 @@ def test_watchdog_keeps_working_while_the_database_is_locked(gateway, admin, tmp
         )
         # no order without a stored intent: the position stays until the database frees up,
         # and the watchdog stays responsive meanwhile
+        polls = read_heartbeat(hb_wd).cycle
         eventually(
             lambda: (
-                read_heartbeat(hb_wd).age(time.monotonic()) < 1.5
-                and read_heartbeat(hb_wd).cycle >= 3
+                read_heartbeat(hb_wd).cycle >= polls + 3
+                and read_heartbeat(hb_wd).age(time.monotonic()) < 3.0
             ),
-            timeout=10,
-            what="watchdog polling",
+            timeout=15,
+            what="watchdog still polling while the database is locked",
         )
         assert admin.call("state")["positions"] != []
         lock.execute("ROLLBACK")
