@@ -1,1 +1,10 @@
-"""Processes and orchestration: config, broker adapter, breaker, main loop, watchdog."""
+"""Processes and orchestration. Public modules (import them by name):
+
+- `config`: the frozen, typed Config. `broker`: the only ib_insync importer.
+- `breaker`: the latched circuit breaker. `heartbeat`: heartbeat files and sd_notify.
+- `commander` (with `sense`, `gate_context`, `llm_commander`): one cycle.
+- `main_loop`, `watchdog`: the two processes. `cli`, `demo`: the command line.
+"""
+
+__all__ = ["breaker", "broker", "cli", "commander", "config", "demo", "gate_context",
+           "heartbeat", "llm_commander", "main_loop", "market_hours", "sense", "watchdog"]
