@@ -124,6 +124,8 @@ def test_full_cycle_from_market_data_to_a_recorded_fill(gateway, admin, tmp_path
         timeout=15,
         what="watchdog child stopped with the main loop",
     )
+    trades = cli("trades", "--config", str(cfg)).stdout
+    assert "BOT" in trades and "MSFT" in trades and trade["order_ref"] in trades
     status = json.loads(cli("status", "--config", str(cfg), "--json").stdout)
     assert status["breaker"]["state"] == "ACTIVE" and status["cycles"] == 2
 
@@ -469,3 +471,22 @@ def test_watchdog_keeps_working_while_the_database_is_locked(gateway, admin, tmp
             proc.kill()
         proc.wait(10)
         stop_watchdog(tmp_path)
+
+
+def test_watchdog_trips_on_the_daily_loss_limit(gateway, admin, tmp_path):
+    cfg = write_config(tmp_path, gateway.port, max_daily_loss=5000.0)
+    wd = start("watchdog", cfg)
+    try:
+        eventually(lambda: 999 in admin.call("state")["clients"], timeout=20)
+        # a short position booked at zero proceeds: net liquidation falls by its value
+        admin.call("set_position", symbol="AAPL", quantity=-100, avg_cost=228.0)
+        breaker = CircuitBreaker(data(tmp_path))
+        eventually(
+            lambda: breaker.status().state is BreakerState.HALTED,
+            timeout=10,
+            what="daily loss trip",
+        )
+        assert breaker.status().reason.startswith("daily loss -22,")
+        eventually(lambda: admin.call("state")["positions"] == [], timeout=10, what="flat")
+    finally:
+        assert stop(wd) == 0
