@@ -6,5 +6,18 @@
 - `main_loop`, `watchdog`: the two processes. `cli`, `demo`: the command line.
 """
 
-__all__ = ["breaker", "broker", "cli", "commander", "config", "demo", "gate_context",
-           "heartbeat", "llm_commander", "main_loop", "market_hours", "sense", "watchdog"]
+__all__ = [
+    "breaker",
+    "broker",
+    "cli",
+    "commander",
+    "config",
+    "demo",
+    "gate_context",
+    "heartbeat",
+    "llm_commander",
+    "main_loop",
+    "market_hours",
+    "sense",
+    "watchdog",
+]

@@ -17,7 +17,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -766,16 +766,22 @@ class Broker:
     def cancel(self, order_ref: str) -> bool:
         for trade in self.ib.openTrades():
             if trade.order.orderRef == order_ref:
-                self._cancel_requested.add(order_ref)
+                self._remember_cancel([order_ref])
                 self.ib.cancelOrder(trade.order)
                 return True
         return False
+
+    def _remember_cancel(self, refs: Iterable[str]) -> None:
+        """Remember our own cancels (their 202s are not rejects); bounded."""
+        self._cancel_requested.update(refs)
+        if len(self._cancel_requested) > 10_000:
+            self._cancel_requested = set(list(self._cancel_requested)[-5_000:])
 
     def global_cancel(self) -> None:
         """Cancel every open order at the broker, whoever placed it (reqGlobalCancel)."""
         if not self.ib.isConnected():
             raise BrokerNotReady("not connected: global cancel not sent")
-        self._cancel_requested.update(t.order.orderRef for t in self.ib.openTrades())
+        self._remember_cancel(t.order.orderRef for t in self.ib.openTrades())
         self.ib.reqGlobalCancel()
         log.warning("broker %s: global cancel sent", self.source)
 

@@ -6,5 +6,11 @@
 - `contracts`: the one spelling of a contract key.
 """
 
-__all__ = ["contracts", "execution_gate", "math_core", "swarm_core", "swarm_models",
-           "swarm_providers"]
+__all__ = [
+    "contracts",
+    "execution_gate",
+    "math_core",
+    "swarm_core",
+    "swarm_models",
+    "swarm_providers",
+]

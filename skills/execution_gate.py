@@ -141,6 +141,8 @@ class GateState:
             self.day, self.sent_today = day, 0
         self.sent_today += 1
         self.recent[(request.key, request.action, request.quantity)] = now
+        if len(self.recent) > 1000:  # keep the duplicate guard's memory bounded (a day is ample)
+            self.recent = {k: t for k, t in self.recent.items() if now - t < 86_400}
 
     def record_execution(self, now: float, limits: RiskConfig) -> bool:
         """Count an execution; return True when this one latched the throttle."""

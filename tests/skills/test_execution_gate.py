@@ -349,3 +349,11 @@ def test_refuses_a_contract_the_broker_could_not_qualify():
     assert reasons(context=ctx(qualified=False)) == [
         "contract NVDA could not be qualified at the broker (unknown or ambiguous)"
     ]
+
+
+def test_duplicate_guard_memory_stays_bounded_over_a_long_run():
+    state = GateState()
+    for i in range(5000):
+        state.record_sent(buy(qty=i + 1), float(i) * 100.0, "d")  # 100 s apart: old ones lapse
+    assert len(state.recent) <= 1001
+    assert reasons(buy(qty=5000), ctx(now=499_950.0), state) != []  # the latest is still known
