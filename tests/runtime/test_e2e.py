@@ -490,3 +490,29 @@ def test_watchdog_trips_on_the_daily_loss_limit(gateway, admin, tmp_path):
         eventually(lambda: admin.call("state")["positions"] == [], timeout=10, what="flat")
     finally:
         assert stop(wd) == 0
+
+
+def test_rejected_closing_order_is_retried_until_flat(gateway, admin, tmp_path):
+    cfg = write_config(tmp_path, gateway.port, max_gross_exposure=100000.0, close_wait_s=0.5)
+    wd = start("watchdog", cfg)
+    try:
+        eventually(lambda: 999 in admin.call("state")["clients"], timeout=20)
+        admin.call("reject_next", code=201)  # the watchdog's first closing order bounces
+        admin.call("set_position", symbol="MSFT", quantity=300, avg_cost=415.0)
+        eventually(
+            lambda: admin.call("state")["positions"] == [],
+            timeout=15,
+            what="flat after a rejected close",
+        )
+        db = open_db(data(tmp_path))
+        kinds = [e["kind"] for e in query_safety_events(db)]
+        assert "flatten_retry" in kinds and kinds[-1] == "flat_confirmed"
+        intents = list(
+            db.query(
+                "SELECT status, last_error FROM order_intents WHERE source = 'watchdog' ORDER BY id"
+            )
+        )
+        assert [i["status"] for i in intents] == ["cancelled", "filled"]
+        assert intents[0]["last_error"].startswith("201:")
+    finally:
+        assert stop(wd) == 0
