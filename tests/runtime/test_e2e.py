@@ -516,3 +516,21 @@ def test_rejected_closing_order_is_retried_until_flat(gateway, admin, tmp_path):
         assert intents[0]["last_error"].startswith("201:")
     finally:
         assert stop(wd) == 0
+
+
+def test_consecutive_rejects_trip_the_breaker_and_stop_new_orders(gateway, admin, tmp_path):
+    cfg = write_config(tmp_path, gateway.port, max_consecutive_rejects=1)
+    admin.call("reject_next", code=201)  # the daemon's first order (BUY MSFT) is rejected
+    proc = start("run", cfg, "--max-cycles", "2")
+    out = proc.communicate(timeout=90)[0].decode()
+    assert proc.returncode == 0, out[-3000:]
+    status = CircuitBreaker(data(tmp_path)).status()
+    assert status.state is BreakerState.HALTED and status.source == "broker"
+    assert status.reason.startswith("1 consecutive order rejects (last: 201:")
+    db = open_db(data(tmp_path))
+    assert [c["status"] for c in db.query("SELECT status FROM cycles ORDER BY id")] == [
+        "ok",
+        "skipped",
+    ]
+    assert admin.call("state")["executions"] == 0
+    stop_watchdog(tmp_path)
