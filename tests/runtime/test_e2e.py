@@ -505,8 +505,13 @@ def test_rejected_closing_order_is_retried_until_flat(gateway, admin, tmp_path):
             what="flat after a rejected close",
         )
         db = open_db(data(tmp_path))
+        eventually(
+            lambda: "flat_confirmed" in [e["kind"] for e in query_safety_events(db)],
+            timeout=5,
+            what="the watchdog confirmed flat",
+        )
         kinds = [e["kind"] for e in query_safety_events(db)]
-        assert "flatten_retry" in kinds and kinds[-1] == "flat_confirmed"
+        assert kinds.index("flatten_retry") < kinds.index("flat_confirmed")
         intents = list(
             db.query(
                 "SELECT status, last_error FROM order_intents WHERE source = 'watchdog' ORDER BY id"
