@@ -244,18 +244,22 @@ class Engine:
         if spec.order_type in ("STP", "STP LMT") and not _valid_price(spec.aux_price):
             raise OrderError(201, "Order rejected - reason: stop price missing or invalid")
 
-    def _check_funds(self, spec: OrderSpec) -> None:
+    def initial_margin(self, spec: OrderSpec) -> float:
+        """Return the initial margin the order would add (used by the funds check and whatIf)."""
         quote = self.market.quote(spec.contract, self.now())
         price = quote.ask if spec.action == "BUY" else quote.bid
-        if spec.lmt_price is not None and _valid_price(spec.lmt_price):
-            price = max(price, spec.lmt_price) if spec.action == "BUY" else price
-        needed = self.account.margin_for(
+        if spec.action == "BUY" and spec.lmt_price is not None and _valid_price(spec.lmt_price):
+            price = max(price, spec.lmt_price)
+        return self.account.margin_for(
             spec.contract,
             spec.action,
             spec.quantity,
             price,
             self.market.price(spec.contract.symbol),
         )
+
+    def _check_funds(self, spec: OrderSpec) -> None:
+        needed = self.initial_margin(spec)
         values = self.account.values(self.mark)
         if needed > values["AvailableFunds"]:
             raise OrderError(

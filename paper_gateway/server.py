@@ -290,15 +290,7 @@ class GatewayCore:
 
     def what_if(self, session: Session, order_id: int, spec: OrderSpec) -> None:
         assert session.client_id is not None
-        quote = self.market.quote(spec.contract, self.now())
-        price = quote.ask if spec.action == "BUY" else quote.bid
-        init = self.account.margin_for(
-            spec.contract,
-            spec.action,
-            spec.quantity,
-            price,
-            self.market.price(spec.contract.symbol),
-        )
+        init = self.engine.initial_margin(spec)
         order = Order(order_id, session.client_id, 0, spec, status="PreSubmitted")
         equity = self.account_values()["EquityWithLoanValue"]
         session.send(
