@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from data_lake import open_db
+from data_lake import cycle_rows, cycles_finished, open_readonly
 from paper_gateway.process import gateway_process
 from runtime.demo import write_config
 from runtime.heartbeat import read_heartbeat
@@ -44,15 +44,8 @@ def _instances(directory: Path) -> None:
 
 def _done(db_dir: Path) -> int:
     try:
-        row = next(
-            iter(
-                open_db(db_dir).query(
-                    "SELECT COUNT(*) AS n FROM cycles WHERE finished_at IS NOT NULL"
-                )
-            )
-        )
-        return int(row["n"])
-    except Exception:
+        return cycles_finished(open_readonly(db_dir))
+    except Exception:  # not created yet, or busy: ask again
         return 0
 
 
@@ -79,6 +72,8 @@ def main() -> None:
                 "templates_dir": (ROOT / "swarm_intelligence/templates").as_posix(),
                 "cycle_interval_s": args.interval,
                 "max_cycle_s": args.interval * 0.95,
+                "deadline_s": args.interval * 0.8,
+                "write_timeout_s": args.interval * 0.5,
                 "heartbeat_interval_s": 0.2,
             },
         )
@@ -116,8 +111,7 @@ def main() -> None:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    db = open_db(data)
-    rows = list(db.query("SELECT started_at, finished_at, status FROM cycles ORDER BY id"))
+    rows = cycle_rows(open_readonly(data))
     ms = [
         (
             dt.datetime.fromisoformat(r["finished_at"]) - dt.datetime.fromisoformat(r["started_at"])

@@ -73,6 +73,7 @@ def main() -> None:
                 "port": gw["port"],
                 "dir": (work / "data").as_posix(),
                 "heartbeat_timeout_s": args.timeout,
+                "busy_timeout_ms": min(500, int(args.timeout * 500)),
                 "poll_interval_s": args.poll,
                 "heartbeat_interval_s": 0.2,
                 "max_gross_exposure": 1e9,

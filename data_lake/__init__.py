@@ -1,47 +1,95 @@
-"""The SQLite audit trail and the decision snapshot store."""
+"""The data lake: the only package that talks to SQLite.
 
-from .db import SCHEMA_VERSION, open_db, transaction, utc_now
-from .redact import RedactingFilter, redact, register_secret
-from .snapshots import SnapshotError, list_snapshots, load_snapshot, save_snapshot
-from .trail import (
-    finish_cycle,
+`Store` (one writer thread and one reader thread per process) is how the daemon and the
+watchdog write and read; `open_readonly` is how the CLI reads. The repository modules
+(`trail`, `orders`, `executions`, `llm`, `snapshots`, `breaker_log`, `reports`) hold every
+SQL statement of the project behind named functions.
+"""
+
+from .breaker_log import breaker_history, record_breaker_transition
+from .db import (
+    DB_FILENAME,
+    SCHEMA_VERSION,
+    DatabaseError,
+    DataLakeMissing,
+    db_path,
+    open_readonly,
+    stamped,
+    utc_now,
+)
+from .executions import known_exec_ids, log_trade, query_trades, set_commission
+from .llm import record_llm_calls, record_signals, spent_since
+from .orders import (
+    DONE_BROKER_STATES,
+    IntentStatus,
     get_intent,
     insert_intent,
+    intent_status_for,
+    intents_exist,
+    open_intents,
+    record_order_event,
+    update_intent,
+)
+from .redact import RedactingFilter, redact, register_secret
+from .reports import cycle_rows, cycles_finished, demo_summary, status_summary, working_orders
+from .snapshots import SnapshotError, list_snapshots, load_snapshot, save_snapshot
+from .store import StorageUnavailable, Store
+from .trail import (
+    finish_cycle,
+    insert_cycle,
+    last_cycle_id,
     log_account_snapshot,
     log_safety_event,
-    log_trade,
-    open_intents,
     query_safety_events,
-    query_trades,
-    record_order_event,
-    set_commission,
-    start_cycle,
-    update_intent,
+    record_decisions,
 )
 
 __all__ = [
+    "DB_FILENAME",
+    "DONE_BROKER_STATES",
     "SCHEMA_VERSION",
+    "DataLakeMissing",
+    "DatabaseError",
+    "IntentStatus",
     "RedactingFilter",
     "SnapshotError",
+    "StorageUnavailable",
+    "Store",
+    "breaker_history",
+    "cycle_rows",
+    "cycles_finished",
+    "db_path",
+    "demo_summary",
     "finish_cycle",
     "get_intent",
+    "insert_cycle",
     "insert_intent",
+    "intent_status_for",
+    "intents_exist",
+    "known_exec_ids",
+    "last_cycle_id",
     "list_snapshots",
     "load_snapshot",
     "log_account_snapshot",
     "log_safety_event",
     "log_trade",
-    "open_db",
     "open_intents",
+    "open_readonly",
     "query_safety_events",
     "query_trades",
+    "record_breaker_transition",
+    "record_decisions",
+    "record_llm_calls",
     "record_order_event",
+    "record_signals",
     "redact",
     "register_secret",
     "save_snapshot",
     "set_commission",
-    "start_cycle",
-    "transaction",
+    "spent_since",
+    "stamped",
+    "status_summary",
     "update_intent",
     "utc_now",
+    "working_orders",
 ]

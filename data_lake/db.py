@@ -1,8 +1,8 @@
-"""The SQLite file: WAL, busy timeout, forward migrations, explicit IMMEDIATE transactions.
+"""The SQLite file: the one place that sets pragmas, runs migrations and opens connections.
 
-The main loop, the watchdog and the CLI open the same file at once. Connections run in
-autocommit mode; every multi-statement write goes through `transaction()`, which takes the
-write lock up front (BEGIN IMMEDIATE) so a read that leads to a write never deadlocks.
+Writers open the file through `data_lake.store.Store` (one writer thread per process); readers
+(the CLI, tests) open it read-only with `open_readonly`, which never creates a directory or a
+database. WAL lets readers proceed while another process holds the write lock.
 """
 
 from __future__ import annotations
@@ -12,24 +12,41 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import sqlite_utils
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 __all__ = [
+    "BUSY_TIMEOUT_MS",
     "DB_FILENAME",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "DataLakeMissing",
     "Database",
-    "open_db",
-    "transaction",
+    "DatabaseError",
+    "connect",
+    "db_path",
+    "migrate",
+    "open_readonly",
+    "stamped",
     "utc_now",
 ]
 
 DB_FILENAME = "trading.sqlite3"
-BUSY_TIMEOUT_MS = 15_000
+BUSY_TIMEOUT_MS = 1_000
 _SCHEMA = Path(__file__).with_name("schema.sql")
 
 Database = sqlite_utils.Database
+
+
+DatabaseError = sqlite3.Error  # what a read on an `open_readonly` connection may raise
+
+
+class DataLakeMissing(FileNotFoundError):
+    """The data directory or its database does not exist (a reader never creates them)."""
 
 
 def _statements(script: str) -> list[str]:
@@ -61,16 +78,26 @@ def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
-def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+def db_path(data_dir: str | Path) -> Path:
+    """Return the database file's path inside a data directory."""
+    return Path(data_dir) / DB_FILENAME
+
+
+def connect(path: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+    """Open a read-write connection with the project's pragmas (WAL, FULL sync, FKs)."""
     conn = sqlite3.connect(
         str(path), timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
     )
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if mode.lower() != "wal":
-        raise sqlite3.OperationalError(f"{path}: cannot enable WAL (journal_mode={mode})")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA foreign_keys = ON")
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise sqlite3.OperationalError(f"{path}: cannot enable WAL (journal_mode={mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -97,25 +124,37 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 
 
-def open_db(data_dir: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite_utils.Database:
-    """Open (creating and migrating if needed) the trading database in `data_dir`.
-
-    `busy_timeout_ms` is how long a write waits for another writer; the watchdog uses a short
-    one so that a busy database delays its records, never its event loop."""
+def open_readonly(
+    data_dir: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+) -> sqlite_utils.Database:
+    """Open the database read-only (`mode=ro`). Never creates the directory or the file:
+    a missing one raises DataLakeMissing."""
     directory = Path(data_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    conn = _connect(directory / DB_FILENAME, busy_timeout_ms)
-    migrate(conn)
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise DataLakeMissing(f"data directory {directory} {what}")
+    path = directory / DB_FILENAME
+    if not path.is_file():
+        raise DataLakeMissing(f"no database in {directory} (expected {DB_FILENAME})")
+    conn = sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=ro",
+        uri=True,
+        timeout=busy_timeout_ms / 1000,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     return sqlite_utils.Database(conn)
 
 
-@contextmanager
-def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
-    """Run a block atomically with the write lock held from the start (BEGIN IMMEDIATE)."""
-    with _immediate(db.conn) as conn:
-        yield conn
+def stamped(fn: Callable[P, T]) -> Callable[P, T]:
+    """Mark a repository function whose `at` argument is the event's time: `post` fills it in
+    when the event happens, not when the (possibly delayed) write runs."""
+    fn.stamped = True  # type: ignore[attr-defined]
+    return fn

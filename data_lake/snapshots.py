@@ -1,4 +1,8 @@
-"""Decision snapshots: one JSON document per cycle on disk, indexed (with its hash) in SQLite."""
+"""Decision snapshots: one JSON document per cycle on disk, indexed (with its hash) in SQLite.
+
+`save_snapshot` runs in the store's writer thread (file and index row together), so a slow or
+full disk never blocks the event loop; a failed write is retried like any audit write.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from .db import utc_now
+from .db import stamped, utc_now
 from .redact import redact
 
 __all__ = ["SnapshotError", "list_snapshots", "load_snapshot", "save_snapshot"]
@@ -24,31 +28,38 @@ class SnapshotError(Exception):
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
+@stamped
 def save_snapshot(
     db: Database,
     data_dir: str | Path,
     cycle_id: int | None,
     document: dict[str, Any],
     summary: dict[str, Any] | None = None,
+    at: str | None = None,
 ) -> int:
     """Write a cycle's decision snapshot (secrets redacted) and index it; return its id."""
+    when = at or utc_now()
     body = json.dumps(redact(document), sort_keys=True, default=str, indent=1).encode()
-    day = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
-    name = f"cycle-{cycle_id:08d}.json" if cycle_id is not None else f"adhoc-{utc_now()}.json"
+    day = dt.datetime.fromisoformat(when).strftime("%Y%m%d")
+    name = f"cycle-{cycle_id:08d}.json" if cycle_id is not None else f"adhoc-{when}.json"
     rel = Path("snapshots") / day / name
     _atomic_write(Path(data_dir) / rel, body)
     cur = db.conn.execute(
         "INSERT INTO snapshots (cycle_id, at, path, sha256, size, summary) VALUES (?,?,?,?,?,?)",
         (
             cycle_id,
-            utc_now(),
+            when,
             str(rel),
             hashlib.sha256(body).hexdigest(),
             len(body),
@@ -73,7 +84,11 @@ def load_snapshot(
     else:
         raise ValueError("give snapshot_id or cycle_id")
     if not rows:
-        raise SnapshotError(f"no snapshot for id={snapshot_id} cycle={cycle_id}")
+        raise SnapshotError(
+            f"no snapshot with id {snapshot_id}"
+            if snapshot_id is not None
+            else f"no snapshot for cycle {cycle_id}"
+        )
     row = rows[0]
     try:
         body = (Path(data_dir) / row["path"]).read_bytes()

@@ -59,6 +59,7 @@ class AdminServer:
             "freeze": self.freeze,
             "reset": self.reset,
             "step": self.step,
+            "ledger": self.ledger,
         }
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -223,3 +224,41 @@ class AdminServer:
         self.core.market.step(seconds)
         self.core.market_moved()
         return {"seconds": seconds}
+
+    def ledger(self, cmd: dict[str, Any]) -> Reply:
+        """Every order ever placed and every execution, for drills that check the books."""
+        engine = self.core.engine
+        return {
+            "orders": [
+                {
+                    "client_id": o.client_id,
+                    "order_id": o.order_id,
+                    "perm_id": o.perm_id,
+                    "order_ref": o.spec.order_ref,
+                    "symbol": o.spec.contract.symbol,
+                    "sec_type": o.spec.contract.sec_type,
+                    "action": o.spec.action,
+                    "quantity": o.spec.quantity,
+                    "status": o.status,
+                    "filled": o.filled,
+                }
+                for o in engine.orders.values()
+            ],
+            "executions": [
+                {
+                    "exec_id": e.exec_id,
+                    "order_ref": e.order.spec.order_ref,
+                    "client_id": e.order.client_id,
+                    "perm_id": e.order.perm_id,
+                    "symbol": e.contract.symbol,
+                    "sec_type": e.contract.sec_type,
+                    "expiry": e.contract.expiry,
+                    "strike": e.contract.strike,
+                    "right": e.contract.right,
+                    "side": e.side,
+                    "shares": e.shares,
+                    "price": e.price,
+                }
+                for e in engine.executions
+            ],
+        }

@@ -2,10 +2,14 @@
 
 Trips only escalate (ACTIVE -> REDUCING -> HALTED) and are automatic; going back to ACTIVE is
 `reset()`, which needs a person's name and a reason. The authoritative state is a small JSON
-file written atomically under a file lock, so the watchdog can trip it even while SQLite is
-busy; every transition is also recorded in SQLite (`breaker_state`, `breaker_history`),
-best effort, retried on the next transition when the database was unavailable. An unreadable
-state file reads as HALTED: fail closed.
+file written atomically under a lock on the data directory itself (no lock file another user
+could own), so the watchdog can trip it even while SQLite is busy; every transition is also
+queued to SQLite (`breaker_state`, `breaker_history`) through the process's store. An
+unreadable state file reads as HALTED: fail closed.
+
+A trip that cannot be written (disk full, permission denied) still takes effect: it is latched
+in this process's memory, `status()` reports it, the caller goes on to cancel and flatten, and
+every later `status()` call tries to persist it again.
 """
 
 from __future__ import annotations
@@ -16,17 +20,14 @@ import fcntl
 import json
 import logging
 import os
-import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sqlite_utils import Database
+from data_lake import Store, record_breaker_transition
 
-from data_lake import transaction
-
-__all__ = ["BreakerState", "BreakerStatus", "CircuitBreaker", "ResetRefused"]
+__all__ = ["BreakerState", "BreakerStatus", "BreakerUnwritable", "CircuitBreaker", "ResetRefused"]
 
 log = logging.getLogger("runtime.breaker")
 STATE_FILE = "breaker.json"
@@ -45,6 +46,10 @@ class ResetRefused(ValueError):
     """A reset without a person's name and reason."""
 
 
+class BreakerUnwritable(OSError):
+    """The breaker file could not be written (a reset is refused rather than half-done)."""
+
+
 @dataclass(frozen=True, slots=True)
 class BreakerStatus:
     state: BreakerState
@@ -53,6 +58,7 @@ class BreakerStatus:
     reason: str
     generation: int
     actor: str = ""
+    persisted: bool = True
 
     @property
     def allows_new_exposure(self) -> bool:
@@ -67,17 +73,37 @@ class CircuitBreaker:
     """Read and change the breaker shared by the main loop, the watchdog and the CLI."""
 
     def __init__(
-        self, data_dir: str | Path, db: Database | None = None, wall_clock: Callable[[], str] = _utc
+        self,
+        data_dir: str | Path,
+        store: Store | None = None,
+        wall_clock: Callable[[], str] = _utc,
     ) -> None:
         self.dir = Path(data_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / STATE_FILE
-        self.db = db
+        self.store = store
         self.wall_clock = wall_clock
-        self._unrecorded: list[tuple[BreakerStatus, BreakerStatus]] = []
+        self._latched: BreakerStatus | None = None  # a trip not yet written to the file
 
     def status(self) -> BreakerStatus:
-        """Return the current state, read from disk (another process may have changed it)."""
+        """Return the current state, read from disk (another process may have changed it),
+        or this process's unpersisted trip when it is more severe."""
+        on_disk = self._read()
+        latched = self._latched
+        if latched is None:
+            return on_disk
+        if _SEVERITY[on_disk.state] >= _SEVERITY[latched.state] and on_disk.generation >= 0:
+            self._latched = None  # someone persisted an equal or stronger state
+            return on_disk
+        try:
+            with self._locked():
+                self._write(latched)
+            self._latched = None
+            log.critical("breaker trip persisted late: %s (%s)", latched.state, latched.reason)
+            return BreakerStatus(**{**asdict(latched), "persisted": True})
+        except OSError:
+            return latched
+
+    def _read(self) -> BreakerStatus:
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
             return BreakerStatus(
@@ -100,15 +126,44 @@ class CircuitBreaker:
             )
 
     def trip(self, to: BreakerState, source: str, reason: str) -> BreakerStatus:
-        """Escalate to `to` (never de-escalates); return the resulting status."""
+        """Escalate to `to` (never de-escalates); return the resulting status. Never raises
+        for an unwritable file: the trip is latched in memory and reported loudly."""
         if to is BreakerState.ACTIVE:
             raise ValueError("trip() cannot go to ACTIVE; a person uses reset()")
-        with self._locked():
-            old = self.status()
-            if _SEVERITY[old.state] >= _SEVERITY[to] and old.generation >= 0:
-                return old
-            new = BreakerStatus(to, self.wall_clock(), source, reason, max(old.generation, 0) + 1)
-            self._write(new)
+        old = self.status()  # may persist an earlier unwritten trip (takes the lock itself)
+        if _SEVERITY[old.state] >= _SEVERITY[to] and old.generation >= 0:
+            return old
+        try:
+            with self._locked():
+                old = self._read()
+                if _SEVERITY[old.state] >= _SEVERITY[to] and old.generation >= 0:
+                    return old
+                new = BreakerStatus(
+                    to, self.wall_clock(), source, reason, max(old.generation, 0) + 1
+                )
+                self._write(new)
+        except OSError as exc:
+            new = BreakerStatus(
+                to,
+                self.wall_clock(),
+                source,
+                reason,
+                max(old.generation, 0) + 1,
+                persisted=False,
+            )
+            self._latched = new
+            log.critical(
+                "circuit breaker %s -> %s by %s: %s -- NOT PERSISTED (%s); latched in memory, "
+                "cancelling and flattening anyway, retrying the write",
+                old.state,
+                to,
+                source,
+                reason,
+                exc,
+            )
+            self._record(old, new)
+            return new
+        self._latched = None
         log.critical("circuit breaker %s -> %s by %s: %s", old.state, to, source, reason)
         self._record(old, new)
         return new
@@ -117,17 +172,24 @@ class CircuitBreaker:
         """Return to ACTIVE. Only a person does this: `by` and `reason` are required."""
         if not by.strip() or not reason.strip():
             raise ResetRefused("a breaker reset needs the person's name (--by) and a reason")
-        with self._locked():
-            old = self.status()
-            new = BreakerStatus(
-                BreakerState.ACTIVE,
-                self.wall_clock(),
-                "person",
-                reason.strip(),
-                max(old.generation, 0) + 1,
-                actor=by.strip(),
-            )
-            self._write(new)
+        try:
+            with self._locked():
+                old = self._read()
+                new = BreakerStatus(
+                    BreakerState.ACTIVE,
+                    self.wall_clock(),
+                    "person",
+                    reason.strip(),
+                    max(old.generation, 0) + 1,
+                    actor=by.strip(),
+                )
+                self._write(new)
+        except OSError as exc:
+            raise BreakerUnwritable(
+                f"breaker file {self.path} could not be written ({exc.strerror or exc}): "
+                "the breaker was NOT reset"
+            ) from None
+        self._latched = None
         log.warning("circuit breaker reset %s -> ACTIVE by %s: %s", old.state, by, reason)
         self._record(old, new)
         return new
@@ -135,69 +197,44 @@ class CircuitBreaker:
     # --- internals -----------------------------------------------------------------------
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.dir / "breaker.lock", "a+") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def _write(self, status: BreakerStatus) -> None:
         tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-        data = json.dumps({**asdict(status), "state": status.state.value}).encode()
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        data = asdict(status)
+        data.pop("persisted")
+        body = json.dumps({**data, "state": status.state.value}).encode()
+        try:
+            with open(tmp, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         dir_fd = os.open(self.dir, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
 
-    def flush_pending(self) -> int:
-        """Retry writing transitions the database refused earlier; return how many remain."""
-        if self._unrecorded and self.db is not None:
-            self._write_records()
-        return len(self._unrecorded)
-
     def _record(self, old: BreakerStatus, new: BreakerStatus) -> None:
-        self._unrecorded.append((old, new))
-        if self.db is not None:
-            self._write_records()
-
-    def _write_records(self) -> None:
-        assert self.db is not None
-        try:
-            while self._unrecorded:
-                before, after = self._unrecorded[0]
-                with transaction(self.db) as conn:  # history and state together, or neither
-                    self._insert(conn, before, after)
-                self._unrecorded.pop(0)
-        except sqlite3.Error as exc:
-            log.error("breaker transition kept in memory, database unavailable: %s", exc)
-
-    @staticmethod
-    def _insert(conn: sqlite3.Connection, before: BreakerStatus, after: BreakerStatus) -> None:
-        conn.execute(
-            "INSERT INTO breaker_history (at, from_state, to_state, source, actor, reason, "
-            "generation) VALUES (?,?,?,?,?,?,?)",
-            (
-                after.since,
-                before.state.value,
-                after.state.value,
-                after.source,
-                after.actor or None,
-                after.reason,
-                after.generation,
-            ),
-        )
-        conn.execute(
-            "INSERT INTO breaker_state (id, state, since, source, reason, generation) "
-            "VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET state = excluded.state, "
-            "since = excluded.since, source = excluded.source, reason = excluded.reason, "
-            "generation = excluded.generation WHERE excluded.generation >= "
-            "breaker_state.generation",
-            (after.state.value, after.since, after.source, after.reason, after.generation),
+        if self.store is None:
+            return
+        self.store.post(
+            record_breaker_transition,
+            at=new.since,
+            from_state=old.state.value,
+            to_state=new.state.value,
+            source=new.source,
+            actor=new.actor or None,
+            reason=new.reason,
+            generation=new.generation,
         )

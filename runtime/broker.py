@@ -32,9 +32,13 @@ from ib_insync import (
     Ticker,
     Trade,
 )
-from sqlite_utils import Database
 
 from data_lake import (
+    IntentStatus,
+    Store,
+    intent_status_for,
+    intents_exist,
+    known_exec_ids,
     log_account_snapshot,
     log_safety_event,
     log_trade,
@@ -66,6 +70,8 @@ REJECT_CODES = frozenset({201, 203, 10147})  # counted towards the consecutive-r
 ORDER_ERROR_CODES = frozenset(
     {103, 104, 105, 110, 135, 161, 200, 201, 202, 203, 321, 387, 399, 10147, 10148}
 )
+# Errors that end the order they name: its intent becomes `rejected` with the code.
+ORDER_ENDING_CODES = frozenset({103, 104, 105, 110, 135, 161, 200, 201, 203, 321, 387})
 
 
 class BrokerError(Exception):
@@ -155,7 +161,7 @@ class Broker:
         cfg: BrokerConfig,
         mode: str,
         secrets: Secrets,
-        db: Database,
+        store: Store,
         *,
         client_id: int | None = None,
         source: str = "main_loop",
@@ -168,7 +174,8 @@ class Broker:
         self.cfg = cfg
         self.mode = mode
         self.secrets = secrets
-        self.db = db
+        self.store = store
+        self.db_timeout_s = cfg.request_timeout_s
         self.client_id = cfg.client_id if client_id is None else client_id
         self.source = source
         self.monotonic = monotonic
@@ -192,6 +199,7 @@ class Broker:
         self._qualified: dict[str, Contract] = {}
         self._cancel_requested: set[str] = set()
         self._pnl: Any = None
+        self._seen_exec: set[str] = set()  # execIds already counted (memory, not the database)
         ib = self.ib
         ib.execDetailsEvent += self._on_exec
         ib.commissionReportEvent += self._on_commission
@@ -336,12 +344,22 @@ class Broker:
     # --- reconciliation --------------------------------------------------------------------------
     async def reconcile(self) -> ReconcileReport:
         """Match stored intents against the broker's open orders, completed orders and
-        executions; record what happened while we were away. Never re-sends anything."""
+        executions; record what happened while we were away. Never re-sends anything.
+
+        Reads go through the store's writer (after every queued write), so they see this
+        process's own records; a database that cannot answer fails the reconcile (no trading).
+        """
         self.reconciled = False
         timeout = self.cfg.request_timeout_s
         fills = await asyncio.wait_for(self.ib.reqExecutionsAsync(), timeout)
-        new = sum(1 for f in fills if self._record_fill(f))
+        known = await self.store.run(
+            known_exec_ids, [f.execution.execId for f in fills], timeout=self.db_timeout_s
+        )
+        new = 0
         for f in fills:
+            if f.execution.execId not in known and f.execution.execId not in self._seen_exec:
+                new += 1
+            self._record_fill(f)
             self._record_commission(f)
         completed = await asyncio.wait_for(self.ib.reqCompletedOrdersAsync(False), timeout)
         open_by_ref = {t.order.orderRef: t for t in self.ib.openTrades() if t.order.orderRef}
@@ -350,62 +368,64 @@ class Broker:
         for f in fills:
             ref = f.execution.orderRef
             filled_by_ref[ref] = filled_by_ref.get(ref, 0.0) + f.execution.shares
-        intents = [
-            i
-            for i in open_intents(self.db)
-            if self.intent_sources is None or i["source"] in self.intent_sources
-        ]
+        intents = await self.store.run(open_intents, self.intent_sources, timeout=self.db_timeout_s)
         resolved: dict[str, str] = {}
         for intent in intents:
             ref = intent["order_ref"]
             if ref in open_by_ref:
-                t = open_by_ref[ref]
-                self._record_status(t)
+                self._record_status(open_by_ref[ref])
                 continue
             if ref in done_by_ref:
                 t = done_by_ref[ref]
-                status = {
-                    "Filled": "filled",
-                    "Cancelled": "cancelled",
-                    "ApiCancelled": "cancelled",
-                    "Inactive": "rejected",
-                }.get(t.orderStatus.status, "cancelled")
-                update_intent(
-                    self.db,
+                status = intent_status_for(t.orderStatus.status)
+                if status is IntentStatus.SUBMITTED:  # a completed order is never working
+                    status = IntentStatus.CANCELLED
+                self.store.post(
+                    update_intent,
                     ref,
                     status=status,
                     perm_id=t.order.permId,
                     filled=filled_by_ref.get(ref, 0.0),
                 )
-                resolved[ref] = status
+                resolved[ref] = status.value
                 continue
             if ref in filled_by_ref:
                 filled = filled_by_ref[ref]
-                status = "filled" if filled >= intent["quantity"] else "submitted"
-                update_intent(self.db, ref, status=status, filled=filled)
-                resolved[ref] = status
+                status = (
+                    IntentStatus.FILLED if filled >= intent["quantity"] else IntentStatus.SUBMITTED
+                )
+                self.store.post(update_intent, ref, status=status, filled=filled)
+                resolved[ref] = status.value
                 continue
             # The broker has never seen it: the process died between storing the intent and
             # sending it (or the send was lost). It is closed, not re-sent.
-            status = "not_sent" if intent["status"] == "pending" else "unknown"
-            update_intent(
-                self.db,
+            status = (
+                IntentStatus.NOT_SENT
+                if intent["status"] == IntentStatus.PENDING
+                else IntentStatus.UNRESOLVED
+            )
+            self.store.post(
+                update_intent,
                 ref,
                 status=status,
                 last_error="not found at the broker during reconciliation",
             )
-            resolved[ref] = status
+            resolved[ref] = status.value
             self._event(
                 "reconcile",
                 f"intent {ref} ({intent['status']}) not found at the "
-                f"broker: marked {status}, not re-sent",
+                f"broker: marked {status.value}, not re-sent",
                 "warning",
                 order_ref=ref,
             )
-        known = {i["order_ref"] for i in intents}
-        unknown = tuple(
-            sorted(r for r in open_by_ref if r not in known and not self._intent_exists(r))
+        mine = {i["order_ref"] for i in intents}
+        candidates = [r for r in open_by_ref if r not in mine]
+        stored = (
+            await self.store.run(intents_exist, candidates, timeout=self.db_timeout_s)
+            if candidates
+            else set()
         )
+        unknown = tuple(sorted(r for r in candidates if r not in stored))
         for ref in unknown:
             self._event(
                 "reconcile",
@@ -424,9 +444,6 @@ class Broker:
             resolved,
         )
         return report
-
-    def _intent_exists(self, ref: str) -> bool:
-        return bool(list(self.db.query("SELECT 1 FROM order_intents WHERE order_ref = ?", [ref])))
 
     # --- recording -------------------------------------------------------------------------------
     def _record_fill(self, fill: Fill) -> bool:
@@ -450,12 +467,17 @@ class Broker:
             "price": e.price,
             "exec_time": e.time.isoformat() if e.time else "",
         }
-        return log_trade(self.db, row)
+        self.store.post(log_trade, row)  # queued and retried: a busy disk never loses it
+        new = e.execId not in self._seen_exec
+        self._seen_exec.add(e.execId)
+        return new
 
     def _record_commission(self, fill: Fill) -> None:
         report = fill.commissionReport
         if report and report.execId and report.commission:
-            set_commission(self.db, report.execId, report.commission, _num(report.realizedPNL))
+            self.store.post(
+                set_commission, report.execId, report.commission, _num(report.realizedPNL)
+            )
 
     def _on_exec(self, trade: Trade, fill: Fill) -> None:
         if self._record_fill(fill):
@@ -477,8 +499,8 @@ class Broker:
 
     def _record_status(self, trade: Trade) -> None:
         s, o, c = trade.orderStatus, trade.order, trade.contract
-        record_order_event(
-            self.db,
+        self.store.post(
+            record_order_event,
             order_ref=o.orderRef or None,
             perm_id=o.permId or s.permId or None,
             order_id=o.orderId,
@@ -518,8 +540,9 @@ class Broker:
         elif code in ORDER_ERROR_CODES and req_id > 0:
             trade = next((t for t in self.ib.trades() if t.order.orderId == req_id), None)
             ref = trade.order.orderRef if trade else None
-            record_order_event(
-                self.db,
+            cancelled_by_us = code == 202 and ref in self._cancel_requested
+            self.store.post(
+                record_order_event,
                 order_ref=ref,
                 perm_id=None,
                 order_id=req_id,
@@ -527,8 +550,8 @@ class Broker:
                 status=None,
                 error_code=code,
                 message=msg,
+                rejected=code in ORDER_ENDING_CODES,
             )
-            cancelled_by_us = code == 202 and ref in self._cancel_requested
             if code in REJECT_CODES or (code == 202 and not cancelled_by_us):
                 self.reject_streak += 1
                 self._event("order_reject", f"{code}: {msg}", "warning", order_ref=ref)
@@ -544,15 +567,12 @@ class Broker:
             log.error("after connectivity restore: %s", exc)
 
     def _event(self, kind: str, reason: str, severity: str, order_ref: str | None = None) -> None:
-        try:
-            log_safety_event(self.db, self.source, kind, reason, severity, order_ref=order_ref)
-        except Exception as exc:  # the database may be busy; the log line still says it
-            log.error("safety event not stored (%s): %s %s", exc, kind, reason)
+        self.store.post(log_safety_event, self.source, kind, reason, severity, order_ref=order_ref)
 
     def _snapshot_account(self, source: str) -> None:
         try:
-            log_account_snapshot(
-                self.db,
+            self.store.post(
+                log_account_snapshot,
                 f"{self.source}:{source}",
                 self.account,
                 self.account_values(),
@@ -711,6 +731,14 @@ class Broker:
             return None
         lo, hi, cur = min(closes), max(closes), closes[-1]
         return cur, (cur - lo) / (hi - lo) if hi > lo else 0.0
+
+    async def daily_closes(self, contract: Contract, duration: str = "1 M") -> list[float]:
+        """Return daily closing trade prices over `duration` (IB duration string), oldest first."""
+        bars = await asyncio.wait_for(
+            self.ib.reqHistoricalDataAsync(contract, "", duration, "1 day", "TRADES", True),
+            self.cfg.request_timeout_s,
+        )
+        return [float(b.close) for b in bars if _num(b.close) is not None]
 
     async def option_chain(self, contract: Contract) -> tuple[list[str], list[float]]:
         chains = await asyncio.wait_for(

@@ -11,15 +11,24 @@ import time
 from typing import Any
 
 from data_lake import (
+    DatabaseError,
+    DataLakeMissing,
     RedactingFilter,
+    SnapshotError,
+    StorageUnavailable,
+    Store,
+    breaker_history,
+    db_path,
     list_snapshots,
     load_snapshot,
-    open_db,
+    open_readonly,
     query_trades,
+    redact,
     register_secret,
+    status_summary,
 )
 
-from .breaker import CircuitBreaker, ResetRefused
+from .breaker import BreakerUnwritable, CircuitBreaker, ResetRefused
 from .config import Config, ConfigError, Secrets, load_config
 from .heartbeat import read_heartbeat
 from .main_loop import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT
@@ -100,22 +109,10 @@ def _hb(cfg: Config, name: str, timeout: float) -> dict[str, Any]:
 
 
 def status_dict(cfg: Config) -> dict[str, Any]:
-    db = open_db(cfg.data_dir)
+    db = open_readonly(cfg.data_dir)
     breaker = CircuitBreaker(cfg.data_dir).status()
     today = time.strftime("%Y-%m-%d", time.gmtime())
-
-    def one(sql: str, params: list[Any] | None = None) -> Any:
-        rows = list(db.query(sql, params or []))
-        return rows[0] if rows else None
-
-    last_cycle = one(
-        "SELECT id, started_at, finished_at, status, error, n_signals, "
-        "n_decisions, n_orders FROM cycles ORDER BY id DESC LIMIT 1"
-    )
-    account = one(
-        "SELECT at, net_liquidation, cash, unrealized_pnl, realized_pnl, daily_pnl "
-        "FROM account_snapshots ORDER BY id DESC LIMIT 1"
-    )
+    summary = status_summary(db, today)
     timeout = cfg.watchdog.heartbeat_timeout_s
     return {
         "mode": cfg.mode,
@@ -129,26 +126,8 @@ def status_dict(cfg: Config) -> dict[str, Any]:
         },
         "main": _hb(cfg, MAIN_HEARTBEAT, timeout),
         "watchdog": _hb(cfg, WATCHDOG_HEARTBEAT, timeout),
-        "last_cycle": last_cycle,
-        "cycles": one("SELECT COUNT(*) AS n FROM cycles")["n"],
-        "open_intents": one(
-            "SELECT COUNT(*) AS n FROM order_intents WHERE status IN ('pending', 'submitted')"
-        )["n"],
-        "executions_today": one(
-            "SELECT COUNT(*) AS n FROM executions WHERE recorded_at >= ?", [today]
-        )["n"],
-        "llm_usd_today": round(
-            one(
-                "SELECT COALESCE(SUM(cost_usd), 0) AS c FROM llm_calls WHERE created_at >= ?",
-                [today],
-            )["c"],
-            6,
-        ),
-        "safety_events_today": one(
-            "SELECT COUNT(*) AS n FROM safety_events WHERE at >= ?", [today]
-        )["n"],
-        "last_account": account,
-        "database": str(cfg.data_dir / "trading.sqlite3"),
+        **summary,
+        "database": str(db_path(cfg.data_dir)),
     }
 
 
@@ -195,26 +174,28 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_breaker(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    breaker = CircuitBreaker(cfg.data_dir, open_db(cfg.data_dir))
     if args.action == "reset":
+        if not (args.by or "").strip() or not (args.reason or "").strip():
+            print(
+                "refused: a breaker reset needs the person's name (--by) and a reason",
+                file=sys.stderr,
+            )
+            return 2
+        store = Store.open(cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="cli")
         try:
-            st = breaker.reset(by=args.by or "", reason=args.reason or "")
-        except ResetRefused as exc:
+            st = CircuitBreaker(cfg.data_dir, store).reset(by=args.by, reason=args.reason)
+        except (ResetRefused, BreakerUnwritable) as exc:
             print(f"refused: {exc}", file=sys.stderr)
             return 2
+        finally:
+            store.close(5.0)
         print(f"breaker reset to {st.state.value} by {st.actor}: {st.reason}")
         return 0
-    st = breaker.status()
+    db = open_readonly(cfg.data_dir)
+    st = CircuitBreaker(cfg.data_dir).status()
     actor = f" ({st.actor})" if st.actor else ""
     print(f"{st.state.value} since {st.since or '-'} by {st.source}{actor}: {st.reason}")
-    for row in (
-        breaker.db.query(
-            "SELECT at, from_state, to_state, source, actor, reason FROM "
-            "breaker_history ORDER BY id DESC LIMIT 10"
-        )
-        if breaker.db
-        else []
-    ):
+    for row in breaker_history(db, 10):
         print(
             f"  {row['at']} {row['from_state']} -> {row['to_state']} by {row['source']}"
             f"{' (' + row['actor'] + ')' if row['actor'] else ''}: {row['reason']}"
@@ -238,7 +219,7 @@ def cmd_panic(args: argparse.Namespace) -> int:
 
 def cmd_trades(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    rows = query_trades(open_db(cfg.data_dir), symbol=args.symbol, limit=args.limit)
+    rows = query_trades(open_readonly(cfg.data_dir), symbol=args.symbol, limit=args.limit)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
@@ -258,7 +239,7 @@ def cmd_trades(args: argparse.Namespace) -> int:
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    db = open_db(cfg.data_dir)
+    db = open_readonly(cfg.data_dir)
     if args.show is not None or args.cycle is not None:
         print(
             json.dumps(
@@ -285,10 +266,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m runtime", description="LLM-swarm trading daemon for IB (paper first)"
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks instead of one-line errors"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Any, help_: str, config: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
+        p.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
         if config:
             p.add_argument("--config", required=True, help="TOML config file")
         p.set_defaults(func=func)
@@ -341,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         result: int = args.func(args)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    except (DataLakeMissing, SnapshotError, StorageUnavailable, DatabaseError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     return result
 

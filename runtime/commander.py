@@ -11,16 +11,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlite_utils import Database
-
-from data_lake import finish_cycle, log_safety_event, redact, save_snapshot, transaction, utc_now
+from data_lake import (
+    StorageUnavailable,
+    Store,
+    finish_cycle,
+    record_decisions,
+    redact,
+    save_snapshot,
+    utc_now,
+    working_orders,
+)
 from skills.contracts import contract_key
 from skills.execution_gate import (
     GateState,
@@ -228,8 +234,9 @@ class Commander:
 
     def __init__(
         self,
+        *,
         cfg: Config,
-        db: Database,
+        store: Store,
         broker: Broker,
         breaker: CircuitBreaker,
         provider: Provider,
@@ -244,7 +251,7 @@ class Commander:
         llm_client: Any = None,
     ) -> None:
         self.cfg = cfg
-        self.db = db
+        self.store = store
         self.broker = broker
         self.breaker = breaker
         self.provider = provider
@@ -270,6 +277,8 @@ class Commander:
         }
         try:
             await self._cycle(report, doc)
+        except StorageUnavailable as exc:  # no trading without a working audit trail
+            report.status, report.skipped = "skipped", f"database unavailable: {exc}"
         except asyncio.CancelledError:
             report.status, report.skipped = "timeout", "cancelled (max_cycle_s or shutdown)"
             raise
@@ -305,7 +314,7 @@ class Commander:
             self.cfg.swarm.max_tokens_per_cycle,
             self.cfg.swarm.max_usd_per_cycle,
             self.cfg.swarm.max_usd_per_day,
-            spent_today_usd(self.db),
+            await spent_today_usd(self.store, self.cfg.data.write_timeout_s),
         )
         swarm = await consult_swarm(
             self.instances,
@@ -316,7 +325,7 @@ class Commander:
             max_concurrency=self.cfg.swarm.max_concurrency,
             deadline_s=self.cfg.swarm.deadline_s,
             budget=budget,
-            db=self.db,
+            store=self.store,
             cycle_id=report.cycle_id,
             cancel=self.cancel,
         )
@@ -339,7 +348,7 @@ class Commander:
                 values.get("NetLiquidation", 0.0),
                 holdings,
                 context,
-                self._working(),
+                await self._working(),
             )
             report.decisions = decisions
             self.phase("act")
@@ -349,11 +358,10 @@ class Commander:
         doc["decisions"] = [dataclasses.asdict(d) for d in report.decisions]
         doc["verdicts"] = [dataclasses.asdict(v) for v in report.verdicts]
 
-    def _working(self) -> frozenset[tuple[str, str]]:
-        rows = self.db.query(
-            "SELECT symbol, sec_type, expiry, strike, opt_right, action FROM "
-            "order_intents WHERE status IN ('pending', 'submitted') AND "
-            "source = 'commander'"
+    async def _working(self) -> frozenset[tuple[str, str]]:
+        """(contract key, action) of the commander's working orders (after queued writes)."""
+        rows = await self.store.run(
+            working_orders, "commander", timeout=self.cfg.data.write_timeout_s
         )
         return frozenset(
             (
@@ -376,14 +384,15 @@ class Commander:
             market_open=market_open,
             now=self.clock.monotonic(),
         )
-        return place_order_with_guard(
+        return await place_order_with_guard(
             request,
             ctx,
             self.gate_state,
             self.cfg.risk,
-            self.db,
+            self.store,
             self.broker,
             self.wall_now().strftime("%Y%m%d"),
+            intent_timeout_s=self.cfg.data.write_timeout_s,
         )
 
     async def _market_open(self, r: OrderRequest) -> bool:
@@ -402,64 +411,41 @@ class Commander:
         return is_open
 
     def _persist(self, report: CycleReport, doc: dict[str, Any]) -> None:
+        """Queue the cycle's records (decisions, snapshot, outcome): a busy database delays
+        them, never drops them."""
         n_signals = len(report.swarm.signals) if report.swarm else 0
-        try:
-            with transaction(self.db) as conn:
-                for d in report.decisions:
-                    conn.execute(
-                        "INSERT INTO decisions (cycle_id, symbol, action, sec_type, expiry, "
-                        "strike, opt_right, order_type, limit_price, quantity, reason, sources, "
-                        "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (
-                            report.cycle_id,
-                            d.symbol,
-                            d.action,
-                            d.sec_type,
-                            d.expiry or None,
-                            d.strike or None,
-                            d.right or None,
-                            d.order_type,
-                            d.limit_price,
-                            d.quantity,
-                            ("accepted: " if d.accepted else "refused: ") + d.reason,
-                            json.dumps(list(d.sources)),
-                            utc_now(),
-                        ),
-                    )
-            save_snapshot(
-                self.db,
-                self.cfg.data_dir,
-                report.cycle_id,
-                doc,
-                summary={
-                    "status": report.status,
-                    "signals": n_signals,
-                    "decisions": len(report.decisions),
-                    "orders": report.orders,
-                },
-            )
-            finish_cycle(
-                self.db,
-                report.cycle_id,
-                report.status,
-                report.skipped,
-                n_signals=n_signals,
-                n_decisions=len(report.decisions),
-                n_orders=report.orders,
-            )
-        except Exception as exc:
-            log.error("cycle %s: records not stored: %s", report.cycle_id, exc)
-            try:
-                log_safety_event(
-                    self.db,
-                    "main_loop",
-                    "record_failure",
-                    str(exc),
-                    "critical",
-                    cycle_id=report.cycle_id,
-                )
-            except Exception:
-                log.exception("cycle %s: safety event not stored either", report.cycle_id)
+        self.store.post(
+            record_decisions,
+            report.cycle_id,
+            [
+                {
+                    **dataclasses.asdict(d),
+                    "reason": ("accepted: " if d.accepted else "refused: ") + d.reason,
+                }
+                for d in report.decisions
+            ],
+        )
+        self.store.post(
+            save_snapshot,
+            self.cfg.data_dir,
+            report.cycle_id,
+            doc,
+            summary={
+                "status": report.status,
+                "signals": n_signals,
+                "decisions": len(report.decisions),
+                "orders": report.orders,
+            },
+        )
+        self.store.post(
+            finish_cycle,
+            report.cycle_id,
+            report.status,
+            report.skipped,
+            n_signals=n_signals,
+            n_decisions=len(report.decisions),
+            n_orders=report.orders,
+        )
 
 
 def _swarm_doc(swarm: SwarmResult) -> dict[str, Any]:

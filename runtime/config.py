@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from skills.risk import RiskConfig
+
 __all__ = [
     "BrokerConfig",
     "CommanderConfig",
@@ -28,8 +30,6 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
-
-DEFAULT_SYMBOLS = ("NVDA", "AMD", "TSLA", "AAPL", "MSFT", "SPY", "JPM", "BAC", "GS")
 
 
 class ConfigError(ValueError):
@@ -62,6 +62,8 @@ class BrokerConfig(_Section):
 
 class DataConfig(_Section):
     dir: str = "data_lake/var"
+    busy_timeout_ms: int = Field(500, ge=10, le=60_000)
+    write_timeout_s: float = Field(1.0, gt=0, le=60)
 
 
 class LoopConfig(_Section):
@@ -88,7 +90,7 @@ class SwarmConfig(_Section):
     templates_dir: str = "swarm_intelligence/templates"
     max_concurrency: int = Field(8, ge=1, le=256)
     call_timeout_s: float = Field(30.0, gt=0, le=600)
-    deadline_s: float = Field(60.0, gt=0, le=3600)
+    deadline_s: float = Field(40.0, gt=0, le=3600)
     max_retries: int = Field(3, ge=0, le=10)
     max_tokens_per_cycle: int = Field(200_000, ge=0)
     max_usd_per_cycle: float = Field(2.0, ge=0)
@@ -105,39 +107,6 @@ class CommanderConfig(_Section):
     max_turns: int = Field(8, ge=1, le=50)
 
 
-class RiskConfig(_Section):
-    """The execution gate's limits. Read-only to everything an LLM touches."""
-
-    allowed_symbols: tuple[str, ...] = DEFAULT_SYMBOLS
-    allowed_sec_types: tuple[Literal["STK", "OPT"], ...] = ("STK", "OPT")
-    max_order_quantity: float = Field(100, gt=0)
-    max_order_notional: float = Field(25_000.0, gt=0)
-    max_position_notional: float = Field(50_000.0, gt=0)
-    max_gross_exposure: float = Field(200_000.0, gt=0)
-    max_portfolio_delta: float = Field(100_000.0, gt=0, description="dollar delta, absolute")
-    max_open_positions: int = Field(10, ge=1)
-    max_daily_loss: float = Field(5_000.0, gt=0)
-    price_collar_pct: float = Field(0.05, gt=0, le=0.5)
-    quote_max_age_s: float = Field(10.0, gt=0, le=3600)
-    max_orders_per_second: int = Field(2, ge=1, le=50)
-    max_orders_per_minute: int = Field(20, ge=1)
-    max_orders_per_day: int = Field(200, ge=1)
-    max_executions_per_window: int = Field(50, ge=1)
-    execution_window_s: float = Field(60.0, gt=0)
-    duplicate_window_s: float = Field(60.0, ge=0)
-    max_consecutive_rejects: int = Field(3, ge=1)
-    require_watchdog: bool = True
-
-    @model_validator(mode="after")
-    def _symbols_upper(self) -> RiskConfig:
-        if not self.allowed_symbols:
-            raise ValueError("allowed_symbols must list at least one symbol")
-        bad = [s for s in self.allowed_symbols if not s.isalnum() or s != s.upper()]
-        if bad:
-            raise ValueError(f"allowed_symbols must be upper-case tickers, got {bad}")
-        return self
-
-
 class Config(_Section):
     mode: Literal["paper", "live"]
     broker: BrokerConfig = BrokerConfig()
@@ -152,6 +121,18 @@ class Config(_Section):
     def _consistent(self) -> Config:
         if self.loop.max_cycle_s > self.loop.cycle_interval_s:
             raise ValueError("loop.max_cycle_s must not exceed loop.cycle_interval_s")
+        if self.swarm.deadline_s > self.loop.max_cycle_s:
+            raise ValueError(
+                "swarm.deadline_s must not exceed loop.max_cycle_s (a swarm never outlives "
+                "its cycle)"
+            )
+        if self.data.busy_timeout_ms >= self.watchdog.heartbeat_timeout_s * 1000:
+            raise ValueError(
+                "data.busy_timeout_ms must be below watchdog.heartbeat_timeout_s (a locked "
+                "database must never look like a frozen loop)"
+            )
+        if self.data.write_timeout_s >= self.loop.max_cycle_s:
+            raise ValueError("data.write_timeout_s must be below loop.max_cycle_s")
         if self.mode == "paper" and self.broker.port in (4001, 7496):
             raise ValueError("broker.port 4001/7496 are IB's live ports; paper mode uses 4002/7497")
         return self

@@ -14,11 +14,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from data_lake import open_db, query_trades
+from data_lake import cycles_finished, demo_summary, open_readonly, query_trades
 from paper_gateway import AdminClient
 from paper_gateway.process import gateway_process
 
@@ -71,10 +70,8 @@ def write_config(path: Path, overrides: dict[str, Any], base: Path | None = None
 
 def _cycles_done(work: Path) -> int:
     try:
-        db = open_db(work)
-        row = next(iter(db.query("SELECT COUNT(*) AS n FROM cycles WHERE finished_at IS NOT NULL")))
-        return int(row["n"])
-    except Exception:
+        return cycles_finished(open_readonly(work))
+    except Exception:  # not created yet, or busy: ask again
         return 0
 
 
@@ -221,34 +218,25 @@ def _kill_drill(
 
 
 def _summary(work: Path, admin: AdminClient) -> None:
-    db = open_db(work)
-
-    def q(sql: str, *args: Any) -> list[dict[str, Any]]:
-        return list(db.query(sql, list(args)))
-
+    db = open_readonly(work)
+    s = demo_summary(db)
     _say("\n=== demo summary ===")
-    statuses = Counter(r["status"] for r in q("SELECT status FROM cycles"))
+    statuses = s["cycles"]
     _say(f"cycles: {sum(statuses.values())} ({', '.join(f'{k} {v}' for k, v in statuses.items())})")
-    for r in q(
-        "SELECT instance_id, provider, SUM(status = 'valid') AS valid, "
-        "SUM(status = 'abstain') AS abstain FROM signals GROUP BY instance_id"
-    ):
+    for r in s["swarm"]:
         _say(
             f"  swarm {r['instance_id']:22} ({r['provider']}): {r['valid']} signals, "
             f"{r['abstain']} abstains"
         )
-    decisions = q("SELECT reason, COUNT(*) AS n FROM decisions GROUP BY reason ORDER BY n DESC")
+    decisions = s["decisions"]
     _say(f"decisions: {sum(d['n'] for d in decisions)}")
     for d in decisions[:8]:
         _say(f"  {d['n']:3} x {d['reason'][:110]}")
-    refusals = q(
-        "SELECT reason, COUNT(*) AS n FROM safety_events WHERE kind = 'gate_refusal' "
-        "GROUP BY reason ORDER BY n DESC"
-    )
+    refusals = s["refusals"]
     _say(f"gate refusals: {sum(r['n'] for r in refusals)}")
     for r in refusals[:8]:
         _say(f"  {r['n']:3} x {r['reason'][:110]}")
-    intents = Counter(r["status"] for r in q("SELECT status FROM order_intents"))
+    intents = s["intents"]
     _say(
         f"orders (intents): {sum(intents.values())} "
         f"({', '.join(f'{k} {v}' for k, v in intents.items()) or 'none'})"
@@ -279,9 +267,7 @@ def _summary(work: Path, admin: AdminClient) -> None:
         f"account {a['id']}: net liquidation {a['NetLiquidation']:,.2f}, unrealised PnL "
         f"{a['UnrealizedPnL']:,.2f}, realised PnL {a['RealizedPnL']:,.2f}"
     )
-    events = q(
-        "SELECT kind, COUNT(*) AS n FROM safety_events WHERE kind != 'gate_refusal' GROUP BY kind"
-    )
+    events = s["events"]
     if events:
         _say("other safety events: " + ", ".join(f"{e['kind']} {e['n']}" for e in events))
     _say(f"breaker: {CircuitBreaker(work).status().state.value}")

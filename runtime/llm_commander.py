@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from data_lake import redact, transaction, utc_now
+from data_lake import record_llm_calls, redact
 from skills.execution_gate import GateVerdict, Holding
 from skills.math_core import MathInputError, calculate_greeks, kelly_criterion
 from skills.swarm_core import SwarmResult
@@ -258,27 +258,22 @@ class LlmCommander:
     def _record(
         self, cycle_id: int, usage: Usage, cost: float, latency_ms: float, stop: str | None
     ) -> None:
-        try:
-            with transaction(self.c.db) as conn:
-                conn.execute(
-                    "INSERT INTO llm_calls (cycle_id, instance_id, provider, model, status, "
-                    "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-                    "cost_usd, latency_ms, error, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        cycle_id,
-                        "commander",
-                        "anthropic",
-                        self.c.cfg.commander.model,
-                        "ok",
-                        usage.input_tokens,
-                        usage.output_tokens,
-                        usage.cache_read_tokens,
-                        usage.cache_write_tokens,
-                        cost,
-                        latency_ms,
-                        stop,
-                        utc_now(),
-                    ),
-                )
-        except Exception as exc:
-            log.error("commander LLM call not recorded: %s", exc)
+        self.c.store.post(
+            record_llm_calls,
+            [
+                {
+                    "cycle_id": cycle_id,
+                    "instance_id": "commander",
+                    "provider": "anthropic",
+                    "model": self.c.cfg.commander.model,
+                    "status": "ok",
+                    "input_tokens": usage.input_tokens,
+                    "output_tokens": usage.output_tokens,
+                    "cache_read_tokens": usage.cache_read_tokens,
+                    "cache_write_tokens": usage.cache_write_tokens,
+                    "cost_usd": cost,
+                    "latency_ms": latency_ms,
+                    "error": stop,
+                }
+            ],
+        )

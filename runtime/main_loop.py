@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -20,7 +21,14 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from data_lake import log_safety_event, open_db, register_secret, start_cycle
+from data_lake import (
+    StorageUnavailable,
+    Store,
+    insert_cycle,
+    last_cycle_id,
+    log_safety_event,
+    register_secret,
+)
 from skills.execution_gate import GateState
 from skills.swarm_core import SwarmConfigError, load_instances
 from skills.swarm_providers import AnthropicProvider, OfflineProvider, Provider
@@ -65,6 +73,7 @@ class MainLoop:
         self._child: subprocess.Popen[bytes] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._cycle_task: asyncio.Task[Any] | None = None
+        self._last_cycle_id = 0
 
     # --- helpers ---------------------------------------------------------------------------
     def _set_phase(self, phase: str) -> None:
@@ -124,10 +133,7 @@ class MainLoop:
     def _event(
         self, kind: str, reason: str, severity: str = "warning", cycle_id: int | None = None
     ) -> None:
-        try:
-            log_safety_event(self.db, "main_loop", kind, reason, severity, cycle_id=cycle_id)
-        except Exception as exc:
-            log.error("safety event not stored (%s): %s", exc, reason)
+        self.store.post(log_safety_event, "main_loop", kind, reason, severity, cycle_id=cycle_id)
 
     def _on_reject_streak(self, n: int, why: str) -> None:
         if n >= self.cfg.risk.max_consecutive_rejects:
@@ -147,9 +153,20 @@ class MainLoop:
     # --- lifecycle -------------------------------------------------------------------------------
     async def run(self) -> int:
         """Run until stopped; return the process exit code."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = open_db(self.data_dir)
-        self.breaker = CircuitBreaker(self.data_dir, self.db)
+        try:
+            self.store = await asyncio.to_thread(
+                Store.open,
+                self.data_dir,
+                busy_timeout_ms=self.cfg.data.busy_timeout_ms,
+                name="main",
+            )
+            self._last_cycle_id = await self.store.run(
+                last_cycle_id, timeout=max(10.0, self.cfg.data.write_timeout_s)
+            )
+        except StorageUnavailable as exc:
+            print(f"fatal: database unavailable: {exc}", file=sys.stderr)
+            return 2
+        self.breaker = CircuitBreaker(self.data_dir, self.store)
         register_secret(self.secrets.anthropic_api_key)
         limits = self.cfg.risk.model_dump()
         try:
@@ -198,7 +215,7 @@ class MainLoop:
             self.cfg.broker,
             self.cfg.mode,
             self.secrets,
-            self.db,
+            self.store,
             source="main_loop",
             intent_sources=("commander", "person"),
             on_reject_streak=self._on_reject_streak,
@@ -211,18 +228,18 @@ class MainLoop:
             return code
         sd_notify("READY=1")
         self.commander = Commander(
-            self.cfg,
-            self.db,
-            self.broker,
-            self.breaker,
-            self.provider,
-            instances,
-            templates,
-            self.gate_state,
-            self.clock,
-            self.watchdog_alive,
-            self.cancel,
-            self._set_phase,
+            cfg=self.cfg,
+            store=self.store,
+            broker=self.broker,
+            breaker=self.breaker,
+            provider=self.provider,
+            instances=instances,
+            templates=templates,
+            gate_state=self.gate_state,
+            clock=self.clock,
+            watchdog_alive=self.watchdog_alive,
+            cancel=self.cancel,
+            phase=self._set_phase,
             llm_client=llm_client,
         )
         if self.cfg.watchdog.spawn:
@@ -312,7 +329,9 @@ class MainLoop:
         if self.stop.is_set():
             return
         self.cancel.clear()  # a trip or stop cancels the calls of the cycle it happens in
-        cycle_id = start_cycle(self.db)
+        self._last_cycle_id += 1  # allocated here, so a locked database never stalls cycles
+        cycle_id = self._last_cycle_id
+        self.store.post(insert_cycle, cycle_id, os.getpid())
         self.cycle = cycle_id
         self._cycle_task = asyncio.current_task()
         try:
@@ -366,6 +385,9 @@ class MainLoop:
                 await asyncio.wait_for(asyncio.to_thread(self._child.wait), 10)
             except TimeoutError:
                 self._child.kill()
+        left = await asyncio.to_thread(self.store.close, self.cfg.loop.stop_timeout_s / 4)
+        if left:
+            log.critical("%d records could not be written before exit", left)
         self._set_phase("stopped")
         self._beat()
         log.info("main loop stopped after %d cycles", self.cycles_run)

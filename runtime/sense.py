@@ -72,11 +72,7 @@ class MarketSensor:
             found = await b.iv_rank(contract)
             self._cache.iv_rank[symbol] = found if found else (q.iv or 0.0, 0.0)
         if symbol not in self._cache.sma20:
-            bars = await asyncio.wait_for(
-                b.ib.reqHistoricalDataAsync(contract, "", "1 M", "1 day", "TRADES", True),
-                b.cfg.request_timeout_s,
-            )
-            closes = [bar.close for bar in bars][-20:]
+            closes = (await b.daily_closes(contract, "1 M"))[-20:]
             self._cache.sma20[symbol] = sum(closes) / len(closes) if closes else q.last
         iv_hist, rank = self._cache.iv_rank[symbol]
         last = q.last or 0.5 * (q.bid + q.ask)

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from data_lake import log_safety_event, open_db
+from data_lake import Store, log_safety_event
 from skills.execution_gate import GateState, OrderRequest, place_order_with_guard
 
 from .breaker import BreakerState, CircuitBreaker
@@ -62,10 +62,8 @@ class Watchdog:
         log.log(
             logging.CRITICAL if severity == "critical" else logging.WARNING, "%s: %s", kind, reason
         )
-        try:
-            log_safety_event(self.db, "watchdog", kind, reason, severity, details=details)
-        except Exception as exc:  # the database may be busy or full: keep watching
-            log.error("safety event not stored (%s)", exc)
+        # queued: a busy or full database delays the record, never the watchdog
+        self.store.post(log_safety_event, "watchdog", kind, reason, severity, details=details)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -236,8 +234,14 @@ class Watchdog:
             now=self.clock.monotonic(),
             quote_wait_s=0.5,
         )
-        verdict = place_order_with_guard(
-            request, ctx, self._gate, self.cfg.risk, self.db, self.broker
+        verdict = await place_order_with_guard(
+            request,
+            ctx,
+            self._gate,
+            self.cfg.risk,
+            self.store,
+            self.broker,
+            intent_timeout_s=self.cfg.data.write_timeout_s,
         )
         if not verdict.accepted:
             self._event("close_refused", f"closing {p.key}: {'; '.join(verdict.reasons)}")
@@ -287,7 +291,6 @@ class Watchdog:
 
     async def poll_once(self) -> None:
         self.polls += 1
-        self.breaker.flush_pending()
         status = self.breaker.status()
         reasons = self.check_main() + self.check_account()
         if self.broker.ready:
@@ -307,16 +310,17 @@ class Watchdog:
 
     async def panic(self, by: str, reason: str, client_id: int) -> bool:
         """The kill switch, usable without the daemon: trip HALTED, cancel all, go flat."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = open_db(self.data_dir)
-        self.breaker = CircuitBreaker(self.data_dir, self.db)
+        self.store = await asyncio.to_thread(
+            Store.open, self.data_dir, busy_timeout_ms=self.cfg.data.busy_timeout_ms, name="panic"
+        )
+        self.breaker = CircuitBreaker(self.data_dir, self.store)
         status = self.breaker.trip(BreakerState.HALTED, "person", f"panic by {by}: {reason}")
         self._event("panic", f"panic by {by}: {reason}", "critical")
         self.broker = Broker(
             self.cfg.broker,
             self.cfg.mode,
             self.secrets,
-            self.db,
+            self.store,
             client_id=client_id,
             source="panic",
             intent_sources=("watchdog",),
@@ -329,12 +333,18 @@ class Watchdog:
             return await self.flatten(status.generation)
         finally:
             await self.broker.close()
+            await asyncio.to_thread(self.store.close, 5.0)
 
     # --- run -----------------------------------------------------------------------------------
     async def run(self) -> int:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = open_db(self.data_dir, busy_timeout_ms=WATCHDOG_BUSY_TIMEOUT_MS)
-        self.breaker = CircuitBreaker(self.data_dir, self.db)
+        # open_timeout_s=None: watch at once; records queue until the database opens
+        self.store = Store.open(
+            self.data_dir,
+            busy_timeout_ms=min(WATCHDOG_BUSY_TIMEOUT_MS, self.cfg.data.busy_timeout_ms),
+            open_timeout_s=None,
+            name="watchdog",
+        )
+        self.breaker = CircuitBreaker(self.data_dir, self.store)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
@@ -343,7 +353,7 @@ class Watchdog:
             self.cfg.broker,
             self.cfg.mode,
             self.secrets,
-            self.db,
+            self.store,
             client_id=self.cfg.broker.watchdog_client_id,
             source="watchdog",
             intent_sources=("watchdog",),
@@ -374,4 +384,5 @@ class Watchdog:
         with contextlib.suppress(OSError):
             write_heartbeat(self.data_dir / WATCHDOG_HEARTBEAT, self.clock, self.polls, "stopped")
         await self.broker.close()
+        await asyncio.to_thread(self.store.close, 5.0)
         return 0

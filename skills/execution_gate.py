@@ -17,17 +17,21 @@ import collections
 import hashlib
 import logging
 import math
-import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sqlite_utils import Database
-
-from data_lake import insert_intent, log_safety_event, update_intent
-from runtime.config import RiskConfig
+from data_lake import (
+    IntentStatus,
+    StorageUnavailable,
+    Store,
+    insert_intent,
+    log_safety_event,
+    update_intent,
+)
 
 from .contracts import contract_key
+from .risk import RiskConfig
 
 __all__ = [
     "CHECKS",
@@ -527,16 +531,18 @@ def order_ref_for(r: OrderRequest) -> str:
     return f"{prefix}-{cycle}-{digest}"
 
 
-def place_order_with_guard(
+async def place_order_with_guard(
     request: OrderRequest,
     ctx: GateContext,
     state: GateState,
     limits: RiskConfig,
-    db: Database,
+    store: Store,
     submitter: Submitter,
     day: str = "",
+    intent_timeout_s: float = 5.0,
 ) -> GateVerdict:
-    """Check, record the intent, then submit. The only path from a decision to placeOrder."""
+    """Check, store the intent (awaited: no order without a stored intent), then submit.
+    The only path from a decision to placeOrder."""
     reasons = evaluate(request, ctx, state, limits, day)
     order_ref = order_ref_for(request)
     if not reasons:
@@ -557,59 +563,57 @@ def place_order_with_guard(
             "tif": request.tif,
         }
         try:
-            if not insert_intent(db, intent):
+            if not await store.run(insert_intent, intent, timeout=intent_timeout_s):
                 reasons = [f"duplicate orderRef {order_ref}: this intent was already recorded"]
-        except sqlite3.Error as exc:
+        except StorageUnavailable as exc:
             reasons = [f"intent could not be stored ({exc}): no order without a stored intent"]
+            # if the insert lands after all, it must not look like a live order
+            store.post(
+                update_intent,
+                order_ref,
+                status=IntentStatus.NOT_SENT,
+                last_error="intent stored too late: the order was never sent",
+            )
     if reasons:
-        _refusal(db, request, order_ref, reasons)
+        _refusal(store, request, order_ref, reasons)
         return GateVerdict(False, order_ref, tuple(reasons))
     try:
         broker_id = submitter.submit(order_ref, request)
     except Exception as exc:  # not sent: the intent says so, and nothing is retried blindly
         reason = f"broker did not accept the order for sending: {type(exc).__name__}: {exc}"
-        _safe(lambda: update_intent(db, order_ref, status="not_sent", last_error=reason))
-        _refusal(db, request, order_ref, [reason])
+        store.post(update_intent, order_ref, status=IntentStatus.NOT_SENT, last_error=reason)
+        _refusal(store, request, order_ref, [reason])
         return GateVerdict(False, order_ref, (reason,))
     state.record_sent(request, ctx.now, day)
-    _safe(lambda: update_intent(db, order_ref, status="submitted", broker_order_id=broker_id))
+    store.post(update_intent, order_ref, status=IntentStatus.SUBMITTED, broker_order_id=broker_id)
     return GateVerdict(True, order_ref, (), broker_id)
 
 
-def _safe(action: Callable[[], object]) -> None:
-    try:
-        action()
-    except sqlite3.Error as exc:
-        log.error("audit write failed (the order itself is accounted for by orderRef): %s", exc)
-
-
-def _refusal(db: Database, r: OrderRequest, order_ref: str, reasons: list[str]) -> None:
+def _refusal(store: Store, r: OrderRequest, order_ref: str, reasons: list[str]) -> None:
     log.warning(
         "gate refused %s %g %s (%s): %s", r.action, r.quantity, r.key, r.source, "; ".join(reasons)
     )
-    _safe(
-        lambda: log_safety_event(
-            db,
-            "gate",
-            "gate_refusal",
-            "; ".join(reasons),
-            "warning",
-            details={
-                "reasons": reasons,
-                "request": {
-                    "symbol": r.symbol,
-                    "sec_type": r.sec_type,
-                    "action": r.action,
-                    "quantity": r.quantity,
-                    "order_type": r.order_type,
-                    "limit_price": r.limit_price,
-                    "expiry": r.expiry,
-                    "strike": r.strike,
-                    "right": r.right,
-                    "source": r.source,
-                },
+    store.post(
+        log_safety_event,
+        "gate",
+        "gate_refusal",
+        "; ".join(reasons),
+        "warning",
+        details={
+            "reasons": reasons,
+            "request": {
+                "symbol": r.symbol,
+                "sec_type": r.sec_type,
+                "action": r.action,
+                "quantity": r.quantity,
+                "order_type": r.order_type,
+                "limit_price": r.limit_price,
+                "expiry": r.expiry,
+                "strike": r.strike,
+                "right": r.right,
+                "source": r.source,
             },
-            order_ref=order_ref,
-            cycle_id=r.cycle_id,
-        )
+        },
+        order_ref=order_ref,
+        cycle_id=r.cycle_id,
     )

@@ -22,9 +22,8 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
-from sqlite_utils import Database
 
-from data_lake import redact, transaction, utc_now
+from data_lake import Store, record_llm_calls, record_signals, redact, spent_since, utc_now
 
 from .swarm_models import (
     Abstain,
@@ -59,6 +58,7 @@ __all__ = [
     "load_template",
     "parse_response",
     "parse_signal",
+    "record_rows",
     "render_template",
     "shared_system_prompt",
     "spent_today_usd",
@@ -603,97 +603,78 @@ class SwarmResult:
         return sum(o.cost_usd for o in self.outcomes)
 
 
-def spent_today_usd(db: Database) -> float:
+async def spent_today_usd(store: Store, timeout: float = 5.0) -> float:
     """Return what LLM calls cost so far today (UTC); the daily budget survives restarts."""
-    today = utc_now()[:10]
-    row = next(
-        iter(
-            db.query(
-                "SELECT COALESCE(SUM(cost_usd), 0) AS c FROM llm_calls WHERE created_at >= ?",
-                [today],
-            )
+    return await store.read(spent_since, utc_now()[:10], timeout=timeout)
+
+
+def record_rows(
+    cycle_id: int | None, outcomes: Sequence[InstanceOutcome]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Return the `llm_calls` rows and the `signals` rows (valid and abstain) of a swarm."""
+    calls: list[dict[str, Any]] = []
+    signals: list[dict[str, Any]] = []
+    for o in outcomes:
+        u = o.usage
+        calls.append(
+            {
+                "cycle_id": cycle_id,
+                "instance_id": o.instance_id,
+                "provider": o.provider,
+                "model": o.model,
+                "status": o.status,
+                "input_tokens": u.input_tokens,
+                "output_tokens": u.output_tokens,
+                "cache_read_tokens": u.cache_read_tokens,
+                "cache_write_tokens": u.cache_write_tokens,
+                "cost_usd": o.cost_usd,
+                "latency_ms": o.latency_ms,
+                "error": o.abstain.reason if o.abstain else None,
+            }
         )
-    )
-    return float(row["c"])
-
-
-def _record(db: Database, cycle_id: int | None, outcomes: Sequence[InstanceOutcome]) -> None:
-    now = utc_now()
-    with transaction(db) as conn:
-        for o in outcomes:
-            u = o.usage
-            conn.execute(
-                "INSERT INTO llm_calls (cycle_id, instance_id, provider, model, status, "
-                "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, "
-                "latency_ms, error, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    cycle_id,
-                    o.instance_id,
-                    o.provider,
-                    o.model,
-                    o.status,
-                    u.input_tokens,
-                    u.output_tokens,
-                    u.cache_read_tokens,
-                    u.cache_write_tokens,
-                    o.cost_usd,
-                    o.latency_ms,
-                    redact(o.abstain.reason) if o.abstain else None,
-                    now,
-                ),
+        prov = o.abstain.provenance if o.abstain and o.abstain.provenance else None
+        if o.abstain is not None:
+            signals.append(
+                {
+                    "cycle_id": cycle_id,
+                    "instance_id": o.instance_id,
+                    "provider": o.provider,
+                    "status": "abstain",
+                    "reason": o.abstain.reason,
+                    "model": o.model,
+                    "template_hash": prov.template_hash if prov else None,
+                    "params_hash": prov.params_hash if prov else None,
+                    "prompt_hash": o.prompt_hash or None,
+                }
             )
-            prov = o.abstain.provenance if o.abstain and o.abstain.provenance else None
-            if o.abstain is not None:
-                conn.execute(
-                    "INSERT INTO signals (cycle_id, instance_id, provider, status, reason, model,"
-                    " template_hash, params_hash, prompt_hash, created_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        cycle_id,
-                        o.instance_id,
-                        o.provider,
-                        "abstain",
-                        redact(o.abstain.reason),
-                        o.model,
-                        prov.template_hash if prov else None,
-                        prov.params_hash if prov else None,
-                        o.prompt_hash or None,
-                        now,
-                    ),
-                )
-            for s in o.signals:
-                p = s.provenance
-                conn.execute(
-                    "INSERT INTO signals (cycle_id, instance_id, provider, status, symbol, "
-                    "action, sec_type, expiry, strike, opt_right, order_type, limit_price, "
-                    "quantity, confidence, win_probability, payoff_ratio, rationale, model, "
-                    "template_hash, params_hash, prompt_hash, created_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        cycle_id,
-                        o.instance_id,
-                        p.provider,
-                        "valid",
-                        s.symbol,
-                        s.action,
-                        s.sec_type,
-                        s.expiry or None,
-                        s.strike or None,
-                        s.right or None,
-                        s.order_type,
-                        s.limit_price,
-                        s.quantity,
-                        s.confidence,
-                        s.win_probability,
-                        s.payoff_ratio,
-                        redact(s.rationale),
-                        p.model,
-                        p.template_hash,
-                        p.params_hash,
-                        p.prompt_hash,
-                        now,
-                    ),
-                )
+        for s in o.signals:
+            p = s.provenance
+            signals.append(
+                {
+                    "cycle_id": cycle_id,
+                    "instance_id": o.instance_id,
+                    "provider": p.provider,
+                    "status": "valid",
+                    "symbol": s.symbol,
+                    "action": s.action,
+                    "sec_type": s.sec_type,
+                    "expiry": s.expiry or None,
+                    "strike": s.strike or None,
+                    "opt_right": s.right or None,
+                    "order_type": s.order_type,
+                    "limit_price": s.limit_price,
+                    "quantity": s.quantity,
+                    "confidence": s.confidence,
+                    "win_probability": s.win_probability,
+                    "payoff_ratio": s.payoff_ratio,
+                    "rationale": s.rationale,
+                    "model": p.model,
+                    "template_hash": p.template_hash,
+                    "params_hash": p.params_hash,
+                    "prompt_hash": p.prompt_hash,
+                }
+            )
+    return calls, signals
 
 
 async def consult_swarm(
@@ -706,7 +687,7 @@ async def consult_swarm(
     max_concurrency: int,
     deadline_s: float,
     budget: SwarmBudget,
-    db: Database | None = None,
+    store: Store | None = None,
     cycle_id: int | None = None,
     cancel: asyncio.Event | None = None,
 ) -> SwarmResult:
@@ -722,11 +703,10 @@ async def consult_swarm(
         deadline_s=deadline_s,
         cancel=cancel,
     )
-    if db is not None:
-        try:
-            _record(db, cycle_id, outcomes)
-        except Exception as exc:
-            log.error("swarm results not recorded (%s); the cycle snapshot still has them", exc)
+    if store is not None:  # queued: a busy database delays these records, never drops them
+        calls, rows = record_rows(cycle_id, outcomes)
+        store.post(record_llm_calls, calls)
+        store.post(record_signals, rows)
     signals = [s for o in outcomes for s in o.signals]
     for o in outcomes:
         if o.abstain is not None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from ib_insync import IB
 
+from data_lake import Store
 from paper_gateway import AdminClient, Gateway, GatewayConfig
 
 logging.getLogger("ib_insync").setLevel(logging.CRITICAL)
@@ -66,3 +67,13 @@ def connect(gateway: Gateway) -> Iterator[Callable[..., IB]]:
 @pytest.fixture
 def ib(connect: Callable[..., IB]) -> IB:
     return connect(1)
+
+
+@pytest.fixture
+def store(tmp_path) -> Iterator[Store]:
+    """A real data lake (SQLite file, writer thread) in the test's temp dir."""
+    s = Store.open(tmp_path, busy_timeout_ms=200)
+    try:
+        yield s
+    finally:
+        s.close(10)

@@ -1,8 +1,10 @@
 import multiprocessing
+import os
+import sqlite3
 
 import pytest
+from lake import rows
 
-from data_lake import open_db
 from runtime.breaker import BreakerState, CircuitBreaker, ResetRefused
 
 
@@ -27,9 +29,8 @@ def test_trip_survives_restart_of_every_process(tmp_path):
     )
 
 
-def test_reset_needs_a_person_and_a_reason_and_is_recorded(tmp_path):
-    db = open_db(tmp_path)
-    b = CircuitBreaker(tmp_path, db)
+def test_reset_needs_a_person_and_a_reason_and_is_recorded(tmp_path, store):
+    b = CircuitBreaker(tmp_path, store)
     b.trip(BreakerState.HALTED, "watchdog", "main loop frozen")
     with pytest.raises(ResetRefused):
         b.reset(by="", reason="ok")
@@ -38,14 +39,14 @@ def test_reset_needs_a_person_and_a_reason_and_is_recorded(tmp_path):
     assert b.status().state is BreakerState.HALTED
     status = b.reset(by="alice", reason="checked the account, restarted gateway")
     assert (status.state, status.actor) == (BreakerState.ACTIVE, "alice")
-    history = list(
-        db.query("SELECT from_state, to_state, source, actor FROM breaker_history ORDER BY id")
+    history = rows(
+        store, "SELECT from_state, to_state, source, actor FROM breaker_history ORDER BY id"
     )
     assert history == [
         {"from_state": "ACTIVE", "to_state": "HALTED", "source": "watchdog", "actor": None},
         {"from_state": "HALTED", "to_state": "ACTIVE", "source": "person", "actor": "alice"},
     ]
-    [row] = db.query("SELECT state FROM breaker_state")
+    [row] = rows(store, "SELECT state FROM breaker_state")
     assert row["state"] == "ACTIVE"
 
 
@@ -63,18 +64,16 @@ def test_unreadable_state_file_fails_closed(tmp_path):
     assert b.trip(BreakerState.HALTED, "watchdog", "frozen").reason == "frozen"
 
 
-def test_trip_works_while_the_database_is_locked(tmp_path):
-    db = open_db(tmp_path)
-    other = open_db(tmp_path)
-    other.conn.execute("BEGIN IMMEDIATE")  # another process holds the write lock
-    db.conn.execute("PRAGMA busy_timeout = 50")
-    b = CircuitBreaker(tmp_path, db)
+def test_trip_works_while_the_database_is_locked(tmp_path, store):
+    other = sqlite3.connect(str(store.path), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    b = CircuitBreaker(tmp_path, store)
     assert b.trip(BreakerState.HALTED, "watchdog", "frozen").state is BreakerState.HALTED
-    other.conn.execute("COMMIT")
+    other.execute("COMMIT")
     b.trip(BreakerState.HALTED, "watchdog", "noop")  # no change; nothing new to record
     b.reset(by="bob", reason="drill over")  # the earlier transition is written now too
-    rows = list(db.query("SELECT to_state FROM breaker_history ORDER BY id"))
-    assert [r["to_state"] for r in rows] == ["HALTED", "ACTIVE"]
+    history = rows(store, "SELECT to_state FROM breaker_history ORDER BY id")
+    assert [r["to_state"] for r in history] == ["HALTED", "ACTIVE"]
 
 
 def _trip(data_dir: str, source: str) -> None:
@@ -91,3 +90,24 @@ def test_concurrent_trips_from_two_processes_leave_one_consistent_state(tmp_path
         assert p.exitcode == 0
     status = CircuitBreaker(tmp_path).status()
     assert status.state is BreakerState.HALTED and status.generation == 1
+
+
+def test_a_trip_that_cannot_be_written_still_takes_effect_and_is_persisted_later(tmp_path):
+    b = CircuitBreaker(tmp_path)
+    # the breaker's temp file cannot be created (as with a full disk; works as root too)
+    blocker = tmp_path / f".breaker.json.{os.getpid()}.tmp"
+    blocker.mkdir()
+    tripped = b.trip(BreakerState.HALTED, "watchdog", "frozen")
+    assert tripped.state is BreakerState.HALTED and not tripped.persisted
+    assert b.status().state is BreakerState.HALTED  # latched in this process
+    assert CircuitBreaker(tmp_path).status().state is BreakerState.ACTIVE  # not on disk yet
+    blocker.rmdir()
+    assert b.status().persisted  # the next read writes it
+    assert CircuitBreaker(tmp_path).status().reason == "frozen"
+
+
+def test_a_root_owned_lock_file_does_not_block_the_breaker(tmp_path):
+    (tmp_path / "breaker.lock").write_text("")
+    (tmp_path / "breaker.lock").chmod(0o000)  # a stale lock file nobody may open
+    b = CircuitBreaker(tmp_path)
+    assert b.trip(BreakerState.HALTED, "watchdog", "x").persisted

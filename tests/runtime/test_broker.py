@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from ib_insync import IB
+from lake import read, rows
 
-from data_lake import get_intent, insert_intent, open_db, query_safety_events, query_trades
+from data_lake import get_intent, insert_intent, query_safety_events, query_trades
 from paper_gateway import Gateway, GatewayConfig
 from runtime.broker import AccountModeError, Broker, BrokerNotReady, ClientIdInUse
 from runtime.config import Secrets, parse_config
@@ -48,8 +49,8 @@ async def until(cond, timeout=5.0, what=""):
 
 
 @pytest.fixture
-def db(tmp_path):
-    return open_db(tmp_path)
+def db(store):
+    return store
 
 
 @pytest_asyncio.fixture
@@ -75,7 +76,7 @@ async def gate_order(broker, db, request, state=None):
         time.monotonic(),
     )
     cfg = make_config(1)
-    return place_order_with_guard(request, ctx, state or GateState(), cfg.risk, db, broker)
+    return await place_order_with_guard(request, ctx, state or GateState(), cfg.risk, db, broker)
 
 
 def req(symbol="AAPL", qty=10, order_type="MKT", price=None, tif="DAY", cycle=1, action="BUY"):
@@ -86,22 +87,26 @@ def req(symbol="AAPL", qty=10, order_type="MKT", price=None, tif="DAY", cycle=1,
 async def test_accepted_order_is_filled_and_recorded_once(broker, db, admin):
     verdict = await gate_order(broker, db, req())
     assert verdict.accepted, verdict.reasons
-    await until(lambda: get_intent(db, verdict.order_ref)["status"] == "filled", what="filled")
+    await until(
+        lambda: read(db, get_intent, verdict.order_ref)["status"] == "filled", what="filled"
+    )
     await until(
         lambda: (
-            query_trades(db, order_ref=verdict.order_ref)
-            and query_trades(db, order_ref=verdict.order_ref)[0]["commission"]
+            read(db, query_trades, order_ref=verdict.order_ref)
+            and read(db, query_trades, order_ref=verdict.order_ref)[0]["commission"]
         )
     )
     report = await broker.reconcile()  # replays every execution: still recorded once
     assert report.executions_new == 0
-    [trade] = query_trades(db, order_ref=verdict.order_ref)
+    [trade] = read(db, query_trades, order_ref=verdict.order_ref)
     assert (trade["shares"], trade["side"], trade["commission"]) == (10, "BOT", 1.0)
     assert admin.call("state")["executions"] == 1
     statuses = [
         r["status"]
-        for r in db.query(
-            "SELECT status FROM order_events WHERE order_ref = ? ORDER BY id", [verdict.order_ref]
+        for r in rows(
+            db,
+            "SELECT status FROM order_events WHERE order_ref = ? ORDER BY id",
+            [verdict.order_ref],
         )
     ]
     assert statuses[-1] == "Filled"
@@ -179,8 +184,8 @@ async def test_gateway_restart_mid_order_leaves_it_accounted_for_without_duplica
         timeout=10,
         what="reconnected and reconciled",
     )
-    assert get_intent(db, day.order_ref)["status"] == "cancelled"  # DAY order lapsed
-    assert get_intent(db, gtc.order_ref)["status"] == "submitted"
+    assert read(db, get_intent, day.order_ref)["status"] == "cancelled"  # DAY order lapsed
+    assert read(db, get_intent, gtc.order_ref)["status"] == "submitted"
     refs = [o["order_ref"] for o in admin.call("state")["open_orders"]]
     assert refs == [gtc.order_ref]  # nothing was re-sent
     again = await gate_order(broker, db, req(order_type="LMT", price=226.5, tif="GTC", cycle=2))
@@ -197,21 +202,21 @@ async def test_order_filled_while_disconnected_is_recorded_on_reconnect(gateway,
     await first.close()
     admin.call("set_price", symbol="AAPL", price=225.0)  # fills while nobody listens
     assert admin.call("state")["executions"] == 1
-    assert query_trades(db) == []
+    assert read(db, query_trades) == []
     second = Broker(cfg.broker, "paper", Secrets({}), db)
     await second.start()
     try:
-        [trade] = query_trades(db)
+        [trade] = read(db, query_trades)
         assert (trade["order_ref"], trade["price"]) == (verdict.order_ref, 226.0)
-        assert get_intent(db, verdict.order_ref)["status"] == "filled"
+        assert read(db, get_intent, verdict.order_ref)["status"] == "filled"
     finally:
         await second.close()
 
 
 @pytest.mark.asyncio
 async def test_intent_stored_but_never_sent_is_closed_not_resent(gateway, db, admin):
-    insert_intent(
-        db,
+    db.call(
+        insert_intent,
         {
             "order_ref": "cmd-c9-crashed",
             "source": "commander",
@@ -222,13 +227,16 @@ async def test_intent_stored_but_never_sent_is_closed_not_resent(gateway, db, ad
             "order_type": "MKT",
             "tif": "DAY",
         },
+        timeout=5,
     )
     cfg = make_config(gateway.port)
     b = Broker(cfg.broker, "paper", Secrets({}), db)
     await b.start()
     try:
-        assert get_intent(db, "cmd-c9-crashed")["status"] == "not_sent"
-        assert any(e["order_ref"] == "cmd-c9-crashed" for e in query_safety_events(db, "reconcile"))
+        assert read(db, get_intent, "cmd-c9-crashed")["status"] == "not_sent"
+        assert any(
+            e["order_ref"] == "cmd-c9-crashed" for e in read(db, query_safety_events, "reconcile")
+        )
         state = admin.call("state")
         assert state["open_orders"] == [] and state["executions"] == 0
     finally:
@@ -282,7 +290,7 @@ async def test_consecutive_rejects_are_reported_for_the_breaker(gateway, db, adm
             assert verdict.accepted  # the gate sent it; the broker rejected it
             await until(lambda c=cycle: len(streaks) >= c, what=f"reject {cycle}")
         assert streaks == [1, 2, 3]
-        assert len(query_safety_events(db, "order_reject")) == 3
+        assert len(read(db, query_safety_events, "order_reject")) == 3
     finally:
         await b.close()
 

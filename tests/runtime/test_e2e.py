@@ -2,26 +2,18 @@
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from anthropic_server import AnthropicStub, Reply
+from procs import HB_TIMEOUT, POLL, cli, data, start, stop, stop_watchdog, write_config
 
-from data_lake import open_db, query_safety_events, query_trades
+from data_lake import open_readonly, query_safety_events, query_trades
 from paper_gateway import GatewayConfig
 from paper_gateway.testing import eventually
 from runtime.breaker import BreakerState, CircuitBreaker
-from runtime.demo import write_config as demo_config
 from runtime.heartbeat import read_heartbeat
-
-ROOT = Path(__file__).resolve().parents[2]
-HB_TIMEOUT = 1.0
-POLL = 0.25
 
 
 @pytest.fixture
@@ -29,86 +21,12 @@ def gateway_config():
     return GatewayConfig(tick_interval_s=0.25, account_push_interval_s=0.1)
 
 
-def write_config(tmp_path, port, instances=("index_trend.json",), **overrides):
-    inst = tmp_path / "instances"
-    inst.mkdir(exist_ok=True)
-    for name in instances:
-        shutil.copy(ROOT / "swarm_intelligence/active_instances" / name, inst / name)
-    values = {
-        "port": port,
-        "dir": (tmp_path / "data").as_posix(),
-        "instances_dir": inst.as_posix(),
-        "templates_dir": (ROOT / "swarm_intelligence/templates").as_posix(),
-        "cycle_interval_s": 2.0,
-        "max_cycle_s": 1.9,
-        "heartbeat_interval_s": 0.2,
-        "heartbeat_timeout_s": HB_TIMEOUT,
-        "poll_interval_s": POLL,
-        "close_wait_s": 2.0,
-        "connect_timeout_s": 3.0,
-        "request_timeout_s": 3.0,
-        **overrides,
-    }
-    return demo_config(tmp_path / "test.toml", values)
-
-
-def start(cmd, cfg, *extra, env=None):
-    return subprocess.Popen(
-        [sys.executable, "-m", "runtime", cmd, "--config", str(cfg), *extra],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "runtime", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def data(tmp_path):
-    return tmp_path / "data"
-
-
-def stop(proc, sig=signal.SIGTERM):
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        return proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
-def stop_watchdog(tmp_path):
-    hb = read_heartbeat(data(tmp_path) / "heartbeat-watchdog.json")
-    if hb is not None and hb.phase != "stopped":
-        try:
-            os.kill(hb.pid, signal.SIGTERM)
-            eventually(
-                lambda: (
-                    read_heartbeat(data(tmp_path) / "heartbeat-watchdog.json").phase == "stopped"
-                ),
-                timeout=15,
-                what="watchdog stopped",
-            )
-        except ProcessLookupError:
-            pass
-
-
 def test_full_cycle_from_market_data_to_a_recorded_fill(gateway, admin, tmp_path):
     cfg = write_config(tmp_path, gateway.port)
     proc = start("run", cfg, "--max-cycles", "2")
     out = proc.communicate(timeout=90)[0].decode()
     assert proc.returncode == 0, out[-3000:]
-    db = open_db(data(tmp_path))
+    db = open_readonly(data(tmp_path))
     [trade] = query_trades(db)  # index_trend buys MSFT (trend up, IV rank low)
     assert (trade["symbol"], trade["side"], trade["shares"]) == ("MSFT", "BOT", 20)
     assert trade["order_ref"].startswith("cmd-c1-")
@@ -160,7 +78,7 @@ def test_dead_or_frozen_main_loop_is_flattened_by_the_watchdog(gateway, admin, t
             what="account flat",
         )
         assert "main loop process" in breaker.status().reason
-        db = open_db(data(tmp_path))
+        db = open_readonly(data(tmp_path))
         eventually(
             lambda: (
                 {"breaker_trip", "flat_confirmed"} <= {e["kind"] for e in query_safety_events(db)}
@@ -182,7 +100,7 @@ def test_restarted_main_loop_stays_halted_until_a_person_resets(gateway, admin, 
     CircuitBreaker(data(tmp_path)).trip(BreakerState.HALTED, "watchdog", "drill")
     proc = start("run", cfg, "--max-cycles", "1")
     assert proc.wait(60) == 0
-    db = open_db(data(tmp_path))
+    db = open_readonly(data(tmp_path))
     [cycle] = db.query("SELECT status, error FROM cycles")
     assert cycle["status"] == "skipped" and "HALTED" in cycle["error"]
     assert admin.call("state")["executions"] == 0
@@ -202,7 +120,9 @@ def test_stale_watchdog_heartbeat_blocks_new_positions(gateway, admin, tmp_path)
     proc = start("run", cfg, "--max-cycles", "1")
     assert proc.wait(60) == 0
     assert admin.call("state")["executions"] == 0
-    reasons = [e["reason"] for e in query_safety_events(open_db(data(tmp_path)), "gate_refusal")]
+    reasons = [
+        e["reason"] for e in query_safety_events(open_readonly(data(tmp_path)), "gate_refusal")
+    ]
     assert reasons and all("watchdog heartbeat stale" in r for r in reasons)
 
 
@@ -215,7 +135,7 @@ def test_sigterm_exits_cleanly_with_nothing_unrecorded(gateway, admin, tmp_path)
         what="a fill",
     )
     assert stop(proc) == 0
-    db = open_db(data(tmp_path))
+    db = open_readonly(data(tmp_path))
     pending = list(db.query("SELECT order_ref, status FROM order_intents WHERE status = 'pending'"))
     assert pending == []
     assert all(c["finished_at"] for c in db.query("SELECT finished_at FROM cycles"))
@@ -307,7 +227,7 @@ def test_llm_mode_trades_only_through_the_gate(gateway, admin, tmp_path, stub):
     proc = start("run", cfg, "--max-cycles", "1", env=_llm_env(stub))
     out = proc.communicate(timeout=90)[0].decode()
     assert proc.returncode == 0, out[-3000:]
-    db = open_db(data(tmp_path))
+    db = open_readonly(data(tmp_path))
     intents = {r["symbol"]: r for r in db.query("SELECT * FROM order_intents")}
     assert set(intents) == {"MSFT"} and intents["MSFT"]["source"] == "commander"
     [refusal] = query_safety_events(db, "gate_refusal")
@@ -331,7 +251,9 @@ def test_a_cycle_that_raises_does_not_stop_the_loop(gateway, admin, tmp_path, st
     proc = start("run", cfg, "--max-cycles", "2", env=_llm_env(stub))
     out = proc.communicate(timeout=90)[0].decode()
     assert proc.returncode == 0, out[-3000:]
-    cycles = list(open_db(data(tmp_path)).query("SELECT status, error FROM cycles ORDER BY id"))
+    cycles = list(
+        open_readonly(data(tmp_path)).query("SELECT status, error FROM cycles ORDER BY id")
+    )
     assert [c["status"] for c in cycles] == ["error", "ok"]
     assert "InternalServerError" in cycles[0]["error"]
     assert "sk-ant-e2e" not in out
@@ -351,7 +273,7 @@ def test_hanging_llm_call_is_cancelled_at_max_cycle_s_without_a_false_trip(
     proc = start("run", cfg, "--max-cycles", "2", env=_llm_env(stub))
     out = proc.communicate(timeout=90)[0].decode()
     assert proc.returncode == 0, out[-3000:]
-    db = open_db(data(tmp_path))
+    db = open_readonly(data(tmp_path))
     cycles = [c["status"] for c in db.query("SELECT status FROM cycles ORDER BY id")]
     assert cycles == ["timeout", "ok"]
     assert CircuitBreaker(data(tmp_path)).status().state is BreakerState.ACTIVE
@@ -376,7 +298,7 @@ def test_dead_watchdog_is_restarted_by_the_main_loop(gateway, admin, tmp_path):
             timeout=30,
             what="a new watchdog",
         )
-        events = query_safety_events(open_db(data(tmp_path)), "watchdog_exit")
+        events = query_safety_events(open_readonly(data(tmp_path)), "watchdog_exit")
         assert events and "restarting" in events[0]["reason"]
         assert proc.poll() is None
     finally:
@@ -401,7 +323,7 @@ def test_breaker_trip_cancels_in_flight_swarm_calls_promptly(gateway, admin, tmp
     try:
         eventually(lambda: stub.requests, timeout=30, what="the swarm's call in flight")
         CircuitBreaker(data(tmp_path)).trip(BreakerState.HALTED, "watchdog", "drill")
-        db = open_db(data(tmp_path))
+        db = open_readonly(data(tmp_path))
         eventually(
             lambda: list(db.query("SELECT 1 FROM cycles WHERE finished_at IS NOT NULL")),
             timeout=10,
@@ -462,7 +384,7 @@ def test_watchdog_keeps_working_while_the_database_is_locked(gateway, admin, tmp
             timeout=10,
             what="flat once the database is writable again",
         )
-        history = list(open_db(data(tmp_path)).query("SELECT to_state FROM breaker_history"))
+        history = list(open_readonly(data(tmp_path)).query("SELECT to_state FROM breaker_history"))
         assert [h["to_state"] for h in history] == ["HALTED"]  # recorded once it could be
     finally:
         if lock is not None:
@@ -504,7 +426,7 @@ def test_rejected_closing_order_is_retried_until_flat(gateway, admin, tmp_path):
             timeout=15,
             what="flat after a rejected close",
         )
-        db = open_db(data(tmp_path))
+        db = open_readonly(data(tmp_path))
         eventually(
             lambda: "flat_confirmed" in [e["kind"] for e in query_safety_events(db)],
             timeout=5,
@@ -517,7 +439,7 @@ def test_rejected_closing_order_is_retried_until_flat(gateway, admin, tmp_path):
                 "SELECT status, last_error FROM order_intents WHERE source = 'watchdog' ORDER BY id"
             )
         )
-        assert [i["status"] for i in intents] == ["cancelled", "filled"]
+        assert [i["status"] for i in intents] == ["rejected", "filled"]
         assert intents[0]["last_error"].startswith("201:")
     finally:
         assert stop(wd) == 0
@@ -532,7 +454,7 @@ def test_consecutive_rejects_trip_the_breaker_and_stop_new_orders(gateway, admin
     status = CircuitBreaker(data(tmp_path)).status()
     assert status.state is BreakerState.HALTED and status.source == "broker"
     assert status.reason.startswith("1 consecutive order rejects (last: 201:")
-    db = open_db(data(tmp_path))
+    db = open_readonly(data(tmp_path))
     assert [c["status"] for c in db.query("SELECT status FROM cycles ORDER BY id")] == [
         "ok",
         "skipped",

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from lake import read
 
-from data_lake import get_intent, open_db, query_safety_events, query_trades
+from data_lake import Store, get_intent, query_safety_events, query_trades
 from runtime.broker import Broker
 from runtime.config import Secrets, parse_config
 from runtime.gate_context import build_gate_context
@@ -33,12 +34,13 @@ async def until(cond, timeout=5.0, what=""):
 
 @pytest_asyncio.fixture
 async def live(gateway, tmp_path):
-    db = open_db(tmp_path)
+    db = Store.open(tmp_path)
     cfg = make_config(gateway.port)
     broker = Broker(cfg.broker, "paper", Secrets({}), db)
     await broker.start()
     yield broker, db, cfg
     await broker.close()
+    db.close()
 
 
 async def send(broker, db, limits, request, state=None, **ctx):
@@ -51,7 +53,7 @@ async def send(broker, db, limits, request, state=None, **ctx):
         now=time.monotonic(),
         quote_wait_s=1.0,
     )
-    return place_order_with_guard(request, context, state or GateState(), limits, db, broker)
+    return await place_order_with_guard(request, context, state or GateState(), limits, db, broker)
 
 
 def order(symbol="NVDA", qty=10, price=None, action="BUY", cycle=1, sec_type="STK", **kw):
@@ -67,7 +69,7 @@ async def test_collar_uses_the_live_quote(live, admin):
     assert not refused.accepted and "from the mid" in refused.reasons[0]
     accepted = await send(broker, db, cfg.risk, order(price=183.0, cycle=2))
     assert accepted.accepted
-    await until(lambda: get_intent(db, accepted.order_ref)["status"] == "filled")
+    await until(lambda: read(db, get_intent, accepted.order_ref)["status"] == "filled")
     assert admin.call("state")["executions"] == 1
 
 
@@ -120,7 +122,7 @@ async def test_option_order_notional_uses_the_multiplier_and_live_delta(live, ga
     verdict = await send(broker, db, limits, opt)
     assert not verdict.accepted
     assert any("(multiplier 100)" in r for r in verdict.reasons)
-    [event] = query_safety_events(db, "gate_refusal")
+    [event] = read(db, query_safety_events, "gate_refusal")
     assert event["order_ref"] == verdict.order_ref
 
 
@@ -132,8 +134,8 @@ async def test_cancel_and_global_cancel_through_the_adapter(live, admin, connect
     assert a.accepted and b.accepted
     await until(lambda: len(admin.call("state")["open_orders"]) == 2)
     assert broker.cancel(a.order_ref)
-    await until(lambda: get_intent(db, a.order_ref)["status"] == "cancelled")
+    await until(lambda: read(db, get_intent, a.order_ref)["status"] == "cancelled")
     broker.global_cancel()
-    await until(lambda: get_intent(db, b.order_ref)["status"] == "cancelled")
-    assert admin.call("state")["open_orders"] == [] and query_trades(db) == []
+    await until(lambda: read(db, get_intent, b.order_ref)["status"] == "cancelled")
+    assert admin.call("state")["open_orders"] == [] and read(db, query_trades) == []
     assert broker.reject_streak == 0  # our own cancels are not rejects

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from data_lake import open_db, start_cycle
+from data_lake import Store, insert_cycle
 from runtime.breaker import CircuitBreaker
 from runtime.broker import Broker
 from runtime.commander import Commander, Decision
@@ -35,7 +35,7 @@ async def test_orders_only_inside_liquid_hours(gateway, tmp_path):
     data["data"]["dir"] = str(tmp_path)
     cfg = parse_config(data)
     assert cfg.loop.trade_outside_liquid_hours is False
-    db = open_db(tmp_path)
+    db = Store.open(tmp_path)
     broker = Broker(cfg.broker, "paper", Secrets({}), db)
     await broker.start()
     try:
@@ -46,21 +46,23 @@ async def test_orders_only_inside_liquid_hours(gateway, tmp_path):
         verdicts = {}
         for name, when in (("saturday", saturday), ("open", open_), ("evening", evening)):
             commander = Commander(
-                cfg,
-                db,
-                broker,
-                CircuitBreaker(tmp_path, db),
-                OfflineProvider(),
-                instances,
-                templates,
-                GateState(),
-                SystemClock(),
-                lambda: True,
-                asyncio.Event(),
+                cfg=cfg,
+                store=db,
+                broker=broker,
+                breaker=CircuitBreaker(tmp_path, db),
+                provider=OfflineProvider(),
+                instances=instances,
+                templates=templates,
+                gate_state=GateState(),
+                clock=SystemClock(),
+                watchdog_alive=lambda: True,
+                cancel=asyncio.Event(),
                 wall_now=lambda when=when: when,
             )
             d = Decision("MSFT", "BUY", "STK", "LMT", 1, True, "test", limit_price=415.0)
-            verdicts[name] = await commander.act(d, start_cycle(db))
+            cycle_id = len(verdicts) + 1
+            db.post(insert_cycle, cycle_id)
+            verdicts[name] = await commander.act(d, cycle_id)
         assert verdicts["saturday"].reasons == (
             "market closed for this instrument (outside liquid hours)",
         )
@@ -68,3 +70,4 @@ async def test_orders_only_inside_liquid_hours(gateway, tmp_path):
         assert verdicts["open"].accepted, verdicts["open"].reasons
     finally:
         await broker.close()
+        db.close()

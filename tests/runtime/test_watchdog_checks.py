@@ -10,8 +10,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from lake import rows
 
-from data_lake import open_db
+from data_lake import Store
 from paper_gateway.testing import eventually
 from runtime.config import Secrets, parse_config
 from runtime.heartbeat import Clock, write_heartbeat
@@ -39,7 +40,7 @@ def wd(tmp_path):
     cfg = parse_config(data)
     clock = FakeClock()
     w = Watchdog(cfg, Secrets({}), clock=clock)
-    w.db = open_db(tmp_path)
+    w.store = Store.open(tmp_path)
     w.started = clock.mono
     w.clock = clock
     return w
@@ -120,8 +121,8 @@ def test_gone_zombie_and_stopped_processes_are_faults(wd):
 def test_flatten_without_a_gateway_says_so_instead_of_confirming_flat(wd):
     from runtime.broker import Broker
 
-    wd.broker = Broker(wd.cfg.broker, "paper", Secrets({}), wd.db, client_id=999)
+    wd.broker = Broker(wd.cfg.broker, "paper", Secrets({}), wd.store, client_id=999)
     assert wd.broker.positions() == []  # a disconnected session knows no positions ...
     assert asyncio.run(wd.flatten(1)) is False  # ... which is not the same as flat
-    kinds = [r["kind"] for r in wd.db.query("SELECT kind FROM safety_events")]
+    kinds = [r["kind"] for r in rows(wd.store, "SELECT kind FROM safety_events")]
     assert kinds == ["flatten_blocked"]

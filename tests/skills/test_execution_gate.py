@@ -1,14 +1,16 @@
 """One test per pre-trade control, each asserting the reason; plus invariants (hypothesis)."""
 
 import dataclasses
+import sqlite3
 import tomllib
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lake import read
 
-from data_lake import get_intent, open_db, query_safety_events
+from data_lake import get_intent, open_readonly, query_safety_events
 from runtime.config import RiskConfig, parse_config
 from skills.execution_gate import (
     GateContext,
@@ -268,62 +270,66 @@ def test_order_ref_is_deterministic_and_distinct():
 
 
 # --- place_order_with_guard: records and submits ------------------------------------------
-def test_accepted_order_stores_intent_before_submitting(tmp_path):
-    db = open_db(tmp_path)
+@pytest.mark.asyncio
+async def test_accepted_order_stores_intent_before_submitting(store):
     seen_at_submit = []
 
     class CheckingSubmitter(RecordingSubmitter):
         def submit(self, order_ref, request):
-            seen_at_submit.append(get_intent(db, order_ref))
+            seen_at_submit.append(get_intent(open_readonly(store.data_dir), order_ref))
             return super().submit(order_ref, request)
 
     sub = CheckingSubmitter()
-    verdict = place_order_with_guard(buy(), ctx(), GateState(), LIMITS, db, sub, "20261120")
+    verdict = await place_order_with_guard(
+        buy(), ctx(), GateState(), LIMITS, store, sub, "20261120"
+    )
     assert verdict.accepted and verdict.broker_order_id == 101
     assert seen_at_submit[0]["status"] == "pending"
-    assert get_intent(db, verdict.order_ref)["status"] == "submitted"
+    assert read(store, get_intent, verdict.order_ref)["status"] == "submitted"
 
 
-def test_refusal_is_a_stored_safety_event_with_every_reason(tmp_path):
-    db = open_db(tmp_path)
+@pytest.mark.asyncio
+async def test_refusal_is_a_stored_safety_event_with_every_reason(store):
     sub = RecordingSubmitter()
-    verdict = place_order_with_guard(
-        buy(symbol="GME"), ctx(breaker="HALTED"), GateState(), LIMITS, db, sub
+    verdict = await place_order_with_guard(
+        buy(symbol="GME"), ctx(breaker="HALTED"), GateState(), LIMITS, store, sub
     )
     assert not verdict.accepted and sub.sent == []
-    [event] = query_safety_events(db, kind="gate_refusal")
+    [event] = read(store, query_safety_events, kind="gate_refusal")
     assert "breaker HALTED" in event["reason"] and "allow-list" in event["reason"]
-    assert get_intent(db, verdict.order_ref) is None
+    assert read(store, get_intent, verdict.order_ref) is None
 
 
-def test_same_intent_twice_is_refused_as_duplicate_order_ref(tmp_path):
-    db = open_db(tmp_path)
+@pytest.mark.asyncio
+async def test_same_intent_twice_is_refused_as_duplicate_order_ref(store):
     sub = RecordingSubmitter()
-    place_order_with_guard(buy(), ctx(), GateState(), LIMITS, db, sub)
-    again = place_order_with_guard(buy(), ctx(now=5000.0), GateState(), LIMITS, db, sub)
+    await place_order_with_guard(buy(), ctx(), GateState(), LIMITS, store, sub)
+    again = await place_order_with_guard(buy(), ctx(now=5000.0), GateState(), LIMITS, store, sub)
     assert not again.accepted and again.reasons[0].startswith("duplicate orderRef")
     assert len(sub.sent) == 1
 
 
-def test_broker_failure_marks_intent_not_sent_and_is_not_retried(tmp_path):
-    db = open_db(tmp_path)
+@pytest.mark.asyncio
+async def test_broker_failure_marks_intent_not_sent_and_is_not_retried(store):
     sub = RecordingSubmitter(fail=ConnectionError("Not connected"))
-    verdict = place_order_with_guard(buy(), ctx(), GateState(), LIMITS, db, sub)
+    verdict = await place_order_with_guard(buy(), ctx(), GateState(), LIMITS, store, sub)
     assert not verdict.accepted
-    intent = get_intent(db, verdict.order_ref)
+    intent = read(store, get_intent, verdict.order_ref)
     assert intent["status"] == "not_sent" and "Not connected" in intent["last_error"]
 
 
-def test_no_order_without_a_stored_intent(tmp_path):
-    db = open_db(tmp_path)
-    other = open_db(tmp_path)
-    other.conn.execute("BEGIN IMMEDIATE")
-    db.conn.execute("PRAGMA busy_timeout = 50")
+@pytest.mark.asyncio
+async def test_no_order_without_a_stored_intent(store):
+    other = sqlite3.connect(str(store.path), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     sub = RecordingSubmitter()
-    verdict = place_order_with_guard(buy(), ctx(), GateState(), LIMITS, db, sub)
-    other.conn.execute("ROLLBACK")
+    verdict = await place_order_with_guard(
+        buy(), ctx(), GateState(), LIMITS, store, sub, intent_timeout_s=0.5
+    )
+    other.execute("ROLLBACK")
     assert not verdict.accepted and sub.sent == []
     assert "intent could not be stored" in verdict.reasons[0]
+    assert read(store, get_intent, verdict.order_ref) is None
 
 
 # --- invariants ---------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from anthropic_server import AnthropicStub, Reply
+from lake import rows as lake_rows
 
-from data_lake import open_db, register_secret, start_cycle
+from data_lake import insert_cycle, open_readonly, register_secret
 from runtime.config import parse_config
 from skills.swarm_core import (
     SwarmConfigError,
@@ -100,14 +101,17 @@ def budget(**kw):
 
 
 async def run(swarm, provider, db=None, **kw):
+    cycle_id = None
+    if db is not None:
+        cycle_id = db.call(insert_cycle, 1, timeout=5) or 1
     instances, templates = swarm
     opts = dict(
         limits=LIMITS,
         max_concurrency=8,
         deadline_s=20.0,
         budget=budget(),
-        db=db,
-        cycle_id=start_cycle(db) if db is not None else None,
+        store=db,
+        cycle_id=cycle_id,
     )
     return await consult_swarm(instances, templates, CONTEXT, provider, **{**opts, **kw})
 
@@ -188,8 +192,8 @@ def test_strict_undefined_refuses_a_missing_variable(tmp_path):
 
 # --- offline provider -------------------------------------------------------------------------
 @pytest.mark.asyncio
-async def test_offline_provider_follows_each_templates_intent(swarm, tmp_path):
-    db = open_db(tmp_path)
+async def test_offline_provider_follows_each_templates_intent(swarm, tmp_path, store):
+    db = store
     result = await run(swarm, OfflineProvider(), db=db)
     tech = outcome(result, "tech_aggressive")
     assert [(s.symbol, s.action, s.right, s.strike) for s in tech.signals] == [
@@ -205,9 +209,9 @@ async def test_offline_provider_follows_each_templates_intent(swarm, tmp_path):
         ("SPY", "BUY", 20),
         ("MSFT", "BUY", 20),
     ]  # AAPL is below its 20-day average
-    rows = list(db.query("SELECT DISTINCT provider FROM signals"))
+    rows = lake_rows(db, "SELECT DISTINCT provider FROM signals")
     assert rows == [{"provider": "offline"}]
-    calls = list(db.query("SELECT provider, cost_usd FROM llm_calls"))
+    calls = lake_rows(db, "SELECT provider, cost_usd FROM llm_calls")
     assert {(c["provider"], c["cost_usd"]) for c in calls} == {("offline", 0.0)}
 
 
@@ -224,8 +228,10 @@ async def test_offline_is_deterministic(swarm):
 
 # --- through the SDK ------------------------------------------------------------------------------
 @pytest.mark.asyncio
-async def test_valid_tool_call_becomes_signals_with_provenance(swarm, stub, provider, tmp_path):
-    db = open_db(tmp_path)
+async def test_valid_tool_call_becomes_signals_with_provenance(
+    swarm, stub, provider, tmp_path, store
+):
+    db = store
     stub.script("tech_aggressive", Reply(body=stub.tool_answer([nvda_put()])))
     result = await run(swarm, provider, db=db)
     [sig] = outcome(result, "tech_aggressive").signals
@@ -237,9 +243,9 @@ async def test_valid_tool_call_becomes_signals_with_provenance(swarm, stub, prov
     )
     assert len(p.template_hash) == len(p.params_hash) == len(p.prompt_hash) == 16
     assert json.loads(p.raw_response)[0]["name"] == "submit_signals"
-    [row] = db.query("SELECT * FROM signals WHERE status = 'valid'")
+    [row] = lake_rows(db, "SELECT * FROM signals WHERE status = 'valid'")
     assert (row["symbol"], row["strike"], row["prompt_hash"]) == ("NVDA", 165.0, p.prompt_hash)
-    [call] = db.query("SELECT * FROM llm_calls WHERE instance_id = 'tech_aggressive'")
+    [call] = lake_rows(db, "SELECT * FROM llm_calls WHERE instance_id = 'tech_aggressive'")
     assert (call["input_tokens"], call["output_tokens"]) == (1200, 150)
     assert call["cost_usd"] == pytest.approx((1200 * 3 + 150 * 15) / 1e6)
     assert call["latency_ms"] > 0
@@ -267,19 +273,17 @@ async def test_valid_tool_call_becomes_signals_with_provenance(swarm, stub, prov
 )
 @pytest.mark.asyncio
 async def test_bad_answers_are_recorded_abstains_never_trades(
-    swarm, stub, provider, tmp_path, reply, reason
+    swarm, stub, provider, tmp_path, reply, reason, store
 ):
-    db = open_db(tmp_path)
+    db = store
     body = reply(stub)
     stub.script("tech_aggressive", Reply(body=body))
     result = await run(swarm, provider, db=db)
     o = outcome(result, "tech_aggressive")
     assert o.signals == () and o.abstain is not None
     assert reason in o.abstain.reason or o.status == reason
-    rows = list(
-        db.query(
-            "SELECT status, reason, symbol FROM signals WHERE instance_id = ?", ["tech_aggressive"]
-        )
+    rows = lake_rows(
+        db, "SELECT status, reason, symbol FROM signals WHERE instance_id = ?", ["tech_aggressive"]
     )
     assert rows == [{"status": "abstain", "reason": o.abstain.reason, "symbol": None}]
     assert all(s.provenance.instance_id != "tech_aggressive" for s in result.signals)
@@ -411,8 +415,8 @@ async def test_concurrency_is_bounded_by_the_semaphore(swarm, stub, provider):
 
 
 @pytest.mark.asyncio
-async def test_cycle_budget_is_checked_before_each_call(swarm, stub, provider, tmp_path):
-    db = open_db(tmp_path)
+async def test_cycle_budget_is_checked_before_each_call(swarm, stub, provider, tmp_path, store):
+    db = store
     result = await run(
         swarm, provider, db=db, budget=budget(max_usd_per_cycle=0.02), max_concurrency=1
     )
@@ -420,15 +424,16 @@ async def test_cycle_budget_is_checked_before_each_call(swarm, stub, provider, t
     assert "budget" in statuses and "ok" in statuses  # some calls fit, the rest were not made
     made = len(stub.requests)
     assert made == statuses.count("ok")
-    budget_rows = list(db.query("SELECT error FROM llm_calls WHERE status = 'budget'"))
+    budget_rows = lake_rows(db, "SELECT error FROM llm_calls WHERE status = 'budget'")
     assert budget_rows and "cost budget" in budget_rows[0]["error"]
 
 
 @pytest.mark.asyncio
-async def test_daily_budget_counts_what_was_spent_today(swarm, stub, provider, tmp_path):
-    db = open_db(tmp_path)
+async def test_daily_budget_counts_what_was_spent_today(swarm, stub, provider, tmp_path, store):
+    db = store
     await run(swarm, provider, db=db)
-    spent = spent_today_usd(db)
+    db.flush(10)
+    spent = await spent_today_usd(db)
     assert spent == pytest.approx(3 * (1200 * 3 + 150 * 15) / 1e6)
     result = await run(
         swarm,
@@ -455,16 +460,19 @@ async def test_shared_prompt_is_cached_and_identical_across_instances(swarm, stu
 
 
 @pytest.mark.asyncio
-async def test_api_key_reaches_the_server_but_never_the_database(swarm, stub, provider, tmp_path):
+async def test_api_key_reaches_the_server_but_never_the_database(
+    swarm, stub, provider, tmp_path, store
+):
     register_secret(API_KEY)
-    db = open_db(tmp_path)
+    db = store
     stub.script(
         "tech_aggressive", stub.error(401, "authentication_error", f"invalid x-api-key {API_KEY}")
     )
     await run(swarm, provider, db=db)
     headers = stub.requests[0]["headers"]
     assert API_KEY in (headers.get("X-Api-Key"), headers.get("Authorization", "")[7:])
-    dump = "\n".join(db.conn.iterdump())
+    db.flush(10)
+    dump = "\n".join(open_readonly(db.data_dir).conn.iterdump())
     assert API_KEY not in dump
     assert "[REDACTED]" in dump
 

@@ -1,0 +1,128 @@
+"""Read models for people and for the loop: status, summaries, working orders.
+
+Every query the CLI, the demo, the benchmarks and the commander need lives here, so no other
+package writes SQL.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from sqlite_utils import Database
+
+from .orders import OPEN_INTENT_STATES
+
+__all__ = [
+    "cycle_rows",
+    "cycles_finished",
+    "demo_summary",
+    "status_summary",
+    "working_orders",
+]
+
+
+def _one(db: Database, sql: str, params: list[Any] | None = None) -> dict[str, Any] | None:
+    rows = list(db.query(sql, params or []))
+    return rows[0] if rows else None
+
+
+def _count(db: Database, sql: str, params: list[Any] | None = None) -> int:
+    row = _one(db, sql, params)
+    return int(row["n"]) if row else 0
+
+
+def cycles_finished(db: Database) -> int:
+    """Return how many cycles have finished (any outcome)."""
+    return _count(db, "SELECT COUNT(*) AS n FROM cycles WHERE finished_at IS NOT NULL")
+
+
+def cycle_rows(db: Database) -> list[dict[str, Any]]:
+    """Return every cycle's id, times and status, oldest first."""
+    return list(db.query("SELECT id, started_at, finished_at, status FROM cycles ORDER BY id"))
+
+
+def working_orders(db: Database, source: str) -> list[dict[str, Any]]:
+    """Return the open (pending or submitted) intents of one source."""
+    states = [s.value for s in OPEN_INTENT_STATES]
+    return list(
+        db.query(
+            "SELECT order_ref, symbol, sec_type, expiry, strike, opt_right, action, quantity "
+            f"FROM order_intents WHERE status IN ({', '.join('?' for _ in states)}) "
+            "AND source = ? ORDER BY id",
+            [*states, source],
+        )
+    )
+
+
+def status_summary(db: Database, today: str) -> dict[str, Any]:
+    """Return the figures `status` shows: last cycle, counts, today's spend, last account."""
+    states = [s.value for s in OPEN_INTENT_STATES]
+    return {
+        "last_cycle": _one(
+            db,
+            "SELECT id, started_at, finished_at, status, error, n_signals, "
+            "n_decisions, n_orders FROM cycles ORDER BY id DESC LIMIT 1",
+        ),
+        "cycles": _count(db, "SELECT COUNT(*) AS n FROM cycles"),
+        "open_intents": _count(
+            db,
+            f"SELECT COUNT(*) AS n FROM order_intents WHERE status IN "
+            f"({', '.join('?' for _ in states)})",
+            states,
+        ),
+        "executions_today": _count(
+            db, "SELECT COUNT(*) AS n FROM executions WHERE recorded_at >= ?", [today]
+        ),
+        "llm_usd_today": round(
+            float(
+                (
+                    _one(
+                        db,
+                        "SELECT COALESCE(SUM(cost_usd), 0) AS c FROM llm_calls "
+                        "WHERE created_at >= ?",
+                        [today],
+                    )
+                    or {"c": 0}
+                )["c"]
+            ),
+            6,
+        ),
+        "safety_events_today": _count(
+            db, "SELECT COUNT(*) AS n FROM safety_events WHERE at >= ?", [today]
+        ),
+        "last_account": _one(
+            db,
+            "SELECT at, net_liquidation, cash, unrealized_pnl, realized_pnl, daily_pnl "
+            "FROM account_snapshots ORDER BY id DESC LIMIT 1",
+        ),
+    }
+
+
+def demo_summary(db: Database) -> dict[str, Any]:
+    """Return what the demo prints at the end: cycles, swarm, decisions, refusals, orders."""
+    return {
+        "cycles": Counter(r["status"] for r in db.query("SELECT status FROM cycles")),
+        "swarm": list(
+            db.query(
+                "SELECT instance_id, provider, SUM(status = 'valid') AS valid, "
+                "SUM(status = 'abstain') AS abstain FROM signals GROUP BY instance_id"
+            )
+        ),
+        "decisions": list(
+            db.query("SELECT reason, COUNT(*) AS n FROM decisions GROUP BY reason ORDER BY n DESC")
+        ),
+        "refusals": list(
+            db.query(
+                "SELECT reason, COUNT(*) AS n FROM safety_events WHERE kind = 'gate_refusal' "
+                "GROUP BY reason ORDER BY n DESC"
+            )
+        ),
+        "intents": Counter(r["status"] for r in db.query("SELECT status FROM order_intents")),
+        "events": list(
+            db.query(
+                "SELECT kind, COUNT(*) AS n FROM safety_events WHERE kind != 'gate_refusal' "
+                "GROUP BY kind"
+            )
+        ),
+    }
