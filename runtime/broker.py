@@ -62,6 +62,9 @@ __all__ = [
     "PositionView",
     "QuoteSnapshot",
     "ReconcileReport",
+    "account_for",
+    "open_session",
+    "probe_gateway",
 ]
 
 log = logging.getLogger("runtime.broker")
@@ -141,6 +144,88 @@ def _num(x: Any) -> float | None:
     return v if math.isfinite(v) and v != 1.7976931348623157e308 else None
 
 
+async def open_session(
+    ib: IB, cfg: BrokerConfig, client_id: int, mode: str, secrets: Secrets
+) -> None:
+    """Connect `ib` with a timeout; error 326 (client id in use) raises ClientIdInUse at once
+    instead of waiting out the timeout; live mode needs LIVE_TRADING_ARMED=1."""
+    if mode == "live" and not secrets.live_armed:
+        raise AccountModeError(
+            "mode is 'live' but LIVE_TRADING_ARMED=1 is not set: refusing to connect"
+        )
+    in_use: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def watch_326(req_id: int, code: int, msg: str, contract: Any) -> None:
+        if code == 326 and not in_use.done():
+            in_use.set_result(None)
+
+    ib.errorEvent += watch_326
+    task = asyncio.ensure_future(
+        ib.connectAsync(
+            cfg.host,
+            cfg.port,
+            clientId=client_id,
+            timeout=cfg.connect_timeout_s,
+            account=cfg.account,
+        )
+    )
+    try:
+        done, _ = await asyncio.wait(
+            {task, in_use}, timeout=cfg.connect_timeout_s + 1, return_when=asyncio.FIRST_COMPLETED
+        )
+        if task not in done or in_use in done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=5)  # never re-raises; our own cancel still does
+            ib.disconnect()
+            if in_use in done:
+                raise ClientIdInUse(
+                    f"client id {client_id} is already in use at {cfg.host}:{cfg.port} "
+                    "(error 326): another session with this id is connected"
+                )
+            raise TimeoutError(f"connect to {cfg.host}:{cfg.port} timed out")
+        task.result()
+    except BaseException:
+        if not task.done():
+            task.cancel()
+        raise
+    finally:
+        ib.errorEvent -= watch_326
+        if not in_use.done():
+            in_use.cancel()
+
+
+def account_for(accounts: list[str], cfg: BrokerConfig, mode: str) -> str:
+    """Return the account to trade, or raise AccountModeError when it does not exist at the
+    gateway or does not match the mode (paper accounts start with DU)."""
+    account = cfg.account or (accounts[0] if len(accounts) == 1 else "")
+    if not account or account not in accounts:
+        raise AccountModeError(
+            f"account {cfg.account!r} not among the gateway's accounts {accounts}; "
+            "set broker.account"
+        )
+    is_paper = account.startswith("DU")
+    if mode == "paper" and not is_paper:
+        raise AccountModeError(
+            f"mode is 'paper' but account {account} is not a paper "
+            "account (paper ids start with DU): refusing to trade"
+        )
+    if mode == "live" and is_paper:
+        raise AccountModeError(f"mode is 'live' but account {account} is a paper account")
+    return account
+
+
+async def probe_gateway(cfg: BrokerConfig, mode: str, secrets: Secrets, client_id: int) -> str:
+    """Connect with `client_id`, check the account against the mode, disconnect; return the
+    account. Records nothing (`python -m runtime check`)."""
+    ib = IB()
+    ib.RequestTimeout = cfg.request_timeout_s
+    await open_session(ib, cfg, client_id, mode, secrets)
+    try:
+        return account_for(ib.managedAccounts(), cfg, mode)
+    finally:
+        ib.disconnect()
+
+
 def contract_for(
     symbol: str, sec_type: str, expiry: str = "", strike: float = 0.0, right: str = ""
 ) -> Contract:
@@ -218,52 +303,7 @@ class Broker:
     async def connect(self) -> None:
         """Connect, check the account, reconcile. Raise ClientIdInUse / AccountModeError /
         ConnectionError / TimeoutError on failure (the caller decides whether to retry)."""
-        if self.mode == "live" and not self.secrets.live_armed:
-            raise AccountModeError(
-                "mode is 'live' but LIVE_TRADING_ARMED=1 is not set: refusing to connect"
-            )
-        in_use: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def watch_326(req_id: int, code: int, msg: str, contract: Any) -> None:
-            if code == 326 and not in_use.done():
-                in_use.set_result(None)
-
-        self.ib.errorEvent += watch_326
-        try:
-            task = asyncio.ensure_future(
-                self.ib.connectAsync(
-                    self.cfg.host,
-                    self.cfg.port,
-                    clientId=self.client_id,
-                    timeout=self.cfg.connect_timeout_s,
-                    account=self.cfg.account,
-                )
-            )
-            done, _ = await asyncio.wait(
-                {task, in_use},
-                timeout=self.cfg.connect_timeout_s + 1,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if in_use in done:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-                self.ib.disconnect()
-                raise ClientIdInUse(
-                    f"client id {self.client_id} is already in use at {self.cfg.host}:"
-                    f"{self.cfg.port} (error 326): another session with this id is connected"
-                )
-            if task not in done:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-                self.ib.disconnect()
-                raise TimeoutError(f"connect to {self.cfg.host}:{self.cfg.port} timed out")
-            task.result()
-        finally:
-            self.ib.errorEvent -= watch_326
-            if not in_use.done():
-                in_use.cancel()
+        await self._open_session()
         try:
             self._check_account()
             self.connected_to_ib = True
@@ -275,23 +315,11 @@ class Broker:
             raise
         log.info("broker %s ready: client %s account %s", self.source, self.client_id, self.account)
 
+    async def _open_session(self) -> None:
+        await open_session(self.ib, self.cfg, self.client_id, self.mode, self.secrets)
+
     def _check_account(self) -> None:
-        accounts = self.ib.managedAccounts()
-        account = self.cfg.account or (accounts[0] if len(accounts) == 1 else "")
-        if not account or account not in accounts:
-            raise AccountModeError(
-                f"account {self.cfg.account!r} not among the gateway's "
-                f"accounts {accounts}; set broker.account"
-            )
-        is_paper = account.startswith("DU")
-        if self.mode == "paper" and not is_paper:
-            raise AccountModeError(
-                f"mode is 'paper' but account {account} is not a paper "
-                "account (paper ids start with DU): refusing to trade"
-            )
-        if self.mode == "live" and is_paper:
-            raise AccountModeError(f"mode is 'live' but account {account} is a paper account")
-        self.account = account
+        self.account = account_for(self.ib.managedAccounts(), self.cfg, self.mode)
 
     async def start(self) -> None:
         """Connect once (failing loudly on fatal errors), then keep the session up."""
@@ -804,6 +832,16 @@ class Broker:
         self._cancel_requested.update(refs)
         if len(self._cancel_requested) > 10_000:
             self._cancel_requested = set(list(self._cancel_requested)[-5_000:])
+
+    def cancel_own_orders(self) -> list[str]:
+        """Cancel every working order this session placed; return their orderRefs."""
+        refs = []
+        for trade in self.ib.openTrades():
+            if trade.order.clientId == self.client_id and trade.order.orderRef:
+                refs.append(trade.order.orderRef)
+                self._remember_cancel([trade.order.orderRef])
+                self.ib.cancelOrder(trade.order)
+        return refs
 
     def global_cancel(self) -> None:
         """Cancel every open order at the broker, whoever placed it (reqGlobalCancel)."""

@@ -31,6 +31,7 @@ from data_lake import (
 from .breaker import BreakerUnwritable, CircuitBreaker, ResetRefused
 from .config import Config, ConfigError, Secrets, load_config
 from .heartbeat import read_heartbeat
+from .instance_lock import InstanceLock, LockHeld, account_lock_path, acquire
 from .main_loop import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT
 
 __all__ = ["main"]
@@ -55,22 +56,48 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from skills.swarm_core import SwarmConfigError, load_instances
+    from .preflight import gateway_refusals, static_refusals
 
     cfg = _config(args)
-    try:
-        instances, _ = load_instances(
-            cfg.swarm.instances_dir, cfg.swarm.templates_dir, cfg.risk.model_dump()
-        )
-    except SwarmConfigError as exc:
-        print(exc, file=sys.stderr)
+    secrets = Secrets()
+    reasons = static_refusals(cfg, secrets)
+    if not args.offline and not reasons:
+        reasons += asyncio.run(gateway_refusals(cfg, secrets))
+    if reasons:
+        print(f"{args.config}: refused", file=sys.stderr)
+        for reason in reasons:
+            print(f"  {redact(reason)}", file=sys.stderr)
         return 2
+    from skills.swarm_core import load_instances
+
+    instances, _ = load_instances(
+        cfg.swarm.instances_dir, cfg.swarm.templates_dir, cfg.risk.model_dump()
+    )
+    gateway = "not checked (--offline)" if args.offline else "reachable, account ok"
     print(
-        f"{args.config}: ok (mode={cfg.mode}, broker {cfg.broker.host}:{cfg.broker.port}, "
-        f"client {cfg.broker.client_id}, watchdog {cfg.broker.watchdog_client_id}, "
+        f"{args.config}: ok (mode={cfg.mode}, broker {cfg.broker.host}:{cfg.broker.port} "
+        f"{gateway}, client {cfg.broker.client_id}, watchdog {cfg.broker.watchdog_client_id}, "
         f"data {cfg.data.dir}, {len(instances)} swarm instances)"
     )
     return 0
+
+
+def _locks(cfg: Config, role: str) -> list[InstanceLock]:
+    """Take this role's exclusive locks before anything is written or spawned."""
+    held = [acquire(cfg.data_dir / f"{role}.lock", f"the {role} lock of {cfg.data_dir}")]
+    if role == "run":
+        b = cfg.broker
+        try:
+            held.append(
+                acquire(
+                    account_lock_path(cfg.data.lock_dir, b.host, b.port, b.account),
+                    f"account {b.account or '(default)'} at {b.host}:{b.port}",
+                )
+            )
+        except LockHeld:
+            held[0].release()
+            raise
+    return held
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -78,9 +105,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     _setup_logging(args.log_level, "main")
+    try:
+        locks = _locks(cfg, "run")
+    except LockHeld as exc:
+        print(exc, file=sys.stderr)
+        return 2
     secrets = Secrets()
     register_secret(secrets.anthropic_api_key)
-    return asyncio.run(MainLoop(cfg, args.config, secrets, max_cycles=args.max_cycles).run())
+    try:
+        return asyncio.run(MainLoop(cfg, args.config, secrets, max_cycles=args.max_cycles).run())
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 def cmd_watchdog(args: argparse.Namespace) -> int:
@@ -88,9 +124,18 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     _setup_logging(args.log_level, "watchdog")
+    try:
+        locks = _locks(cfg, "watchdog")
+    except LockHeld as exc:
+        print(exc, file=sys.stderr)
+        return 2
     secrets = Secrets()
     register_secret(secrets.anthropic_api_key)
-    return asyncio.run(Watchdog(cfg, secrets).run())
+    try:
+        return asyncio.run(Watchdog(cfg, secrets).run())
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 def _hb(cfg: Config, name: str, timeout: float) -> dict[str, Any]:
@@ -204,12 +249,21 @@ def cmd_breaker(args: argparse.Namespace) -> int:
 
 
 def cmd_panic(args: argparse.Namespace) -> int:
+    from .broker import BrokerError
     from .watchdog import Watchdog
 
     cfg = _config(args)
     _setup_logging("WARNING", "panic")
     client_id = args.client_id if args.client_id is not None else cfg.broker.watchdog_client_id + 1
-    flat = asyncio.run(Watchdog(cfg, Secrets()).panic(args.by, args.reason, client_id))
+    try:
+        flat = asyncio.run(Watchdog(cfg, Secrets()).panic(args.by, args.reason, client_id))
+    except (BrokerError, ConnectionError, OSError, TimeoutError) as exc:
+        print(
+            f"breaker HALTED (panic by {args.by}), but the gateway at {cfg.broker.host}:"
+            f"{cfg.broker.port} could not be reached ({redact(str(exc)) or type(exc).__name__}):"
+            " orders were NOT cancelled and the account may NOT be flat -- act at the broker now"
+        )
+        return 1
     print(
         "breaker HALTED; all orders cancelled; "
         + ("account flat" if flat else "NOT FLAT: act at the broker now")
@@ -281,7 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(func=func)
         return p
 
-    add("check", cmd_check, "validate a config file and the swarm instances")
+    p = add(
+        "check",
+        cmd_check,
+        "refuse what run would refuse: config, swarm instances, API key, arming, gateway",
+    )
+    p.add_argument(
+        "--offline", action="store_true", help="do not connect to the gateway (config only)"
+    )
     p = add("run", cmd_run, "run the main loop (spawns the watchdog unless [watchdog] spawn=false)")
     p.add_argument("--max-cycles", type=int, default=None, help="stop cleanly after N cycles")
     p.add_argument("--log-level", default="INFO")

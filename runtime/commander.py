@@ -21,6 +21,7 @@ from data_lake import (
     StorageUnavailable,
     Store,
     finish_cycle,
+    log_safety_event,
     record_decisions,
     redact,
     save_snapshot,
@@ -249,6 +250,7 @@ class Commander:
         phase: Callable[[str], None] = lambda p: None,
         wall_now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         llm_client: Any = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -264,6 +266,7 @@ class Commander:
         self.phase = phase
         self.wall_now = wall_now
         self.llm_client = llm_client
+        self.stopping = stopping
         self.sensor = MarketSensor(broker)
         self.spec = sense_spec(self.instances)
         self._open_cache: dict[str, tuple[str, bool]] = {}
@@ -280,12 +283,17 @@ class Commander:
         except StorageUnavailable as exc:  # no trading without a working audit trail
             report.status, report.skipped = "skipped", f"database unavailable: {exc}"
         except asyncio.CancelledError:
-            report.status, report.skipped = "timeout", "cancelled (max_cycle_s or shutdown)"
+            if self.stopping():
+                report.status, report.skipped = "interrupted", "cut short by a stop (SIGTERM)"
+            else:
+                report.status, report.skipped = "timeout", "cancelled at max_cycle_s"
             raise
         except Exception as exc:
             report.status, report.skipped = "error", f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            if report.status == "ok" and self.stopping():
+                report.status, report.skipped = "interrupted", "a stop arrived during the cycle"
             doc["finished_at"] = utc_now()
             doc["status"] = report.status
             doc["skipped"] = report.skipped
@@ -300,6 +308,9 @@ class Commander:
             return
         if not self.broker.ready:
             report.status, report.skipped = "skipped", "broker not connected and reconciled"
+            return
+        if not await self._anything_open():  # no LLM spend when nothing can be traded
+            report.status, report.skipped = "skipped", "every instrument is closed"
             return
         self.phase("sense")
         now = self.wall_now()
@@ -371,9 +382,31 @@ class Commander:
             for r in rows
         )
 
+    async def _anything_open(self) -> bool:
+        """True when at least one of the swarm's underlyings is inside its liquid hours."""
+        if self.cfg.loop.trade_outside_liquid_hours:
+            return True
+        for symbol in self.spec.symbols:
+            probe = OrderRequest(symbol, "STK", "BUY", 1, "MKT")
+            if await self._market_open(probe):
+                return True
+        return False
+
     async def act(self, d: Decision, cycle_id: int, decision_id: int | None = None) -> GateVerdict:
         """Send one decision through the gate (checking the breaker right before)."""
         request = d.request(cycle_id, decision_id)
+        if self.cancel.is_set():  # a stop or a breaker trip: nothing new goes out
+            reason = "cycle cancelled (stop or breaker trip): no new orders"
+            self.store.post(
+                log_safety_event,
+                "commander",
+                "order_suppressed",
+                reason,
+                "info",
+                details={"request": dataclasses.asdict(request)},
+                cycle_id=cycle_id,
+            )
+            return GateVerdict(False, None, (reason,))
         state = self.breaker.status().state.value
         market_open = await self._market_open(request)
         ctx = await build_gate_context(

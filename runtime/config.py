@@ -64,6 +64,7 @@ class DataConfig(_Section):
     dir: str = "data_lake/var"
     busy_timeout_ms: int = Field(500, ge=10, le=60_000)
     write_timeout_s: float = Field(1.0, gt=0, le=60)
+    lock_dir: str = Field("", description="'' = the system temp dir (account locks)")
 
 
 class LoopConfig(_Section):
@@ -72,6 +73,7 @@ class LoopConfig(_Section):
     heartbeat_interval_s: float = Field(1.0, gt=0, le=60)
     stop_timeout_s: float = Field(20.0, gt=0, le=300)
     trade_outside_liquid_hours: bool = False
+    cancel_orders_on_stop: bool = True
 
 
 class WatchdogConfig(_Section):

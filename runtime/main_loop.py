@@ -19,9 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
 from data_lake import (
+    DONE_BROKER_STATES,
     StorageUnavailable,
     Store,
     insert_cycle,
@@ -38,6 +37,7 @@ from .broker import AccountModeError, Broker, ClientIdInUse
 from .commander import Commander
 from .config import Config, Secrets
 from .heartbeat import Clock, SystemClock, read_heartbeat, sd_notify, write_heartbeat
+from .preflight import KEY_MISSING, static_refusals
 
 __all__ = ["MAIN_HEARTBEAT", "WATCHDOG_HEARTBEAT", "MainLoop"]
 
@@ -153,6 +153,15 @@ class MainLoop:
     # --- lifecycle -------------------------------------------------------------------------------
     async def run(self) -> int:
         """Run until stopped; return the process exit code."""
+        refusals = [
+            r
+            for r in static_refusals(self.cfg, self.secrets)
+            if r != KEY_MISSING or self.provider is None
+        ]
+        if refusals:
+            for reason in refusals:
+                print(f"config: {reason}", file=sys.stderr)
+            return 2
         try:
             self.store = await asyncio.to_thread(
                 Store.open,
@@ -177,14 +186,6 @@ class MainLoop:
             print(exc, file=sys.stderr)
             return 2
         llm_client = None
-        needs_key = self.cfg.swarm.provider == "anthropic" or self.cfg.commander.mode == "llm"
-        if self.provider is None and needs_key and not self.secrets.anthropic_api_key:
-            print(
-                "config: swarm.provider 'anthropic' / commander.mode 'llm' need "
-                "ANTHROPIC_API_KEY in the environment",
-                file=sys.stderr,
-            )
-            return 2
         if self.provider is None:
             self.provider = (
                 AnthropicProvider(
@@ -241,39 +242,79 @@ class MainLoop:
             cancel=self.cancel,
             phase=self._set_phase,
             llm_client=llm_client,
+            stopping=self.stop.is_set,
         )
         if self.cfg.watchdog.spawn:
             await self._wait_for_watchdog()
         await self._warm_up()
         self._set_phase("idle")
-        scheduler = AsyncIOScheduler(event_loop=loop)
-        scheduler.add_job(
-            self._run_cycle,
-            "interval",
-            seconds=self.cfg.loop.cycle_interval_s,
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-            next_run_time=dt.datetime.now(dt.UTC),
-            id="cycle",
-        )
-        scheduler.start()
         log.info(
             "main loop running: cycle every %.1fs (max %.1fs), breaker %s",
             self.cfg.loop.cycle_interval_s,
             self.cfg.loop.max_cycle_s,
             self.breaker.status().state.value,
         )
-        await self.stop.wait()
-        scheduler.shutdown(wait=False)
+        await self._schedule()
         await self._shutdown()
         return 0
 
+    async def _schedule(self) -> None:
+        """Run cycles every cycle_interval_s on the monotonic clock (the event loop's), one at a
+        time; missed runs coalesce. A wall-clock step, back or forward, changes nothing."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while not self.stop.is_set():
+            task = loop.create_task(self._run_cycle(), name="cycle")
+            self._cycle_task = task
+            await asyncio.wait({task})  # a stop cuts the cycle after its grace period
+            self._cycle_task = None
+            if task.cancelled() and not self.stop.is_set():
+                raise asyncio.CancelledError  # cancelled from outside: stop the loop
+            next_at += self.cfg.loop.cycle_interval_s
+            now = loop.time()
+            if next_at < now:  # the cycle overran: start the next one now, not a burst
+                next_at = now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), next_at - now)
+
     def _request_stop(self, sig: signal.Signals) -> None:
-        log.warning("received %s: stopping", sig.name)
+        if self.stop.is_set():
+            return
+        log.warning("received %s: stopping (no new orders from now on)", sig.name)
         sd_notify("STOPPING=1")
-        self.cancel.set()  # in-flight LLM calls stop now
+        self.cancel.set()  # in-flight LLM calls stop now; act() sends nothing more
         self.stop.set()
+        asyncio.get_running_loop().call_later(self.cfg.loop.stop_timeout_s / 2, self._cut_cycle)
+
+    def _cut_cycle(self) -> None:
+        """The stop's grace period is over: cancel a cycle still running (it records itself
+        as interrupted)."""
+        task = self._cycle_task
+        if task is not None and not task.done():
+            log.warning(
+                "cycle still running %.0fs after the stop: cutting it",
+                self.cfg.loop.stop_timeout_s / 2,
+            )
+            task.cancel()
+
+    async def _cancel_own_orders(self) -> None:
+        """A clean stop leaves nothing of ours working at the broker ([loop]
+        cancel_orders_on_stop); it waits a bounded time for the broker to confirm."""
+        refs = self.broker.cancel_own_orders()
+        if not refs:
+            return
+        deadline = self.clock.monotonic() + self.cfg.loop.stop_timeout_s / 4
+        while self.clock.monotonic() < deadline and any(
+            self.broker.order_status(r) not in DONE_BROKER_STATES for r in refs
+        ):
+            await asyncio.sleep(0.05)
+        left = [r for r in refs if self.broker.order_status(r) not in DONE_BROKER_STATES]
+        self._event(
+            "stop_cancel",
+            f"stop: cancelled {len(refs)} working orders of ours ({', '.join(refs)})"
+            + (f"; not yet confirmed: {', '.join(left)}" if left else ""),
+            "warning" if left else "info",
+        )
 
     async def _connect(self) -> int | None:
         self._set_phase("connecting")
@@ -333,7 +374,6 @@ class MainLoop:
         cycle_id = self._last_cycle_id
         self.store.post(insert_cycle, cycle_id, os.getpid())
         self.cycle = cycle_id
-        self._cycle_task = asyncio.current_task()
         try:
             await asyncio.wait_for(self.commander.run_cycle(cycle_id), self.cfg.loop.max_cycle_s)
         except TimeoutError:
@@ -354,7 +394,6 @@ class MainLoop:
             log.exception("cycle %s failed", cycle_id)
             self._event("cycle_error", f"{type(exc).__name__}: {exc}", "warning", cycle_id)
         finally:
-            self._cycle_task = None
             self._set_phase("idle")
             self.cycles_run += 1
             if self.max_cycles is not None and self.cycles_run >= self.max_cycles:
@@ -367,11 +406,13 @@ class MainLoop:
         if task is not None and not task.done():
             # the Act step sends synchronously, so an order in flight is never half-sent;
             # give the cycle the stop timeout to record, then cancel it
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(task), self.cfg.loop.stop_timeout_s / 2)
+            await asyncio.wait({task}, timeout=self.cfg.loop.stop_timeout_s / 2)
             if not task.done():
                 task.cancel()
+                await asyncio.wait({task}, timeout=5)
         if hasattr(self, "broker"):
+            if self.cfg.loop.cancel_orders_on_stop and self.broker.ready:
+                await self._cancel_own_orders()
             await self.broker.close()
         if self.provider is not None:
             with contextlib.suppress(Exception):

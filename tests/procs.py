@@ -24,7 +24,7 @@ def write_config(
 ) -> Path:
     """Write a test config (config/demo.toml with these keys replaced) and return its path."""
     inst = tmp_path / "instances"
-    inst.mkdir(exist_ok=True)
+    inst.mkdir(parents=True, exist_ok=True)
     for name in instances:
         shutil.copy(ROOT / "swarm_intelligence/active_instances" / name, inst / name)
     values: dict[str, Any] = {

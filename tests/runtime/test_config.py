@@ -115,7 +115,7 @@ def test_cli_check_exits_non_zero_naming_the_key(tmp_path):
 
 def test_cli_check_accepts_a_good_config():
     proc = subprocess.run(
-        [sys.executable, "-m", "runtime", "check", "--config", "config/paper.toml"],
+        [sys.executable, "-m", "runtime", "check", "--offline", "--config", "config/paper.toml"],
         capture_output=True,
         text=True,
         cwd=ROOT,

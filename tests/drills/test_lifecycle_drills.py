@@ -1,0 +1,182 @@
+"""Drills: a second daemon, and a stop in the middle of a cycle.
+
+Real processes against the paper gateway; faults from outside (a second process, SIGTERM);
+the safe outcome, then the accounting invariant.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from anthropic_server import AnthropicStub, Reply, tool_answer
+from invariant import assert_books_balance
+from procs import cli, data, start, stop, stop_watchdog, write_config
+
+from data_lake import open_readonly, query_safety_events
+from paper_gateway import GatewayConfig
+from paper_gateway.testing import eventually
+from runtime.breaker import BreakerState, CircuitBreaker
+from runtime.heartbeat import read_heartbeat
+
+
+@pytest.fixture
+def gateway_config():
+    return GatewayConfig(tick_interval_s=0.25, account_push_interval_s=0.1)
+
+
+@pytest.fixture
+def stub():
+    s = AnthropicStub().start()
+    yield s
+    s.stop()
+
+
+def _main_hb(tmp_path):
+    return read_heartbeat(data(tmp_path) / "heartbeat-main.json")
+
+
+def test_a_second_daemon_or_watchdog_is_refused_before_it_writes_anything(gateway, admin, tmp_path):
+    cfg = write_config(tmp_path, gateway.port)
+    first = start("run", cfg)
+    try:
+        eventually(
+            lambda: (hb := _main_hb(tmp_path)) and hb.cycle >= 1 and hb.pid == first.pid,
+            timeout=40,
+            what="the first daemon cycling",
+        )
+        wd = eventually(
+            lambda: (
+                (h := read_heartbeat(data(tmp_path) / "heartbeat-watchdog.json"))
+                and h.phase == "watching"
+                and h
+            ),
+            timeout=30,
+            what="its watchdog watching",
+        )
+        clients_before = sorted(admin.call("state")["clients"])
+
+        second = cli("run", "--config", str(cfg), "--max-cycles", "1")
+        assert second.returncode == 2
+        assert f"pid {first.pid}" in second.stderr and "data_lake" not in second.stderr
+
+        other_dir = write_config(tmp_path / "b", gateway.port)  # same account, other data dir
+        third = cli("run", "--config", str(other_dir), "--max-cycles", "1")
+        assert third.returncode == 2 and f"pid {first.pid}" in third.stderr
+        assert "account" in third.stderr
+        assert not (tmp_path / "b" / "data" / "trading.sqlite3").exists()
+        assert not (tmp_path / "b" / "data" / "heartbeat-main.json").exists()
+
+        extra_watchdog = cli("watchdog", "--config", str(cfg))
+        assert extra_watchdog.returncode != 0 and f"pid {wd.pid}" in extra_watchdog.stderr
+
+        assert _main_hb(tmp_path).pid == first.pid  # nobody else wrote the heartbeat
+        assert sorted(admin.call("state")["clients"]) == clients_before  # nobody connected
+    finally:
+        assert stop(first) == 0
+        stop_watchdog(tmp_path)
+    assert_books_balance(admin, data(tmp_path))
+
+
+def test_sigterm_mid_cycle_sends_nothing_more_and_cancels_our_working_orders(
+    gateway, admin, tmp_path, stub
+):
+    price = admin.call("state")["prices"]["MSFT"]
+    resting = {
+        "symbol": "MSFT",
+        "action": "BUY",
+        "sec_type": "STK",
+        "order_type": "LMT",
+        "limit_price": round(price * 0.97, 2),  # inside the collar, below the market: rests
+        "quantity": 5,
+        "confidence": 0.9,
+        "win_probability": 0.6,
+        "payoff_ratio": 1.5,
+        "rationale": "drill",
+    }
+    again = {**resting, "symbol": "AAPL", "limit_price": 1.0}
+    stub.script(
+        "index_trend",
+        Reply(body=tool_answer([resting])),
+        Reply(body=tool_answer([again]), delay_s=30.0),  # cycle 2 hangs in its LLM call
+    )
+    cfg = write_config(
+        tmp_path,
+        gateway.port,
+        provider="anthropic",
+        max_retries=0,
+        cycle_interval_s=4.0,
+        max_cycle_s=3.5,
+        deadline_s=3.0,
+        call_timeout_s=3.0,
+    )
+    env = {"ANTHROPIC_API_KEY": "sk-ant-drill-0123456789", "ANTHROPIC_BASE_URL": stub.base_url}
+    proc = start("run", cfg, env=env)
+    try:
+        eventually(
+            lambda: any(
+                o["order_ref"].startswith("cmd-c1-") and o["status"] == "Submitted"
+                for o in admin.call("ledger")["orders"]
+            ),
+            timeout=40,
+            what="cycle 1 left a working order",
+        )
+        eventually(
+            lambda: len(stub.calls_for("index_trend")) >= 2,
+            timeout=20,
+            what="cycle 2 waiting on its LLM call",
+        )
+        orders_at_signal = len(admin.call("ledger")["orders"])
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=40)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        stop_watchdog(tmp_path)
+    assert proc.returncode == 0, out[-3000:]
+    assert "Traceback" not in out and " ERROR " not in out, out[-3000:]
+    ledger = admin.call("ledger")["orders"]
+    assert len(ledger) == orders_at_signal  # nothing sent after the signal
+    assert [o["status"] for o in ledger] == ["Cancelled"]  # our working order was cancelled
+    db = open_readonly(data(tmp_path))
+    cycles = [r["status"] for r in db.query("SELECT status FROM cycles ORDER BY id")]
+    assert cycles[:1] == ["ok"] and cycles[-1] == "interrupted"
+    kinds = [r["kind"] for r in db.query("SELECT kind FROM safety_events")]
+    assert "stop_cancel" in kinds
+    assert_books_balance(admin, data(tmp_path))
+
+
+def test_check_refuses_what_run_refuses_with_the_same_messages(gateway, admin, tmp_path, connect):
+    cfg = write_config(tmp_path, gateway.port)
+    ok = cli("check", "--config", str(cfg))
+    assert ok.returncode == 0 and "reachable, account ok" in ok.stdout, ok.stderr
+
+    no_key = write_config(tmp_path / "nokey", gateway.port, provider="anthropic")
+    env = {"ANTHROPIC_API_KEY": ""}
+    refused = cli("check", "--config", str(no_key), env=env)
+    run = cli("run", "--config", str(no_key), "--max-cycles", "1", env=env)
+    assert refused.returncode == run.returncode == 2
+    assert "need ANTHROPIC_API_KEY" in refused.stderr and "need ANTHROPIC_API_KEY" in run.stderr
+
+    squatter = connect(999)  # someone else holds the watchdog's client id
+    taken = cli("check", "--config", str(cfg))
+    assert taken.returncode == 2 and "watchdog: client id 999 is already in use" in taken.stderr
+    squatter.disconnect()
+
+    down = write_config(tmp_path / "down", 1)  # nothing listens on port 1
+    unreachable = cli("check", "--config", str(down))
+    assert unreachable.returncode == 2 and "unreachable" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+    assert not data(tmp_path).exists() and not data(tmp_path / "down").exists()  # no writes
+
+
+def test_panic_with_the_gateway_down_halts_and_says_the_account_may_not_be_flat(tmp_path):
+    cfg = write_config(tmp_path, 1, connect_timeout_s=1.0)  # nothing listens on port 1
+    out = cli("panic", "--config", str(cfg), "--by", "carol", "--reason", "gateway dead")
+    assert out.returncode == 1
+    assert "may NOT be flat" in out.stdout and "Traceback" not in out.stdout + out.stderr
+    status = CircuitBreaker(data(tmp_path)).status()
+    assert status.state is BreakerState.HALTED and "carol" in status.reason
+    events = query_safety_events(open_readonly(data(tmp_path)), "panic")
+    assert events and "carol" in events[0]["reason"]
