@@ -226,7 +226,8 @@ async def test_offline_is_deterministic(swarm):
 @pytest.mark.asyncio
 async def test_valid_tool_call_becomes_signals_with_provenance(swarm, stub, provider, tmp_path):
     db = open_db(tmp_path)
-    stub.script("tech_aggressive", Reply(body=stub.tool_answer([nvda_put()])))
+    pinned = dict(input_tokens=1200, output_tokens=150, cache_read=0, cache_write=0)
+    stub.script("tech_aggressive", Reply(body=stub.tool_answer([nvda_put()], **pinned)))
     result = await run(swarm, provider, db=db)
     [sig] = outcome(result, "tech_aggressive").signals
     p = sig.provenance
@@ -427,6 +428,8 @@ async def test_cycle_budget_is_checked_before_each_call(swarm, stub, provider, t
 @pytest.mark.asyncio
 async def test_daily_budget_counts_what_was_spent_today(swarm, stub, provider, tmp_path):
     db = open_db(tmp_path)
+    pinned = dict(input_tokens=1200, output_tokens=150, cache_read=0, cache_write=0)
+    stub.default = lambda body: Reply(body=stub.tool_answer([], **pinned))
     await run(swarm, provider, db=db)
     spent = spent_today_usd(db)
     assert spent == pytest.approx(3 * (1200 * 3 + 150 * 15) / 1e6)
