@@ -306,6 +306,7 @@ class Commander:
             self.cfg.swarm.max_usd_per_cycle,
             self.cfg.swarm.max_usd_per_day,
             spent_today_usd(self.db),
+            prices=self.cfg.swarm.prices,
         )
         swarm = await consult_swarm(
             self.instances,
