@@ -531,7 +531,7 @@ async def execute_swarm_concurrent(
     semaphore = asyncio.Semaphore(max_concurrency)
     leaders: dict[str, asyncio.Event] = {}
     gates: dict[str, tuple[asyncio.Event | None, asyncio.Event | None]] = {}
-    if cache_warmup and provider.name == "anthropic":
+    if cache_warmup and provider.prompt_caching:
         by_model: dict[str, list[InstanceConfig]] = {}
         for inst in instances:
             by_model.setdefault(inst.model, []).append(inst)

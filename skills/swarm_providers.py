@@ -260,6 +260,7 @@ class SharedPrompt:
 
 class Provider(Protocol):
     name: str
+    prompt_caching: bool  # its requests carry cache breakpoints
 
     async def answer(
         self, instance: InstanceConfig, shared: SharedPrompt, prompt: str, context: MarketContext
@@ -296,7 +297,9 @@ class AnthropicProvider:
         base_url: str | None = None,
         max_retries: int = 3,
         timeout_s: float = 30.0,
+        prompt_caching: bool = True,
     ) -> None:
+        self.prompt_caching = prompt_caching  # False: no cache_control (benchmarks compare)
         self.client = AsyncAnthropic(
             api_key=api_key,
             base_url=base_url,
@@ -305,8 +308,9 @@ class AnthropicProvider:
             middleware=[SpendLimitGuard()],
         )
 
-    @staticmethod
-    def request(instance: InstanceConfig, shared: SharedPrompt, prompt: str) -> dict[str, Any]:
+    def request(
+        self, instance: InstanceConfig, shared: SharedPrompt, prompt: str
+    ) -> dict[str, Any]:
         """The Messages request of one instance, laid out for prompt caching (prefix order:
         tools -> system -> messages). Two breakpoints (the API allows 4), default 5-minute TTL
         (a read refreshes it, and a cycle comes every minute or so):
@@ -314,14 +318,14 @@ class AnthropicProvider:
         2. + this cycle's market snapshot: the same for every instance this cycle.
         The instance's own prompt comes last, uncached. A prefix shorter than the model's
         minimum cacheable length is simply not cached (no error, no surcharge)."""
-        ephemeral = {"type": "ephemeral"}
+        ephemeral = {"cache_control": {"type": "ephemeral"}} if self.prompt_caching else {}
         return {
             "model": instance.model,
             "max_tokens": instance.max_tokens,
             "tools": [SIGNAL_TOOL],
             "system": [
-                {"type": "text", "text": shared.static, "cache_control": ephemeral},
-                {"type": "text", "text": shared.cycle, "cache_control": ephemeral},
+                {"type": "text", "text": shared.static, **ephemeral},
+                {"type": "text", "text": shared.cycle, **ephemeral},
             ],
             "messages": [{"role": "user", "content": prompt}],
             "tool_choice": {"type": "tool", "name": "submit_signals"},
@@ -356,6 +360,7 @@ class OfflineProvider:
     """Deterministic evaluators that carry out each template's intent with no network."""
 
     name = "offline"
+    prompt_caching = False
 
     async def answer(
         self, instance: InstanceConfig, shared: SharedPrompt, prompt: str, context: MarketContext
