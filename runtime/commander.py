@@ -320,6 +320,7 @@ class Commander:
             db=self.db,
             cycle_id=report.cycle_id,
             cancel=self.cancel,
+            cache_warmup=self.cfg.swarm.cache_warmup,
         )
         report.swarm = swarm
         doc["swarm"] = _swarm_doc(swarm)
