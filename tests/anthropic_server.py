@@ -261,6 +261,12 @@ class PromptCache:
             read_key,
         )
 
+    @staticmethod
+    def count(body: dict[str, Any]) -> int:
+        """The request's input tokens (count_tokens): no cache lookup, no TTL refresh."""
+        blocks, _, _, _ = plan_request({"max_tokens": 1, **body})
+        return sum(block_tokens(b.canonical) for b in blocks)
+
     def commit(self, plan: CachePlan) -> None:
         """Store the request's entries: called when its response begins."""
         now = self.clock()
@@ -441,8 +447,7 @@ class AnthropicStub:
                     plan = None
                     if self.path.startswith("/v1/messages/count_tokens"):
                         try:
-                            counted = stub.cache.plan({**body, "max_tokens": 1}, org)
-                            reply = Reply(body={"input_tokens": counted.total_tokens})
+                            reply = Reply(body={"input_tokens": stub.cache.count(body)})
                         except RequestError as exc:
                             reply = error_reply(400, "invalid_request_error", str(exc))
                     elif self.path.startswith("/v1/messages"):
