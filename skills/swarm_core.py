@@ -529,7 +529,7 @@ async def execute_swarm_concurrent(
     length, or a provider that is not the API)."""
     shared = shared_prompt(context)
     semaphore = asyncio.Semaphore(max_concurrency)
-    leaders: dict[str, asyncio.Event] = {}
+    # instance id -> (event to wait for before calling, event to set once answered)
     gates: dict[str, tuple[asyncio.Event | None, asyncio.Event | None]] = {}
     if cache_warmup and provider.prompt_caching:
         by_model: dict[str, list[InstanceConfig]] = {}
@@ -537,10 +537,10 @@ async def execute_swarm_concurrent(
             by_model.setdefault(inst.model, []).append(inst)
         for model, group in by_model.items():
             if len(group) > 1 and shared.estimate_tokens() >= min_cacheable_tokens(model):
-                leaders[model] = asyncio.Event()
-                gates[group[0].id] = (None, leaders[model])
+                warm = asyncio.Event()
+                gates[group[0].id] = (None, warm)
                 for follower in group[1:]:
-                    gates[follower.id] = (leaders[model], None)
+                    gates[follower.id] = (warm, None)
 
     async def run(inst: InstanceConfig) -> InstanceOutcome:
         wait, release = gates.get(inst.id, (None, None))

@@ -111,7 +111,7 @@ def usage_from(u: Any) -> Usage:
     """Convert the SDK's usage object (cache fields may be None) into Usage."""
     written = u.cache_creation_input_tokens or 0
     detail = getattr(u, "cache_creation", None)
-    written_1h = getattr(detail, "ephemeral_1h_input_tokens", 0) or 0 if detail else 0
+    written_1h = (getattr(detail, "ephemeral_1h_input_tokens", 0) or 0) if detail else 0
     return Usage(
         u.input_tokens,
         u.output_tokens,

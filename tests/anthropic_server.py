@@ -22,7 +22,9 @@ Prompt caching is honoured the way the Messages API documents it (platform.claud
   (`MIN_CACHEABLE_TOKENS`; no error, as from the API).
 - Entries live for their TTL from their last use (a read refreshes it at no cost). A new
   entry becomes readable only when the response that wrote it begins: concurrent requests
-  with the same new prefix each miss and each write, as on the API.
+  with the same new prefix each miss and each write (Anthropic's page advises waiting for
+  the first response before sending parallel requests that should hit; this rule and the
+  20-block look-back were not in the local docs corpus, which had the rest).
 - usage: `cache_read_input_tokens` (the entry read), `cache_creation_input_tokens` (from
   there to the last breakpoint, split by TTL in `cache_creation`), `input_tokens` (the
   part after the last breakpoint, or everything when nothing is cacheable), and
