@@ -225,7 +225,7 @@ def main() -> None:
             for label, _, _ in MODES[1:]:
                 summary.append(
                     f"{n:>3} instances, {label}: ${means[label]:.4f} vs ${base:.4f} uncached per "
-                    f"cycle = {means[label] / base:.0%} of uncached"
+                    f"cycle = {means[label] / base:.1%} of uncached"
                 )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
