@@ -144,6 +144,35 @@ def test_tools_come_first_in_the_prefix(stub, client):
     assert ask(client, "another system", tools=[tool]).cache_read_input_tokens == size
 
 
+def test_automatic_caching_and_tool_choice(stub, client):
+    tool = {"name": "t", "input_schema": {"type": "object"}}
+    long_question = "Please consider this. " * 300  # 6600 characters: 1650 tokens
+    auto = {"type": "ephemeral"}
+    kw = dict(question=long_question, tools=[tool], cache_control=auto)
+    first = ask(client, "sys", **kw)  # the breakpoint goes on the last block: the question
+    assert first.input_tokens == 0 and first.cache_creation_input_tokens > 1650
+    assert ask(client, "sys", **kw).cache_read_input_tokens == first.cache_creation_input_tokens
+    # changing tool_choice invalidates the messages' cache, not the tools' and system's
+    question = [{"type": "text", "text": long_question, "cache_control": auto}]
+    system = cached(LONG)
+    through_system = 2000 + tokens(json.dumps(tool, separators=(",", ":")))
+    ask(client, system, question=question, tools=[tool])
+    same = ask(client, system, question=question, tools=[tool])
+    assert same.cache_read_input_tokens == through_system + tokens(long_question)
+    other = ask(client, system, question=question, tools=[tool], tool_choice={"type": "any"})
+    assert other.cache_read_input_tokens == through_system
+    assert other.cache_creation_input_tokens == tokens(long_question)
+
+
+def test_count_tokens_counts_without_touching_the_cache(stub, client):
+    n = client.messages.count_tokens(
+        model=SONNET, system=cached(LONG), messages=[{"role": "user", "content": QUESTION}]
+    )
+    assert n.input_tokens == 2000 + tokens(QUESTION)
+    assert ask(client, cached(LONG)).cache_read_input_tokens == 0  # nothing was cached
+    assert stub.paths() == {"/v1/messages/count_tokens": 1, "/v1/messages": 1}
+
+
 @pytest.mark.parametrize(
     ("system", "message"),
     [
