@@ -9,7 +9,8 @@ instance answers what the offline evaluator would propose, so output tokens are 
 Three ways per swarm size: without prompt caching; with caching but every instance fired
 at once (each misses the cycle's new prefix and writes it); and as the daemon runs it,
 with caching and the per-model warm-up. Prints tokens and dollars per cycle at the
-configured prices (swarm.prices) and the cached/uncached cost ratio.
+configured prices (swarm.prices) and the cached/uncached cost ratio; the wall time per
+cycle shows what the warm-up costs (one call's latency).
 Target: cached <= 40% of uncached for 50 instances. Figures only; nothing is asserted.
 """
 
@@ -22,6 +23,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +109,7 @@ class CycleFigures:
     requests: int
     usage: Usage
     usd: float
+    wall_s: float
 
 
 async def script_answers(
@@ -147,6 +150,7 @@ async def run_mode(
             context = market(c)
             await script_answers(stub, instances, templates, context, limits)
             before = len(stub.requests)
+            t0 = time.perf_counter()
             result = await consult_swarm(
                 instances,
                 templates,
@@ -158,12 +162,13 @@ async def run_mode(
                 budget=SwarmBudget(100_000_000, 1000.0, 10_000.0, prices=prices),
                 cache_warmup=warmup,
             )
+            wall = time.perf_counter() - t0
             bad = [o for o in result.outcomes if o.status != "ok"]
             if bad:
                 raise SystemExit(f"{len(bad)} instances failed: {bad[0].abstain}")
             usage = sum((o.usage for o in result.outcomes), Usage())
             usd = sum(cost_usd(o.model, o.usage, prices) for o in result.outcomes)
-            out.append(CycleFigures(len(stub.requests) - before, usage, usd))
+            out.append(CycleFigures(len(stub.requests) - before, usage, usd, wall))
     finally:
         await provider.close()
         stub.stop()
@@ -199,7 +204,7 @@ def main() -> None:
         )
     header = (
         f"{'instances':>9} {'mode':<20} {'req':>4} {'input':>8} {'cache wr':>9} "
-        f"{'cache rd':>9} {'output':>7} {'$/cycle':>9}"
+        f"{'cache rd':>9} {'output':>7} {'$/cycle':>9} {'wall s':>6}"
     )
     summary: list[str] = []
     for n in args.instances:
@@ -218,7 +223,7 @@ def main() -> None:
                     print(
                         f"{n:>9} {label:<20} {f.requests:>4} {u.input_tokens:>8} "
                         f"{u.cache_write_tokens:>9} {u.cache_read_tokens:>9} "
-                        f"{u.output_tokens:>7} {f.usd:>9.4f}"
+                        f"{u.output_tokens:>7} {f.usd:>9.4f} {f.wall_s:>6.2f}"
                     )
                 means[label] = statistics.mean(f.usd for f in figures)
             base = means["uncached"]
