@@ -326,6 +326,7 @@ class Commander:
             self.cfg.swarm.max_usd_per_cycle,
             self.cfg.swarm.max_usd_per_day,
             await spent_today_usd(self.store, self.cfg.data.write_timeout_s),
+            prices=self.cfg.swarm.prices,
         )
         swarm = await consult_swarm(
             self.instances,
@@ -339,6 +340,7 @@ class Commander:
             store=self.store,
             cycle_id=report.cycle_id,
             cancel=self.cancel,
+            cache_warmup=self.cfg.swarm.cache_warmup,
         )
         report.swarm = swarm
         doc["swarm"] = _swarm_doc(swarm)

@@ -10,7 +10,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -86,6 +86,9 @@ class WatchdogConfig(_Section):
     max_close_attempts: int = Field(5, ge=1, le=100)
 
 
+_Price = Annotated[float, Field(gt=0, le=1000)]
+
+
 class SwarmConfig(_Section):
     provider: Literal["anthropic", "offline"] = "offline"
     instances_dir: str = "swarm_intelligence/active_instances"
@@ -97,6 +100,14 @@ class SwarmConfig(_Section):
     max_tokens_per_cycle: int = Field(200_000, ge=0)
     max_usd_per_cycle: float = Field(2.0, ge=0)
     max_usd_per_day: float = Field(50.0, ge=0)
+    # Send the first instance of each model alone, the rest when it has answered, so that
+    # they read the cycle's shared prompt from the cache instead of each writing it: about
+    # 60% cheaper for 50 instances (python -m benchmarks.llm_cost), one call's latency slower.
+    cache_warmup: bool = True
+    # USD per million tokens, (input, output), by model: overrides or extends the built-in
+    # table (skills/swarm_providers.py). Cache writes are billed at 1.25x input (5-minute TTL),
+    # cache reads at 0.1x; an unknown model is priced as the dearest.
+    prices: dict[str, tuple[_Price, _Price]] = Field(default_factory=dict)
 
 
 class CommanderConfig(_Section):

@@ -157,7 +157,7 @@ class LlmCommander:
                 timeout=cfg.swarm.call_timeout_s,
             )
             usage = usage_from(msg.usage)
-            cost = cost_usd(cfg.commander.model, usage)
+            cost = cost_usd(cfg.commander.model, usage, cfg.swarm.prices)
             spent += cost
             self._record(cycle_id, usage, cost, (time.perf_counter() - t0) * 1000, msg.stop_reason)
             content = [b.model_dump(mode="json") for b in msg.content]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,36 +21,72 @@ from anthropic._response import AsyncAPIResponse
 from .swarm_models import SIGNAL_TOOL, InstanceConfig, MarketContext
 
 __all__ = [
+    "CACHE_READ_MULTIPLIER",
+    "CACHE_WRITE_1H_MULTIPLIER",
+    "CACHE_WRITE_5M_MULTIPLIER",
     "PRICES_PER_MTOK",
     "AnthropicProvider",
     "OfflineProvider",
     "Provider",
     "ProviderAnswer",
     "ProviderError",
+    "SharedPrompt",
     "SpendLimitReached",
     "SwarmBudget",
     "Usage",
     "cost_usd",
     "estimate_tokens",
+    "min_cacheable_tokens",
     "usage_from",
 ]
 
-# USD per million tokens: (input, output). Cache reads cost 0.1x input, cache writes 1.25x.
-# Check against the provider's price list before trusting the dollar budget with a new model.
+# USD per million tokens: (input, output); `swarm.prices` in the config overrides or extends
+# this table. Check against the provider's price list before trusting the dollar budget with a
+# new model. Prompt caching is priced off the input price (Anthropic's "Prompt caching" and
+# pricing pages): a cache write costs 1.25x input with the default 5-minute TTL and 2x with
+# the 1-hour TTL, a cache read (hit or refresh) 0.1x.
 PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
     "claude-sonnet-4-6": (3.0, 15.0),
     "claude-sonnet-4-5": (3.0, 15.0),
     "claude-haiku-4-5": (1.0, 5.0),
 }
 UNKNOWN_MODEL_PRICE = (15.0, 75.0)  # price an unknown model as the dearest: fail expensive
+CACHE_WRITE_5M_MULTIPLIER = 1.25
+CACHE_WRITE_1H_MULTIPLIER = 2.0
+CACHE_READ_MULTIPLIER = 0.1
+
+# The API's minimum cacheable prompt length, by model prefix (first match wins): a shorter
+# prefix is neither written nor read, silently. Used only to decide whether warming the
+# cache before the swarm's fan-out can pay; billing always follows the usage returned.
+MIN_CACHEABLE_TOKENS: tuple[tuple[str, int], ...] = (
+    ("claude-opus-4-6", 4096),
+    ("claude-opus-4-5", 4096),
+    ("claude-haiku-4-5", 4096),
+    ("claude-3-5-haiku", 2048),
+    ("claude-3-haiku", 2048),
+    ("claude-haiku-3", 2048),
+)
+DEFAULT_MIN_CACHEABLE_TOKENS = 1024  # Sonnet 4.6/4.5/4, Opus 4.1/4, Sonnet 3.7
+
+
+def min_cacheable_tokens(model: str) -> int:
+    return next(
+        (n for prefix, n in MIN_CACHEABLE_TOKENS if model.startswith(prefix)),
+        DEFAULT_MIN_CACHEABLE_TOKENS,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """What one call used, as the API reports it: `input_tokens` is the uncached input only
+    (after the last cache breakpoint); `cache_write_tokens` counts every token written to the
+    cache, of which `cache_write_1h_tokens` with the 1-hour TTL (billed at 2x, not 1.25x)."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     @property
     def total(self) -> int:
@@ -60,24 +97,51 @@ class Usage:
             + self.cache_write_tokens
         )
 
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read_tokens + other.cache_read_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.cache_write_1h_tokens + other.cache_write_1h_tokens,
+        )
+
 
 def usage_from(u: Any) -> Usage:
     """Convert the SDK's usage object (cache fields may be None) into Usage."""
+    written = u.cache_creation_input_tokens or 0
+    detail = getattr(u, "cache_creation", None)
+    written_1h = (getattr(detail, "ephemeral_1h_input_tokens", 0) or 0) if detail else 0
     return Usage(
         u.input_tokens,
         u.output_tokens,
         u.cache_read_input_tokens or 0,
-        u.cache_creation_input_tokens or 0,
+        written,
+        min(written_1h, written),
     )
 
 
-def cost_usd(model: str, usage: Usage) -> float:
-    price_in, price_out = PRICES_PER_MTOK.get(model, UNKNOWN_MODEL_PRICE)
+def price_of(
+    model: str, prices: Mapping[str, tuple[float, float]] | None = None
+) -> tuple[float, float]:
+    """USD per million (input, output) tokens: the configured price, else the built-in one,
+    else the dearest (an unknown model fails expensive)."""
+    if prices and model in prices:
+        return prices[model]
+    return PRICES_PER_MTOK.get(model, UNKNOWN_MODEL_PRICE)
+
+
+def cost_usd(
+    model: str, usage: Usage, prices: Mapping[str, tuple[float, float]] | None = None
+) -> float:
+    price_in, price_out = price_of(model, prices)
+    written_5m = usage.cache_write_tokens - usage.cache_write_1h_tokens
     return (
         usage.input_tokens * price_in
         + usage.output_tokens * price_out
-        + usage.cache_read_tokens * price_in * 0.1
-        + usage.cache_write_tokens * price_in * 1.25
+        + usage.cache_read_tokens * price_in * CACHE_READ_MULTIPLIER
+        + written_5m * price_in * CACHE_WRITE_5M_MULTIPLIER
+        + usage.cache_write_1h_tokens * price_in * CACHE_WRITE_1H_MULTIPLIER
     ) / 1e6
 
 
@@ -87,7 +151,11 @@ def estimate_tokens(text: str) -> int:
 
 
 class SwarmBudget:
-    """Token and dollar ceilings for one cycle and one day. Reserve before a call, settle after."""
+    """Token and dollar ceilings for one cycle and one day. Reserve before a call, settle after.
+
+    Both are local: the reservation prices a local token estimate (no count_tokens request),
+    the settlement the usage the answer reports, at the configured `prices`.
+    """
 
     def __init__(
         self,
@@ -95,18 +163,31 @@ class SwarmBudget:
         max_usd_per_cycle: float,
         max_usd_per_day: float,
         spent_today_usd: float = 0.0,
+        prices: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self.max_tokens = max_tokens_per_cycle
         self.max_usd_cycle = max_usd_per_cycle
         self.max_usd_day = max_usd_per_day
         self.spent_today = spent_today_usd
+        self.prices = dict(prices or {})
         self.tokens = 0
         self.usd = 0.0
 
-    def reserve(self, model: str, input_tokens: int, max_output: int) -> str | None:
+    def cost(self, model: str, usage: Usage) -> float:
+        return cost_usd(model, usage, self.prices)
+
+    @staticmethod
+    def _worst(input_tokens: int, max_output: int, cacheable_tokens: int) -> Usage:
+        """The dearest a call can be: its cacheable prefix written (1.25x), the rest uncached."""
+        cached = min(cacheable_tokens, input_tokens)
+        return Usage(input_tokens - cached, max_output, 0, cached)
+
+    def reserve(
+        self, model: str, input_tokens: int, max_output: int, cacheable_tokens: int = 0
+    ) -> str | None:
         """Reserve the worst case of one call; return a refusal reason or None."""
-        usage = Usage(input_tokens, max_output)
-        cost = cost_usd(model, usage)
+        usage = self._worst(input_tokens, max_output, cacheable_tokens)
+        cost = self.cost(model, usage)
         if self.tokens + usage.total > self.max_tokens:
             return (
                 f"token budget: {self.tokens + usage.total} would exceed "
@@ -125,10 +206,18 @@ class SwarmBudget:
         self.usd += cost
         return None
 
-    def settle(self, model: str, reserved_input: int, max_output: int, actual: Usage) -> None:
+    def settle(
+        self,
+        model: str,
+        reserved_input: int,
+        max_output: int,
+        actual: Usage,
+        cacheable_tokens: int = 0,
+    ) -> None:
         """Replace a reservation by what the call really used."""
-        self.tokens += actual.total - (reserved_input + max_output)
-        self.usd += cost_usd(model, actual) - cost_usd(model, Usage(reserved_input, max_output))
+        worst = self._worst(reserved_input, max_output, cacheable_tokens)
+        self.tokens += actual.total - worst.total
+        self.usd += self.cost(model, actual) - self.cost(model, worst)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,11 +237,33 @@ class SpendLimitReached(ProviderError):
     """A 429 that says the account's spend limit is reached: retrying cannot help."""
 
 
+@dataclass(frozen=True, slots=True)
+class SharedPrompt:
+    """The system prompt every instance shares, in two parts, most static first (prompt
+    caching is by prefix: tools -> system -> messages)."""
+
+    static: str  # the same for every instance and every cycle: the rules
+    cycle: str  # the same for every instance this cycle: the market snapshot
+
+    @property
+    def text(self) -> str:
+        return self.static + self.cycle
+
+    def estimate_tokens(self) -> int:
+        """The cacheable prefix (the tool definition and both parts), estimated locally."""
+        return (
+            estimate_tokens(json.dumps(SIGNAL_TOOL))
+            + estimate_tokens(self.static)
+            + estimate_tokens(self.cycle)
+        )
+
+
 class Provider(Protocol):
     name: str
+    prompt_caching: bool  # its requests carry cache breakpoints
 
     async def answer(
-        self, instance: InstanceConfig, shared_system: str, prompt: str, context: MarketContext
+        self, instance: InstanceConfig, shared: SharedPrompt, prompt: str, context: MarketContext
     ) -> ProviderAnswer: ...
 
     async def close(self) -> None: ...
@@ -186,7 +297,9 @@ class AnthropicProvider:
         base_url: str | None = None,
         max_retries: int = 3,
         timeout_s: float = 30.0,
+        prompt_caching: bool = True,
     ) -> None:
+        self.prompt_caching = prompt_caching  # False: no cache_control (benchmarks compare)
         self.client = AsyncAnthropic(
             api_key=api_key,
             base_url=base_url,
@@ -195,19 +308,35 @@ class AnthropicProvider:
             middleware=[SpendLimitGuard()],
         )
 
+    def request(
+        self, instance: InstanceConfig, shared: SharedPrompt, prompt: str
+    ) -> dict[str, Any]:
+        """The Messages request of one instance, laid out for prompt caching (prefix order:
+        tools -> system -> messages). Two breakpoints (the API allows 4), default 5-minute TTL
+        (a read refreshes it, and a cycle comes every minute or so):
+        1. tools + the static rules: the same for every instance and every cycle;
+        2. + this cycle's market snapshot: the same for every instance this cycle.
+        The instance's own prompt comes last, uncached. A prefix shorter than the model's
+        minimum cacheable length is simply not cached (no error, no surcharge)."""
+        ephemeral = {"cache_control": {"type": "ephemeral"}} if self.prompt_caching else {}
+        return {
+            "model": instance.model,
+            "max_tokens": instance.max_tokens,
+            "tools": [SIGNAL_TOOL],
+            "system": [
+                {"type": "text", "text": shared.static, **ephemeral},
+                {"type": "text", "text": shared.cycle, **ephemeral},
+            ],
+            "messages": [{"role": "user", "content": prompt}],
+            "tool_choice": {"type": "tool", "name": "submit_signals"},
+        }
+
     async def answer(
-        self, instance: InstanceConfig, shared_system: str, prompt: str, context: MarketContext
+        self, instance: InstanceConfig, shared: SharedPrompt, prompt: str, context: MarketContext
     ) -> ProviderAnswer:
         create: Any = self.client.messages.create  # the request is plain JSON-shaped dicts
         msg = await create(
-            model=instance.model,
-            max_tokens=instance.max_tokens,
-            system=[
-                {"type": "text", "text": shared_system, "cache_control": {"type": "ephemeral"}}
-            ],
-            messages=[{"role": "user", "content": prompt}],
-            tools=[SIGNAL_TOOL],
-            tool_choice={"type": "tool", "name": "submit_signals"},
+            **self.request(instance, shared, prompt),
             metadata={"user_id": instance.id},
             timeout=instance.timeout_s,
         )
@@ -231,9 +360,10 @@ class OfflineProvider:
     """Deterministic evaluators that carry out each template's intent with no network."""
 
     name = "offline"
+    prompt_caching = False
 
     async def answer(
-        self, instance: InstanceConfig, shared_system: str, prompt: str, context: MarketContext
+        self, instance: InstanceConfig, shared: SharedPrompt, prompt: str, context: MarketContext
     ) -> ProviderAnswer:
         evaluator = {"vol_sniper.md": _vol_sniper, "trend_follower.md": _trend_follower}.get(
             instance.template

@@ -112,6 +112,7 @@ async def run(swarm, provider, db=None, **kw):
         budget=budget(),
         store=db,
         cycle_id=cycle_id,
+        cache_warmup=False,  # all at once; the warm-up is tested in test_llm_cost.py
     )
     return await consult_swarm(instances, templates, CONTEXT, provider, **{**opts, **kw})
 
@@ -232,7 +233,8 @@ async def test_valid_tool_call_becomes_signals_with_provenance(
     swarm, stub, provider, tmp_path, store
 ):
     db = store
-    stub.script("tech_aggressive", Reply(body=stub.tool_answer([nvda_put()])))
+    pinned = dict(input_tokens=1200, output_tokens=150, cache_read=0, cache_write=0)
+    stub.script("tech_aggressive", Reply(body=stub.tool_answer([nvda_put()], **pinned)))
     result = await run(swarm, provider, db=db)
     [sig] = outcome(result, "tech_aggressive").signals
     p = sig.provenance
@@ -418,7 +420,7 @@ async def test_concurrency_is_bounded_by_the_semaphore(swarm, stub, provider):
 async def test_cycle_budget_is_checked_before_each_call(swarm, stub, provider, tmp_path, store):
     db = store
     result = await run(
-        swarm, provider, db=db, budget=budget(max_usd_per_cycle=0.02), max_concurrency=1
+        swarm, provider, db=db, budget=budget(max_usd_per_cycle=0.03), max_concurrency=1
     )
     statuses = [o.status for o in result.outcomes]
     assert "budget" in statuses and "ok" in statuses  # some calls fit, the rest were not made
@@ -431,6 +433,8 @@ async def test_cycle_budget_is_checked_before_each_call(swarm, stub, provider, t
 @pytest.mark.asyncio
 async def test_daily_budget_counts_what_was_spent_today(swarm, stub, provider, tmp_path, store):
     db = store
+    pinned = dict(input_tokens=1200, output_tokens=150, cache_read=0, cache_write=0)
+    stub.default = lambda body: Reply(body=stub.tool_answer([], **pinned))
     await run(swarm, provider, db=db)
     db.flush(10)
     spent = await spent_today_usd(db)
@@ -449,9 +453,9 @@ async def test_daily_budget_counts_what_was_spent_today(swarm, stub, provider, t
 async def test_shared_prompt_is_cached_and_identical_across_instances(swarm, stub, provider):
     await run(swarm, provider)
     systems = [r["body"]["system"] for r in stub.requests]
-    assert all(s[0]["cache_control"] == {"type": "ephemeral"} for s in systems)
-    assert len({s[0]["text"] for s in systems}) == 1
-    assert "Market snapshot" in systems[0][0]["text"]
+    assert all(b["cache_control"] == {"type": "ephemeral"} for s in systems for b in s)
+    assert len({json.dumps(s) for s in systems}) == 1
+    assert "Market snapshot" in systems[0][1]["text"]
     assert all(
         r["body"]["tool_choice"] == {"type": "tool", "name": "submit_signals"}
         for r in stub.requests
