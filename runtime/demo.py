@@ -49,8 +49,14 @@ def _wait(cond: Any, timeout: float, what: str) -> bool:
 def write_config(path: Path, overrides: dict[str, Any], base: Path | None = None) -> Path:
     """Write a copy of a TOML config (default config/demo.toml) with keys replaced, keeping
     its comments. Keys are plain (`port`) or section-qualified (`commander__mode`); values
-    are Python values (str, int, float, bool). The result is validated before returning."""
+    are Python values (str, int, float, bool). The result is validated before returning.
+    The copy lives elsewhere, so the swarm paths default to the shipped ones, absolute."""
     text = (base or example_config("demo.toml")).read_text(encoding="utf-8")
+    overrides = {
+        "instances_dir": DEFAULT_INSTANCES_DIR.as_posix(),
+        "templates_dir": DEFAULT_TEMPLATES_DIR.as_posix(),
+        **overrides,
+    }
     for key, value in overrides.items():
         if isinstance(value, bool):
             literal = "true" if value else "false"
@@ -99,15 +105,7 @@ def run_demo(cycles: int = 5, kill_drill: bool = False, data_dir: str | None = N
 
 
 def _run(work: Path, port: int, admin: AdminClient, cycles: int, kill_drill: bool) -> int:
-    cfg_path = write_config(
-        work / "demo.toml",
-        {
-            "port": port,
-            "dir": work.as_posix(),
-            "instances_dir": DEFAULT_INSTANCES_DIR.as_posix(),
-            "templates_dir": DEFAULT_TEMPLATES_DIR.as_posix(),
-        },
-    )
+    cfg_path = write_config(work / "demo.toml", {"port": port, "dir": work.as_posix()})
     cfg = load_config(cfg_path)
     run_cycles = max(cycles, 50) if kill_drill else cycles
     ok = True
