@@ -1,9 +1,10 @@
 """`pip install .` into a fresh virtualenv, then the `ib-swarm` console script from a directory
 that has nothing to do with the repository.
 
-Measured on 2 shared cores with a warm pip cache: ~30 s for the module (wheel build ~5 s,
-venv + dependencies ~20 s, the commands ~2 s each). The dependencies come from the index by
-name (the pins of pyproject.toml), like an operator's install.
+Measured on 2 shared cores with a warm pip cache: ~35 s for the module (wheel build ~5 s,
+venv + dependencies ~18 s, then 5 commands at ~2.5 s each, the CLI's start-up time). The
+dependencies come from the index by name (the pins of pyproject.toml), like an operator's
+install.
 """
 
 from __future__ import annotations
@@ -70,22 +71,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"wheel": wheel, "venv": venv, "bin": venv / "bin" / "ib-swarm", "cwd": elsewhere}
 
 
-def test_the_package_comes_from_the_venv_not_the_repository(installed):
-    py = installed["venv"] / "bin" / "python"
-    proc = _run(py, "-c", "import runtime; print(runtime.__file__)", cwd=installed["cwd"])
-    assert proc.returncode == 0, proc.stderr
-    assert Path(proc.stdout.strip()).is_relative_to(installed["venv"])
-
-
 def test_console_script_help_from_another_directory(installed):
     proc = _run(installed["bin"], "--help", cwd=installed["cwd"])
     assert proc.returncode == 0, proc.stderr
     for command in ("check", "run", "watchdog", "status", "breaker", "panic", "demo"):
         assert command in proc.stdout
-    same = _run(
-        installed["venv"] / "bin" / "python", "-m", "runtime", "--help", cwd=installed["cwd"]
-    )
-    assert same.stdout == proc.stdout
 
 
 def test_check_and_status_with_relative_paths_from_another_directory(installed, tmp_path):
@@ -113,10 +103,12 @@ def test_default_swarm_and_prompt_are_the_installed_package_data(installed, tmp_
     )
     assert proc.returncode == 0, proc.stderr
     assert "3 swarm instances" in proc.stdout
+    # the code, its data and the example configs all come from the venv, not the repository
     code = (
+        "import runtime;"
         "from runtime.config import DEFAULT_TEMPLATES_DIR, example_config;"
         "from runtime.llm_commander import PROMPT;"
-        "print(DEFAULT_TEMPLATES_DIR, PROMPT, example_config('demo.toml'), sep='\\n')"
+        "print(runtime.__file__, DEFAULT_TEMPLATES_DIR, PROMPT, example_config('demo.toml'))"
     )
     proc = _run(installed["venv"] / "bin" / "python", "-c", code, cwd=installed["cwd"])
     assert proc.returncode == 0, proc.stderr

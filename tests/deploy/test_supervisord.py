@@ -4,7 +4,7 @@ supervisord while the watchdog program, never restarted, trips the breaker and f
 
 The shipped file is used as is except for its paths (the venv, /etc, /var, /run become the
 test's interpreter and temporary directories) and its user/chown lines (the test may not run
-as root). Measured: ~20 s, most of it the programs' startsecs (5 s for the main loop, twice).
+as root). Measured: ~20 s, much of it waiting for the programs to stay up startsecs (3 s).
 """
 
 from __future__ import annotations
