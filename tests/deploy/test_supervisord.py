@@ -163,6 +163,8 @@ def test_supervisord_runs_both_programs_and_restarts_a_killed_main_loop(
             what="main loop cycling",
         )
         eventually(lambda: 999 in admin.call("state")["clients"], 10, what="watchdog session")
+        # The watchdog sees the pid gone (or a zombie) at its next poll (0.1 s); the restarted
+        # main loop writes its first heartbeat only after its imports, so the trip comes first.
         os.kill(pids["ib-swarm-main"], signal.SIGKILL)
 
         def halted() -> bool:
