@@ -2,6 +2,12 @@
 
 Unknown keys, wrong types and out-of-range values are refused with the key and the reason.
 `mode` has no default. Secrets never live here: they come from the environment (`Secrets`).
+
+Paths: `load_config` resolves the relative paths of a file (`data.dir`, `swarm.instances_dir`,
+`swarm.templates_dir`, and the `data.dir` default) against the directory of that file, so the
+CLI behaves the same from any working directory. Left out, `instances_dir`/`templates_dir`
+are the instances and templates shipped with the package (`PACKAGE_ROOT`, which is the
+repository root in a checkout and site-packages once installed).
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from skills.risk import RiskConfig
 
 __all__ = [
+    "DEFAULT_INSTANCES_DIR",
+    "DEFAULT_TEMPLATES_DIR",
+    "PACKAGE_ROOT",
     "BrokerConfig",
     "CommanderConfig",
     "Config",
@@ -27,9 +36,23 @@ __all__ = [
     "Secrets",
     "SwarmConfig",
     "WatchdogConfig",
+    "example_config",
     "load_config",
     "parse_config",
 ]
+
+# The directory holding the top-level packages and their data (swarm_intelligence/, prompts/):
+# the repository root in a checkout, site-packages once installed with `pip install .`.
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_INSTANCES_DIR = PACKAGE_ROOT / "swarm_intelligence" / "active_instances"
+DEFAULT_TEMPLATES_DIR = PACKAGE_ROOT / "swarm_intelligence" / "templates"
+# Keys holding paths: relative values in a file resolve against the file's directory.
+_PATH_KEYS = (
+    ("data", "dir"),
+    ("data", "lock_dir"),
+    ("swarm", "instances_dir"),
+    ("swarm", "templates_dir"),
+)
 
 
 class ConfigError(ValueError):
@@ -91,8 +114,8 @@ _Price = Annotated[float, Field(gt=0, le=1000)]
 
 class SwarmConfig(_Section):
     provider: Literal["anthropic", "offline"] = "offline"
-    instances_dir: str = "swarm_intelligence/active_instances"
-    templates_dir: str = "swarm_intelligence/templates"
+    instances_dir: str = DEFAULT_INSTANCES_DIR.as_posix()
+    templates_dir: str = DEFAULT_TEMPLATES_DIR.as_posix()
     max_concurrency: int = Field(8, ge=1, le=256)
     call_timeout_s: float = Field(30.0, gt=0, le=600)
     deadline_s: float = Field(40.0, gt=0, le=3600)
@@ -210,8 +233,28 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> Config:
         raise ConfigError(_describe(exc, source)) from None
 
 
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    """Return `cfg` with its relative path keys made absolute against `base`."""
+    sections: dict[str, dict[str, str]] = {}
+    for section, key in _PATH_KEYS:
+        value = getattr(getattr(cfg, section), key)
+        if value and not Path(value).is_absolute():  # "" keeps its meaning (a default)
+            sections.setdefault(section, {})[key] = (base / value).resolve().as_posix()
+    return cfg.model_copy(
+        update={name: getattr(cfg, name).model_copy(update=u) for name, u in sections.items()}
+    )
+
+
+def example_config(name: str) -> Path:
+    """A config shipped with the project (`paper.toml`, `demo.toml`): `config/` in a checkout,
+    the package data `runtime/examples/` once installed."""
+    checkout = PACKAGE_ROOT / "config" / name
+    return checkout if checkout.is_file() else Path(__file__).resolve().parent / "examples" / name
+
+
 def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML config file."""
+    """Read and validate a TOML config file. Relative paths in it (and the `data.dir`
+    default) resolve against the file's directory, not the working directory."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -221,4 +264,4 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-    return parse_config(data, str(p))
+    return _resolve_paths(parse_config(data, str(p)), p.absolute().parent)

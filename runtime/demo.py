@@ -22,7 +22,7 @@ from paper_gateway import AdminClient
 from paper_gateway.process import gateway_process
 
 from .breaker import BreakerState, CircuitBreaker
-from .config import load_config
+from .config import DEFAULT_INSTANCES_DIR, DEFAULT_TEMPLATES_DIR, example_config, load_config
 from .heartbeat import read_heartbeat
 from .main_loop import WATCHDOG_HEARTBEAT
 
@@ -48,8 +48,14 @@ def _wait(cond: Any, timeout: float, what: str) -> bool:
 def write_config(path: Path, overrides: dict[str, Any], base: Path | None = None) -> Path:
     """Write a copy of a TOML config (default config/demo.toml) with keys replaced, keeping
     its comments. Keys are plain (`port`) or section-qualified (`commander__mode`); values
-    are Python values (str, int, float, bool). The result is validated before returning."""
-    text = (base or ROOT / "config" / "demo.toml").read_text(encoding="utf-8")
+    are Python values (str, int, float, bool). The result is validated before returning.
+    The copy lives elsewhere, so the swarm paths default to the shipped ones, absolute."""
+    text = (base or example_config("demo.toml")).read_text(encoding="utf-8")
+    overrides = {
+        "instances_dir": DEFAULT_INSTANCES_DIR.as_posix(),
+        "templates_dir": DEFAULT_TEMPLATES_DIR.as_posix(),
+        **overrides,
+    }
     for key, value in overrides.items():
         if isinstance(value, bool):
             literal = "true" if value else "false"
@@ -75,12 +81,14 @@ def _cycles_done(work: Path) -> int:
         return 0
 
 
+def _demo_root() -> Path:
+    """data_lake/var in a checkout; installed (no checkout around), the working directory."""
+    checkout = ROOT / "config" / "demo.toml"
+    return ROOT / "data_lake" / "var" if checkout.is_file() else Path.cwd() / "ib-swarm-demo"
+
+
 def run_demo(cycles: int = 5, kill_drill: bool = False, data_dir: str | None = None) -> int:
-    work = (
-        Path(data_dir)
-        if data_dir
-        else ROOT / "data_lake" / "var" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
+    work = Path(data_dir) if data_dir else _demo_root() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     _say(f"demo: files in {work}")
