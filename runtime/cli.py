@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -33,6 +34,7 @@ from .config import Config, ConfigError, Secrets, load_config
 from .heartbeat import read_heartbeat
 from .instance_lock import InstanceLock, LockHeld, account_lock_path, acquire
 from .main_loop import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT
+from .ownership import hand_back
 
 __all__ = ["main"]
 
@@ -316,6 +318,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.cycles, args.kill_drill, args.data_dir)
 
 
+def _with_ownership(args: argparse.Namespace) -> int:
+    """Run the command; as root, hand whatever it created in the data dir back to its owner."""
+    try:
+        code: int = args.func(args)
+    finally:
+        if getattr(args, "config", None):
+            with contextlib.suppress(ConfigError):
+                hand_back(load_config(args.config).data_dir)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m runtime", description="LLM-swarm trading daemon for IB (paper first)"
@@ -386,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="where the demo keeps its files")
     args = parser.parse_args(argv)
     try:
-        result: int = args.func(args)
+        result: int = _with_ownership(args)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -50,47 +50,15 @@ from skills.swarm_providers import Provider, SwarmBudget
 from .breaker import BreakerState, CircuitBreaker
 from .broker import Broker
 from .config import Config
+from .decision import Decision
 from .gate_context import build_gate_context
 from .heartbeat import Clock
+from .llm_commander import LlmCommander
 from .sense import MarketSensor, SenseSpec
 
 __all__ = ["Commander", "CycleReport", "Decision", "decide_rules"]
 
 log = logging.getLogger("runtime.commander")
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    symbol: str
-    action: str
-    sec_type: str
-    order_type: str
-    quantity: float
-    accepted: bool
-    reason: str
-    sources: tuple[str, ...] = ()
-    expiry: str = ""
-    strike: float = 0.0
-    right: str = ""
-    limit_price: float | None = None
-    kelly_fraction: float | None = None
-
-    def request(self, cycle_id: int, decision_id: int | None) -> OrderRequest:
-        return OrderRequest(
-            self.symbol,
-            self.sec_type,
-            self.action,
-            self.quantity,
-            self.order_type,
-            self.limit_price,
-            self.expiry,
-            self.strike,
-            self.right,
-            "DAY",
-            "commander",
-            cycle_id,
-            decision_id,
-        )
 
 
 @dataclass
@@ -346,8 +314,6 @@ class Commander:
         doc["swarm"] = _swarm_doc(swarm)
         self.phase("decide")
         if self.cfg.commander.mode == "llm":
-            from .llm_commander import LlmCommander
-
             llm = LlmCommander(self)
             decisions, verdicts, transcript = await llm.run(
                 report.cycle_id, swarm, context, holdings, values

@@ -51,7 +51,12 @@ def _holder(path: Path) -> str:
 def acquire(path: Path, what: str) -> InstanceLock:
     """Take the exclusive lock at `path` (creating its directory) or raise LockHeld."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+        writable = True
+    except PermissionError:  # left by another user (root): a read-only descriptor locks too
+        fd = os.open(path, os.O_RDONLY)
+        writable = False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -63,9 +68,10 @@ def acquire(path: Path, what: str) -> InstanceLock:
     except BaseException:
         os.close(fd)
         raise
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    os.fsync(fd)
+    if writable:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fsync(fd)
     return InstanceLock(path, fd)
 
 

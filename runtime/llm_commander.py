@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,8 +25,7 @@ from skills.swarm_core import SwarmResult
 from skills.swarm_models import MarketContext
 from skills.swarm_providers import Usage, cost_usd, usage_from
 
-if TYPE_CHECKING:
-    from .commander import Commander, Decision
+from .decision import Actor, Decision
 
 __all__ = ["LlmCommander", "render_commander_prompt"]
 
@@ -101,7 +100,7 @@ TOOLS: list[dict[str, Any]] = [
 ]
 
 
-def render_commander_prompt(commander: Commander) -> str:
+def render_commander_prompt(commander: Actor) -> str:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
     cfg = commander.cfg
     return env.from_string(PROMPT.read_text(encoding="utf-8")).render(
@@ -110,7 +109,7 @@ def render_commander_prompt(commander: Commander) -> str:
 
 
 class LlmCommander:
-    def __init__(self, commander: Commander) -> None:
+    def __init__(self, commander: Actor) -> None:
         self.c = commander
         if commander.llm_client is None:
             raise RuntimeError(
@@ -199,8 +198,6 @@ class LlmCommander:
         decisions: list[Decision],
         verdicts: list[GateVerdict],
     ) -> tuple[Any, bool]:
-        from .commander import Decision
-
         try:
             if name == "get_portfolio":
                 return {
@@ -228,18 +225,18 @@ class LlmCommander:
             if name == "place_guarded_order":
                 o = OrderInput.model_validate(raw)
                 d = Decision(
-                    o.symbol,
-                    o.action,
-                    o.sec_type,
-                    o.order_type,
-                    float(o.quantity),
-                    True,
-                    f"llm: {o.reason}",
-                    ("commander_llm",),
-                    o.expiry,
-                    o.strike,
-                    o.right,
-                    o.limit_price,
+                    symbol=o.symbol,
+                    action=o.action,
+                    sec_type=o.sec_type,
+                    order_type=o.order_type,
+                    quantity=float(o.quantity),
+                    accepted=True,
+                    reason=f"llm: {o.reason}",
+                    sources=("commander_llm",),
+                    expiry=o.expiry,
+                    strike=o.strike,
+                    right=o.right,
+                    limit_price=o.limit_price,
                 )
                 verdict = await self.c.act(d, cycle_id, len(decisions) + 1)
                 decisions.append(d)

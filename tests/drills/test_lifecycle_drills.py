@@ -6,6 +6,7 @@ the safe outcome, then the accounting invariant.
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -180,3 +181,27 @@ def test_panic_with_the_gateway_down_halts_and_says_the_account_may_not_be_flat(
     assert status.state is BreakerState.HALTED and "carol" in status.reason
     events = query_safety_events(open_readonly(data(tmp_path)), "panic")
     assert events and "carol" in events[0]["reason"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to play the operator who forgot sudo -u")
+def test_a_cli_command_run_as_root_leaves_nothing_the_service_user_cannot_write(tmp_path):
+    cfg = write_config(tmp_path, 1)
+    service = data(tmp_path)
+    service.mkdir()
+    os.chown(service, 65534, 65534)  # the service user owns its data directory
+    (service / "run.lock").touch()
+    os.chown(service / "run.lock", 65534, 65534)
+    out = cli("breaker", "reset", "--by", "root", "--reason", "first start", "--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    owners = {p.name: p.stat().st_uid for p in service.rglob("*")}
+    assert "trading.sqlite3" in owners and "breaker.json" in owners
+    assert {n: u for n, u in owners.items() if u != 65534} == {}
+    # a lock file left by root does not keep the service from locking
+    (service / "watchdog.lock").touch()
+    os.chmod(service / "watchdog.lock", 0o444)
+    from runtime.instance_lock import LockHeld, acquire
+
+    held = acquire(service / "watchdog.lock", "test")
+    with pytest.raises(LockHeld):
+        acquire(service / "watchdog.lock", "second")
+    held.release()

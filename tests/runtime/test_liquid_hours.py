@@ -59,7 +59,16 @@ async def test_orders_only_inside_liquid_hours(gateway, tmp_path):
                 cancel=asyncio.Event(),
                 wall_now=lambda when=when: when,
             )
-            d = Decision("MSFT", "BUY", "STK", "LMT", 1, True, "test", limit_price=415.0)
+            d = Decision(
+                symbol="MSFT",
+                action="BUY",
+                sec_type="STK",
+                order_type="LMT",
+                quantity=1,
+                accepted=True,
+                reason="test",
+                limit_price=415.0,
+            )
             cycle_id = len(verdicts) + 1
             db.post(insert_cycle, cycle_id)
             verdicts[name] = await commander.act(d, cycle_id)

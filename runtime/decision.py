@@ -1,0 +1,67 @@
+"""The commander's decisions and what acts on them, shared by rules mode and LLM mode.
+
+Rules mode (`runtime.commander`) and LLM mode (`runtime.llm_commander`) both produce
+`Decision`s and send them through an `Actor` (the commander's gate path); neither imports the
+other's module for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from data_lake import Store
+from skills.execution_gate import GateVerdict, OrderRequest
+
+from .config import Config
+
+__all__ = ["Actor", "Decision"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """The commander's decision for one merged signal: sized and accepted, or refused with
+    the reason (rules mode and LLM mode alike)."""
+
+    symbol: str
+    action: str
+    sec_type: str
+    order_type: str
+    quantity: float
+    accepted: bool
+    reason: str
+    sources: tuple[str, ...] = ()
+    expiry: str = ""
+    strike: float = 0.0
+    right: str = ""
+    limit_price: float | None = None
+    kelly_fraction: float | None = None
+
+    def request(self, cycle_id: int, decision_id: int | None) -> OrderRequest:
+        return OrderRequest(
+            self.symbol,
+            self.sec_type,
+            self.action,
+            self.quantity,
+            self.order_type,
+            self.limit_price,
+            self.expiry,
+            self.strike,
+            self.right,
+            "DAY",
+            "commander",
+            cycle_id,
+            decision_id,
+        )
+
+
+class Actor(Protocol):
+    """What LLM mode needs from the commander: its config, store, client, and the gate path."""
+
+    cfg: Config
+    store: Store
+    llm_client: Any
+
+    async def act(
+        self, d: Decision, cycle_id: int, decision_id: int | None = None
+    ) -> GateVerdict: ...
