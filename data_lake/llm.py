@@ -55,16 +55,18 @@ _SIGNAL_COLUMNS = (
 def _insert(
     db: Database, table: str, columns: Sequence[str], row: Mapping[str, Any], at: str
 ) -> None:
+    """Insert the row's given columns (the others keep their defaults)."""
     unknown = set(row) - set(columns)
     if unknown:
         raise ValueError(f"{table}: unknown columns {sorted(unknown)}")
-    values = {c: row.get(c) for c in columns}
+    values = {c: row[c] for c in columns if c in row}
     for text in ("error", "reason", "rationale"):
         if values.get(text) is not None:
             values[text] = redact(values[text])
-    cols = ", ".join((*columns, "created_at"))
-    marks = ", ".join(f":{c}" for c in (*columns, "created_at"))
-    db.conn.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", {**values, "created_at": at})
+    values["created_at"] = at
+    cols = ", ".join(values)
+    marks = ", ".join(f":{c}" for c in values)
+    db.conn.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", values)
 
 
 @stamped

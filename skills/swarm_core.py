@@ -418,6 +418,7 @@ async def _run_one(
     shared: SharedPrompt,
     budget: SwarmBudget,
     semaphore: asyncio.Semaphore,
+    in_flight: dict[str, Usage] | None = None,
 ) -> InstanceOutcome:
     prompt = render_template(template, instance, context, limits)
     prompt_hash = _sha(prompt)
@@ -472,16 +473,26 @@ async def _run_one(
             return outcome("budget", refusal)
     async with semaphore:
         t0 = time.perf_counter()
+        # a request that reaches the API is paid for even when we stop waiting for it: until
+        # it answers, it is recorded with its estimated input (the caller reads `in_flight`)
+        estimated = Usage(input_tokens=est)
+        if in_flight is not None and provider.name != "offline":
+            in_flight[instance.id] = estimated
+        cancelled = False
         try:
             answer = await asyncio.wait_for(
                 provider.answer(instance, shared, prompt, context), instance.timeout_s
             )
+        except asyncio.CancelledError:
+            cancelled = True  # stays in `in_flight`: the caller records what was paid for
+            raise
         except TimeoutError:
             if provider.name != "offline":
-                budget.settle(instance.model, est, instance.max_tokens, Usage(), cacheable)
+                budget.settle(instance.model, est, instance.max_tokens, estimated, cacheable)
             return outcome(
                 "timeout",
-                f"no answer within {instance.timeout_s:g}s",
+                f"no answer within {instance.timeout_s:g}s (input tokens estimated)",
+                estimated if provider.name != "offline" else _NO_USAGE,
                 latency=(time.perf_counter() - t0) * 1000,
             )
         except SpendLimitReached as exc:
@@ -491,6 +502,9 @@ async def _run_one(
                 budget.settle(instance.model, est, instance.max_tokens, Usage(), cacheable)
             reason = f"{type(exc).__name__}: {redact(str(exc))[:500]}"
             return outcome("error", reason, latency=(time.perf_counter() - t0) * 1000)
+        finally:
+            if in_flight is not None and not cancelled:
+                in_flight.pop(instance.id, None)
         latency = (time.perf_counter() - t0) * 1000
     if provider.name != "offline":
         budget.settle(instance.model, est, instance.max_tokens, answer.usage, cacheable)
@@ -515,6 +529,7 @@ async def execute_swarm_concurrent(
     deadline_s: float,
     cancel: asyncio.Event | None = None,
     cache_warmup: bool = True,
+    in_flight: dict[str, Usage] | None = None,
 ) -> list[InstanceOutcome]:
     """Run every instance at once (at most max_concurrency calls in flight); return one
     outcome per instance, in instance order. Past the deadline, or when `cancel` is set,
@@ -529,6 +544,7 @@ async def execute_swarm_concurrent(
     length, or a provider that is not the API)."""
     shared = shared_prompt(context)
     semaphore = asyncio.Semaphore(max_concurrency)
+    in_flight = {} if in_flight is None else in_flight
     # instance id -> (event to wait for before calling, event to set once answered)
     gates: dict[str, tuple[asyncio.Event | None, asyncio.Event | None]] = {}
     if cache_warmup and provider.prompt_caching:
@@ -548,7 +564,15 @@ async def execute_swarm_concurrent(
             if wait is not None:
                 await wait.wait()
             return await _run_one(
-                inst, templates[inst.template], context, limits, provider, shared, budget, semaphore
+                inst,
+                templates[inst.template],
+                context,
+                limits,
+                provider,
+                shared,
+                budget,
+                semaphore,
+                in_flight,
             )
         finally:
             if release is not None:
@@ -572,6 +596,10 @@ async def execute_swarm_concurrent(
                 why = "cancelled (breaker tripped or daemon stopping)"
                 break
             waiters -= done
+    except asyncio.CancelledError:  # the cycle itself was cut: no call may outlive it
+        for t in tasks:
+            t.cancel()
+        raise
     finally:
         if stopper is not None:
             stopper.cancel()
@@ -584,6 +612,7 @@ async def execute_swarm_concurrent(
     for task, inst in tasks.items():
         if task.cancelled() or not task.done():
             status = "cancelled" if why.startswith("cancelled") else "timeout"
+            spent = in_flight.get(inst.id)  # reached the API: paid for, input estimated
             out.append(
                 InstanceOutcome(
                     inst.id,
@@ -592,8 +621,8 @@ async def execute_swarm_concurrent(
                     status,
                     (),
                     Abstain(inst.id, why, None, status),
-                    Usage(),
-                    0.0,
+                    spent or Usage(),
+                    budget.cost(inst.model, spent) if spent else 0.0,
                     0.0,
                     "",
                     "",
@@ -730,19 +759,43 @@ async def consult_swarm(
     cancel: asyncio.Event | None = None,
     cache_warmup: bool = True,
 ) -> SwarmResult:
-    """Run the swarm for one cycle, record every call and signal, return the merged view."""
-    outcomes = await execute_swarm_concurrent(
-        instances,
-        templates,
-        context,
-        provider,
-        limits=limits,
-        budget=budget,
-        max_concurrency=max_concurrency,
-        deadline_s=deadline_s,
-        cancel=cancel,
-        cache_warmup=cache_warmup,
-    )
+    """Run the swarm for one cycle, record every call and signal, return the merged view.
+    A swarm cut short by its cycle still records every call that reached the API."""
+    in_flight: dict[str, Usage] = {}
+    try:
+        outcomes = await execute_swarm_concurrent(
+            instances,
+            templates,
+            context,
+            provider,
+            limits=limits,
+            budget=budget,
+            max_concurrency=max_concurrency,
+            deadline_s=deadline_s,
+            cancel=cancel,
+            cache_warmup=cache_warmup,
+            in_flight=in_flight,
+        )
+    except asyncio.CancelledError:
+        if store is not None and in_flight:
+            models = {i.id: i.model for i in instances}
+            store.post(
+                record_llm_calls,
+                [
+                    {
+                        "cycle_id": cycle_id,
+                        "instance_id": iid,
+                        "provider": provider.name,
+                        "model": models.get(iid, ""),
+                        "status": "cancelled",
+                        "input_tokens": usage.input_tokens,
+                        "cost_usd": budget.cost(models.get(iid, ""), usage),
+                        "error": "cycle cut short (max_cycle_s or stop): input estimated",
+                    }
+                    for iid, usage in in_flight.items()
+                ],
+            )
+        raise
     if store is not None:  # queued: a busy database delays these records, never drops them
         calls, rows = record_rows(cycle_id, outcomes)
         store.post(record_llm_calls, calls)

@@ -390,6 +390,25 @@ async def test_swarm_deadline_cancels_calls_still_in_flight(swarm, stub, provide
     assert time.monotonic() - t0 < 4.0  # did not wait for the slow answer
     o = outcome(result, "tech_aggressive")
     assert (o.status, o.abstain.reason) == ("timeout", "swarm deadline")
+    # the request reached the API: it is paid for, so it counts with its estimated input
+    assert o.usage.input_tokens > 0 and o.cost_usd > 0
+
+
+@pytest.mark.asyncio
+async def test_a_swarm_cut_with_its_cycle_records_every_call_that_reached_the_api(
+    swarm, stub, provider, store
+):
+    stub.latency_s = 5.0
+    task = asyncio.create_task(run(swarm, provider, db=store))
+    while stub.max_in_flight < 3:
+        await asyncio.sleep(0.01)
+    task.cancel()  # the cycle is cut (max_cycle_s or a stop): the swarm does not finish
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    calls = lake_rows(store, "SELECT status, input_tokens, cost_usd FROM llm_calls")
+    assert len(calls) >= 3
+    assert {c["status"] for c in calls} == {"cancelled"}
+    assert all(c["input_tokens"] > 0 and c["cost_usd"] > 0 for c in calls)
 
 
 @pytest.mark.asyncio
