@@ -30,7 +30,7 @@ from .orders import (
     record_order_event,
     update_intent,
 )
-from .redact import RedactingFilter, redact, register_secret
+from .redact import RedactingFilter, redact, redacting_excepthook, register_secret
 from .reports import cycle_rows, cycles_finished, demo_summary, status_summary, working_orders
 from .snapshots import SnapshotError, list_snapshots, load_snapshot, save_snapshot
 from .store import StorageUnavailable, Store
@@ -83,6 +83,7 @@ __all__ = [
     "record_order_event",
     "record_signals",
     "redact",
+    "redacting_excepthook",
     "register_secret",
     "save_snapshot",
     "set_commission",

@@ -25,15 +25,15 @@ from data_lake import (
     open_readonly,
     query_trades,
     redact,
+    redacting_excepthook,
     register_secret,
     status_summary,
 )
 
 from .breaker import BreakerUnwritable, CircuitBreaker, ResetRefused
 from .config import Config, ConfigError, Secrets, load_config
-from .heartbeat import read_heartbeat
+from .heartbeat import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT, read_heartbeat
 from .instance_lock import InstanceLock, LockHeld, account_lock_path, acquire
-from .main_loop import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT
 from .ownership import hand_back
 
 __all__ = ["main"]
@@ -398,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--data-dir", default=None, help="where the demo keeps its files")
     args = parser.parse_args(argv)
+    register_secret(Secrets().anthropic_api_key)  # redacted from every line and traceback
+    sys.excepthook = redacting_excepthook
     try:
         result: int = _with_ownership(args)
     except ConfigError as exc:

@@ -23,8 +23,7 @@ from paper_gateway.process import gateway_process
 
 from .breaker import BreakerState, CircuitBreaker
 from .config import DEFAULT_INSTANCES_DIR, DEFAULT_TEMPLATES_DIR, example_config, load_config
-from .heartbeat import read_heartbeat
-from .main_loop import WATCHDOG_HEARTBEAT
+from .heartbeat import WATCHDOG_HEARTBEAT, read_heartbeat
 
 __all__ = ["run_demo", "write_config"]
 

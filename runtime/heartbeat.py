@@ -16,9 +16,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Clock", "Heartbeat", "SystemClock", "read_heartbeat", "sd_notify", "write_heartbeat"]
+__all__ = [
+    "MAIN_HEARTBEAT",
+    "WATCHDOG_HEARTBEAT",
+    "Clock",
+    "Heartbeat",
+    "SystemClock",
+    "read_heartbeat",
+    "sd_notify",
+    "write_heartbeat",
+]
 
 log = logging.getLogger("runtime.heartbeat")
+MAIN_HEARTBEAT = "heartbeat-main.json"  # in the data directory
+WATCHDOG_HEARTBEAT = "heartbeat-watchdog.json"
 
 
 class Clock:

@@ -36,14 +36,20 @@ from .breaker import BreakerState, CircuitBreaker
 from .broker import AccountModeError, Broker, ClientIdInUse
 from .commander import Commander
 from .config import Config, Secrets
-from .heartbeat import Clock, SystemClock, read_heartbeat, sd_notify, write_heartbeat
+from .heartbeat import (
+    MAIN_HEARTBEAT,
+    WATCHDOG_HEARTBEAT,
+    Clock,
+    SystemClock,
+    read_heartbeat,
+    sd_notify,
+    write_heartbeat,
+)
 from .preflight import KEY_MISSING, static_refusals
 
 __all__ = ["MAIN_HEARTBEAT", "WATCHDOG_HEARTBEAT", "MainLoop"]
 
 log = logging.getLogger("runtime.main_loop")
-MAIN_HEARTBEAT = "heartbeat-main.json"
-WATCHDOG_HEARTBEAT = "heartbeat-watchdog.json"
 
 
 class MainLoop:
