@@ -17,6 +17,7 @@ from .db import (
     stamped,
     utc_now,
 )
+from .errors import DiscardOutput, HaltAndAlert, RefuseToStart, RetryLater, TraderError
 from .executions import known_exec_ids, log_trade, query_trades, set_commission
 from .llm import record_llm_calls, record_signals, spent_since
 from .orders import (
@@ -50,11 +51,16 @@ __all__ = [
     "SCHEMA_VERSION",
     "DataLakeMissing",
     "DatabaseError",
+    "DiscardOutput",
+    "HaltAndAlert",
     "IntentStatus",
     "RedactingFilter",
+    "RefuseToStart",
+    "RetryLater",
     "SnapshotError",
     "StorageUnavailable",
     "Store",
+    "TraderError",
     "breaker_history",
     "cycle_rows",
     "cycles_finished",

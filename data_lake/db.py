@@ -16,6 +16,8 @@ from typing import ParamSpec, TypeVar
 
 import sqlite_utils
 
+from .errors import RefuseToStart
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -45,7 +47,7 @@ Database = sqlite_utils.Database
 DatabaseError = sqlite3.Error  # what a read on an `open_readonly` connection may raise
 
 
-class DataLakeMissing(FileNotFoundError):
+class DataLakeMissing(RefuseToStart, FileNotFoundError):
     """The data directory or its database does not exist (a reader never creates them)."""
 
 

@@ -16,12 +16,13 @@ from typing import Any
 from sqlite_utils import Database
 
 from .db import stamped, utc_now
+from .errors import DiscardOutput
 from .redact import redact
 
 __all__ = ["SnapshotError", "list_snapshots", "load_snapshot", "save_snapshot"]
 
 
-class SnapshotError(Exception):
+class SnapshotError(DiscardOutput):
     """A snapshot is missing or does not match its recorded hash."""
 
 

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from .db import BUSY_TIMEOUT_MS, DB_FILENAME, connect, migrate, utc_now
+from .errors import RetryLater
 from .trail import log_safety_event
 
 __all__ = ["StorageUnavailable", "Store"]
@@ -47,7 +48,7 @@ _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 1.0
 
 
-class StorageUnavailable(Exception):
+class StorageUnavailable(RetryLater):
     """A write or read the caller awaited did not happen (locked, full, closed, timed out)."""
 
 

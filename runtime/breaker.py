@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from data_lake import Store, record_breaker_transition
+from data_lake import HaltAndAlert, RefuseToStart, Store, record_breaker_transition
 
 __all__ = ["BreakerState", "BreakerStatus", "BreakerUnwritable", "CircuitBreaker", "ResetRefused"]
 
@@ -42,11 +42,11 @@ class BreakerState(enum.StrEnum):
 _SEVERITY = {BreakerState.ACTIVE: 0, BreakerState.REDUCING: 1, BreakerState.HALTED: 2}
 
 
-class ResetRefused(ValueError):
+class ResetRefused(RefuseToStart, ValueError):
     """A reset without a person's name and reason."""
 
 
-class BreakerUnwritable(OSError):
+class BreakerUnwritable(HaltAndAlert, OSError):
     """The breaker file could not be written (a reset is refused rather than half-done)."""
 
 

@@ -35,7 +35,10 @@ from ib_insync import (
 
 from data_lake import (
     IntentStatus,
+    RefuseToStart,
+    RetryLater,
     Store,
+    TraderError,
     intent_status_for,
     intents_exist,
     known_exec_ids,
@@ -77,19 +80,19 @@ ORDER_ERROR_CODES = frozenset(
 ORDER_ENDING_CODES = frozenset({103, 104, 105, 110, 135, 161, 200, 201, 203, 321, 387})
 
 
-class BrokerError(Exception):
+class BrokerError(TraderError):
     """Base class: something at the broker prevents trading."""
 
 
-class ClientIdInUse(BrokerError):
+class ClientIdInUse(BrokerError, RefuseToStart):
     """Error 326 on first start: another session uses this client id (a fatal config error)."""
 
 
-class AccountModeError(BrokerError):
+class AccountModeError(BrokerError, RefuseToStart):
     """The account does not match the trading mode (paper needs DU..., live needs arming)."""
 
 
-class BrokerNotReady(BrokerError):
+class BrokerNotReady(BrokerError, RetryLater):
     """Not connected, not reconciled, or connectivity to IB lost (1100): no orders."""
 
 

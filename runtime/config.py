@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from data_lake import RefuseToStart
 from skills.risk import RiskConfig
 
 __all__ = [
@@ -55,7 +56,7 @@ _PATH_KEYS = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(RefuseToStart, ValueError):
     """The configuration is invalid; the message names every bad key and why."""
 
 

@@ -20,10 +20,12 @@ import re
 import tempfile
 from pathlib import Path
 
+from data_lake import RefuseToStart
+
 __all__ = ["InstanceLock", "LockHeld", "account_lock_path", "acquire"]
 
 
-class LockHeld(RuntimeError):
+class LockHeld(RefuseToStart, RuntimeError):
     """Another process holds the lock (the message names it and its PID)."""
 
 

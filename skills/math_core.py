@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from data_lake import DiscardOutput
+
 __all__ = [
     "Greeks",
     "ImpliedVolError",
@@ -27,11 +29,11 @@ _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _SQRT2 = math.sqrt(2.0)
 
 
-class MathInputError(ValueError):
+class MathInputError(DiscardOutput, ValueError):
     """An input is outside the domain of the formula (negative price, probability > 1, ...)."""
 
 
-class ImpliedVolError(ValueError):
+class ImpliedVolError(DiscardOutput, ValueError):
     """No volatility reproduces the price (outside no-arbitrage bounds, or no convergence)."""
 
 

@@ -23,7 +23,16 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
-from data_lake import Store, record_llm_calls, record_signals, redact, spent_since, utc_now
+from data_lake import (
+    DiscardOutput,
+    RefuseToStart,
+    Store,
+    record_llm_calls,
+    record_signals,
+    redact,
+    spent_since,
+    utc_now,
+)
 
 from .swarm_models import (
     Abstain,
@@ -72,11 +81,11 @@ PRICE_SANITY = 0.25  # a limit further than this from the quote is not a real pr
 # collar is tighter; this only stops absurd values at the boundary)
 
 
-class SwarmConfigError(ValueError):
+class SwarmConfigError(RefuseToStart, ValueError):
     """An instance file or template is invalid; the message names the file and the reason."""
 
 
-class SignalRejected(ValueError):
+class SignalRejected(DiscardOutput, ValueError):
     """A signal failed validation; the instance abstains with this reason."""
 
 

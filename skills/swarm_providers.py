@@ -18,6 +18,8 @@ from anthropic._middleware import AsyncCallNext, Middleware
 from anthropic._request import APIRequest
 from anthropic._response import AsyncAPIResponse
 
+from data_lake import DiscardOutput
+
 from .swarm_models import SIGNAL_TOOL, InstanceConfig, MarketContext
 
 __all__ = [
@@ -229,7 +231,7 @@ class ProviderAnswer:
     provider: str
 
 
-class ProviderError(Exception):
+class ProviderError(DiscardOutput):
     """The provider produced no answer (the instance abstains with this reason)."""
 
 
