@@ -7,10 +7,11 @@ import math
 import random
 import zlib
 
+from .holidays import is_trading_day
 from .instruments import Contract
 from .market import HISTORY_DAYS, SECONDS_PER_TRADING_YEAR, Bar, MarketModel
 
-__all__ = ["HistoryError", "build_bars"]
+__all__ = ["HistoryError", "build_bars", "first_bar_day"]
 
 _UNIT_SECONDS = {"sec": 1, "secs": 1, "min": 60, "mins": 60, "hour": 3600, "hours": 3600}
 _DURATION_DAYS = {"S": 1 / 23400, "D": 1, "W": 5, "M": 21, "Y": 252}
@@ -27,10 +28,12 @@ SUPPORTED_WHAT = frozenset(
     }
 )
 MAX_INTRADAY_BARS = 5000
+_HMDS = "Historical Market Data Service error message:"
 
 
 class HistoryError(Exception):
-    """The request cannot be answered; the message is IB-style (error 162 or 321)."""
+    """The request cannot be answered: error 162 (HMDS), which ends the request in ib_insync
+    and ib_async alike (321 would leave ib_async waiting)."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -43,16 +46,14 @@ def _duration_days(duration: str) -> float:
         n_s, unit = duration.split()
         return int(n_s) * _DURATION_DAYS[unit.upper()]
     except (ValueError, KeyError) as exc:
-        raise HistoryError(
-            321, f"Error validating request.-'bG' : invalid duration {duration!r}"
-        ) from exc
+        raise HistoryError(162, f"{_HMDS}Invalid duration {duration!r}") from exc
 
 
 def _trading_days(end: dt.date, count: int) -> list[dt.date]:
     days: list[dt.date] = []
     d = end
     while len(days) < count:
-        if d.weekday() < 5:
+        if is_trading_day(d):
             days.append(d)
         d -= dt.timedelta(days=1)
     days.reverse()
@@ -72,11 +73,10 @@ def build_bars(
     duration: str,
     what: str,
     now: dt.datetime,
-    format_date: int,
 ) -> list[Bar]:
     """Return the bars a reqHistoricalData asks for, oldest first."""
     if what not in SUPPORTED_WHAT:
-        raise HistoryError(321, f"Error validating request.-'bG' : unsupported whatToShow {what!r}")
+        raise HistoryError(162, f"{_HMDS}Invalid whatToShow {what!r}")
     if contract.sec_type != "STK":
         raise HistoryError(
             162,
@@ -86,7 +86,7 @@ def build_bars(
     days = _duration_days(duration)
     parts = bar_size.split()
     if len(parts) != 2:
-        raise HistoryError(321, f"Error validating request.-'bG' : invalid bar size {bar_size!r}")
+        raise HistoryError(162, f"{_HMDS}Invalid bar size {bar_size!r}")
     n_s, unit = parts
     unit = unit.lower()
     is_vol = what in ("OPTION_IMPLIED_VOLATILITY", "HISTORICAL_VOLATILITY")
@@ -113,7 +113,7 @@ def build_bars(
             )
         return bars
     if unit not in _UNIT_SECONDS:
-        raise HistoryError(321, f"Error validating request.-'bG' : invalid bar size {bar_size!r}")
+        raise HistoryError(162, f"{_HMDS}Invalid bar size {bar_size!r}")
     bar_s = int(n_s) * _UNIT_SECONDS[unit]
     count = min(MAX_INTRADAY_BARS, max(1, int(days * 23400 / bar_s)))
     rng = random.Random(market.seed * 7919 + zlib.crc32(f"{contract.symbol}|{bar_s}".encode()))
@@ -128,11 +128,19 @@ def build_bars(
     out: list[Bar] = []
     for i in range(1, len(closes)):
         t = end - (len(closes) - 1 - i) * bar_s
-        stamp = (
-            str(t)
-            if format_date == 2
-            else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y%m%d  %H:%M:%S")
-        )
         o, h, lo, c = _ohlc(closes[i - 1], closes[i], 0.0005)
-        out.append(Bar(stamp, o, h, lo, c, 0.0 if is_vol else 10_000.0))
+        out.append(Bar("", o, h, lo, c, 0.0 if is_vol else 10_000.0, epoch=t))
     return out
+
+
+def first_bar_day(contract: Contract, what: str, now: dt.datetime) -> dt.date:
+    """Return the earliest day reqHistoricalData can serve for `contract` (reqHeadTimeStamp)."""
+    if what not in SUPPORTED_WHAT:
+        raise HistoryError(162, f"{_HMDS}Invalid whatToShow {what!r}")
+    if contract.sec_type != "STK":
+        raise HistoryError(
+            162,
+            "Historical Market Data Service error message:HMDS query returned "
+            "no data (the paper gateway keeps history for stocks only)",
+        )
+    return _trading_days(now.date(), HISTORY_DAYS)[0]
