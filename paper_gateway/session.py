@@ -305,13 +305,16 @@ class Session:
                 )
             )
             return
+        if isinstance(what, Ignored):
+            log.debug("client %s: ignored request %s", self.client_id, what.name)
+            return
         log.warning("client %s: unsupported request %s", self.client_id, what.name)
         if isinstance(what, EmptyAnswer):
             answer: list[Field] = list(what.fields)
             if what.req_id_index is not None:
                 answer[1] = _req_id_of(fields, what.req_id_index)
             self.send(answer)
-        elif not isinstance(what, Ignored):
+        else:
             idx = what.req_id_index
             req_id = -1 if idx is None else _req_id_of(fields, idx)
             self.send(msg.error(self.sv, req_id, what.code, what.text))
