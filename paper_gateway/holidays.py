@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-__all__ = ["CALENDAR_YEARS", "EARLY_CLOSES", "HOLIDAYS", "is_early_close", "is_trading_day"]
+__all__ = [
+    "CALENDAR_YEARS",
+    "EARLY_CLOSES",
+    "HOLIDAYS",
+    "is_early_close",
+    "is_trading_day",
+    "session_hours",
+]
 
 CALENDAR_YEARS = frozenset({2026, 2027})
 
@@ -53,3 +60,16 @@ def is_trading_day(day: dt.date) -> bool:
 def is_early_close(day: dt.date) -> bool:
     """Return whether the regular session of `day` ends at 13:00 exchange time."""
     return day in EARLY_CLOSES
+
+
+def session_hours(day: dt.date, regular_only: bool) -> tuple[dt.time, dt.time] | None:
+    """Return the (open, close) exchange times of `day`'s stock session, or None if closed.
+
+    Regular hours are 09:30-16:00 (13:00 on early closes); extended hours 04:00-20:00 (17:00).
+    """
+    if not is_trading_day(day):
+        return None
+    early = is_early_close(day)
+    if regular_only:
+        return dt.time(9, 30), dt.time(13 if early else 16)
+    return dt.time(4), dt.time(17 if early else 20)

@@ -7,7 +7,7 @@ import zlib
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from .holidays import is_early_close, is_trading_day
+from .holidays import is_trading_day, session_hours
 
 __all__ = [
     "EXCHANGE_TZ",
@@ -295,16 +295,14 @@ def hours_strings(today: dt.date, sec_type: str, days: int = 7) -> tuple[str, st
     for i in range(days):
         d = today + dt.timedelta(days=i)
         ds = d.strftime("%Y%m%d")
-        if not is_trading_day(d):
+        regular = session_hours(d, regular_only=True)
+        extended = session_hours(d, regular_only=sec_type == "OPT")
+        if regular is None or extended is None:
             trading.append(f"{ds}:CLOSED")
             liquid.append(f"{ds}:CLOSED")
             continue
-        close, late = ("1300", "1700") if is_early_close(d) else ("1600", "2000")
-        if sec_type == "OPT":
-            trading.append(f"{ds}:0930-{ds}:{close}")
-        else:
-            trading.append(f"{ds}:0400-{ds}:{late}")
-        liquid.append(f"{ds}:0930-{ds}:{close}")
+        trading.append(f"{ds}:{extended[0]:%H%M}-{ds}:{extended[1]:%H%M}")
+        liquid.append(f"{ds}:{regular[0]:%H%M}-{ds}:{regular[1]:%H%M}")
     return ";".join(trading), ";".join(liquid)
 
 

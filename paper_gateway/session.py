@@ -519,6 +519,7 @@ class Session:
                 req.duration,
                 req.what,
                 self.core.now(),
+                req.use_rth,
             )
         except HistoryError as exc:
             self.send(msg.error(self.sv, req.req_id, exc.code, exc.message))

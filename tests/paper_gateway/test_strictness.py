@@ -127,3 +127,28 @@ def test_a_limit_order_at_a_valid_exchange_still_trades(ib):
     ib.qualifyContracts(stock)
     trade = ib.placeOrder(stock, LimitOrder("BUY", 1, 10_000.0))
     eventually(lambda: trade.orderStatus.status == "Filled", pump=ib, what="fill")
+
+
+BLACK_FRIDAY_11AM = dt.datetime(2026, 11, 27, 16, 0, tzinfo=dt.UTC)  # 11:00 US/Eastern
+
+
+@pytest.mark.parametrize(
+    "gateway_config",
+    [GatewayConfig(tick_interval_s=0.0, clock=lambda: BLACK_FRIDAY_11AM)],
+)
+def test_intraday_bars_lie_in_the_sessions_of_trading_days(ib, gateway_config):
+    stock = Stock("AAPL", "SMART", "USD")
+    ib.qualifyContracts(stock)
+    bars = ib.reqHistoricalData(stock, "", "2 D", "1 hour", "TRADES", useRTH=True)
+    assert [b.date.strftime("%d %H:%M") for b in bars] == [
+        "25 09:30",  # Wednesday; Thanksgiving is closed
+        *(f"25 {h}:00" for h in range(10, 16)),
+        "27 09:30",
+        "27 10:00",
+        "27 11:00",  # early-close Friday, the bar in progress included
+    ]
+    extended = ib.reqHistoricalData(stock, "", "1 D", "1 hour", "TRADES", useRTH=False)
+    assert extended[0].date.strftime("%d %H:%M") == "27 04:00" and len(extended) == 8
+    seen = errors_of(ib)
+    assert not ib.reqHistoricalData(stock, "", "1 D", "7 mins", "TRADES", True)
+    assert [code for _, code, _ in seen] == [162]
