@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["Session"]
 
 log = logging.getLogger("paper_gateway.session")
+NO_DEFINITION = "No security definition has been found for the request"  # IB's text for 200
 
 
 @dataclass(slots=True)
@@ -332,14 +333,8 @@ class Session:
         return [c for c in found if contradiction(ref, c) is None]
 
     def _no_definition(self, req_id: int, ref: ContractRef) -> None:
-        self.send(
-            msg.error(
-                self.sv,
-                req_id,
-                200,
-                f"No security definition has been found for the request ({ref.describe()})",
-            )
-        )
+        log.info("client %s: no security definition for %s", self.client_id, ref.describe())
+        self.send(msg.error(self.sv, req_id, 200, NO_DEFINITION))
 
     def _req_contract_details(self, fields: list[str]) -> None:
         r = FieldReader(fields)
@@ -375,14 +370,7 @@ class Session:
         r.skip(2)
         stock = self.core.catalogue.stock(symbol)
         if stock is None:
-            self.send(
-                msg.error(
-                    self.sv,
-                    req_id,
-                    200,
-                    f"No security definition has been found for the request ({symbol})",
-                )
-            )
+            self.send(msg.error(self.sv, req_id, 200, NO_DEFINITION))
             return
         expiries = self.core.catalogue.expiries[symbol]
         strikes = self.core.catalogue.strikes[symbol]

@@ -40,7 +40,9 @@ def test_an_order_without_exchange_is_refused_with_321_and_never_fills(ib, admin
 def test_contracts_that_contradict_the_listing_get_error_200(ib, contract):
     seen = errors_of(ib)
     assert ib.qualifyContracts(contract) == []
-    assert [code for _, code, _ in seen] == [200]
+    assert [(code, msg) for _, code, msg in seen] == [
+        (200, "No security definition has been found for the request")
+    ]
 
 
 def test_head_timestamp_and_matching_symbols_are_served(ib):
