@@ -104,8 +104,9 @@ class ServerVersion:
 
     @property
     def contract_data_163_increment(self) -> bool:
-        """At exactly 163 the clients read a lone suggestedSizeIncrement after stockType."""
-        return self.version == MIN_SERVER_VER_FRACTIONAL_SIZE_SUPPORT
+        """Between FRACTIONAL_SIZE_SUPPORT and SIZE_RULES (that is, at 163) contractData ends
+        with one size field (IB's decoder: sizeMinTick; ib_insync: suggestedSizeIncrement)."""
+        return self.fractional_sizes and not self.size_rules
 
     def size(self, value: float) -> float | int:
         """Encode a size: decimal from FRACTIONAL_SIZE_SUPPORT on, a whole number before."""

@@ -11,9 +11,10 @@ from tws_wire_client import (
     decode,
 )
 
-# 157: IB's ibapi 9.81; 163/164: fractional sizes, size rules; 166: advanced reject;
+# 157: IB's ibapi 9.81; 158/160/162: openOrder duration, postToAts, autoCancelParent;
+# 163/164: fractional sizes, size rules; 166: advanced reject; 170: peg offsets;
 # 173/174: bar time zone; 176: ib_insync's maximum
-VERSIONS = [157, 163, 164, 166, 173, 174, 176]
+VERSIONS = [157, 158, 160, 162, 163, 164, 166, 170, 173, 174, 176]
 AAPL = 265598
 
 
