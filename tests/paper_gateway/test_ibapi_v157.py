@@ -95,7 +95,8 @@ def test_ibapi_981_reads_every_reply_at_v157(client):
     assert c.serverVersion() == 157
     c.reqContractDetails(1, stock())
     eventually(lambda: w.of("contractDetailsEnd"), what="contract details")
-    assert w.of("contractDetails")[0][1].contract.conId == 265598
+    [(req_id, details)] = w.of("contractDetails")
+    assert (req_id, details.contract.conId, details.minTick) == (1, 265598, 0.01)
     c.reqContractDetails(2, stock("NOSUCH"))
     c.reqMktData(3, stock(), "", True, False, [])
     eventually(lambda: w.of("tickSnapshotEnd"), what="snapshot end")
