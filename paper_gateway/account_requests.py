@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import messages as msg
+from . import simple_messages as sm
 from .account import ACCOUNT_TAGS, value_rows
 from .instruments import Contract
 from .session_base import SessionBase, req_id_of
@@ -39,9 +40,9 @@ class AccountRequests(SessionBase):
             for c in contracts:
                 p = positions.get(c.con_id) or core.flat_position(c)
                 self.send(msg.portfolio_value(self.sv, account, p, core.engine.mark(c)))
-        self.send([8, 1, core.now().strftime("%H:%M")])
+        self.send(sm.account_update_time(self.sv, core.now().strftime("%H:%M")))
         if full:
-            self.send([54, 1, account])
+            self.send(sm.account_download_end(self.sv, account))
 
     def _req_account_updates_multi(self, fields: list[str]) -> None:
         r = FieldReader(fields)
@@ -49,7 +50,7 @@ class AccountRequests(SessionBase):
         req_id = r.integer()
         self.subs.account_multi.add(req_id)
         self.push_account_multi(req_id)
-        self.send([74, 1, req_id])
+        self.send(sm.account_update_multi_end(self.sv, req_id))
 
     def push_account_multi(self, req_id: int) -> None:
         account = self.core.config.account
@@ -63,7 +64,7 @@ class AccountRequests(SessionBase):
         self.subs.positions = True
         for p in self.core.account.positions.values():
             self.send(msg.position(self.sv, self.core.config.account, p))
-        self.send([62, 1])
+        self.send(sm.position_end(self.sv))
 
     def _cancel_positions(self, fields: list[str]) -> None:
         self.subs.positions = False
@@ -76,7 +77,7 @@ class AccountRequests(SessionBase):
         account = self.core.config.account
         for p in self.core.account.positions.values():
             self.send(msg.position_multi(self.sv, req_id, account, p))
-        self.send([72, 1, req_id])
+        self.send(sm.position_multi_end(self.sv, req_id))
 
     def _req_account_summary(self, fields: list[str]) -> None:
         r = FieldReader(fields)
@@ -91,7 +92,7 @@ class AccountRequests(SessionBase):
         self.send(msg.account_summary(self.sv, req_id, account, "AccountType", "INDIVIDUAL", ""))
         for tag in ACCOUNT_TAGS:
             self.send(msg.account_summary(self.sv, req_id, account, tag, values[tag], "USD"))
-        self.send([64, 1, req_id])
+        self.send(sm.account_summary_end(self.sv, req_id))
 
     def _cancel_account_summary(self, fields: list[str]) -> None:
         self.subs.account_summary.discard(req_id_of(fields, 2))

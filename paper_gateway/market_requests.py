@@ -7,6 +7,7 @@ import logging
 
 from . import market_messages as mm
 from . import messages as msg
+from . import simple_messages as sm
 from .history import HistoryError, build_bars, first_bar_day
 from .instruments import EXCHANGE_ZONE, Contract
 from .requests import (
@@ -64,7 +65,7 @@ class MarketRequests(SessionBase):
                     spec.con_id,
                 )
             )
-        self.send([52, 1, req_id])
+        self.send(sm.contract_data_end(self.sv, req_id))
 
     def _req_sec_def_opt_params(self, fields: list[str]) -> None:
         r = FieldReader(fields)

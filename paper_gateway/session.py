@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import messages as msg
+from . import simple_messages as sm
 from .account_requests import AccountRequests
 from .engine import OrderSpec
 from .market_requests import MarketRequests
@@ -252,8 +253,8 @@ class Session(MarketRequests, AccountRequests):
         log.info(
             "client %s connected from %s (server version %s)", client_id, self.peer, self.version
         )
-        self.send([15, 1, self.core.config.account])
-        self.send([9, 1, self.core.next_valid_id()])
+        self.send(sm.managed_accounts(self.sv, self.core.config.account))
+        self.send(sm.next_valid_id(self.sv, self.core.next_valid_id()))
         for code, text in (
             (2104, "Market data farm connection is OK:usfarm"),
             (2106, "HMDS data farm connection is OK:ushmds"),
@@ -353,12 +354,12 @@ class Session(MarketRequests, AccountRequests):
                 continue
             self.send(msg.open_order(self.sv, order, account))
             self.send(msg.order_status(self.sv, order))
-        self.send([53, 1])
+        self.send(sm.open_order_end(self.sv))
 
     def _req_completed_orders(self, fields: list[str]) -> None:
         for order in self.core.engine.completed_orders():
             self.send(msg.completed_order(self.sv, order, self.core.config.account))
-        self.send([102])
+        self.send(sm.completed_orders_end(self.sv))
 
     def _req_executions(self, fields: list[str]) -> None:
         f = parse_exec_filter(fields)
@@ -376,13 +377,13 @@ class Session(MarketRequests, AccountRequests):
                 continue
             self.send(msg.exec_details(self.sv, f.req_id, e, account))
             self.send(msg.commission_report(self.sv, e))
-        self.send([55, 1, f.req_id])
+        self.send(sm.exec_details_end(self.sv, f.req_id))
 
     def _req_ids(self, fields: list[str]) -> None:
-        self.send([9, 1, self.core.next_valid_id()])
+        self.send(sm.next_valid_id(self.sv, self.core.next_valid_id()))
 
     def _req_current_time(self, fields: list[str]) -> None:
-        self.send([49, 1, int(self.core.now().timestamp())])
+        self.send(sm.current_time(self.sv, int(self.core.now().timestamp())))
 
     def _req_managed_accounts(self, fields: list[str]) -> None:
-        self.send([15, 1, self.core.config.account])
+        self.send(sm.managed_accounts(self.sv, self.core.config.account))
