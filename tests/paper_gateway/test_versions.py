@@ -157,4 +157,10 @@ def test_orders_fills_and_account_decode_at_every_version(raw, version):
     s.wait_for(lambda m: m.msg_id == 72)
     s.request("reqAccountSummary", 13, "All", "NetLiquidation")
     s.wait_for(lambda m: m.msg_id == 64)
+    s.request("reqAccountUpdatesMulti", 14, "DU1234567", "", False)
+    s.wait_for(lambda m: m.msg_id == 74)
+    s.request("reqPnL", 15, "DU1234567", "")
+    s.wait_for(lambda m: m.msg_id == 94)
+    s.request("reqCurrentTime")
+    s.wait_for(lambda m: m.msg_id == 49)
     assert [e["code"] for e in s.errors() if e["code"] < 2100] == [321]
