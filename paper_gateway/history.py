@@ -6,12 +6,13 @@ import datetime as dt
 import math
 import random
 import zlib
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .holidays import is_trading_day, session_hours
 from .instruments import EXCHANGE_ZONE, Contract
 from .market import HISTORY_DAYS, SECONDS_PER_TRADING_YEAR, Bar, MarketModel
 
-__all__ = ["HistoryError", "build_bars", "first_bar_day"]
+__all__ = ["HistoryError", "build_bars", "first_bar_day", "parse_end"]
 
 # the bar sizes IB accepts (reqHistoricalData's barSizeSetting), in seconds for intraday ones
 BAR_SIZES: dict[str, int] = {
@@ -71,6 +72,32 @@ def _duration_days(duration: str) -> float:
         raise HistoryError(162, f"{_HMDS}Invalid duration {duration!r}") from exc
 
 
+def parse_end(text: str, now: dt.datetime) -> dt.datetime:
+    """Parse reqHistoricalData's endDateTime: "" (now), `yyyymmdd hh:mm:ss [zone]` (exchange
+    time without a zone), `yyyymmdd-hh:mm:ss` (UTC) or `yyyymmdd`; a future end means now."""
+    text = text.strip()
+    if not text:
+        return now
+    try:
+        if "-" in text[:9]:
+            end = dt.datetime.strptime(text, "%Y%m%d-%H:%M:%S").replace(tzinfo=dt.UTC)
+        elif len(text) == 8:
+            end = dt.datetime.strptime(text, "%Y%m%d").replace(
+                hour=23, minute=59, second=59, tzinfo=EXCHANGE_ZONE
+            )
+        else:
+            day, clock, *zone = text.split()
+            when = dt.datetime.strptime(day + clock, "%Y%m%d%H:%M:%S")
+            end = when.replace(tzinfo=ZoneInfo(zone[0]) if zone else EXCHANGE_ZONE)
+    except (ValueError, KeyError, ZoneInfoNotFoundError) as exc:
+        raise HistoryError(
+            162,
+            f"{_HMDS}Historical data query end date/time string [{text}] is invalid. "
+            "Format is 'YYYYMMDD{SPACE}hh:mm:ss[{SPACE}TMZ]'.",
+        ) from exc
+    return min(end, now)
+
+
 def _trading_days(end: dt.date, count: int) -> list[dt.date]:
     days: list[dt.date] = []
     d = end
@@ -80,6 +107,12 @@ def _trading_days(end: dt.date, count: int) -> list[dt.date]:
         d -= dt.timedelta(days=1)
     days.reverse()
     return days
+
+
+def _last_trading_day(day: dt.date) -> dt.date:
+    while not is_trading_day(day):
+        day -= dt.timedelta(days=1)
+    return day
 
 
 def _ohlc(prev: float, close: float, wiggle: float) -> tuple[float, float, float, float]:
@@ -96,8 +129,10 @@ def build_bars(
     what: str,
     now: dt.datetime,
     use_rth: bool = True,
+    end: dt.datetime | None = None,
 ) -> list[Bar]:
-    """Return the bars a reqHistoricalData asks for, oldest first."""
+    """Return the bars a reqHistoricalData asks for, oldest first, ending at `end` (now)."""
+    end = now if end is None else min(end, now)
     if what not in SUPPORTED_WHAT:
         raise HistoryError(162, f"{_HMDS}Invalid whatToShow {what!r}")
     if contract.sec_type != "STK":
@@ -112,8 +147,18 @@ def build_bars(
     if size in DAILY_BAR_STEPS:
         step = DAILY_BAR_STEPS[size]
         count = min(HISTORY_DAYS, max(1, math.ceil(days)))
-        values = market.daily_history(contract.symbol, what)[-count:]
-        dates = _trading_days(now.date(), len(values))
+        history = market.daily_history(contract.symbol, what)
+        end_day = end.astimezone(EXCHANGE_ZONE).date()
+        today = now.astimezone(EXCHANGE_ZONE).date()
+        later = sum(
+            1
+            for k in range(1, (today - end_day).days + 1)
+            if is_trading_day(end_day + dt.timedelta(days=k))
+        )
+        values = history[: len(history) - later][-count:]
+        if not values:
+            raise HistoryError(162, f"{_HMDS}HMDS query returned no data")
+        dates = _trading_days(_last_trading_day(end_day), len(values))
         bars: list[Bar] = []
         for i in range(0, len(values), step):
             chunk = values[i : i + step]
@@ -134,7 +179,7 @@ def build_bars(
     if size not in BAR_SIZES:
         raise HistoryError(162, f"{_HMDS}Historical data bar size setting is invalid: {bar_size!r}")
     bar_s = BAR_SIZES[size]
-    starts = _bar_starts(now, bar_s, days, use_rth)
+    starts = _bar_starts(end, bar_s, days, use_rth)
     rng = random.Random(market.seed * 7919 + zlib.crc32(f"{contract.symbol}|{bar_s}".encode()))
     level = market.iv(contract.symbol) if is_vol else market.price(contract.symbol)
     vol = 0.3 if is_vol else market.catalogue.stocks[contract.symbol].vol
@@ -150,18 +195,19 @@ def build_bars(
     return out
 
 
-def _bar_starts(now: dt.datetime, bar_s: int, days: float, use_rth: bool) -> list[int]:
-    """Return the start times (epoch s) of the intraday bars a request covers, oldest first.
+def _bar_starts(end: dt.datetime, bar_s: int, days: float, use_rth: bool) -> list[int]:
+    """Return the start times (epoch s) of the intraday bars before `end`, oldest first.
 
     Bars lie inside the sessions of trading days (regular hours when `use_rth`); a duration
     of N days covers the last N sessions that have started, seconds cover that many seconds
     of session time. Bars sit on the bar-size grid of the exchange day, the first one starting
-    at the open (hourly: 09:30, 10:00, 11:00 ...). The bar in progress is included.
+    at the open (hourly: 09:30, 10:00, 11:00 ...). A bar that started before `end` (the one in
+    progress when `end` is now) is included.
     """
     wanted = max(1, int(days * 23400 / bar_s)) if days < 1 else None
     sessions = max(1, math.ceil(days))
-    now_s = int(now.timestamp())
-    day = now.astimezone(EXCHANGE_ZONE).date()
+    end_s = int(end.timestamp())
+    day = end.astimezone(EXCHANGE_ZONE).date()
     picked: list[int] = []
     used = 0
     for _ in range(MAX_SESSIONS_BACK):
@@ -169,7 +215,7 @@ def _bar_starts(now: dt.datetime, bar_s: int, days: float, use_rth: bool) -> lis
         if hours is not None:
             opens = int(dt.datetime.combine(day, hours[0], EXCHANGE_ZONE).timestamp())
             closes = int(dt.datetime.combine(day, hours[1], EXCHANGE_ZONE).timestamp())
-            last = min(closes, now_s + 1)
+            last = min(closes, end_s)
             if last > opens:
                 midnight = int(dt.datetime.combine(day, dt.time(0), EXCHANGE_ZONE).timestamp())
                 aligned = midnight + -(-(opens - midnight) // bar_s) * bar_s  # next grid point
@@ -197,4 +243,4 @@ def first_bar_day(contract: Contract, what: str, now: dt.datetime) -> dt.date:
             "Historical Market Data Service error message:HMDS query returned "
             "no data (the paper gateway keeps history for stocks only)",
         )
-    return _trading_days(now.date(), HISTORY_DAYS)[0]
+    return _trading_days(now.astimezone(EXCHANGE_ZONE).date(), HISTORY_DAYS)[0]

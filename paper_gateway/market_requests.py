@@ -8,7 +8,7 @@ import logging
 from . import market_messages as mm
 from . import messages as msg
 from . import simple_messages as sm
-from .history import HistoryError, build_bars, first_bar_day
+from .history import HistoryError, build_bars, first_bar_day, parse_end
 from .instruments import EXCHANGE_ZONE, Contract
 from .requests import (
     ContractRef,
@@ -204,6 +204,7 @@ class MarketRequests(SessionBase):
         if len(found) != 1:
             self._no_definition(req.req_id, req.contract)
             return
+        now = self.core.now()
         try:
             bars = build_bars(
                 self.core.market,
@@ -211,8 +212,9 @@ class MarketRequests(SessionBase):
                 req.bar_size,
                 req.duration,
                 req.what,
-                self.core.now(),
+                now,
                 req.use_rth,
+                parse_end(req.end, now),
             )
         except HistoryError as exc:
             self.send(msg.error(self.sv, req.req_id, exc.code, exc.message))

@@ -131,7 +131,7 @@ def test_a_limit_order_at_a_valid_exchange_still_trades(ib):
     eventually(lambda: trade.orderStatus.status == "Filled", pump=ib, what="fill")
 
 
-BLACK_FRIDAY_11AM = dt.datetime(2026, 11, 27, 16, 0, tzinfo=dt.UTC)  # 11:00 US/Eastern
+BLACK_FRIDAY_11AM = dt.datetime(2026, 11, 27, 16, 20, tzinfo=dt.UTC)  # 11:20 US/Eastern
 
 
 @pytest.mark.parametrize(
@@ -153,4 +153,23 @@ def test_intraday_bars_lie_in_the_sessions_of_trading_days(ib, gateway_config):
     assert extended[0].date.strftime("%d %H:%M") == "27 04:00" and len(extended) == 8
     seen = errors_of(ib)
     assert not ib.reqHistoricalData(stock, "", "1 D", "7 mins", "TRADES", True)
+    assert [code for _, code, _ in seen] == [162]
+
+
+@pytest.mark.parametrize(
+    "gateway_config",
+    [GatewayConfig(tick_interval_s=0.0, clock=lambda: BLACK_FRIDAY_11AM)],
+)
+def test_historical_data_ends_at_the_requested_end(ib, gateway_config):
+    stock = Stock("AAPL", "SMART", "USD")
+    ib.qualifyContracts(stock)
+    daily = ib.reqHistoricalData(stock, "20261120 16:00:00 US/Eastern", "5 D", "1 day", "TRADES", 1)
+    assert [b.date for b in daily] == [dt.date(2026, 11, d) for d in (16, 17, 18, 19, 20)]
+    latest = ib.reqHistoricalData(stock, "", "5 D", "1 day", "TRADES", 1)
+    assert [b.date.day for b in latest] == [20, 23, 24, 25, 27]  # Thanksgiving skipped
+    end = dt.datetime(2026, 11, 25, 17, 0, tzinfo=dt.UTC)  # 12:00 US/Eastern, sent as UTC
+    bars = ib.reqHistoricalData(stock, end, "1 D", "1 hour", "TRADES", True)
+    assert [b.date.strftime("%d %H:%M") for b in bars] == ["25 09:30", "25 10:00", "25 11:00"]
+    seen = errors_of(ib)
+    assert not ib.reqHistoricalData(stock, "next tuesday", "1 D", "1 hour", "TRADES", True)
     assert [code for _, code, _ in seen] == [162]
