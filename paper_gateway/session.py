@@ -283,7 +283,7 @@ class Session(MarketRequests, AccountRequests):
         if isinstance(what, EmptyAnswer):
             answer: list[Field] = list(what.fields)
             if what.req_id_index is not None:
-                answer[1] = req_id_of(fields, what.req_id_index)
+                answer[what.answer_index] = req_id_of(fields, what.req_id_index)
             self.send(answer)
         else:
             idx = what.req_id_index

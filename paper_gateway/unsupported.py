@@ -33,11 +33,13 @@ class Refusal:
 
 @dataclass(frozen=True, slots=True)
 class EmptyAnswer:
-    """Answer with a fixed message; `req_id_index` (if any) is copied to field 1."""
+    """Answer with a fixed message; the request's field `req_id_index` (if any) is copied to
+    field `answer_index` of the answer."""
 
     name: str
     fields: tuple[str | int | float, ...]
     req_id_index: int | None = None
+    answer_index: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,10 @@ UNSUPPORTED: dict[int, Unsupported] = {
     55: Refusal("calculateOptionPrice", 2, *_NOT_SUBSCRIBED),
     56: Ignored("cancelCalculateImpliedVolatility"),
     57: Ignored("cancelCalculateOptionPrice"),
+    67: EmptyAnswer("queryDisplayGroups", (67, 1, 0, ""), req_id_index=2, answer_index=2),
+    68: Ignored("subscribeToGroupEvents"),
+    69: Ignored("updateDisplayGroup"),
+    70: Ignored("unsubscribeFromGroupEvents"),
     79: EmptyAnswer("reqSoftDollarTiers", (77, 0, 0), req_id_index=1),
     80: EmptyAnswer("reqFamilyCodes", (78, 0)),
     82: EmptyAnswer("reqMktDepthExchanges", (80, 0)),

@@ -71,6 +71,10 @@ def test_unsupported_requests_end_at_once_instead_of_hanging(ib):
     assert ib.reqNewsProviders() == []
     assert ib.reqSmartComponents("a6") == []
     assert not ib.reqUserInfo()
+    groups = []
+    ib.wrapper.displayGroupList = lambda req_id, g: groups.append((req_id, g))
+    ib.client.queryDisplayGroups(77)
+    eventually(lambda: groups == [(77, "")], pump=ib, what="display groups")
     codes = sorted({code for _, code, _ in seen})
     assert codes == [162, 430]  # both end a request in ib_insync and in ib_async
 
