@@ -37,6 +37,24 @@ class MarketRequests(SessionBase):
         )
         return [c for c in found if contradiction(ref, c) is None]
 
+    def _resolve_one(self, req_id: int, ref: ContractRef) -> Contract | None:
+        """Return the one contract a request names, or answer 200 (none, or ambiguous)."""
+        found = self._resolve(ref)
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            self._no_definition(req_id, ref)
+        else:
+            self.send(
+                msg.error(
+                    self.sv,
+                    req_id,
+                    200,
+                    f"The contract description specified for {ref.symbol} is ambiguous.",
+                )
+            )
+        return None
+
     def _no_definition(self, req_id: int, ref: ContractRef) -> None:
         log.info("client %s: no security definition for %s", self.client_id, ref.describe())
         self.send(msg.error(self.sv, req_id, 200, NO_DEFINITION))
@@ -113,12 +131,11 @@ class MarketRequests(SessionBase):
         r.skip(1)  # useRTH
         what = r.text().upper()
         format_date = r.integer(1)
-        found = self._resolve(ref)
-        if len(found) != 1:
-            self._no_definition(req_id, ref)
+        contract = self._resolve_one(req_id, ref)
+        if contract is None:
             return
         try:
-            first = first_bar_day(found[0], what, self.core.now())
+            first = first_bar_day(contract, what, self.core.now())
         except HistoryError as exc:
             self.send(msg.error(self.sv, req_id, exc.code, exc.message))
             return
@@ -128,11 +145,10 @@ class MarketRequests(SessionBase):
 
     def _req_mkt_data(self, fields: list[str]) -> None:
         req = parse_mkt_data(fields)
-        found = self._resolve(req.contract)
-        if len(found) != 1:
-            self._no_definition(req.req_id, req.contract)
+        contract = self._resolve_one(req.req_id, req.contract)
+        if contract is None:
             return
-        sub = MarketSub(found[0], req.generic_ticks)
+        sub = MarketSub(contract, req.generic_ticks)
         self.send(mm.market_data_type(self.sv, req.req_id, 1))  # real-time
         self.push_quote(req.req_id, sub, force=True)
         if req.snapshot:
@@ -200,15 +216,14 @@ class MarketRequests(SessionBase):
 
     def _req_historical(self, fields: list[str]) -> None:
         req = parse_historical(fields)
-        found = self._resolve(req.contract)
-        if len(found) != 1:
-            self._no_definition(req.req_id, req.contract)
+        contract = self._resolve_one(req.req_id, req.contract)
+        if contract is None:
             return
         now = self.core.now()
         try:
             bars = build_bars(
                 self.core.market,
-                found[0],
+                contract,
                 req.bar_size,
                 req.duration,
                 req.what,

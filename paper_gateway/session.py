@@ -307,12 +307,11 @@ class Session(MarketRequests, AccountRequests):
                 )
             )
             return
-        found = self._resolve(req.contract)
-        if len(found) != 1:
-            self._no_definition(req.order_id, req.contract)
+        contract = self._resolve_one(req.order_id, req.contract)
+        if contract is None:
             return
         spec = OrderSpec(
-            found[0],
+            contract,
             req.action,
             req.quantity,
             req.order_type,

@@ -3,7 +3,7 @@
 import datetime as dt
 
 import pytest
-from ib_insync import LimitOrder, MarketOrder, ScannerSubscription, Stock
+from ib_insync import LimitOrder, MarketOrder, Option, ScannerSubscription, Stock
 from ib_insync.contract import Contract
 
 from paper_gateway import GatewayConfig
@@ -177,3 +177,14 @@ def test_historical_data_ends_at_the_requested_end(ib, gateway_config):
     seen = errors_of(ib)
     assert not ib.reqHistoricalData(stock, "next tuesday", "1 D", "1 hour", "TRADES", True)
     assert [code for _, code, _ in seen] == [162]
+
+
+def test_an_ambiguous_contract_gets_200_ambiguous_for_quotes_and_orders(ib, admin):
+    seen = errors_of(ib)
+    ambiguous = Option("AAPL", "", 0.0, "C", "SMART")
+    ib.reqMktData(ambiguous, "", True)
+    ib.placeOrder(ambiguous, MarketOrder("BUY", 1))
+    expected = "The contract description specified for AAPL is ambiguous."
+    eventually(lambda: len(seen) == 2, pump=ib, what="two errors")
+    assert [(code, msg) for _, code, msg in seen] == [(200, expected), (200, expected)]
+    assert admin.call("state")["executions"] == 0
