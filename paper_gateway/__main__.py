@@ -15,7 +15,8 @@ from .server import GatewayConfig, GatewayCore
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m paper_gateway", description="Paper IB Gateway speaking the TWS API (v176)."
+        prog="python -m paper_gateway",
+        description="Paper IB Gateway speaking the TWS API (server versions 157..176).",
     )
     p.add_argument("--port", type=int, default=4002, help="API port (0 = pick a free one)")
     p.add_argument("--admin-port", type=int, default=4003, help="admin port (0 = free one)")

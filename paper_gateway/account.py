@@ -7,11 +7,40 @@ from dataclasses import dataclass
 
 from .instruments import Contract
 
-__all__ = ["Account", "Position", "commission_for"]
+__all__ = ["ACCOUNT_TAGS", "Account", "Position", "commission_for", "value_rows"]
 
 INITIAL_MARGIN = 0.5
 MAINT_MARGIN = 0.25
 SHORT_OPTION_MARGIN = 0.2  # share of the underlying's notional held against a short option
+BASE_CURRENCY = "USD"
+
+# account-level tags, reported in the base currency (reqAccountSummary's tags too)
+ACCOUNT_TAGS = (
+    "NetLiquidation",
+    "TotalCashValue",
+    "CashBalance",
+    "SettledCash",
+    "GrossPositionValue",
+    "EquityWithLoanValue",
+    "InitMarginReq",
+    "MaintMarginReq",
+    "AvailableFunds",
+    "ExcessLiquidity",
+    "BuyingPower",
+    "UnrealizedPnL",
+    "RealizedPnL",
+)
+# ledger tags, reported once per currency held and once as BASE (the base-currency total)
+LEDGER_TAGS = (
+    "CashBalance",
+    "TotalCashBalance",
+    "NetLiquidationByCurrency",
+    "StockMarketValue",
+    "OptionMarketValue",
+    "UnrealizedPnL",
+    "RealizedPnL",
+    "ExchangeRate",
+)
 
 
 @dataclass(slots=True)
@@ -91,6 +120,11 @@ class Account:
             gross += abs(value)
             unrealized += value - p.quantity * p.avg_cost
             margin_base += abs(value)
+        stock_value = sum(
+            p.quantity * mark(p.contract) * p.contract.multiplier
+            for p in self.positions.values()
+            if p.contract.sec_type != "OPT"
+        )
         net_liq = self.cash + market_value
         init_margin = INITIAL_MARGIN * margin_base
         maint_margin = MAINT_MARGIN * margin_base
@@ -110,6 +144,11 @@ class Account:
             "UnrealizedPnL": unrealized,
             "RealizedPnL": self.realized_pnl,
             "DailyPnL": net_liq - self.start_net_liq,
+            "TotalCashBalance": self.cash,
+            "NetLiquidationByCurrency": net_liq,
+            "StockMarketValue": stock_value,
+            "OptionMarketValue": market_value - stock_value,
+            "ExchangeRate": 1.0,
         }
 
     def margin_for(
@@ -130,3 +169,12 @@ class Account:
                 return opening * price * contract.multiplier
             return opening * SHORT_OPTION_MARGIN * underlying_price * contract.multiplier
         return opening * price * INITIAL_MARGIN
+
+
+def value_rows(values: dict[str, float]) -> list[tuple[str, float, str]]:
+    """Return (tag, value, currency) rows as reqAccountUpdates reports them: the account tags
+    in the base currency, then the ledger tags for BASE and for each currency (USD only)."""
+    rows = [(tag, values[tag], BASE_CURRENCY) for tag in ACCOUNT_TAGS if tag not in LEDGER_TAGS]
+    for currency in ("BASE", BASE_CURRENCY):
+        rows += [(tag, values[tag], currency) for tag in LEDGER_TAGS]
+    return rows

@@ -244,12 +244,21 @@ class Engine:
         if spec.order_type in ("STP", "STP LMT") and not _valid_price(spec.aux_price):
             raise OrderError(201, "Order rejected - reason: stop price missing or invalid")
 
-    def initial_margin(self, spec: OrderSpec) -> float:
-        """Return the initial margin the order would add (used by the funds check and whatIf)."""
+    def _expected_price(self, spec: OrderSpec) -> float:
+        """Price the order would trade at now: the touch, or a buy limit above it."""
         quote = self.market.quote(spec.contract, self.now())
         price = quote.ask if spec.action == "BUY" else quote.bid
         if spec.action == "BUY" and spec.lmt_price is not None and _valid_price(spec.lmt_price):
             price = max(price, spec.lmt_price)
+        return price
+
+    def commission_estimate(self, spec: OrderSpec) -> float:
+        """Return the commission the whole order would pay, by the model that charges fills."""
+        return commission_for(spec.contract, spec.quantity, self._expected_price(spec))
+
+    def initial_margin(self, spec: OrderSpec) -> float:
+        """Return the initial margin the order would add (used by the funds check and whatIf)."""
+        price = self._expected_price(spec)
         return self.account.margin_for(
             spec.contract,
             spec.action,

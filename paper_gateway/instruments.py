@@ -5,16 +5,26 @@ from __future__ import annotations
 import datetime as dt
 import zlib
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from .holidays import is_trading_day, session_hours
 
 __all__ = [
+    "EXCHANGE_TZ",
+    "EXCHANGE_ZONE",
     "STOCKS",
     "Catalogue",
     "Contract",
     "StockSpec",
     "hours_strings",
+    "valid_exchanges",
 ]
 
+STOCK_EXCHANGES = ("SMART", "NASDAQ", "NYSE", "ARCA", "ISLAND", "IEX", "BATS", "AMEX")
+OPTION_EXCHANGES = ("SMART", "CBOE", "ISE", "AMEX", "PHLX", "BOX")
+
 EXCHANGE_TZ = "US/Eastern"
+EXCHANGE_ZONE = ZoneInfo(EXCHANGE_TZ)
 OPTION_MULTIPLIER = 100
 
 
@@ -248,6 +258,13 @@ def _fridays(today: dt.date, count: int) -> list[dt.date]:
     return [day + dt.timedelta(weeks=i) for i in range(count)]
 
 
+def _last_trading_day_on_or_before(day: dt.date) -> dt.date:
+    """Move an expiry that falls on a holiday (e.g. Good Friday) to the trading day before."""
+    while not is_trading_day(day):
+        day -= dt.timedelta(days=1)
+    return day
+
+
 def _monthly(today: dt.date, count: int) -> list[dt.date]:
     """Third Fridays of the coming months."""
     out: list[dt.date] = []
@@ -263,22 +280,29 @@ def _monthly(today: dt.date, count: int) -> list[dt.date]:
     return out
 
 
+def valid_exchanges(sec_type: str) -> tuple[str, ...]:
+    """Return the exchanges a contract of `sec_type` can be routed to (contract details)."""
+    return OPTION_EXCHANGES if sec_type == "OPT" else STOCK_EXCHANGES
+
+
 def hours_strings(today: dt.date, sec_type: str, days: int = 7) -> tuple[str, str]:
-    """Return (tradingHours, liquidHours) in IB's format for the coming days (exchange time)."""
+    """Return (tradingHours, liquidHours) in IB's format for the coming days (exchange time).
+
+    Weekends and exchange holidays are CLOSED; early-close days end at 13:00 (17:00 extended).
+    """
     trading: list[str] = []
     liquid: list[str] = []
     for i in range(days):
         d = today + dt.timedelta(days=i)
         ds = d.strftime("%Y%m%d")
-        if d.weekday() >= 5:
+        regular = session_hours(d, regular_only=True)
+        extended = session_hours(d, regular_only=sec_type == "OPT")
+        if regular is None or extended is None:
             trading.append(f"{ds}:CLOSED")
             liquid.append(f"{ds}:CLOSED")
             continue
-        if sec_type == "OPT":
-            trading.append(f"{ds}:0930-{ds}:1600")
-        else:
-            trading.append(f"{ds}:0400-{ds}:2000")
-        liquid.append(f"{ds}:0930-{ds}:1600")
+        trading.append(f"{ds}:{extended[0]:%H%M}-{ds}:{extended[1]:%H%M}")
+        liquid.append(f"{ds}:{regular[0]:%H%M}-{ds}:{regular[1]:%H%M}")
     return ";".join(trading), ";".join(liquid)
 
 
@@ -297,7 +321,10 @@ class Catalogue:
             )
             self._by_id[stock.con_id] = stock
             expiries = sorted(
-                {d.strftime("%Y%m%d") for d in _fridays(today, 6) + _monthly(today, 4)}
+                {
+                    _last_trading_day_on_or_before(d).strftime("%Y%m%d")
+                    for d in _fridays(today, 6) + _monthly(today, 4)
+                }
             )
             step = _strike_step(spec.price)
             centre = round(spec.price / step) * step

@@ -13,9 +13,8 @@ import random
 import zlib
 from dataclasses import dataclass
 
-from skills.math_core import Greeks, calculate_greeks
-
 from .instruments import Catalogue, Contract, StockSpec
+from .pricing import OptionGreeks, bs_greeks
 
 __all__ = ["Bar", "MarketModel", "Quote"]
 
@@ -32,6 +31,7 @@ class Quote:
     close: float
     bid_size: float
     ask_size: float
+    volume: float = 0.0  # today's volume
 
     @property
     def mid(self) -> float:
@@ -40,12 +40,15 @@ class Quote:
 
 @dataclass(frozen=True, slots=True)
 class Bar:
+    """One bar: daily bars carry `date` (yyyymmdd), intraday bars their start in `epoch`."""
+
     date: str
     open: float
     high: float
     low: float
     close: float
     volume: float
+    epoch: int | None = None
 
 
 @dataclass(slots=True)
@@ -146,22 +149,20 @@ class MarketModel:
         ask = _cents(mid + half)
         if ask <= bid:
             ask = _cents(bid + 0.01)
-        return Quote(bid, ask, _cents(mid), _cents(state.close), 500.0, 400.0)
+        return Quote(bid, ask, _cents(mid), _cents(state.close), 500.0, 400.0, 1_250_000.0)
 
     # --- options -------------------------------------------------------------------------
     def years_to_expiry(self, expiry: str, now: dt.datetime) -> float:
         exp = dt.datetime.strptime(expiry, "%Y%m%d").replace(hour=21, tzinfo=dt.UTC)
         return max((exp - now).total_seconds(), 0.0) / (365.0 * 86400.0)
 
-    def option_greeks(self, contract: Contract, now: dt.datetime) -> tuple[Greeks, float]:
+    def option_greeks(self, contract: Contract, now: dt.datetime) -> tuple[OptionGreeks, float]:
         """Return an option's model Greeks and the IV used (per-underlying IV with a skew)."""
         state = self._sym[contract.symbol]
         t = self.years_to_expiry(contract.expiry, now)
         moneyness = math.log(contract.strike / state.price)
         vol = max(0.05, state.iv * (1.0 - 0.25 * moneyness + 0.6 * moneyness * moneyness))
-        return calculate_greeks(
-            state.price, contract.strike, t, vol, RISK_FREE, 0.0, contract.right
-        ), vol
+        return bs_greeks(state.price, contract.strike, t, vol, RISK_FREE, contract.right), vol
 
     def option_quote(self, contract: Contract, now: dt.datetime) -> Quote:
         greeks, _ = self.option_greeks(contract, now)
@@ -171,7 +172,7 @@ class MarketModel:
         ask = max(0.01, _cents(theo + half))
         if ask <= bid:
             ask = _cents(bid + 0.01)
-        return Quote(bid, ask, _cents(max(theo, 0.0)), _cents(max(theo, 0.0)), 20.0, 20.0)
+        return Quote(bid, ask, _cents(max(theo, 0.0)), _cents(max(theo, 0.0)), 20.0, 20.0, 350.0)
 
     def quote(self, contract: Contract, now: dt.datetime) -> Quote:
         if contract.sec_type == "OPT":

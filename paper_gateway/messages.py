@@ -1,7 +1,8 @@
-"""Server-to-client message layouts at server version 176, as ib_insync's decoder reads them.
+"""Server-to-client layouts of orders, executions, accounts, contracts and errors.
 
-Each function returns the list of fields of one message (message id first). The layouts are
-strict: ib_insync unpacks several messages by exact field count.
+Each function returns the fields of one message (message id first) for the server version its
+session negotiated; what varies by version is read from `ServerVersion`, never from a number.
+The layouts are strict: ib_insync unpacks several messages by exact field count.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import datetime as dt
 
 from .account import Position
 from .engine import Execution, Order
-from .instruments import Contract, hours_strings
-from .market import Bar
+from .instruments import Contract, hours_strings, valid_exchanges
+from .versions import ServerVersion
 from .wire import UNSET_DOUBLE, Field
 
 __all__ = [
+    "account_summary",
+    "account_update_multi",
     "account_value",
     "commission_report",
     "completed_order",
@@ -23,8 +26,11 @@ __all__ = [
     "exec_details",
     "open_order",
     "order_status",
+    "pnl",
+    "pnl_single",
     "portfolio_value",
     "position",
+    "position_multi",
 ]
 
 Fields = list[Field]
@@ -47,11 +53,15 @@ def _contract11(c: Contract, exchange: str | None = None) -> Fields:
     ]
 
 
-def error(req_id: int, code: int, message: str) -> Fields:
-    return [4, 2, req_id, code, message, ""]
+def error(sv: ServerVersion, req_id: int, code: int, message: str) -> Fields:
+    """Build error (4); advancedOrderRejectJson is appended from ADVANCED_ORDER_REJECT on."""
+    out: Fields = [4, 2, req_id, code, message]
+    if sv.advanced_reject:
+        out.append("")
+    return out
 
 
-def order_status(o: Order) -> Fields:
+def order_status(sv: ServerVersion, o: Order) -> Fields:
     return [
         3,
         o.order_id,
@@ -72,18 +82,29 @@ def _price(p: float | None) -> Field:
     return p if p is not None else UNSET_DOUBLE
 
 
+def _order_tail(sv: ServerVersion) -> Fields:
+    """minTradeQty .. midOffsetAtHalf, present from PEGBEST_PEGMID_OFFSETS on."""
+    return ["", "", "", "", ""] if sv.peg_best_offsets else []
+
+
 def open_order(
+    sv: ServerVersion,
     o: Order,
     account: str,
     status: str | None = None,
-    what_if_margin: tuple[float, float, float] | None = None,
+    what_if: tuple[float, float, float, float] | None = None,
 ) -> Fields:
-    """The openOrder message (about 130 fields), with every optional list empty."""
+    """Build openOrder (about 130 fields) with every optional list empty.
+
+    `what_if` is (initMargin, maintMargin, equityWithLoan, commission) for a whatIf preview.
+    """
     s = o.spec
     c = s.contract
     margin = ["", "", "", "", "", "", "", "", ""]
-    if what_if_margin is not None:
-        init, maint, equity = what_if_margin
+    commission: Fields = ["", "", "", "", ""]
+    if what_if is not None:
+        init, maint, equity, fee = what_if
+        commission = [fee, fee, fee, "USD", ""]
         margin = [
             "0",
             "0",
@@ -171,14 +192,10 @@ def open_order(
         False,  # optOutSmartRouting clearingAcct clearingIntent notHeld dnc
         "",  # algoStrategy
         False,
-        what_if_margin is not None,
+        what_if is not None,
         status or o.status,
         *margin,
-        "",
-        "",
-        "",
-        "",
-        "",  # commission minCommission maxCommission commissionCurrency warning
+        *commission,  # commission minCommission maxCommission commissionCurrency warning
         False,
         False,  # randomizeSize randomizePrice
         0,  # conditions
@@ -198,18 +215,14 @@ def open_order(
         False,
         "",
         False,  # cashQty dontUseAutoPrice isOms discrUpTo usePriceMgmt
-        "",
-        "",
-        False,  # duration postToAts autoCancelParent
-        "",
-        "",
-        "",
-        "",
-        "",  # minTradeQty minCompeteSize competeAgainstBestOffset midOffsets
+        *([""] if sv.duration else []),
+        *([""] if sv.post_to_ats else []),
+        *([False] if sv.auto_cancel_parent else []),
+        *_order_tail(sv),
     ]
 
 
-def completed_order(o: Order, account: str) -> Fields:
+def completed_order(sv: ServerVersion, o: Order, account: str) -> Fields:
     s = o.spec
     c = s.contract
     return [
@@ -296,15 +309,11 @@ def completed_order(o: Order, account: str) -> Fields:
         # shareholder imbalanceOnly routeMarketableToBbo parentPermId
         o.completed_time,
         o.completed_status,
-        "",
-        "",
-        "",
-        "",
-        "",  # minTradeQty minCompeteSize competeAgainstBestOffset midOffsets
+        *_order_tail(sv),
     ]
 
 
-def exec_details(req_id: int, e: Execution, account: str) -> Fields:
+def exec_details(sv: ServerVersion, req_id: int, e: Execution, account: str) -> Fields:
     c = e.contract
     o = e.order
     return [
@@ -332,16 +341,20 @@ def exec_details(req_id: int, e: Execution, account: str) -> Fields:
     ]
 
 
-def commission_report(e: Execution) -> Fields:
+def commission_report(sv: ServerVersion, e: Execution) -> Fields:
     realized = e.realized_pnl if e.realized_pnl is not None else UNSET_DOUBLE
     return [59, 1, e.exec_id, e.commission, "USD", realized, UNSET_DOUBLE, ""]
 
 
-def position(account: str, p: Position) -> Fields:
+def position(sv: ServerVersion, account: str, p: Position) -> Fields:
     return [61, 3, account, *_contract11(p.contract), p.quantity, p.avg_cost]
 
 
-def portfolio_value(account: str, p: Position, mark: float) -> Fields:
+def position_multi(sv: ServerVersion, req_id: int, account: str, p: Position) -> Fields:
+    return [71, 1, req_id, account, *_contract11(p.contract), p.quantity, p.avg_cost, ""]
+
+
+def portfolio_value(sv: ServerVersion, account: str, p: Position, mark: float) -> Fields:
     c = p.contract
     value = p.quantity * mark * c.multiplier
     unrealized = value - p.quantity * p.avg_cost
@@ -369,12 +382,55 @@ def portfolio_value(account: str, p: Position, mark: float) -> Fields:
     ]
 
 
-def account_value(account: str, key: str, value: float | str, currency: str = "USD") -> Fields:
-    text = f"{value:.2f}" if isinstance(value, float) else value
-    return [6, 2, key, text, currency, account]
+def _value_text(value: float | str) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else value
+
+
+def account_value(
+    sv: ServerVersion, account: str, key: str, value: float | str, currency: str = "USD"
+) -> Fields:
+    return [6, 2, key, _value_text(value), currency, account]
+
+
+def account_update_multi(
+    sv: ServerVersion, req_id: int, account: str, key: str, value: float | str, currency: str
+) -> Fields:
+    return [73, 1, req_id, account, "", key, _value_text(value), currency]
+
+
+def account_summary(
+    sv: ServerVersion, req_id: int, account: str, tag: str, value: float | str, currency: str
+) -> Fields:
+    return [63, 1, req_id, account, tag, _value_text(value), currency]
+
+
+def pnl(sv: ServerVersion, req_id: int, daily: float, unrealized: float, realized: float) -> Fields:
+    return [94, req_id, round(daily, 2), round(unrealized, 2), round(realized, 2)]
+
+
+def pnl_single(
+    sv: ServerVersion,
+    req_id: int,
+    position: float,
+    daily: float,
+    unrealized: float,
+    realized: float,
+    value: float,
+) -> Fields:
+    """Build pnlSingle (95); the position is a decimal from FRACTIONAL_SIZE_SUPPORT on."""
+    return [
+        95,
+        req_id,
+        sv.size(position),
+        round(daily, 2),
+        round(unrealized, 2),
+        round(realized, 2),
+        round(value, 2),
+    ]
 
 
 def contract_details(
+    sv: ServerVersion,
     req_id: int,
     c: Contract,
     today: dt.date,
@@ -383,10 +439,20 @@ def contract_details(
     category: str,
     under_con_id: int,
 ) -> Fields:
+    """Build contractData (10) for `sv`: before SIZE_RULES it has a version field after the
+    message id and mdSizeMultiplier after minTick, and no size rules at the end."""
     trading, liquid = hours_strings(today, c.sec_type)
     is_opt = c.sec_type == "OPT"
+    head: Fields = [10, 8] if sv.contract_data_has_version else [10]
+    md_size_multiplier: Fields = [1] if sv.contract_data_has_version else []
+    if sv.size_rules:
+        size_rules: Fields = [1, 1, 1]  # minSize sizeIncrement suggestedSizeIncrement
+    elif sv.contract_data_163_increment:
+        size_rules = [1]
+    else:
+        size_rules = []
     return [
-        10,
+        *head,
         req_id,
         c.symbol,
         c.sec_type,
@@ -400,10 +466,11 @@ def contract_details(
         c.trading_class,
         c.con_id,
         0.01,
+        *md_size_multiplier,
         str(c.multiplier) if is_opt else "",
         "ACTIVETIM,AD,ADJUST,ALERT,ALLOC,AVGCOST,BASKET,COND,CONDORDER,DAY,DEACT,GTC,IOC,LIT,"
         "LMT,MKT,MIT,NONALGO,OCA,STP,STPLMT,TRAIL,WHATIF",
-        "SMART,CBOE,ISE" if is_opt else "SMART,NASDAQ,NYSE,ARCA,ISLAND,IEX",
+        ",".join(valid_exchanges(c.sec_type)),
         1,
         under_con_id if is_opt else 0,
         long_name,
@@ -424,17 +491,5 @@ def contract_details(
         "26" if not is_opt else "32",
         c.expiry if is_opt else "",
         "COMMON" if not is_opt else "",
-        1,
-        1,
-        1,  # minSize sizeIncrement suggestedSizeIncrement
+        *size_rules,
     ]
-
-
-def historical_data(req_id: int, bars: list[Bar]) -> Fields:
-    start = bars[0].date if bars else ""
-    end = bars[-1].date if bars else ""
-    out: Fields = [17, req_id, start, end, len(bars)]
-    for b in bars:
-        avg = (b.open + b.high + b.low + b.close) / 4
-        out += [b.date, b.open, b.high, b.low, b.close, b.volume, round(avg, 6), 100]
-    return out

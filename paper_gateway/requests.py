@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .instruments import Contract, valid_exchanges
 from .wire import UNSET_DOUBLE, FieldReader, ProtocolError
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "HistoricalRequest",
     "MktDataRequest",
     "PlaceOrderRequest",
+    "contradiction",
     "parse_contract12",
     "parse_exec_filter",
     "parse_historical",
@@ -42,6 +44,24 @@ class ContractRef:
         if self.sec_type == "OPT":
             parts += [self.expiry, f"{self.strike:g}", self.right]
         return " ".join(p for p in parts if p)
+
+
+def contradiction(ref: ContractRef, c: Contract) -> str | None:
+    """Return which field of a request contradicts the listed contract `c`, or None."""
+    if ref.currency and ref.currency.upper() != c.currency:
+        return "currency"
+    if ref.exchange and ref.exchange.upper() not in valid_exchanges(c.sec_type):
+        return "exchange"
+    primary = ref.primary_exchange.upper()
+    if primary and c.primary_exchange and primary != c.primary_exchange:
+        return "primaryExchange"
+    if ref.multiplier and c.sec_type == "OPT":
+        try:
+            if float(ref.multiplier) != c.multiplier:
+                return "multiplier"
+        except ValueError:
+            return "multiplier"
+    return None
 
 
 def parse_contract12(r: FieldReader) -> ContractRef:

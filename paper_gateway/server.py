@@ -191,7 +191,7 @@ class GatewayCore:
 
     def broadcast_error(self, code: int, message: str) -> int:
         for s in list(self.clients.values()):
-            s.send(msg.error(-1, code, message))
+            s.send(msg.error(s.sv, -1, code, message))
         return len(self.clients)
 
     def reset(self) -> None:
@@ -254,8 +254,8 @@ class GatewayCore:
 
     def order_changed(self, order: Order) -> None:
         for s in self._order_audience(order.client_id):
-            s.send(msg.open_order(order, self.config.account))
-            s.send(msg.order_status(order))
+            s.send(msg.open_order(s.sv, order, self.config.account))
+            s.send(msg.order_status(s.sv, order))
 
     def executed(self, execution: Execution) -> None:
         log.info(
@@ -269,13 +269,13 @@ class GatewayCore:
             execution.order.spec.order_ref,
         )
         for s in self._order_audience(execution.order.client_id):
-            s.send(msg.exec_details(-1, execution, self.config.account))
-            s.send(msg.commission_report(execution))
+            s.send(msg.exec_details(s.sv, -1, execution, self.config.account))
+            s.send(msg.commission_report(s.sv, execution))
 
     def order_error(self, order_id: int, client_id: int, code: int, message: str) -> None:
         log.info("order error: client %s order %s: %s %s", client_id, order_id, code, message)
         for s in self._order_audience(client_id):
-            s.send(msg.error(order_id, code, message))
+            s.send(msg.error(s.sv, order_id, code, message))
 
     def positions_changed(self, contracts: list[Contract]) -> None:
         account = self.config.account
@@ -283,7 +283,7 @@ class GatewayCore:
             if s.subs.positions:
                 for c in contracts:
                     p = self.account.positions.get(c.con_id) or self.flat_position(c)
-                    s.send(msg.position(account, p))
+                    s.send(msg.position(s.sv, account, p))
             if s.subs.account_updates:
                 s.push_account(contracts=contracts)
         self._account_dirty = True
@@ -293,8 +293,11 @@ class GatewayCore:
         init = self.engine.initial_margin(spec)
         order = Order(order_id, session.client_id, 0, spec, status="PreSubmitted")
         equity = self.account_values()["EquityWithLoanValue"]
+        fee = self.engine.commission_estimate(spec)
         session.send(
-            msg.open_order(order, self.config.account, what_if_margin=(init, init / 2, equity))
+            msg.open_order(
+                session.sv, order, self.config.account, what_if=(init, init / 2, equity, fee)
+            )
         )
 
 

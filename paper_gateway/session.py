@@ -6,22 +6,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import messages as msg
+from . import simple_messages as sm
+from .account_requests import AccountRequests
 from .engine import OrderSpec
-from .history import HistoryError, build_bars
-from .instruments import Contract
-from .market import Quote
-from .requests import (
-    ContractRef,
-    parse_contract12,
-    parse_exec_filter,
-    parse_historical,
-    parse_mkt_data,
-    parse_place_order,
-)
+from .market_requests import MarketRequests
+from .requests import parse_exec_filter, parse_place_order
+from .session_base import Subscriptions, req_id_of
+from .unsupported import UNSUPPORTED, EmptyAnswer, Ignored
+from .versions import MAX_SERVER_VERSION, ServerVersion, VersionRefused, negotiate
 from .wire import (
     Field,
     FieldReader,
@@ -29,7 +24,6 @@ from .wire import (
     ProtocolError,
     encode_fields,
     frame,
-    negotiate_version,
     split_fields,
 )
 
@@ -40,75 +34,8 @@ __all__ = ["Session"]
 
 log = logging.getLogger("paper_gateway.session")
 
-ACCOUNT_TAGS = (
-    "NetLiquidation",
-    "TotalCashValue",
-    "CashBalance",
-    "SettledCash",
-    "GrossPositionValue",
-    "EquityWithLoanValue",
-    "InitMarginReq",
-    "MaintMarginReq",
-    "AvailableFunds",
-    "ExcessLiquidity",
-    "BuyingPower",
-    "UnrealizedPnL",
-    "RealizedPnL",
-)
 
-# Requests the gateway does not implement: message id -> (name, index of the reqId field).
-UNSUPPORTED: dict[int, tuple[str, int | None]] = {
-    10: ("reqMktDepth", 2),
-    11: ("cancelMktDepth", None),
-    12: ("reqNewsBulletins", None),
-    18: ("requestFA", None),
-    19: ("replaceFA", None),
-    21: ("exerciseOptions", 2),
-    22: ("reqScannerSubscription", 1),
-    24: ("reqScannerParameters", None),
-    50: ("reqRealTimeBars", 2),
-    52: ("reqFundamentalData", 2),
-    54: ("calculateImpliedVolatility", 2),
-    55: ("calculateOptionPrice", 2),
-    74: ("reqPositionsMulti", 2),
-    79: ("reqSoftDollarTiers", 1),
-    80: ("reqFamilyCodes", None),
-    81: ("reqMatchingSymbols", 1),
-    82: ("reqMktDepthExchanges", None),
-    83: ("reqSmartComponents", 1),
-    84: ("reqNewsArticle", 1),
-    85: ("reqNewsProviders", None),
-    86: ("reqHistoricalNews", 1),
-    87: ("reqHeadTimeStamp", 1),
-    88: ("reqHistogramData", 1),
-    91: ("reqMarketRule", None),
-    96: ("reqHistoricalTicks", 1),
-    97: ("reqTickByTickData", 1),
-    100: ("reqWshMetaData", 1),
-    102: ("reqWshEventData", 1),
-    104: ("reqUserInfo", 1),
-}
-
-
-@dataclass(slots=True)
-class MarketSub:
-    contract: Contract
-    generic: frozenset[str]
-    last: Quote | None = None
-
-
-@dataclass(slots=True)
-class Subscriptions:
-    market: dict[int, MarketSub] = field(default_factory=dict)
-    account_updates: bool = False
-    positions: bool = False
-    pnl: set[int] = field(default_factory=set)
-    pnl_single: dict[int, int] = field(default_factory=dict)
-    account_summary: set[int] = field(default_factory=set)
-    account_multi: set[int] = field(default_factory=set)
-
-
-class Session:
+class Session(MarketRequests, AccountRequests):
     """Serve one TCP client until it disconnects or the gateway drops it."""
 
     def __init__(
@@ -118,7 +45,8 @@ class Session:
         self.reader = reader
         self.writer = writer
         self.client_id: int | None = None
-        self.version = 0
+        self.version = 0  # negotiated server version; 0 until the handshake
+        self.sv = ServerVersion.at(MAX_SERVER_VERSION)
         self.subs = Subscriptions()
         self.closed = False
         self._decoder = FrameDecoder()
@@ -152,9 +80,13 @@ class Session:
             63: self._cancel_account_summary,
             64: self._cancel_positions,
             71: self._ignore,
+            74: self._req_positions_multi,
+            75: self._ignore,
             76: self._req_account_updates_multi,
             77: self._cancel_account_updates_multi,
             78: self._req_sec_def_opt_params,
+            81: self._req_matching_symbols,
+            87: self._req_head_timestamp,
             92: self._req_pnl,
             93: self._cancel_pnl,
             94: self._req_pnl_single,
@@ -207,11 +139,26 @@ class Session:
             self.close()
             self.core.session_closed(self)
 
+    def _handshake(self, payload: bytes) -> None:
+        """Answer the version range with the highest common version, or refuse it (506)."""
+        try:
+            version = negotiate(payload.decode(errors="replace"))
+        except VersionRefused as exc:
+            log.warning("refusing %s: %s", self.peer, exc)
+            # the layout every client reads before it has a server version: no advanced JSON
+            self.writer.write(frame(encode_fields([4, 2, -1, 506, f"Unsupported version: {exc}"])))
+            self.close()
+            return
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from exc
+        self.version = version
+        self.sv = ServerVersion.at(version)
+        when = self.core.now().strftime("%Y%m%d %H:%M:%S") + " UTC"
+        self.writer.write(frame(encode_fields([version, when])))
+
     def _on_frame(self, payload: bytes) -> None:
         if not self.version:
-            self.version = negotiate_version(payload)
-            when = self.core.now().strftime("%Y%m%d %H:%M:%S") + " UTC"
-            self.writer.write(frame(encode_fields([self.version, when])))
+            self._handshake(payload)
             return
         fields = split_fields(payload)
         if not fields:
@@ -225,9 +172,10 @@ class Session:
             self._start_api(fields)
             return
         if not self._pace_ok():
-            req_id = _req_id_of(fields, 2 if msg_id != 3 else 1)
+            req_id = req_id_of(fields, 2 if msg_id != 3 else 1)
             self.send(
                 msg.error(
+                    self.sv,
                     req_id,
                     100,
                     "Max rate of messages per second has been exceeded:"
@@ -245,14 +193,18 @@ class Session:
             log.warning("client %s: bad message %s: %s", self.client_id, fields[:3], exc)
             self.send(
                 msg.error(
-                    _req_id_of(fields, 1), 321, f"Error validating request.-'{fields[0]}' : {exc}"
+                    self.sv,
+                    req_id_of(fields, 1),
+                    321,
+                    f"Error validating request.-'{fields[0]}' : {exc}",
                 )
             )
         except Exception as exc:  # a gateway bug must not drop the client or desync the stream
             log.exception("client %s: internal error handling %s", self.client_id, fields[:3])
             self.send(
                 msg.error(
-                    _req_id_of(fields, 1),
+                    self.sv,
+                    req_id_of(fields, 1),
                     321,
                     f"Error validating request.-'{fields[0]}' : internal error "
                     f"{type(exc).__name__}",
@@ -286,6 +238,7 @@ class Session:
                 frame(
                     encode_fields(
                         msg.error(
+                            self.sv,
                             -1,
                             326,
                             "Unable to connect as the client id is already in use. "
@@ -300,205 +253,65 @@ class Session:
         log.info(
             "client %s connected from %s (server version %s)", client_id, self.peer, self.version
         )
-        self.send([15, 1, self.core.config.account])
-        self.send([9, 1, self.core.next_valid_id()])
+        self.send(sm.managed_accounts(self.sv, self.core.config.account))
+        self.send(sm.next_valid_id(self.sv, self.core.next_valid_id()))
         for code, text in (
             (2104, "Market data farm connection is OK:usfarm"),
             (2106, "HMDS data farm connection is OK:ushmds"),
             (2158, "Sec-def data farm connection is OK:secdefnj"),
         ):
-            self.send(msg.error(-1, code, text))
+            self.send(msg.error(self.sv, -1, code, text))
 
     def _unsupported(self, msg_id: int, fields: list[str]) -> None:
-        name, idx = UNSUPPORTED.get(msg_id, (f"message {msg_id}", None))
-        req_id = _req_id_of(fields, idx) if idx is not None else -1
-        log.warning("client %s: unsupported request %s", self.client_id, name)
-        self.send(
-            msg.error(
-                req_id,
-                321,
-                f"Error validating request.-'{name}' : not supported by the paper gateway",
+        """Answer a request the gateway does not serve as `unsupported.UNSUPPORTED` says."""
+        what = UNSUPPORTED.get(msg_id)
+        if what is None:
+            log.warning("client %s: unknown message %s", self.client_id, msg_id)
+            self.send(
+                msg.error(
+                    self.sv,
+                    -1,
+                    321,
+                    f"Error validating request.-'{msg_id}' : cause - unknown message id",
+                )
             )
-        )
+            return
+        if isinstance(what, Ignored):
+            log.debug("client %s: ignored request %s", self.client_id, what.name)
+            return
+        log.warning("client %s: unsupported request %s", self.client_id, what.name)
+        if isinstance(what, EmptyAnswer):
+            answer: list[Field] = list(what.fields)
+            if what.req_id_index is not None:
+                answer[what.answer_index] = req_id_of(fields, what.req_id_index)
+            self.send(answer)
+        else:
+            idx = what.req_id_index
+            req_id = -1 if idx is None else req_id_of(fields, idx)
+            self.send(msg.error(self.sv, req_id, what.code, what.text))
 
     def _ignore(self, fields: list[str]) -> None:
         return None
-
-    # --- contracts and market data -----------------------------------------------------------
-    def _resolve(self, ref: ContractRef) -> list[Contract]:
-        return self.core.catalogue.match(
-            ref.con_id, ref.symbol, ref.sec_type, ref.expiry, ref.strike, ref.right
-        )
-
-    def _no_definition(self, req_id: int, ref: ContractRef) -> None:
-        self.send(
-            msg.error(
-                req_id,
-                200,
-                f"No security definition has been found for the request ({ref.describe()})",
-            )
-        )
-
-    def _req_contract_details(self, fields: list[str]) -> None:
-        r = FieldReader(fields)
-        r.skip(2)
-        req_id = r.integer()
-        ref = parse_contract12(r)
-        found = self._resolve(ref)
-        if not found:
-            self._no_definition(req_id, ref)
-            return
-        for c in found:
-            spec = self.core.catalogue.stocks[c.symbol]
-            long_name = spec.long_name if c.sec_type == "STK" else f"{spec.long_name} OPTION"
-            self.send(
-                msg.contract_details(
-                    req_id,
-                    c,
-                    self.core.now().date(),
-                    long_name,
-                    spec.industry,
-                    spec.category,
-                    spec.con_id,
-                )
-            )
-        self.send([52, 1, req_id])
-
-    def _req_sec_def_opt_params(self, fields: list[str]) -> None:
-        r = FieldReader(fields)
-        r.skip(1)
-        req_id = r.integer()
-        symbol = r.text().upper()
-        r.skip(2)
-        stock = self.core.catalogue.stock(symbol)
-        if stock is None:
-            self.send(
-                msg.error(
-                    req_id, 200, f"No security definition has been found for the request ({symbol})"
-                )
-            )
-            return
-        expiries = self.core.catalogue.expiries[symbol]
-        strikes = self.core.catalogue.strikes[symbol]
-        for exchange in ("SMART", "CBOE"):
-            self.send(
-                [
-                    75,
-                    req_id,
-                    exchange,
-                    stock.con_id,
-                    symbol,
-                    "100",
-                    len(expiries),
-                    *expiries,
-                    len(strikes),
-                    *strikes,
-                ]
-            )
-        self.send([76, req_id])
-
-    def _req_mkt_data(self, fields: list[str]) -> None:
-        req = parse_mkt_data(fields)
-        found = self._resolve(req.contract)
-        if len(found) != 1:
-            self._no_definition(req.req_id, req.contract)
-            return
-        sub = MarketSub(found[0], req.generic_ticks)
-        self.send([58, 1, req.req_id, 1])  # marketDataType: real-time
-        self.push_quote(req.req_id, sub, force=True)
-        if req.snapshot:
-            self.send([57, 1, req.req_id])
-        else:
-            self.subs.market[req.req_id] = sub
-
-    def _cancel_mkt_data(self, fields: list[str]) -> None:
-        self.subs.market.pop(_req_id_of(fields, 2), None)
-
-    def push_quote(self, req_id: int, sub: MarketSub, force: bool = False) -> None:
-        """Send the ticks of `sub` that changed since the last push."""
-        core = self.core
-        now = core.now()
-        quote = core.market.quote(sub.contract, now)
-        last = None if force else sub.last
-        if last == quote:
-            return
-        for tick, price, size in (
-            (1, quote.bid, quote.bid_size),
-            (2, quote.ask, quote.ask_size),
-            (4, quote.last, 100.0),
-            (9, quote.close, 0.0),
-        ):
-            old = (
-                None
-                if last is None
-                else {1: last.bid, 2: last.ask, 4: last.last, 9: last.close}[tick]
-            )
-            if old != price:
-                self.send([1, 6, req_id, tick, price, size, 0])
-        sub.last = quote
-        symbol = sub.contract.symbol
-        if sub.contract.sec_type == "STK":
-            if "106" in sub.generic:
-                self.send([45, 6, req_id, 24, round(core.market.iv(symbol), 6)])
-            if "104" in sub.generic:
-                hv = core.market.daily_history(symbol, "HISTORICAL_VOLATILITY")[-1]
-                self.send([45, 6, req_id, 23, round(hv, 6)])
-            return
-        greeks, vol = core.market.option_greeks(sub.contract, now)
-        und = core.market.price(symbol)
-        for tick, opt_price in ((10, quote.bid), (11, quote.ask), (13, greeks.price)):
-            self.send(
-                [
-                    21,
-                    req_id,
-                    tick,
-                    1,
-                    round(vol, 6),
-                    round(greeks.delta, 6),
-                    opt_price,
-                    0.0,
-                    round(greeks.gamma, 6),
-                    round(greeks.vega / 100, 6),
-                    round(greeks.theta, 6),
-                    und,
-                ]
-            )
-
-    def push_market(self) -> None:
-        for req_id, sub in list(self.subs.market.items()):
-            self.push_quote(req_id, sub)
-
-    def _req_historical(self, fields: list[str]) -> None:
-        req = parse_historical(fields)
-        found = self._resolve(req.contract)
-        if len(found) != 1:
-            self._no_definition(req.req_id, req.contract)
-            return
-        try:
-            bars = build_bars(
-                self.core.market,
-                found[0],
-                req.bar_size,
-                req.duration,
-                req.what,
-                self.core.now(),
-                req.format_date,
-            )
-        except HistoryError as exc:
-            self.send(msg.error(req.req_id, exc.code, exc.message))
-            return
-        self.send(msg.historical_data(req.req_id, bars))
 
     # --- orders ----------------------------------------------------------------------------
     def _place_order(self, fields: list[str]) -> None:
         assert self.client_id is not None
         req = parse_place_order(fields)
-        found = self._resolve(req.contract)
-        if len(found) != 1:
-            self._no_definition(req.order_id, req.contract)
+        if not req.contract.exchange:
+            self.send(
+                msg.error(
+                    self.sv,
+                    req.order_id,
+                    321,
+                    "Error validating request.-'bW' : cause - Missing order exchange",
+                )
+            )
+            return
+        contract = self._resolve_one(req.order_id, req.contract)
+        if contract is None:
             return
         spec = OrderSpec(
-            found[0],
+            contract,
             req.action,
             req.quantity,
             req.order_type,
@@ -520,7 +333,7 @@ class Session:
 
     def _cancel_order(self, fields: list[str]) -> None:
         assert self.client_id is not None
-        self.core.engine.cancel(self.client_id, _req_id_of(fields, 2))
+        self.core.engine.cancel(self.client_id, req_id_of(fields, 2))
 
     def _req_global_cancel(self, fields: list[str]) -> None:
         log.info("client %s: global cancel", self.client_id)
@@ -538,14 +351,14 @@ class Session:
         for order in self.core.engine.open_orders(client_id):
             if order.status == "PendingSubmit":
                 continue
-            self.send(msg.open_order(order, account))
-            self.send(msg.order_status(order))
-        self.send([53, 1])
+            self.send(msg.open_order(self.sv, order, account))
+            self.send(msg.order_status(self.sv, order))
+        self.send(sm.open_order_end(self.sv))
 
     def _req_completed_orders(self, fields: list[str]) -> None:
         for order in self.core.engine.completed_orders():
-            self.send(msg.completed_order(order, self.core.config.account))
-        self.send([102])
+            self.send(msg.completed_order(self.sv, order, self.core.config.account))
+        self.send(sm.completed_orders_end(self.sv))
 
     def _req_executions(self, fields: list[str]) -> None:
         f = parse_exec_filter(fields)
@@ -561,161 +374,15 @@ class Session:
                 continue
             if f.account and f.account != account:
                 continue
-            self.send(msg.exec_details(f.req_id, e, account))
-            self.send(msg.commission_report(e))
-        self.send([55, 1, f.req_id])
+            self.send(msg.exec_details(self.sv, f.req_id, e, account))
+            self.send(msg.commission_report(self.sv, e))
+        self.send(sm.exec_details_end(self.sv, f.req_id))
 
     def _req_ids(self, fields: list[str]) -> None:
-        self.send([9, 1, self.core.next_valid_id()])
+        self.send(sm.next_valid_id(self.sv, self.core.next_valid_id()))
 
     def _req_current_time(self, fields: list[str]) -> None:
-        self.send([49, 1, int(self.core.now().timestamp())])
+        self.send(sm.current_time(self.sv, int(self.core.now().timestamp())))
 
     def _req_managed_accounts(self, fields: list[str]) -> None:
-        self.send([15, 1, self.core.config.account])
-
-    # --- account and portfolio -----------------------------------------------------------------
-    def _req_account_updates(self, fields: list[str]) -> None:
-        r = FieldReader(fields)
-        r.skip(2)
-        subscribe = r.flag()
-        self.subs.account_updates = subscribe
-        if subscribe:
-            self.push_account(full=True)
-
-    def push_account(self, full: bool = False, contracts: list[Contract] | None = None) -> None:
-        """Send account values and portfolio lines (all of them, or the given contracts)."""
-        core = self.core
-        account = core.config.account
-        values = core.account_values()
-        for tag in ACCOUNT_TAGS:
-            self.send(msg.account_value(account, tag, values[tag]))
-        if full:
-            self.send(msg.account_value(account, "AccountCode", account, ""))
-            self.send(msg.account_value(account, "AccountType", "INDIVIDUAL", ""))
-        positions = core.account.positions
-        if contracts is None:
-            for p in positions.values():
-                self.send(msg.portfolio_value(account, p, core.engine.mark(p.contract)))
-        else:
-            for c in contracts:
-                p = positions.get(c.con_id) or core.flat_position(c)
-                self.send(msg.portfolio_value(account, p, core.engine.mark(c)))
-        self.send([8, 1, core.now().strftime("%H:%M")])
-        if full:
-            self.send([54, 1, account])
-
-    def _req_account_updates_multi(self, fields: list[str]) -> None:
-        r = FieldReader(fields)
-        r.skip(2)
-        req_id = r.integer()
-        self.subs.account_multi.add(req_id)
-        self.push_account_multi(req_id)
-        self.send([74, 1, req_id])
-
-    def push_account_multi(self, req_id: int) -> None:
-        account = self.core.config.account
-        values = self.core.account_values()
-        for tag in ACCOUNT_TAGS:
-            self.send([73, 1, req_id, account, "", tag, f"{values[tag]:.2f}", "USD"])
-
-    def _cancel_account_updates_multi(self, fields: list[str]) -> None:
-        self.subs.account_multi.discard(_req_id_of(fields, 2))
-
-    def _req_positions(self, fields: list[str]) -> None:
-        self.subs.positions = True
-        for p in self.core.account.positions.values():
-            self.send(msg.position(self.core.config.account, p))
-        self.send([62, 1])
-
-    def _cancel_positions(self, fields: list[str]) -> None:
-        self.subs.positions = False
-
-    def _req_account_summary(self, fields: list[str]) -> None:
-        r = FieldReader(fields)
-        r.skip(2)
-        req_id = r.integer()
-        self.subs.account_summary.add(req_id)
-        self.push_account_summary(req_id)
-
-    def push_account_summary(self, req_id: int) -> None:
-        account = self.core.config.account
-        values = self.core.account_values()
-        self.send([63, 1, req_id, account, "AccountType", "INDIVIDUAL", ""])
-        for tag in ACCOUNT_TAGS:
-            self.send([63, 1, req_id, account, tag, f"{values[tag]:.2f}", "USD"])
-        self.send([64, 1, req_id])
-
-    def _cancel_account_summary(self, fields: list[str]) -> None:
-        self.subs.account_summary.discard(_req_id_of(fields, 2))
-
-    def _req_pnl(self, fields: list[str]) -> None:
-        req_id = _req_id_of(fields, 1)
-        self.subs.pnl.add(req_id)
-        self.push_pnl(req_id)
-
-    def push_pnl(self, req_id: int) -> None:
-        v = self.core.account_values()
-        self.send(
-            [
-                94,
-                req_id,
-                round(v["DailyPnL"], 2),
-                round(v["UnrealizedPnL"], 2),
-                round(v["RealizedPnL"], 2),
-            ]
-        )
-
-    def _cancel_pnl(self, fields: list[str]) -> None:
-        self.subs.pnl.discard(_req_id_of(fields, 1))
-
-    def _req_pnl_single(self, fields: list[str]) -> None:
-        r = FieldReader(fields)
-        r.skip(1)
-        req_id = r.integer()
-        r.skip(2)
-        self.subs.pnl_single[req_id] = r.integer()
-        self.push_pnl_single(req_id)
-
-    def push_pnl_single(self, req_id: int) -> None:
-        con_id = self.subs.pnl_single[req_id]
-        p = self.core.account.positions.get(con_id)
-        if p is None:
-            self.send([95, req_id, 0, 0.0, 0.0, 0.0, 0.0])
-            return
-        value = p.quantity * self.core.engine.mark(p.contract) * p.contract.multiplier
-        unrealized = value - p.quantity * p.avg_cost
-        self.send(
-            [
-                95,
-                req_id,
-                p.quantity,
-                round(unrealized, 2),
-                round(unrealized, 2),
-                0.0,
-                round(value, 2),
-            ]
-        )
-
-    def _cancel_pnl_single(self, fields: list[str]) -> None:
-        self.subs.pnl_single.pop(_req_id_of(fields, 1), None)
-
-    def push_account_all(self) -> None:
-        """Refresh every account-level subscription of this client."""
-        if self.subs.account_updates:
-            self.push_account()
-        for req_id in list(self.subs.account_multi):
-            self.push_account_multi(req_id)
-        for req_id in list(self.subs.account_summary):
-            self.push_account_summary(req_id)
-        for req_id in list(self.subs.pnl):
-            self.push_pnl(req_id)
-        for req_id in list(self.subs.pnl_single):
-            self.push_pnl_single(req_id)
-
-
-def _req_id_of(fields: list[str], index: int) -> int:
-    try:
-        return int(fields[index])
-    except (IndexError, ValueError):
-        return -1
+        self.send(sm.managed_accounts(self.sv, self.core.config.account))

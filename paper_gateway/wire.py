@@ -7,7 +7,6 @@ import struct
 from collections.abc import Iterable
 
 __all__ = [
-    "SERVER_VERSION",
     "UNSET_DOUBLE",
     "UNSET_INTEGER",
     "Field",
@@ -16,12 +15,9 @@ __all__ = [
     "ProtocolError",
     "encode_fields",
     "frame",
-    "negotiate_version",
     "split_fields",
 ]
 
-SERVER_VERSION = 176
-MIN_CLIENT_VERSION = 157
 UNSET_DOUBLE = 1.7976931348623157e308
 UNSET_INTEGER = 2**31 - 1
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -98,23 +94,6 @@ def split_fields(payload: bytes) -> list[str]:
     if fields and fields[-1] == "":
         fields.pop()
     return fields
-
-
-def negotiate_version(payload: bytes) -> int:
-    """Return the server version to claim for a client's `vMIN..MAX [options]` frame."""
-    text = payload.decode(errors="replace").strip("\0").split(" ", 1)[0]
-    if not text.startswith("v"):
-        raise ProtocolError(f"bad version range {text!r}")
-    lo_s, _, hi_s = text[1:].partition("..")
-    try:
-        lo = int(lo_s)
-        hi = int(hi_s) if hi_s else lo
-    except ValueError as exc:
-        raise ProtocolError(f"bad version range {text!r}") from exc
-    version = min(hi, SERVER_VERSION)
-    if version < max(lo, MIN_CLIENT_VERSION):
-        raise ProtocolError(f"client versions {lo}..{hi} not supported (server {SERVER_VERSION})")
-    return version
 
 
 class FieldReader:

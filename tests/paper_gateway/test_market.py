@@ -22,7 +22,7 @@ def test_strategy_symbols_qualify_with_real_looking_details(ib):
     assert details.timeZoneId == "US/Eastern"
     days = details.liquidHours.split(";")
     assert len(days) == 7
-    assert all(d.endswith("CLOSED") or d.endswith("1600") for d in days)
+    assert all(d.endswith(("CLOSED", "1600", "1300")) for d in days)  # 1300: early close
     assert any(d.endswith("CLOSED") for d in days)  # a weekend is in any 7-day window
 
 

@@ -71,8 +71,8 @@ def test_unsupported_request_gets_an_ib_style_error_and_the_session_continues(ib
     contract = Stock("AAPL", "SMART", "USD")
     ib.qualifyContracts(contract)
     ib.reqMktDepth(contract)
-    eventually(lambda: any(c == 321 for c, _ in codes), pump=ib, what="error 321")
-    assert "reqMktDepth" in next(m for c, m in codes if c == 321)
+    eventually(lambda: any(c == 354 for c, _ in codes), pump=ib, what="error 354")
+    assert next(m for c, m in codes if c == 354) == "Requested market data is not subscribed."
     assert ib.reqCurrentTime() is not None
     assert ib.reqContractDetails(contract)[0].contract.conId == 265598
 

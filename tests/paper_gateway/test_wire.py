@@ -8,7 +8,6 @@ from paper_gateway.wire import (
     ProtocolError,
     encode_fields,
     frame,
-    negotiate_version,
     split_fields,
 )
 
@@ -31,19 +30,6 @@ def test_oversized_frame_is_refused():
     dec = FrameDecoder()
     with pytest.raises(ProtocolError):
         dec.feed(b"API\0" + (64 * 1024 * 1024).to_bytes(4, "big"))
-
-
-@pytest.mark.parametrize(
-    ("offer", "expected"),
-    [(b"v157..176", 176), (b"v157..178 +PACEAPI", 176), (b"v100..170", 170)],
-)
-def test_server_claims_version_176_or_the_clients_maximum(offer, expected):
-    assert negotiate_version(offer) == expected
-
-
-def test_client_too_old_is_refused():
-    with pytest.raises(ProtocolError):
-        negotiate_version(b"v100..150")
 
 
 def test_unset_values_encode_as_empty_fields_and_bools_as_digits():
