@@ -10,6 +10,7 @@ from .breaker_log import breaker_history, record_breaker_transition
 from .db import (
     DB_FILENAME,
     SCHEMA_VERSION,
+    Database,
     DatabaseError,
     DataLakeMissing,
     db_path,
@@ -32,7 +33,15 @@ from .orders import (
     update_intent,
 )
 from .redact import RedactingFilter, redact, redacting_excepthook, register_secret
-from .reports import cycle_rows, cycles_finished, demo_summary, status_summary, working_orders
+from .reports import (
+    cycle_rows,
+    cycles_finished,
+    demo_summary,
+    resolve_ref,
+    status_summary,
+    trade_chain,
+    working_orders,
+)
 from .snapshots import SnapshotError, list_snapshots, load_snapshot, save_snapshot
 from .store import StorageUnavailable, Store
 from .trail import (
@@ -50,6 +59,7 @@ __all__ = [
     "DONE_BROKER_STATES",
     "SCHEMA_VERSION",
     "DataLakeMissing",
+    "Database",
     "DatabaseError",
     "DiscardOutput",
     "HaltAndAlert",
@@ -91,11 +101,13 @@ __all__ = [
     "redact",
     "redacting_excepthook",
     "register_secret",
+    "resolve_ref",
     "save_snapshot",
     "set_commission",
     "spent_since",
     "stamped",
     "status_summary",
+    "trade_chain",
     "update_intent",
     "utc_now",
     "working_orders",

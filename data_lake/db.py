@@ -71,7 +71,15 @@ def _v1(conn: sqlite3.Connection) -> None:
 
 
 # (version, migration). A new schema version appends here; shipped steps are never edited.
-MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = ((1, _v1),)
+def _v2(conn: sqlite3.Connection) -> None:
+    for statement in _statements(_SCHEMA.with_name("schema_v2.sql").read_text(encoding="utf-8")):
+        conn.execute(statement)
+
+
+MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
+    (1, _v1),
+    (2, _v2),
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

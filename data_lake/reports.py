@@ -17,7 +17,9 @@ __all__ = [
     "cycle_rows",
     "cycles_finished",
     "demo_summary",
+    "resolve_ref",
     "status_summary",
+    "trade_chain",
     "working_orders",
 ]
 
@@ -125,4 +127,74 @@ def demo_summary(db: Database) -> dict[str, Any]:
                 "GROUP BY kind"
             )
         ),
+    }
+
+
+def resolve_ref(db: Database, ref: str) -> str | None:
+    """Return the orderRef a person means by REF: an orderRef, an execId, or an order id
+    (ours or the broker's permanent id)."""
+    if _one(db, "SELECT 1 AS x FROM order_intents WHERE order_ref = ?", [ref]):
+        return ref
+    row = _one(db, "SELECT order_ref FROM executions WHERE exec_id = ?", [ref])
+    if row and row["order_ref"]:
+        return str(row["order_ref"])
+    if ref.isdigit():
+        n = int(ref)
+        for sql in (
+            "SELECT order_ref FROM order_intents WHERE broker_order_id = ? OR perm_id = ? "
+            "ORDER BY id DESC LIMIT 1",
+            "SELECT order_ref FROM orders WHERE order_id = ? OR perm_id = ? LIMIT 1",
+        ):
+            row = _one(db, sql, [n, n])
+            if row and row["order_ref"]:
+                return str(row["order_ref"])
+    return None
+
+
+def trade_chain(db: Database, order_ref: str) -> dict[str, Any]:
+    """Everything stored about one order, from its fills back to the signals behind it."""
+    intent = _one(db, "SELECT * FROM order_intents WHERE order_ref = ?", [order_ref])
+    decision = None
+    signals: list[dict[str, Any]] = []
+    snapshot = None
+    if intent and intent["decision_id"]:
+        decision = _one(db, "SELECT * FROM decisions WHERE id = ?", [intent["decision_id"]])
+    if intent and intent["cycle_id"] is not None:
+        snapshot = _one(
+            db,
+            "SELECT id, path, sha256, at FROM snapshots WHERE cycle_id = ? ORDER BY id DESC "
+            "LIMIT 1",
+            [intent["cycle_id"]],
+        )
+    if decision:
+        signals = list(
+            db.query(
+                "SELECT s.* FROM signals s, json_each(?) j WHERE s.cycle_id = ? "
+                "AND s.instance_id = j.value AND s.status = 'valid' AND s.symbol = ? "
+                "AND s.action = ? ORDER BY s.id",
+                [decision["sources"], decision["cycle_id"], decision["symbol"], decision["action"]],
+            )
+        )
+    return {
+        "order_ref": order_ref,
+        "executions": list(
+            db.query(
+                "SELECT * FROM executions WHERE order_ref = ? ORDER BY exec_time, exec_id",
+                [order_ref],
+            )
+        ),
+        "orders": list(db.query("SELECT * FROM orders WHERE order_ref = ?", [order_ref])),
+        "order_events": list(
+            db.query("SELECT * FROM order_events WHERE order_ref = ? ORDER BY id", [order_ref])
+        ),
+        "intent": intent,
+        "safety_events": list(
+            db.query("SELECT * FROM safety_events WHERE order_ref = ? ORDER BY id", [order_ref])
+        ),
+        "decision": decision,
+        "signals": signals,
+        "snapshot": snapshot,
+        "cycle": _one(db, "SELECT * FROM cycles WHERE id = ?", [intent["cycle_id"]])
+        if intent and intent["cycle_id"] is not None
+        else None,
     }

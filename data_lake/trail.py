@@ -107,13 +107,15 @@ def finish_cycle(
 @stamped
 def record_decisions(
     db: Database, cycle_id: int, rows: Sequence[Mapping[str, Any]], at: str | None = None
-) -> None:
-    """Store a cycle's commander decisions (accepted and refused, with their reasons)."""
+) -> list[int]:
+    """Store a cycle's commander decisions (accepted and refused, with their reasons and
+    inputs); return their ids in order (intents carry them)."""
+    ids: list[int] = []
     for d in rows:
-        db.conn.execute(
+        cur = db.conn.execute(
             "INSERT INTO decisions (cycle_id, symbol, action, sec_type, expiry, strike, "
-            "opt_right, order_type, limit_price, quantity, reason, sources, created_at) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "opt_right, order_type, limit_price, quantity, reason, sources, created_at, "
+            "kelly_fraction, inputs) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 cycle_id,
                 d["symbol"],
@@ -128,8 +130,12 @@ def record_decisions(
                 d["reason"],
                 json.dumps(list(d.get("sources", ()))),
                 at or utc_now(),
+                d.get("kelly_fraction"),
+                json.dumps(dict(d.get("inputs") or {}), default=str),
             ),
         )
+        ids.append(int(cur.lastrowid or 0))
+    return ids
 
 
 @stamped

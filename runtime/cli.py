@@ -312,6 +312,22 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_why(args: argparse.Namespace) -> int:
+    from .why import UnknownRef, render_story, trade_story
+
+    cfg = _config(args)
+    try:
+        story = trade_story(open_readonly(cfg.data_dir), cfg.data_dir, args.ref)
+    except UnknownRef as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(redact(story), indent=2, default=str))
+    else:
+        print(redact(render_story(story)))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -384,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--show", type=int, help="snapshot id to print")
     p.add_argument("--cycle", type=int, help="print the snapshot of this cycle")
     p.add_argument("--limit", type=int, default=20)
+    p = add("why", cmd_why, "why did it trade? the chain from a fill back to the market")
+    p.add_argument("ref", help="an orderRef, an execId, or an order id")
+    p.add_argument("--json", action="store_true", help="the same as one JSON document")
     p = add(
         "demo",
         cmd_demo,

@@ -50,7 +50,7 @@ from skills.swarm_providers import Provider, SwarmBudget
 from .breaker import BreakerState, CircuitBreaker
 from .broker import Broker
 from .config import Config
-from .decision import Decision
+from .decision import Decision, decision_row
 from .gate_context import build_gate_context
 from .heartbeat import Clock
 from .llm_commander import LlmCommander
@@ -69,6 +69,7 @@ class CycleReport:
     swarm: SwarmResult | None = None
     decisions: list[Decision] = field(default_factory=list)
     verdicts: list[GateVerdict] = field(default_factory=list)
+    recorded: int = 0  # how many of `decisions` are already in the database
 
     @property
     def orders(self) -> int:
@@ -108,6 +109,14 @@ def decide_rules(
             strike=m.strike,
             right=m.right,
             limit_price=m.limit_price,
+            inputs={
+                "confidence": m.confidence,
+                "consensus": m.consensus,
+                "win_probability": m.win_probability,
+                "payoff_ratio": m.payoff_ratio,
+                "signal_quantity": m.quantity,
+                "net_liquidation": net_liq,
+            },
         )
 
         def refuse(reason: str, base: dict[str, Any] = base) -> Decision:
@@ -319,6 +328,7 @@ class Commander:
                 report.cycle_id, swarm, context, holdings, values
             )
             report.decisions, report.verdicts = decisions, verdicts
+            report.recorded = len(decisions)  # LLM mode records each decision before acting
             doc["llm_transcript"] = transcript
         else:
             decisions = decide_rules(
@@ -330,10 +340,17 @@ class Commander:
                 await self._working(),
             )
             report.decisions = decisions
+            ids = await self.store.run(
+                record_decisions,
+                report.cycle_id,
+                [decision_row(d) for d in decisions],
+                timeout=self.cfg.data.write_timeout_s,
+            )
+            report.recorded = len(decisions)
             self.phase("act")
-            for d in decisions:
+            for d, decision_id in zip(decisions, ids, strict=True):
                 if d.accepted:
-                    report.verdicts.append(await self.act(d, report.cycle_id))
+                    report.verdicts.append(await self.act(d, report.cycle_id, decision_id))
         doc["decisions"] = [dataclasses.asdict(d) for d in report.decisions]
         doc["verdicts"] = [dataclasses.asdict(v) for v in report.verdicts]
 
@@ -415,17 +432,11 @@ class Commander:
         """Queue the cycle's records (decisions, snapshot, outcome): a busy database delays
         them, never drops them."""
         n_signals = len(report.swarm.signals) if report.swarm else 0
-        self.store.post(
-            record_decisions,
-            report.cycle_id,
-            [
-                {
-                    **dataclasses.asdict(d),
-                    "reason": ("accepted: " if d.accepted else "refused: ") + d.reason,
-                }
-                for d in report.decisions
-            ],
-        )
+        unrecorded = report.decisions[report.recorded :]  # normally none: recorded before acting
+        if unrecorded:
+            self.store.post(
+                record_decisions, report.cycle_id, [decision_row(d) for d in unrecorded]
+            )
         self.store.post(
             save_snapshot,
             self.cfg.data_dir,

@@ -7,7 +7,9 @@ other's module for them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from data_lake import Store
@@ -15,7 +17,7 @@ from skills.execution_gate import GateVerdict, OrderRequest
 
 from .config import Config
 
-__all__ = ["Actor", "Decision"]
+__all__ = ["Actor", "Decision", "decision_row"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,6 +38,7 @@ class Decision:
     right: str = ""
     limit_price: float | None = None
     kelly_fraction: float | None = None
+    inputs: Mapping[str, Any] = field(default_factory=dict)  # what the sizing saw (for `why`)
 
     def request(self, cycle_id: int, decision_id: int | None) -> OrderRequest:
         return OrderRequest(
@@ -53,6 +56,14 @@ class Decision:
             cycle_id,
             decision_id,
         )
+
+
+def decision_row(d: Decision) -> dict[str, Any]:
+    """The decision as the data lake stores it (reason prefixed accepted/refused)."""
+    row = dataclasses.asdict(d)
+    row["reason"] = ("accepted: " if d.accepted else "refused: ") + d.reason
+    row["inputs"] = dict(d.inputs)
+    return row
 
 
 class Actor(Protocol):

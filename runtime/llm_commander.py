@@ -18,14 +18,14 @@ from typing import Any, Literal
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from data_lake import record_llm_calls, redact
+from data_lake import record_decisions, record_llm_calls, redact
 from skills.execution_gate import GateVerdict, Holding
 from skills.math_core import MathInputError, calculate_greeks, kelly_criterion
 from skills.swarm_core import SwarmResult
 from skills.swarm_models import MarketContext
 from skills.swarm_providers import Usage, cost_usd, usage_from
 
-from .decision import Actor, Decision
+from .decision import Actor, Decision, decision_row
 
 __all__ = ["LlmCommander", "render_commander_prompt"]
 
@@ -238,8 +238,14 @@ class LlmCommander:
                     right=o.right,
                     limit_price=o.limit_price,
                 )
-                verdict = await self.c.act(d, cycle_id, len(decisions) + 1)
+                [decision_id] = await self.c.store.run(
+                    record_decisions,
+                    cycle_id,
+                    [decision_row(d)],
+                    timeout=self.c.cfg.data.write_timeout_s,
+                )
                 decisions.append(d)
+                verdict = await self.c.act(d, cycle_id, decision_id)
                 verdicts.append(verdict)
                 return {
                     "accepted": verdict.accepted,
