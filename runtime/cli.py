@@ -328,6 +328,27 @@ def cmd_why(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from .datasette_view import serve_args
+
+    cfg = _config(args)
+    open_readonly(cfg.data_dir)  # a missing or unreadable database: one line, exit 2
+    meta = Path(tempfile.mkdtemp(prefix="ib-swarm-inspect-")) / "metadata.json"
+    argv = serve_args(db_path(cfg.data_dir), meta, args.host, args.port)
+    print(
+        f"Datasette on http://{args.host}:{args.port}/ -- {db_path(cfg.data_dir)}, read-only "
+        "(Ctrl-C stops it)",
+        flush=True,
+    )
+    from datasette.cli import cli as datasette_cli
+
+    datasette_cli.main(args=argv, prog_name="datasette", standalone_mode=False)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -400,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--show", type=int, help="snapshot id to print")
     p.add_argument("--cycle", type=int, help="print the snapshot of this cycle")
     p.add_argument("--limit", type=int, default=20)
+    p = add("inspect", cmd_inspect, "browse the database read-only in Datasette (views, charts)")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
+    p.add_argument("--port", type=int, default=8001)
     p = add("why", cmd_why, "why did it trade? the chain from a fill back to the market")
     p.add_argument("ref", help="an orderRef, an execId, or an order id")
     p.add_argument("--json", action="store_true", help="the same as one JSON document")
