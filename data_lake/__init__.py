@@ -42,6 +42,7 @@ from .reports import (
     trade_chain,
     working_orders,
 )
+from .retention import backup_database, compress_snapshots, prune_snapshots
 from .snapshots import SnapshotError, list_snapshots, load_snapshot, save_snapshot
 from .store import StorageUnavailable, Store
 from .trail import (
@@ -71,7 +72,9 @@ __all__ = [
     "StorageUnavailable",
     "Store",
     "TraderError",
+    "backup_database",
     "breaker_history",
+    "compress_snapshots",
     "cycle_rows",
     "cycles_finished",
     "db_path",
@@ -91,6 +94,7 @@ __all__ = [
     "log_trade",
     "open_intents",
     "open_readonly",
+    "prune_snapshots",
     "query_safety_events",
     "query_trades",
     "record_breaker_transition",

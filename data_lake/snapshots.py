@@ -7,6 +7,7 @@ full disk never blocks the event loop; a failed write is retried like any audit 
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import hashlib
 import json
 import os
@@ -91,10 +92,20 @@ def load_snapshot(
             else f"no snapshot for cycle {cycle_id}"
         )
     row = rows[0]
-    try:
-        body = (Path(data_dir) / row["path"]).read_bytes()
-    except OSError as exc:
-        raise SnapshotError(f"snapshot {row['id']} unreadable: {exc.strerror}") from None
+    path = Path(data_dir) / row["path"]
+    plain = path.with_suffix("") if path.suffix == ".gz" else path
+    body = None
+    for candidate in (path, plain.with_name(plain.name + ".gz"), plain):  # compressed later?
+        try:
+            raw = candidate.read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise SnapshotError(f"snapshot {row['id']} unreadable: {exc.strerror}") from None
+        body = gzip.decompress(raw) if candidate.suffix == ".gz" else raw
+        break
+    if body is None:
+        raise SnapshotError(f"snapshot {row['id']} unreadable: {row['path']} is gone (pruned?)")
     if hashlib.sha256(body).hexdigest() != row["sha256"]:
         raise SnapshotError(f"snapshot {row['id']} does not match its recorded hash")
     doc: dict[str, Any] = json.loads(body)

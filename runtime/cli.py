@@ -18,11 +18,15 @@ from data_lake import (
     SnapshotError,
     StorageUnavailable,
     Store,
+    backup_database,
     breaker_history,
+    compress_snapshots,
     db_path,
     list_snapshots,
     load_snapshot,
+    log_safety_event,
     open_readonly,
+    prune_snapshots,
     query_trades,
     redact,
     redacting_excepthook,
@@ -293,8 +297,24 @@ def cmd_trades(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration_s(text: str) -> float:
+    """'30d', '12h', '90m', '45s' -> seconds."""
+    units = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+    if not text or text[-1] not in units or not text[:-1].replace(".", "", 1).isdigit():
+        raise ConfigError(f"duration {text!r}: use a number and d, h, m or s (e.g. 30d)")
+    return float(text[:-1]) * units[text[-1]]
+
+
+def _before(seconds: float) -> str:
+    import datetime as dt
+
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)).isoformat()
+
+
 def cmd_snapshots(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    if args.action == "prune":
+        return _prune(cfg, args)
     db = open_readonly(cfg.data_dir)
     if args.show is not None or args.cycle is not None:
         print(
@@ -309,6 +329,74 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
             f"{row['id']:6} cycle {row['cycle_id']} {row['at']} {row['size']:>8}B "
             f"{row['summary']} {row['path']}"
         )
+    return 0
+
+
+def _prune(cfg: Config, args: argparse.Namespace) -> int:
+    if not args.older_than and not args.compress_after:
+        print("refused: give --older-than AGE and/or --compress-after AGE", file=sys.stderr)
+        return 2
+    open_readonly(cfg.data_dir)  # a missing database: one line, exit 2
+    store = Store.open(cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="cli")
+    verb = "would" if args.dry_run else ""
+    try:
+        if args.compress_after:
+            n, saved = store.call(
+                compress_snapshots,
+                cfg.data_dir,
+                _before(_duration_s(args.compress_after)),
+                args.dry_run,
+                timeout=600,
+            )
+            print(
+                f"{verb or 'compressed'} {'compress ' if verb else ''}{n} snapshots "
+                f"older than {args.compress_after}: {saved / 2**20:.1f} MiB saved"
+            )
+        if args.older_than:
+            n, freed = store.call(
+                prune_snapshots,
+                cfg.data_dir,
+                _before(_duration_s(args.older_than)),
+                args.dry_run,
+                timeout=600,
+            )
+            print(
+                f"{verb or 'deleted'} {'delete ' if verb else ''}{n} snapshots older than "
+                f"{args.older_than}: {freed / 2**20:.1f} MiB freed"
+            )
+            if n and not args.dry_run:
+                store.post(
+                    log_safety_event,
+                    "person",
+                    "snapshots_pruned",
+                    f"{n} snapshots older than {args.older_than} deleted",
+                    "info",
+                )
+    finally:
+        store.close(10)
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    cfg = _config(args)
+    open_readonly(cfg.data_dir)  # a missing database: one line, exit 2
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r  {done}/{total} pages", end="", file=sys.stderr, flush=True)
+
+    dest = backup_database(cfg.data_dir, Path(args.dest), progress)
+    print(file=sys.stderr)
+    print(f"backup of {db_path(cfg.data_dir)} written to {dest} (integrity ok)")
+    if args.with_snapshots:
+        import shutil
+
+        snaps = cfg.data_dir / "snapshots"
+        if snaps.is_dir():
+            target = dest.with_name(dest.stem + "-snapshots")
+            shutil.copytree(snaps, target)
+            print(f"snapshots copied to {target}")
     return 0
 
 
@@ -417,10 +505,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--symbol")
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--json", action="store_true")
-    p = add("snapshots", cmd_snapshots, "list decision snapshots, or print one")
+    p = add("snapshots", cmd_snapshots, "list decision snapshots, print one, or prune old ones")
+    p.add_argument("action", nargs="?", choices=["list", "show", "prune"], default="list")
+    p.add_argument("--older-than", help="prune: delete snapshots older than this (e.g. 30d)")
+    p.add_argument("--compress-after", help="prune: gzip snapshots older than this (e.g. 7d)")
+    p.add_argument("--dry-run", action="store_true", help="prune: say what would happen")
     p.add_argument("--show", type=int, help="snapshot id to print")
     p.add_argument("--cycle", type=int, help="print the snapshot of this cycle")
     p.add_argument("--limit", type=int, default=20)
+    p = add("backup", cmd_backup, "copy the live database (SQLite online backup API)")
+    p.add_argument("dest", help="a new file, or a directory for a dated one")
+    p.add_argument("--with-snapshots", action="store_true", help="copy the snapshot files too")
     p = add("inspect", cmd_inspect, "browse the database read-only in Datasette (views, charts)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     p.add_argument("--port", type=int, default=8001)
