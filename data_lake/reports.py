@@ -112,7 +112,17 @@ def demo_summary(db: Database) -> dict[str, Any]:
             )
         ),
         "decisions": list(
-            db.query("SELECT reason, COUNT(*) AS n FROM decisions GROUP BY reason ORDER BY n DESC")
+            db.query(
+                "SELECT symbol, sec_type, expiry, strike, opt_right, action, reason, "
+                "COUNT(*) AS n FROM decisions GROUP BY symbol, sec_type, expiry, strike, "
+                "opt_right, action, reason ORDER BY n DESC"
+            )
+        ),
+        "orders": list(
+            db.query(
+                "SELECT order_ref, symbol, sec_type, expiry, strike, opt_right, action, "
+                "quantity, order_type, limit_price, status FROM order_intents ORDER BY id"
+            )
         ),
         "refusals": list(
             db.query(

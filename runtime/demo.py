@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,8 +101,46 @@ def run_demo(cycles: int = 5, kill_drill: bool = False, data_dir: str | None = N
             return _run(work, ready["port"], admin, cycles, kill_drill)
 
 
+# A demo-only instance that always asks for 100 shares of GS (about $49,500): the gate
+# refuses it every time (max_order_notional is $25,000), so a newcomer sees a refusal and
+# its reason. It lives in the demo's own instance folder, never in the shipped one.
+GATE_CHECK = {
+    "id": "demo_gate_check",
+    "description": "Demo only: an oversized order the execution gate must refuse.",
+    "template": "trend_follower.md",
+    "model": "claude-sonnet-4-6",
+    "enabled": True,
+    "timeout_s": 30,
+    "max_tokens": 1024,
+    "parameters": {
+        "symbols": ["GS"],
+        "min_trend_pct": -100.0,
+        "max_iv_rank": 100,
+        "max_shares": 100,
+    },
+}
+
+
+def _demo_instances(work: Path) -> Path:
+    """The shipped instances plus the demo's gate check, in the demo's folder."""
+    folder = work / "instances"
+    folder.mkdir(exist_ok=True)
+    for path in DEFAULT_INSTANCES_DIR.glob("*.json"):
+        shutil.copy(path, folder / path.name)
+    (folder / "demo_gate_check.json").write_text(json.dumps(GATE_CHECK, indent=1))
+    return folder
+
+
 def _run(work: Path, port: int, admin: AdminClient, cycles: int, kill_drill: bool) -> int:
-    cfg_path = write_config(work / "demo.toml", {"port": port, "dir": work.as_posix()})
+    cfg_path = write_config(
+        work / "demo.toml",
+        {
+            "port": port,
+            "dir": work.as_posix(),
+            "instances_dir": _demo_instances(work).as_posix(),
+            "min_confidence": 0.4,  # lets the gate check's signal reach the gate
+        },
+    )
     cfg = load_config(cfg_path)
     run_cycles = max(cycles, 50) if kill_drill else cycles
     ok = True
@@ -224,6 +263,12 @@ def _kill_drill(
     return tripped and flat
 
 
+def _contract(row: dict[str, Any]) -> str:
+    if row["sec_type"] != "OPT":
+        return str(row["symbol"])
+    return f"{row['symbol']} {row['expiry']} {row['strike'] or 0:g}{row['opt_right'] or ''}"
+
+
 def _summary(work: Path, admin: AdminClient) -> None:
     db = open_readonly(work)
     s = demo_summary(db)
@@ -237,8 +282,8 @@ def _summary(work: Path, admin: AdminClient) -> None:
         )
     decisions = s["decisions"]
     _say(f"decisions: {sum(d['n'] for d in decisions)}")
-    for d in decisions[:8]:
-        _say(f"  {d['n']:3} x {d['reason'][:110]}")
+    for d in decisions[:10]:
+        _say(f"  {d['n']:3} x {d['action']} {_contract(d)}: {d['reason'][:100]}")
     refusals = s["refusals"]
     _say(f"gate refusals: {sum(r['n'] for r in refusals)}")
     for r in refusals[:8]:
@@ -247,6 +292,18 @@ def _summary(work: Path, admin: AdminClient) -> None:
     _say(
         f"orders (intents): {sum(intents.values())} "
         f"({', '.join(f'{k} {v}' for k, v in intents.items()) or 'none'})"
+    )
+    for o in s["orders"][-10:]:
+        price = f" @ {o['limit_price']:g}" if o["limit_price"] else ""
+        _say(
+            f"  {o['action']} {o['quantity']:g} {_contract(o)} {o['order_type']}{price}: "
+            f"{o['status']}  (why: python -m runtime why {o['order_ref']} --config "
+            f"{work / 'demo.toml'})"
+        )
+    _say(
+        "  (a clean stop cancels our working orders: [loop] cancel_orders_on_stop)"
+        if intents.get("cancelled")
+        else ""
     )
     trades = query_trades(db)
     _say(f"fills: {len(trades)}")

@@ -27,6 +27,9 @@ def test_demo_runs_cycles_and_prints_a_summary(tmp_path):
     assert "cycles: 2 (ok 2)" in out
     assert "(offline)" in out and "decisions:" in out and "gate refusals:" in out
     assert "fills: 1" in out and "BOT 20 MSFT" in out
+    # a newcomer sees the gate work: the demo's oversized GS order is refused with its reason
+    assert "exceeds the maximum 25,000" in out and "gate refusals: 0" not in out
+    assert "BUY 20 MSFT LMT" in out and "python -m runtime why cmd-c1-" in out
     assert "net liquidation" in out and "breaker: ACTIVE" in out
     assert (tmp_path / "demo" / "trading.sqlite3").exists()
     assert list((tmp_path / "demo" / "snapshots").rglob("cycle-*.json"))
