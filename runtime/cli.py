@@ -43,14 +43,20 @@ from .ownership import hand_back
 __all__ = ["main"]
 
 
-def _setup_logging(level: str, role: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s {role}[%(process)d] %(levelname)s %(name)s: %(message)s")
-    )
-    handler.addFilter(RedactingFilter())
+def _setup_logging(level: str, role: str, log_file: str | None = None) -> None:
+    """Lines to stderr (journald/supervisord capture them), secrets redacted; optionally
+    also to a rotating file (10 MiB x 5)."""
+    fmt = logging.Formatter(f"%(asctime)s {role}[%(process)d] %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        from logging.handlers import RotatingFileHandler
+
+        handlers.append(RotatingFileHandler(log_file, maxBytes=10 * 2**20, backupCount=5))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        handler.addFilter(RedactingFilter())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level.upper())
     logging.getLogger("ib_insync").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
@@ -110,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .main_loop import MainLoop
 
     cfg = _config(args)
-    _setup_logging(args.log_level, "main")
+    _setup_logging(args.log_level, "main", args.log_file)
     try:
         locks = _locks(cfg, "run")
     except LockHeld as exc:
@@ -129,7 +135,7 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
     from .watchdog import Watchdog
 
     cfg = _config(args)
-    _setup_logging(args.log_level, "watchdog")
+    _setup_logging(args.log_level, "watchdog", args.log_file)
     try:
         locks = _locks(cfg, "watchdog")
     except LockHeld as exc:
@@ -484,8 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     p = add("run", cmd_run, "run the main loop (spawns the watchdog unless [watchdog] spawn=false)")
     p.add_argument("--max-cycles", type=int, default=None, help="stop cleanly after N cycles")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-file", help="also log to this file, rotated at 10 MiB (5 kept)")
     p = add("watchdog", cmd_watchdog, "run the watchdog")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-file", help="also log to this file, rotated at 10 MiB (5 kept)")
     p = add("status", cmd_status, "breaker, heartbeats, last cycle, account")
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
     p = add("breaker", cmd_breaker, "show the breaker, or reset it (a person, with a reason)")

@@ -250,6 +250,7 @@ class Commander:
 
     async def run_cycle(self, cycle_id: int) -> CycleReport:
         report = CycleReport(cycle_id)
+        t0 = self.clock.monotonic()
         doc: dict[str, Any] = {
             "cycle_id": cycle_id,
             "started_at": utc_now(),
@@ -275,6 +276,7 @@ class Commander:
             doc["status"] = report.status
             doc["skipped"] = report.skipped
             self._persist(report, doc)
+            self._log_cycle(report, (self.clock.monotonic() - t0) * 1000)
         return report
 
     async def _cycle(self, report: CycleReport, doc: dict[str, Any]) -> None:
@@ -427,6 +429,26 @@ class Commander:
         is_open = await self.broker.market_open(contract, now)
         self._open_cache[r.key] = (key, is_open)
         return is_open
+
+    def _log_cycle(self, report: CycleReport, duration_ms: float) -> None:
+        """One structured line per cycle (key=value, journald- and grep-friendly)."""
+        swarm = report.swarm
+        refused = [v for v in report.verdicts if not v.accepted]
+        log.info(
+            "cycle id=%d outcome=%s signals=%d abstains=%d decisions=%d accepted=%d orders=%d "
+            "refusals=%d llm_usd=%.4f duration_ms=%.0f%s",
+            report.cycle_id,
+            report.status,
+            len(swarm.signals) if swarm else 0,
+            len(swarm.abstains) if swarm else 0,
+            len(report.decisions),
+            sum(1 for d in report.decisions if d.accepted),
+            report.orders,
+            len(refused),
+            swarm.cost_usd if swarm else 0.0,
+            duration_ms,
+            f" why={report.skipped!r}" if report.skipped else "",
+        )
 
     def _persist(self, report: CycleReport, doc: dict[str, Any]) -> None:
         """Queue the cycle's records (decisions, snapshot, outcome): a busy database delays

@@ -94,7 +94,9 @@ def run_demo(cycles: int = 5, kill_drill: bool = False, data_dir: str | None = N
     _say(f"demo: files in {work}")
     with (
         open(work / "gateway.log", "w") as gw_log,
-        gateway_process("--seed", "7", "--tick-interval", "0.25", stderr=gw_log, cwd=ROOT) as ready,
+        gateway_process(
+            "--seed", "7", "--tick-interval", "0.25", "--log-level", "INFO", stderr=gw_log, cwd=ROOT
+        ) as ready,
     ):
         _say(f"demo: paper gateway on 127.0.0.1:{ready['port']} (admin {ready['admin_port']})")
         with AdminClient(ready["admin_port"]) as admin:
