@@ -68,6 +68,7 @@ __all__ = [
     "account_for",
     "open_session",
     "probe_gateway",
+    "probe_positions",
 ]
 
 log = logging.getLogger("runtime.broker")
@@ -225,6 +226,24 @@ async def probe_gateway(cfg: BrokerConfig, mode: str, secrets: Secrets, client_i
     await open_session(ib, cfg, client_id, mode, secrets)
     try:
         return account_for(ib.managedAccounts(), cfg, mode)
+    finally:
+        ib.disconnect()
+
+
+async def probe_positions(
+    cfg: BrokerConfig, mode: str, secrets: Secrets, client_id: int
+) -> dict[str, float]:
+    """Ask the broker itself (a fresh session and a reqPositions round trip, no cache) for
+    the account's positions: {contract key: quantity}, flat ones left out."""
+    ib = IB()
+    ib.RequestTimeout = cfg.request_timeout_s
+    await open_session(ib, cfg, client_id, mode, secrets)
+    try:
+        account = account_for(ib.managedAccounts(), cfg, mode)
+        rows = await asyncio.wait_for(ib.reqPositionsAsync(), cfg.request_timeout_s)
+        return {
+            _key(p.contract): float(p.position) for p in rows if p.account == account and p.position
+        }
     finally:
         ib.disconnect()
 

@@ -443,6 +443,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drill(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .drill import run_drill
+
+    cfg = _config(args)
+    return run_drill(Path(args.config), cfg, args.yes, args.symbol.upper(), args.quantity)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -521,6 +530,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--show", type=int, help="snapshot id to print")
     p.add_argument("--cycle", type=int, help="print the snapshot of this cycle")
     p.add_argument("--limit", type=int, default=20)
+    p = add("drill", cmd_drill, "kill drill on your own paper setup (refuses live configs)")
+    p.add_argument("--yes", action="store_true", help="I know it closes every paper position")
+    p.add_argument("--symbol", default="SPY", help="the drill's position (default SPY)")
+    p.add_argument("--quantity", type=int, default=1)
     p = add("backup", cmd_backup, "copy the live database (SQLite online backup API)")
     p.add_argument("dest", help="a new file, or a directory for a dated one")
     p.add_argument("--with-snapshots", action="store_true", help="copy the snapshot files too")
