@@ -86,11 +86,25 @@ class MainLoop:
             log.error("heartbeat not written: %s", exc)
 
     def watchdog_alive(self) -> bool:
+        """The gate's `watchdog_alive`: the watchdog process exists (a spawned child that has
+        exited counts as dead at once, whatever its last heartbeat says), its heartbeat is
+        fresh, and it holds a broker session that polled the account within the timeout."""
+        child = self._child
+        if child is not None and child.poll() is not None:
+            return False
         hb = read_heartbeat(self.data_dir / WATCHDOG_HEARTBEAT)
+        if hb is None or hb.phase == "stopped":
+            return False
+        if child is not None and hb.pid != child.pid:
+            return False  # an earlier watchdog's heartbeat: not the child we are running
+        now = self.clock.monotonic()
+        timeout = self.cfg.watchdog.heartbeat_timeout_s
+        polled = hb.account_poll_age(now)
         return (
-            hb is not None
-            and hb.phase != "stopped"
-            and hb.age(self.clock.monotonic()) <= self.cfg.watchdog.heartbeat_timeout_s
+            hb.age(now) <= timeout
+            and hb.session == "connected"
+            and polled is not None
+            and polled <= timeout
         )
 
     async def _heartbeat_loop(self) -> None:
@@ -117,12 +131,17 @@ class MainLoop:
     async def _supervise_watchdog(self) -> None:
         delay = 1.0
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.2)
             if self._child is not None and self._child.poll() is not None:
+                # watchdog_alive() is already False (it polls the child itself): no new
+                # positions from this moment until the new child holds a broker session
                 code = self._child.returncode
                 log.error("watchdog child exited with %s; restarting in %.0fs", code, delay)
                 self._event(
-                    "watchdog_exit", f"watchdog child exited with {code}; restarting", "critical"
+                    "watchdog_exit",
+                    f"watchdog child exited with {code}; restarting; no new positions until "
+                    "it holds a broker session",
+                    "critical",
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -306,7 +325,8 @@ class MainLoop:
         if not self.watchdog_alive():
             self._event(
                 "watchdog_absent",
-                "watchdog heartbeat not seen at start: no new positions until it is",
+                "watchdog not alive at start (no fresh heartbeat, or no broker session that "
+                "polled the account): no new positions until it is",
                 "critical",
             )
 
