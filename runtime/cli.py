@@ -32,8 +32,7 @@ from data_lake import (
 
 from .breaker import BreakerUnwritable, CircuitBreaker, ResetRefused
 from .config import Config, ConfigError, Secrets, load_config
-from .heartbeat import is_same_process, read_heartbeat
-from .main_loop import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT
+from .heartbeat import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT, is_same_process, read_heartbeat
 
 __all__ = ["main"]
 

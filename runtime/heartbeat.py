@@ -29,6 +29,8 @@ from pathlib import Path
 import psutil
 
 __all__ = [
+    "MAIN_HEARTBEAT",
+    "WATCHDOG_HEARTBEAT",
     "Clock",
     "Heartbeat",
     "SystemClock",
@@ -41,6 +43,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("runtime.heartbeat")
+# the file names, here so that readers (watchdog, CLI) need not import the main loop's stack
+MAIN_HEARTBEAT = "heartbeat-main.json"
+WATCHDOG_HEARTBEAT = "heartbeat-watchdog.json"
 
 
 class Clock:

@@ -319,14 +319,26 @@ class MainLoop:
         return 0
 
     async def _wait_for_watchdog(self) -> None:
+        """Give the child time to connect before the first cycle; stop waiting as soon as it
+        reports that it cannot reach the broker (the cycles refuse new positions meanwhile)."""
         deadline = self.clock.monotonic() + max(10.0, self.cfg.watchdog.heartbeat_timeout_s)
         while not self.watchdog_alive() and self.clock.monotonic() < deadline:
+            hb = read_heartbeat(self.data_dir / WATCHDOG_HEARTBEAT)
+            if (
+                hb is not None
+                and hb.session == "unreachable"
+                and (self._child is None or hb.pid == self._child.pid)
+            ):
+                break
             await asyncio.sleep(0.05)
         if not self.watchdog_alive():
+            hb = read_heartbeat(self.data_dir / WATCHDOG_HEARTBEAT)
+            session = hb.session if hb is not None and hb.session else "no heartbeat"
             self._event(
                 "watchdog_absent",
-                "watchdog not alive at start (no fresh heartbeat, or no broker session that "
-                "polled the account): no new positions until it is",
+                f"watchdog not alive at start (broker session: {session}; alive needs a fresh "
+                "heartbeat and a broker session that polled the account): no new positions "
+                "until it is",
                 "critical",
             )
 

@@ -39,6 +39,8 @@ from .broker import Broker, BrokerNotReady, PositionView
 from .config import Config, Secrets
 from .gate_context import build_gate_context
 from .heartbeat import (
+    MAIN_HEARTBEAT,
+    WATCHDOG_HEARTBEAT,
     Clock,
     Heartbeat,
     SystemClock,
@@ -47,7 +49,6 @@ from .heartbeat import (
     start_matches,
     write_heartbeat,
 )
-from .main_loop import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT
 
 __all__ = ["Watchdog"]
 

@@ -417,7 +417,7 @@ def test_a_reset_after_a_crash_is_not_undone_by_the_dead_loops_old_heartbeat(
         )
         assert ok.returncode == 0, ok.stderr
         # the orphaned watchdog keeps judging the dead loop's heartbeat for many polls
-        _polls_pass(tmp_path, 12, "the watchdog judges the old heartbeat after the reset")
+        _polls_pass(tmp_path, 8, "the watchdog judges the old heartbeat after the reset")
         status = breaker.status()
         assert status.state is BreakerState.ACTIVE and status.actor == "alice"
         assert _kinds(tmp_path).count("breaker_trip") == 1
