@@ -199,7 +199,7 @@ class Watchdog:
             return []
         age = hb.age(now)
         reset = self._reset_mono
-        if reset is not None and hb.mono_ts < reset:
+        if reset is not None and hb.mono_ts <= reset:
             # A person reset the breaker after this heartbeat was written: it is not judged
             # until a fresh one arrives or the timeout has run from the reset. A loop that
             # died before the reset is simply absent (nothing to watch until a new one beats).
