@@ -89,6 +89,8 @@ class MainLoop:
         """The gate's `watchdog_alive`: the watchdog process exists (a spawned child that has
         exited counts as dead at once, whatever its last heartbeat says), its heartbeat is
         fresh, and it holds a broker session that polled the account within the timeout."""
+        from .heartbeat import is_same_process  # (kept local: this file's imports are shared)
+
         child = self._child
         if child is not None and child.poll() is not None:
             return False
@@ -97,6 +99,8 @@ class MainLoop:
             return False
         if child is not None and hb.pid != child.pid:
             return False  # an earlier watchdog's heartbeat: not the child we are running
+        if child is None and is_same_process(hb) is False:
+            return False  # a standalone watchdog whose process is gone (or its pid reused)
         now = self.clock.monotonic()
         timeout = self.cfg.watchdog.heartbeat_timeout_s
         polled = hb.account_poll_age(now)
