@@ -323,15 +323,19 @@ class MainLoop:
         return 0
 
     async def _wait_for_watchdog(self) -> None:
-        """Give the child time to connect before the first cycle; stop waiting as soon as it
-        reports that it cannot reach the broker (the cycles refuse new positions meanwhile)."""
-        deadline = self.clock.monotonic() + max(10.0, self.cfg.watchdog.heartbeat_timeout_s)
+        """Give the child time to connect before the first cycle; stop waiting once it
+        has reported for a heartbeat timeout that it cannot reach the broker (the cycles
+        refuse new positions meanwhile)."""
+        start = self.clock.monotonic()
+        timeout = self.cfg.watchdog.heartbeat_timeout_s
+        deadline = start + max(10.0, timeout)
         while not self.watchdog_alive() and self.clock.monotonic() < deadline:
             hb = read_heartbeat(self.data_dir / WATCHDOG_HEARTBEAT)
             if (
                 hb is not None
                 and hb.session == "unreachable"
                 and (self._child is None or hb.pid == self._child.pid)
+                and self.clock.monotonic() - start >= timeout
             ):
                 break
             await asyncio.sleep(0.05)
