@@ -670,6 +670,34 @@ class Broker:
             if p.position
         ]
 
+    async def fresh_positions(self, timeout_s: float | None = None) -> list[PositionView]:
+        """Ask the broker now (a reqPositions round trip), not ib_insync's cached view: the
+        answer reflects every fill and manual trade the gateway has booked. Raises
+        BrokerNotReady without a session and TimeoutError when the gateway does not answer."""
+        if not self.ready:
+            raise BrokerNotReady(f"broker {self.source} not ready: positions not verifiable")
+        timeout = self.cfg.request_timeout_s if timeout_s is None else timeout_s
+        fresh = await asyncio.wait_for(self.ib.reqPositionsAsync(), timeout)
+        latest: dict[int, Any] = {}
+        for p in fresh:  # one answer per contract; a later line for the same conId wins
+            if not self.account or p.account == self.account:
+                latest[p.contract.conId] = p
+        return [
+            PositionView(
+                p.contract.conId,
+                p.contract.symbol,
+                p.contract.secType,
+                p.position,
+                p.avgCost,
+                float(p.contract.multiplier or 1),
+                p.contract.lastTradeDateOrContractMonth,
+                p.contract.strike,
+                p.contract.right,
+            )
+            for p in latest.values()
+            if p.position
+        ]
+
     async def holdings(self, quote_wait_s: float = 2.0) -> dict[str, Holding]:
         """Positions marked to the latest quotes (options with model delta), by contract key."""
         out: dict[str, Holding] = {}

@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any
 
+import psutil
+
 from data_lake import (
     DatabaseError,
     DataLakeMissing,
@@ -36,8 +38,14 @@ from data_lake import (
 
 from .breaker import BreakerUnwritable, CircuitBreaker, ResetRefused
 from .config import Config, ConfigError, Secrets, load_config
-from .heartbeat import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT, read_heartbeat
-from .instance_lock import InstanceLock, LockHeld, account_lock_path, acquire
+from .heartbeat import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT, is_same_process, read_heartbeat
+from .instance_lock import (
+    ANOTHER_WATCHDOG,
+    InstanceLock,
+    LockHeld,
+    account_lock_path,
+    acquire,
+)
 from .ownership import hand_back
 
 __all__ = ["main"]
@@ -140,7 +148,7 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
         locks = _locks(cfg, "watchdog")
     except LockHeld as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return ANOTHER_WATCHDOG  # a main loop that spawned us adopts the one already watching
     secrets = Secrets()
     register_secret(secrets.anthropic_api_key)
     try:
@@ -154,15 +162,38 @@ def _hb(cfg: Config, name: str, timeout: float) -> dict[str, Any]:
     hb = read_heartbeat(cfg.data_dir / name)
     if hb is None:
         return {"present": False, "alive": False}
-    age = time.monotonic() - hb.mono_ts
-    return {
+    now = time.monotonic()
+    age = now - hb.mono_ts
+    same = is_same_process(hb)
+    running = same if same is not None else psutil.pid_exists(hb.pid)
+    out: dict[str, Any] = {
         "present": True,
         "pid": hb.pid,
+        "running": running,
         "age_s": round(age, 3),
         "cycle": hb.cycle,
         "phase": hb.phase,
-        "alive": hb.phase != "stopped" and age <= timeout,
+        "alive": running and hb.phase != "stopped" and age <= timeout,
     }
+    if name == WATCHDOG_HEARTBEAT:
+        # alive also needs a broker session that polled the account within the timeout
+        poll_age = hb.account_poll_age(now)
+        session = hb.session or "unknown"
+        if hb.phase == "stopped":
+            session = "stopped"
+        elif session == "connected" and (poll_age is None or poll_age > timeout):
+            session = "unreachable"  # the heartbeat says connected, but the poll is old
+        out["session"] = session
+        out["last_account_poll_age_s"] = None if poll_age is None else round(poll_age, 3)
+        out["last_account_poll_at"] = (
+            None
+            if hb.account_poll_mono is None
+            else time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(hb.wall_ts - (hb.mono_ts - hb.account_poll_mono))
+            )
+        )
+        out["alive"] = out["alive"] and session == "connected"
+    return out
 
 
 def status_dict(cfg: Config) -> dict[str, Any]:
@@ -202,9 +233,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name in ("main", "watchdog"):
         h = st[name]
         if h["present"]:
+            session = ""
+            if "session" in h:
+                poll = h["last_account_poll_age_s"]
+                session = f", broker session {h['session']}, last account poll " + (
+                    f"{poll:.1f}s ago" if poll is not None else "never"
+                )
             print(
                 f"{name:9} pid {h['pid']} {'alive' if h['alive'] else 'NOT ALIVE'} "
-                f"(heartbeat {h['age_s']:.1f}s ago, cycle {h['cycle']}, {h['phase']})"
+                f"(heartbeat {h['age_s']:.1f}s ago, cycle {h['cycle']}, {h['phase']}"
+                f"{session}{'' if h['running'] else ', process gone'})"
             )
         else:
             print(f"{name:9} no heartbeat")

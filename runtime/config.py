@@ -108,6 +108,9 @@ class WatchdogConfig(_Section):
     close_wait_s: float = Field(5.0, gt=0, le=300)
     close_collar_pct: float = Field(0.02, gt=0, le=0.5)
     max_close_attempts: int = Field(5, ge=1, le=100)
+    # the watchdog's own account limits (daily loss, gross exposure, open positions) sit this
+    # fraction above the gate's, so a book at the gate's limit is not liquidated by a 1% move
+    limit_margin_pct: float = Field(0.10, ge=0, le=1.0)
 
 
 _Price = Annotated[float, Field(gt=0, le=1000)]

@@ -22,7 +22,10 @@ from pathlib import Path
 
 from data_lake import RefuseToStart
 
-__all__ = ["InstanceLock", "LockHeld", "account_lock_path", "acquire"]
+__all__ = ["ANOTHER_WATCHDOG", "InstanceLock", "LockHeld", "account_lock_path", "acquire"]
+
+# The exit code of a watchdog refused because another one already watches the data dir.
+ANOTHER_WATCHDOG = 3
 
 
 class LockHeld(RefuseToStart, RuntimeError):

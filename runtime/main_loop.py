@@ -41,10 +41,12 @@ from .heartbeat import (
     WATCHDOG_HEARTBEAT,
     Clock,
     SystemClock,
+    is_same_process,
     read_heartbeat,
     sd_notify,
     write_heartbeat,
 )
+from .instance_lock import ANOTHER_WATCHDOG
 from .preflight import KEY_MISSING, static_refusals
 
 __all__ = ["MAIN_HEARTBEAT", "WATCHDOG_HEARTBEAT", "MainLoop"]
@@ -92,11 +94,27 @@ class MainLoop:
             log.error("heartbeat not written: %s", exc)
 
     def watchdog_alive(self) -> bool:
+        """The gate's `watchdog_alive`: the watchdog process exists (a spawned child that has
+        exited counts as dead at once, whatever its last heartbeat says), its heartbeat is
+        fresh, and it holds a broker session that polled the account within the timeout."""
+        child = self._child
+        if child is not None and child.poll() is not None:
+            return False
         hb = read_heartbeat(self.data_dir / WATCHDOG_HEARTBEAT)
+        if hb is None or hb.phase == "stopped":
+            return False
+        if child is not None and hb.pid != child.pid:
+            return False  # an earlier watchdog's heartbeat: not the child we are running
+        if child is None and is_same_process(hb) is False:
+            return False  # a standalone watchdog whose process is gone (or its pid reused)
+        now = self.clock.monotonic()
+        timeout = self.cfg.watchdog.heartbeat_timeout_s
+        polled = hb.account_poll_age(now)
         return (
-            hb is not None
-            and hb.phase != "stopped"
-            and hb.age(self.clock.monotonic()) <= self.cfg.watchdog.heartbeat_timeout_s
+            hb.age(now) <= timeout
+            and hb.session == "connected"
+            and polled is not None
+            and polled <= timeout
         )
 
     async def _heartbeat_loop(self) -> None:
@@ -123,12 +141,31 @@ class MainLoop:
     async def _supervise_watchdog(self) -> None:
         delay = 1.0
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.2)
+            if self._child is not None and self._child.poll() == ANOTHER_WATCHDOG:
+                # a watchdog already watches this data dir (it outlived a main loop that was
+                # killed): adopt it; watchdog_alive() judges it by heartbeat, pid and start
+                log.warning("another watchdog already watches %s: adopting it", self.data_dir)
+                self._event("watchdog_adopted", "a watchdog already watches: adopted it", "info")
+                self._child = None
+                continue
+            if self._child is None and self.cfg.watchdog.spawn:
+                hb = read_heartbeat(self.data_dir / WATCHDOG_HEARTBEAT)
+                if hb is None or hb.phase == "stopped" or is_same_process(hb) is False:
+                    log.error("the adopted watchdog is gone: starting our own")
+                    self._event("watchdog_exit", "the adopted watchdog is gone", "critical")
+                    self._spawn_watchdog()
+                continue
             if self._child is not None and self._child.poll() is not None:
+                # watchdog_alive() is already False (it polls the child itself): no new
+                # positions from this moment until the new child holds a broker session
                 code = self._child.returncode
                 log.error("watchdog child exited with %s; restarting in %.0fs", code, delay)
                 self._event(
-                    "watchdog_exit", f"watchdog child exited with {code}; restarting", "critical"
+                    "watchdog_exit",
+                    f"watchdog child exited with {code}; restarting; no new positions until "
+                    "it holds a broker session",
+                    "critical",
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -347,13 +384,30 @@ class MainLoop:
         return 0
 
     async def _wait_for_watchdog(self) -> None:
-        deadline = self.clock.monotonic() + max(10.0, self.cfg.watchdog.heartbeat_timeout_s)
+        """Give the child time to connect before the first cycle; stop waiting once it
+        has reported for a heartbeat timeout that it cannot reach the broker (the cycles
+        refuse new positions meanwhile)."""
+        start = self.clock.monotonic()
+        timeout = self.cfg.watchdog.heartbeat_timeout_s
+        deadline = start + max(10.0, timeout)
         while not self.watchdog_alive() and self.clock.monotonic() < deadline:
+            hb = read_heartbeat(self.data_dir / WATCHDOG_HEARTBEAT)
+            if (
+                hb is not None
+                and hb.session == "unreachable"
+                and (self._child is None or hb.pid == self._child.pid)
+                and self.clock.monotonic() - start >= timeout
+            ):
+                break
             await asyncio.sleep(0.05)
         if not self.watchdog_alive():
+            hb = read_heartbeat(self.data_dir / WATCHDOG_HEARTBEAT)
+            session = hb.session if hb is not None and hb.session else "no heartbeat"
             self._event(
                 "watchdog_absent",
-                "watchdog heartbeat not seen at start: no new positions until it is",
+                f"watchdog not alive at start (broker session: {session}; alive needs a fresh "
+                "heartbeat and a broker session that polled the account): no new positions "
+                "until it is",
                 "critical",
             )
 

@@ -1,7 +1,9 @@
 import os
 import socket
+import subprocess
+import sys
 
-from runtime.heartbeat import Clock, read_heartbeat, sd_notify, write_heartbeat
+from runtime.heartbeat import Clock, is_same_process, read_heartbeat, sd_notify, write_heartbeat
 
 
 class FakeClock(Clock):
@@ -49,3 +51,40 @@ def test_sd_notify_sends_to_the_notify_socket(tmp_path):
 def test_sd_notify_without_systemd_is_a_no_op():
     assert sd_notify("READY=1", env={}) is False
     assert sd_notify("READY=1", env={"NOTIFY_SOCKET": "/nonexistent/sock"}) is False
+
+
+def test_heartbeat_records_the_writers_start_time_and_the_watchdogs_session(tmp_path):
+    clock = FakeClock()
+    path = tmp_path / "hb.json"
+    written = write_heartbeat(
+        path, clock, cycle=3, phase="watching", session="connected", account_poll_mono=99.5
+    )
+    hb = read_heartbeat(path)
+    assert hb == written
+    assert (hb.session, hb.account_poll_mono) == ("connected", 99.5)
+    assert hb.account_poll_age(clock.monotonic()) == 0.5
+    assert hb.create_time is not None and is_same_process(hb) is True
+
+
+def test_a_heartbeat_without_the_newer_keys_still_reads(tmp_path):
+    path = tmp_path / "hb.json"
+    path.write_text('{"pid": 12, "wall_ts": 1.0, "mono_ts": 2.0, "cycle": 1, "phase": "idle"}')
+    hb = read_heartbeat(path)
+    assert hb is not None and hb.session is None and hb.account_poll_age(5.0) is None
+    assert is_same_process(hb) is None  # no start time recorded: cannot tell
+
+
+def test_a_reused_pid_is_not_the_same_process(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path = tmp_path / "hb.json"
+        real = write_heartbeat(path, FakeClock(), 1, "idle", pid=sleeper.pid)
+        assert is_same_process(real) is True
+        other = write_heartbeat(
+            path, FakeClock(), 1, "idle", pid=sleeper.pid, create_time=real.create_time - 5
+        )
+        assert is_same_process(other) is False
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert is_same_process(real) is False  # gone
