@@ -42,6 +42,7 @@ from .risk import RiskConfig
 
 __all__ = [
     "CHECKS",
+    "WATCHDOG",
     "GateContext",
     "GateState",
     "GateVerdict",
@@ -173,6 +174,7 @@ class GateState:
     executions: collections.deque[float] = field(default_factory=collections.deque)
     execution_throttle_latched: bool = False
     recent: dict[tuple[str, str, float], float] = field(default_factory=dict)
+    reenabled_by: int = 0  # id of the person's last re-enable record applied (0: none)
 
     def record_sent(self, request: OrderRequest, now: float, day: str) -> None:
         self.sent.append(now)
