@@ -300,6 +300,12 @@ class Commander:
     async def _cycle(self, report: CycleReport, doc: dict[str, Any]) -> None:
         status = self.breaker.status()
         doc["breaker"] = {"state": status.state.value, "reason": status.reason}
+        if self.broker.ready:  # even when HALTED: intents follow the broker every cycle
+            try:
+                await self._sync_with_broker()
+            except (TimeoutError, ConnectionError) as exc:
+                report.status, report.skipped = "skipped", f"broker sync failed: {exc!r}"
+                return
         if status.state is BreakerState.HALTED:
             report.status, report.skipped = "skipped", f"breaker HALTED: {status.reason}"
             return
@@ -307,11 +313,6 @@ class Commander:
             report.status, report.skipped = "skipped", "broker not connected and reconciled"
             return
         self.phase("sense")
-        try:
-            await self._sync_with_broker()
-        except (TimeoutError, ConnectionError) as exc:
-            report.status, report.skipped = "skipped", f"broker sync failed: {exc!r}"
-            return
         now = self.wall_now()
         context = await self.sensor.context(self.spec, now)
         values = self.broker.account_values()
