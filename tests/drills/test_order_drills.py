@@ -352,3 +352,26 @@ def test_a_latched_execution_throttle_survives_a_restart_until_a_person_reenable
     [again] = _events(tmp_path, "execution_throttle_reenabled")
     assert "bob" in again["details"] and again["reason"] == "reviewed"
     assert_books_balance(admin, data(tmp_path), seeded={"MSFT": -20})
+
+
+def test_a_cycle_with_more_orders_than_the_per_second_limit_paces_them_instead_of_refusing(
+    gateway, admin, tmp_path
+):
+    instances = ("index_trend.json", "tech_aggressive.json", "finance_conservative.json")
+    cfg = write_config(
+        tmp_path,
+        gateway.port,
+        instances,
+        max_orders_per_second=1,
+        quote_max_age_s=STILL,
+        cycle_interval_s=4.0,
+        max_cycle_s=3.5,
+    )
+    proc = start("run", cfg, "--max-cycles", "1")
+    assert proc.wait(90) == 0
+    stop_watchdog(tmp_path)
+    sent = _orders(admin, 1)
+    assert len(sent) >= 2, sent
+    reasons = [e["reason"] for e in _events(tmp_path, "gate_refusal")]
+    assert not [r for r in reasons if "order rate" in r], reasons
+    assert_books_balance(admin, data(tmp_path))
