@@ -163,7 +163,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{lc['n_decisions']} decisions, {lc['n_orders']} orders) {lc['error'] or ''}"
         )
     print(
-        f"open intents {st['open_intents']}, executions today {st['executions_today']}, "
+        f"open intents {st['open_intents']}, unresolved {st['unresolved_intents']}, "
+        f"executions today {st['executions_today']}, "
         f"LLM spend today ${st['llm_usd_today']:.4f}, safety events today "
         f"{st['safety_events_today']}"
     )
