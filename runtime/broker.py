@@ -690,7 +690,14 @@ class Broker:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         elif code in ORDER_ERROR_CODES and req_id > 0:
-            trade = next((t for t in self.ib.trades() if t.order.orderId == req_id), None)
+            trade = next(  # our own order: other clients' ids (seen in reconcile) may clash
+                (
+                    t
+                    for t in self.ib.trades()
+                    if t.order.orderId == req_id and t.order.clientId == self.client_id
+                ),
+                None,
+            )
             ref = trade.order.orderRef if trade else None
             cancelled_by_us = code == 202 and ref in self._cancel_requested
             counted = code in REJECT_CODES or (code == 202 and not cancelled_by_us)
@@ -952,8 +959,9 @@ class Broker:
         return int(trade.order.orderId)
 
     def cancel(self, order_ref: str) -> bool:
+        """Cancel this session's own working order with this orderRef (False: none)."""
         for trade in self.ib.openTrades():
-            if trade.order.orderRef == order_ref:
+            if trade.order.orderRef == order_ref and trade.order.clientId == self.client_id:
                 self._remember_cancel([order_ref])
                 self.ib.cancelOrder(trade.order)
                 return True
