@@ -520,7 +520,7 @@ class Broker:
                 )
                 if status != was or flag_missing:
                     self.store.post(update_intent, ref, status=status, filled=filled)
-            elif flag_missing and was != IntentStatus.UNRESOLVED:
+            elif flag_missing and was != IntentStatus.UNRESOLVED and not self._placed_here(ref):
                 # The broker has never seen it. Pending: the process died between storing
                 # the intent and sending it. Submitted: it was sent and is lost (or another
                 # session hides it): a person decides. Never re-sent.
@@ -580,6 +580,13 @@ class Broker:
                     order_ref=ref,
                 )
         return ReconcileReport(new, len(intents), resolved, unknown)
+
+    def _placed_here(self, ref: str) -> bool:
+        """This session placed an order with this ref (a send that raced this reconcile:
+        its own status events settle it; checked with no await before the update)."""
+        return any(
+            t.order.orderRef == ref and t.order.clientId == self.client_id for t in self.ib.trades()
+        )
 
     # --- recording -------------------------------------------------------------------------------
     def _record_fill(self, fill: Fill) -> bool:
