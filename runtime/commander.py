@@ -36,6 +36,7 @@ from skills.execution_gate import (
     GateVerdict,
     Holding,
     OrderRequest,
+    order_ref_for,
     place_order_with_guard,
 )
 from skills.math_core import MathInputError, kelly_criterion
@@ -422,17 +423,31 @@ class Commander:
         request = d.request(cycle_id, decision_id)
         await self._pace()
         blocked = await self._blocked()
-        market_open = await self._market_open(request)
-        state = self.breaker.status().state.value
-        ctx = await build_gate_context(
-            self.broker,
-            request,
-            breaker=state,
-            watchdog_alive=self.watchdog_alive(),
-            market_open=market_open,
-            now=self.clock.monotonic(),
-            blocked=blocked,
-        )
+        try:
+            market_open = await self._market_open(request)
+            ctx = await build_gate_context(
+                self.broker,
+                request,
+                breaker=self.breaker.status().state.value,
+                watchdog_alive=self.watchdog_alive(),
+                market_open=market_open,
+                now=self.clock.monotonic(),
+                blocked=blocked,
+            )
+        except (TimeoutError, ConnectionError) as exc:  # the world cannot be seen: no order
+            ref = order_ref_for(request)
+            reason = f"gate inputs unavailable from the broker ({exc!r}): failing closed"
+            log.warning("order %s refused: %s", ref, reason)
+            self.store.post(
+                log_safety_event,
+                "gate",
+                "gate_refusal",
+                reason,
+                "warning",
+                order_ref=ref,
+                cycle_id=cycle_id,
+            )
+            return GateVerdict(False, ref, (reason,))
         return await place_order_with_guard(
             request,
             ctx,
