@@ -534,3 +534,60 @@ def test_slot_wait_paces_orders_within_the_per_second_limit():
     state.record_sent(buy(2), 10.4, "d")
     assert state.slot_wait(10.5, two) == pytest.approx(0.5)
     assert state.slot_wait(11.01, two) == 0.0
+
+
+@pytest.mark.asyncio
+async def test_gate_memory_is_rebuilt_from_the_stored_intents_and_executions(store):
+    import datetime as dt
+
+    from data_lake import insert_intent, log_safety_event, log_trade, update_intent
+    from runtime.gate_context import THROTTLE_LATCHED, THROTTLE_REENABLED, load_gate_state
+
+    now = dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC)
+
+    def intent(ref, status, ago_s, action="BUY"):
+        at = (now - dt.timedelta(seconds=ago_s)).isoformat()
+        row = dict(order_ref=ref, source="commander", symbol="NVDA", sec_type="STK")
+        row |= dict(action=action, quantity=10, order_type="MKT", tif="DAY")
+        store.call(insert_intent, row, at=at, timeout=5)
+        store.call(update_intent, ref, status=status, timeout=5)
+
+    intent("a", "filled", 30)
+    intent("b", "submitted", 0.5, "SELL")
+    intent("c", "not_sent", 1)  # never reached the broker: not counted
+    intent("d", "cancelled", 20 * 3600)  # yesterday (UTC): rate windows only
+    for i, ago in enumerate((5, 10, 200)):
+        store.call(
+            log_trade,
+            dict(
+                exec_id=f"e{i}", order_ref="a", client_id=1, symbol="NVDA", sec_type="STK",
+                side="BOT", shares=1, price=1.0,
+                exec_time=(now - dt.timedelta(seconds=ago)).isoformat(),
+            ),
+            timeout=5,
+        )  # fmt: skip
+    two = limits(max_executions_per_window=2, execution_window_s=60.0, max_orders_per_second=1)
+
+    async def load():
+        return await load_gate_state(
+            store,
+            two,
+            monotonic_now=1000.0,
+            wall_now=now,
+            sources=("commander",),
+            client_id=1,
+            timeout=5,
+        )
+
+    state = await load()
+    assert state.sent_today == 2 and len(state.sent) == 3
+    assert ("NVDA", "BUY", 10) in state.recent
+    assert len(state.executions) == 2
+    assert state.execution_throttle_latched  # a full window and no re-enable inside it
+    r = reasons(sell(10), ctx(now=1000.0, holdings=held(-5.0)), state, two)
+    assert any("order rate: 1 sent in the last second" in x for x in r), r
+    assert any(x.startswith("duplicate: SELL 10 NVDA was sent 0.5s ago") for x in r), r
+    store.call(log_safety_event, "gate", THROTTLE_LATCHED, "latched", timeout=5)
+    store.call(log_safety_event, "person", THROTTLE_REENABLED, "ok", timeout=5)
+    state = await load()
+    assert not state.execution_throttle_latched and state.reenabled_by > 0
