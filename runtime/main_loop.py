@@ -182,7 +182,7 @@ class MainLoop:
                 self.store,
                 self.cfg.risk,
                 monotonic_now=self.clock.monotonic(),
-                wall_now=dt.datetime.now(dt.UTC),
+                wall_now=dt.datetime.fromtimestamp(self.clock.wall(), dt.UTC),
                 sources=("commander", "person"),
                 client_id=self.cfg.broker.client_id,
                 timeout=max(10.0, self.cfg.data.write_timeout_s),
