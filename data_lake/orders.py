@@ -23,8 +23,12 @@ __all__ = [
     "insert_intent",
     "intent_status_for",
     "intents_exist",
+    "intents_sent_since",
+    "intents_to_reconcile",
     "open_intents",
     "record_order_event",
+    "resolve_intent",
+    "unresolved_intents",
     "update_intent",
 ]
 
@@ -45,6 +49,17 @@ FINAL_INTENT_STATES = (
     IntentStatus.CANCELLED,
     IntentStatus.REJECTED,
     IntentStatus.NOT_SENT,
+)
+# Final by the broker's word: a later broker status never changes them. (`not_sent` is our
+# own belief; when the broker reports the order after all, the broker is right.)
+BROKER_FINAL_STATES = (IntentStatus.FILLED, IntentStatus.CANCELLED, IntentStatus.REJECTED)
+# Reached the broker (or may have): counted by the gate's rate limits after a restart.
+SENT_INTENT_STATES = (
+    IntentStatus.SUBMITTED,
+    IntentStatus.FILLED,
+    IntentStatus.CANCELLED,
+    IntentStatus.REJECTED,
+    IntentStatus.UNRESOLVED,
 )
 # The broker's terminal order states (ib_insync's OrderStatus.DoneStates plus Inactive).
 DONE_BROKER_STATES = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
@@ -101,6 +116,73 @@ def open_intents(db: Database, sources: Iterable[str] | None = None) -> list[dic
         sql += f" AND source IN ({', '.join('?' for _ in wanted)})"
         args += wanted
     return list(db.query(sql + " ORDER BY id", args))
+
+
+def intents_to_reconcile(
+    db: Database, sources: Iterable[str] | None = None
+) -> list[dict[str, Any]]:
+    """Return intents whose broker state is not settled: pending, submitted or unresolved."""
+    states = [s.value for s in (*OPEN_INTENT_STATES, IntentStatus.UNRESOLVED)]
+    sql = f"SELECT * FROM order_intents WHERE status IN ({', '.join('?' for _ in states)})"
+    args: list[Any] = list(states)
+    if sources is not None:
+        wanted = list(sources)
+        sql += f" AND source IN ({', '.join('?' for _ in wanted)})"
+        args += wanted
+    return list(db.query(sql + " ORDER BY id", args))
+
+
+def unresolved_intents(db: Database) -> list[dict[str, Any]]:
+    """Return the intents marked unresolved (sent, unknown to the broker), oldest first."""
+    return list(
+        db.query(
+            "SELECT * FROM order_intents WHERE status = ? ORDER BY id",
+            [IntentStatus.UNRESOLVED.value],
+        )
+    )
+
+
+def intents_sent_since(
+    db: Database, since: str, sources: Iterable[str] | None = None
+) -> list[dict[str, Any]]:
+    """Return intents created at or after `since` (ISO UTC) that reached (or may have
+    reached) the broker, oldest first: what the gate's rate limits count."""
+    states = [s.value for s in SENT_INTENT_STATES]
+    sql = (
+        "SELECT order_ref, source, symbol, sec_type, expiry, strike, opt_right, action,"
+        " quantity, status, created_at FROM order_intents WHERE created_at >= ?"
+        f" AND status IN ({', '.join('?' for _ in states)})"
+    )
+    args: list[Any] = [since, *states]
+    if sources is not None:
+        wanted = list(sources)
+        sql += f" AND source IN ({', '.join('?' for _ in wanted)})"
+        args += wanted
+    return list(db.query(sql + " ORDER BY id", args))
+
+
+@stamped
+def resolve_intent(
+    db: Database,
+    order_ref: str,
+    status: IntentStatus,
+    by: str,
+    reason: str,
+    at: str | None = None,
+) -> bool:
+    """A person resolves an unresolved intent; False when it is not unresolved."""
+    cur = db.conn.execute(
+        "UPDATE order_intents SET status = ?, last_error = ?, updated_at = ?"
+        " WHERE order_ref = ? AND status = ?",
+        (
+            status.value,
+            redact(f"resolved by {by}: {reason}"),
+            at or utc_now(),
+            order_ref,
+            IntentStatus.UNRESOLVED.value,
+        ),
+    )
+    return cur.rowcount == 1
 
 
 def intents_exist(db: Database, order_refs: Iterable[str]) -> set[str]:
@@ -189,7 +271,7 @@ def record_order_event(
                 "limit_price": extra.get("limit_price"),
             },
         )
-    final = tuple(s.value for s in FINAL_INTENT_STATES)
+    final = tuple(s.value for s in BROKER_FINAL_STATES)
     if order_ref and status:
         new = intent_status_for(status)
         conn.execute(

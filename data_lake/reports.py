@@ -73,6 +73,9 @@ def status_summary(db: Database, today: str) -> dict[str, Any]:
             f"({', '.join('?' for _ in states)})",
             states,
         ),
+        "unresolved_intents": _count(
+            db, "SELECT COUNT(*) AS n FROM order_intents WHERE status = 'unresolved'"
+        ),
         "executions_today": _count(
             db, "SELECT COUNT(*) AS n FROM executions WHERE recorded_at >= ?", [today]
         ),

@@ -20,6 +20,7 @@ __all__ = [
     "finish_cycle",
     "insert_cycle",
     "last_cycle_id",
+    "last_safety_event",
     "log_account_snapshot",
     "log_safety_event",
     "query_safety_events",
@@ -67,6 +68,14 @@ def query_safety_events(
         sql += " WHERE kind = ?"
         args.append(kind)
     return list(db.query(sql + " ORDER BY id LIMIT ?", [*args, limit]))
+
+
+def last_safety_event(db: Database, kind: str) -> dict[str, Any] | None:
+    """Return the newest safety event of one kind, or None."""
+    rows = list(
+        db.query("SELECT * FROM safety_events WHERE kind = ? ORDER BY id DESC LIMIT 1", [kind])
+    )
+    return rows[0] if rows else None
 
 
 def last_cycle_id(db: Database) -> int:

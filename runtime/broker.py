@@ -34,6 +34,7 @@ from ib_insync import (
 )
 
 from data_lake import (
+    DONE_BROKER_STATES,
     IntentStatus,
     RefuseToStart,
     RetryLater,
@@ -41,17 +42,17 @@ from data_lake import (
     TraderError,
     intent_status_for,
     intents_exist,
+    intents_to_reconcile,
     known_exec_ids,
     log_account_snapshot,
     log_safety_event,
     log_trade,
-    open_intents,
     record_order_event,
     set_commission,
     update_intent,
 )
 from skills.contracts import contract_key
-from skills.execution_gate import Holding, OrderRequest
+from skills.execution_gate import Holding, OrderRequest, WorkingOrder
 
 from .config import BrokerConfig, Secrets
 from .market_hours import is_open
@@ -105,7 +106,7 @@ class QuoteSnapshot:
     ask: float
     last: float
     close: float
-    received: float  # monotonic time of the last update
+    received: float | None  # monotonic time of the last update (None: not known)
     multiplier: float = 1.0
     iv: float | None = None  # stock: implied vol (tick 106); option: model IV
     delta: float | None = None
@@ -307,6 +308,9 @@ class Broker:
         self._cancel_requested: set[str] = set()
         self._pnl: Any = None
         self._seen_exec: set[str] = set()  # execIds already counted (memory, not the database)
+        self._orders_lock = asyncio.Lock()  # one open/completed-orders request at a time
+        self._loop: asyncio.AbstractEventLoop | None = None
+        store.on_recovered.append(self._on_store_recovered)
         ib = self.ib
         ib.execDetailsEvent += self._on_exec
         ib.commissionReportEvent += self._on_commission
@@ -345,6 +349,7 @@ class Broker:
 
     async def start(self) -> None:
         """Connect once (failing loudly on fatal errors), then keep the session up."""
+        self._loop = asyncio.get_running_loop()
         await self.connect()
         self._supervisor = asyncio.get_running_loop().create_task(
             self._supervise(), name=f"broker-supervisor-{self.client_id}"
@@ -373,7 +378,35 @@ class Broker:
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, self.cfg.reconnect_max_s)
 
+    def _on_store_recovered(self) -> None:
+        """The store's writer thread: the database is writable again. Catch up the broker's
+        executions on the event loop (a fill whose write was lost is stored from there)."""
+        loop = self._loop
+        if loop is None or self._closing:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to do
+            loop.call_soon_threadsafe(self._start_catch_up)
+
+    def _start_catch_up(self) -> None:
+        if self._closing:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._catch_up_logged(), name=f"broker-catch-up-{self.client_id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _catch_up_logged(self) -> None:
+        try:
+            await self.catch_up_executions()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the next cycle's sync or reconnect retries
+            log.error("broker %s: execution catch-up failed: %s", self.source, exc)
+
     async def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.store.on_recovered.remove(self._on_store_recovered)
         self._closing = True
         self._wake.set()
         tasks = [*self._tasks, *([self._supervisor] if self._supervisor else [])]
@@ -393,39 +426,132 @@ class Broker:
 
     # --- reconciliation --------------------------------------------------------------------------
     async def reconcile(self) -> ReconcileReport:
-        """Match stored intents against the broker's open orders, completed orders and
-        executions; record what happened while we were away. Never re-sends anything.
+        """Match stored intents against the whole account at the broker (open orders of every
+        client id, completed orders, executions); record what happened while we were away.
+        Never re-sends anything: a sent intent the broker does not know becomes `unresolved`
+        (a safety event; the gate blocks its contract until it is resolved).
 
         Reads go through the store's writer (after every queued write), so they see this
         process's own records; a database that cannot answer fails the reconcile (no trading).
         """
         self.reconciled = False
-        timeout = self.cfg.request_timeout_s
-        fills = await asyncio.wait_for(self.ib.reqExecutionsAsync(), timeout)
+        report = await self._reconcile(flag_missing=True)
+        self._snapshot_account("reconcile")
+        self.reconciled = True
+        log.info(
+            "broker %s reconciled: %d new executions, %d intents checked, resolved %s",
+            self.source,
+            report.executions_new,
+            report.intents_checked,
+            report.intents_resolved,
+        )
+        return report
+
+    async def sync_intents(self) -> ReconcileReport:
+        """The light reconcile run every cycle: store executions not yet stored and move each
+        open or unresolved intent to the broker's state. It never marks an intent missing
+        (only the full reconcile at connect does)."""
+        return await self._reconcile(flag_missing=False)
+
+    async def catch_up_executions(self) -> int:
+        """Store every broker execution not stored yet (each execId once); return how many."""
+        if not self.ib.isConnected():
+            return 0  # the reconcile after the reconnect catches up
+        fills = await asyncio.wait_for(self.ib.reqExecutionsAsync(), self.cfg.request_timeout_s)
+        return await self._store_new_fills(fills)
+
+    async def _store_new_fills(self, fills: list[Fill]) -> int:
         known = await self.store.run(
             known_exec_ids, [f.execution.execId for f in fills], timeout=self.db_timeout_s
         )
         new = 0
         for f in fills:
-            if f.execution.execId not in known and f.execution.execId not in self._seen_exec:
-                new += 1
+            if f.execution.execId in known:
+                self._seen_exec.add(f.execution.execId)
+                continue
+            new += 1
             self._record_fill(f)
             self._record_commission(f)
-        completed = await asyncio.wait_for(self.ib.reqCompletedOrdersAsync(False), timeout)
-        open_by_ref = {t.order.orderRef: t for t in self.ib.openTrades() if t.order.orderRef}
+        if new:
+            log.warning("broker %s: %d executions caught up from the broker", self.source, new)
+        return new
+
+    async def _open_trades(self) -> list[Trade]:
+        """Working orders of every client id, fresh from the broker, plus this session's own
+        (its just-sent orders may not be acknowledged yet)."""
+        async with self._orders_lock:
+            fresh = await asyncio.wait_for(
+                self.ib.reqAllOpenOrdersAsync(), self.cfg.request_timeout_s
+            )
+        out: dict[tuple[int, int, int], Trade] = {}
+        own = [t for t in self.ib.openTrades() if t.order.clientId == self.client_id]
+        for t in [*own, *fresh]:
+            o = t.order
+            key = (o.clientId, o.orderId, o.permId if o.orderId <= 0 else 0)
+            if t.orderStatus.status not in DONE_BROKER_STATES:
+                out[key] = t
+            else:
+                out.pop(key, None)
+        return list(out.values())
+
+    async def working_orders(self) -> tuple[WorkingOrder, ...]:
+        """Orders resting at the broker (every client id) as the gate counts them."""
+        out = []
+        for t in await self._open_trades():
+            o, s, c = t.order, t.orderStatus, t.contract
+            remaining = _num(s.remaining) or 0.0
+            if remaining <= 0:
+                remaining = max(0.0, float(o.totalQuantity) - (_num(s.filled) or 0.0))
+            if remaining <= 0:
+                continue
+            signed = remaining if o.action == "BUY" else -remaining
+            default_mult = 100.0 if c.secType == "OPT" else 1.0
+            out.append(
+                WorkingOrder(
+                    _key(c),
+                    c.symbol,
+                    signed,
+                    _num(o.lmtPrice) if o.orderType == "LMT" else None,
+                    float(c.multiplier or default_mult),
+                    o.orderRef or "",
+                )
+            )
+        return tuple(out)
+
+    async def _reconcile(self, *, flag_missing: bool) -> ReconcileReport:
+        timeout = self.cfg.request_timeout_s
+        fills = await asyncio.wait_for(self.ib.reqExecutionsAsync(), timeout)
+        new = await self._store_new_fills(fills)
+        async with self._orders_lock:
+            completed = await asyncio.wait_for(self.ib.reqCompletedOrdersAsync(False), timeout)
+        open_by_ref = {t.order.orderRef: t for t in await self._open_trades() if t.order.orderRef}
         done_by_ref = {t.order.orderRef: t for t in completed if t.order.orderRef}
         filled_by_ref: dict[str, float] = {}
         for f in fills:
             ref = f.execution.orderRef
             filled_by_ref[ref] = filled_by_ref.get(ref, 0.0) + f.execution.shares
-        intents = await self.store.run(open_intents, self.intent_sources, timeout=self.db_timeout_s)
+        intents = await self.store.run(
+            intents_to_reconcile, self.intent_sources, timeout=self.db_timeout_s
+        )
         resolved: dict[str, str] = {}
         for intent in intents:
             ref = intent["order_ref"]
+            was = intent["status"]
+            status: IntentStatus | None = None
             if ref in open_by_ref:
-                self._record_status(open_by_ref[ref])
-                continue
-            if ref in done_by_ref:
+                t = open_by_ref[ref]
+                if flag_missing:
+                    self._record_status(t)
+                if was != IntentStatus.SUBMITTED:
+                    status = IntentStatus.SUBMITTED
+                    self.store.post(
+                        update_intent,
+                        ref,
+                        status=status,
+                        perm_id=t.order.permId or None,
+                        broker_order_id=t.order.orderId or None,
+                    )
+            elif ref in done_by_ref:
                 t = done_by_ref[ref]
                 status = intent_status_for(t.orderStatus.status)
                 if status is IntentStatus.SUBMITTED:  # a completed order is never working
@@ -437,66 +563,91 @@ class Broker:
                     perm_id=t.order.permId,
                     filled=filled_by_ref.get(ref, 0.0),
                 )
-                resolved[ref] = status.value
-                continue
-            if ref in filled_by_ref:
+            elif ref in filled_by_ref:
                 filled = filled_by_ref[ref]
                 status = (
                     IntentStatus.FILLED if filled >= intent["quantity"] else IntentStatus.SUBMITTED
                 )
-                self.store.post(update_intent, ref, status=status, filled=filled)
+                if status != was or flag_missing:
+                    self.store.post(update_intent, ref, status=status, filled=filled)
+            elif flag_missing and was != IntentStatus.UNRESOLVED and not self._placed_here(ref):
+                # The broker has never seen it. Pending: the process died between storing
+                # the intent and sending it. Submitted: it was sent and is lost (or another
+                # session hides it): a person decides. Never re-sent.
+                status = (
+                    IntentStatus.NOT_SENT
+                    if was == IntentStatus.PENDING
+                    else IntentStatus.UNRESOLVED
+                )
+                self.store.post(
+                    update_intent,
+                    ref,
+                    status=status,
+                    last_error="not found at the broker during reconciliation",
+                )
+                if status is IntentStatus.UNRESOLVED:
+                    self._event(
+                        "unresolved_intent",
+                        f"intent {ref} ({intent['action']} {intent['quantity']:g} "
+                        f"{intent['symbol']}) was sent but the broker does not know it: not "
+                        "re-sent; new orders for this contract are blocked until the broker "
+                        "reports it or a person resolves it (python -m runtime intent resolve)",
+                        "critical",
+                        order_ref=ref,
+                    )
+                else:
+                    self._event(
+                        "reconcile",
+                        f"intent {ref} ({was}) not found at the broker: marked "
+                        f"{status.value}, not re-sent",
+                        "warning",
+                        order_ref=ref,
+                    )
+            if status is not None and status.value != was:
                 resolved[ref] = status.value
-                continue
-            # The broker has never seen it: the process died between storing the intent and
-            # sending it (or the send was lost). It is closed, not re-sent.
-            status = (
-                IntentStatus.NOT_SENT
-                if intent["status"] == IntentStatus.PENDING
-                else IntentStatus.UNRESOLVED
+                if was == IntentStatus.UNRESOLVED:
+                    self._event(
+                        "intent_resolved",
+                        f"unresolved intent {ref} reported by the broker: {status.value}",
+                        "warning",
+                        order_ref=ref,
+                    )
+        unknown: tuple[str, ...] = ()
+        if flag_missing:
+            mine = {i["order_ref"] for i in intents}
+            candidates = [r for r in open_by_ref if r not in mine]
+            stored = (
+                await self.store.run(intents_exist, candidates, timeout=self.db_timeout_s)
+                if candidates
+                else set()
             )
-            self.store.post(
-                update_intent,
-                ref,
-                status=status,
-                last_error="not found at the broker during reconciliation",
-            )
-            resolved[ref] = status.value
-            self._event(
-                "reconcile",
-                f"intent {ref} ({intent['status']}) not found at the "
-                f"broker: marked {status.value}, not re-sent",
-                "warning",
-                order_ref=ref,
-            )
-        mine = {i["order_ref"] for i in intents}
-        candidates = [r for r in open_by_ref if r not in mine]
-        stored = (
-            await self.store.run(intents_exist, candidates, timeout=self.db_timeout_s)
-            if candidates
-            else set()
+            unknown = tuple(sorted(r for r in candidates if r not in stored))
+            for ref in unknown:
+                self._event(
+                    "reconcile",
+                    f"open order {ref} at the broker has no stored intent",
+                    "warning",
+                    order_ref=ref,
+                )
+        return ReconcileReport(new, len(intents), resolved, unknown)
+
+    def _placed_here(self, ref: str) -> bool:
+        """This session placed an order with this ref (a send that raced this reconcile:
+        its own status events settle it; checked with no await before the update)."""
+        return any(
+            t.order.orderRef == ref and t.order.clientId == self.client_id for t in self.ib.trades()
         )
-        unknown = tuple(sorted(r for r in candidates if r not in stored))
-        for ref in unknown:
-            self._event(
-                "reconcile",
-                f"open order {ref} at the broker has no stored intent",
-                "warning",
-                order_ref=ref,
-            )
-        self._snapshot_account("reconcile")
-        self.reconciled = True
-        report = ReconcileReport(new, len(intents), resolved, unknown)
-        log.info(
-            "broker %s reconciled: %d new executions, %d intents checked, resolved %s",
-            self.source,
-            new,
-            len(intents),
-            resolved,
-        )
-        return report
 
     # --- recording -------------------------------------------------------------------------------
     def _record_fill(self, fill: Fill) -> bool:
+        """Queue the execution's record (retried; stored once by execId); True when this
+        session had not seen it before."""
+        new = fill.execution.execId not in self._seen_exec
+        self._seen_exec.add(fill.execution.execId)
+        self._post_fill(fill)
+        return new
+
+    def _post_fill(self, fill: Fill) -> None:
         c, e = fill.contract, fill.execution
         row = {
             "exec_id": e.execId,
@@ -518,9 +669,6 @@ class Broker:
             "exec_time": e.time.isoformat() if e.time else "",
         }
         self.store.post(log_trade, row)  # queued and retried: a busy disk never loses it
-        new = e.execId not in self._seen_exec
-        self._seen_exec.add(e.execId)
-        return new
 
     def _record_commission(self, fill: Fill) -> None:
         report = fill.commissionReport
@@ -530,8 +678,21 @@ class Broker:
             )
 
     def _on_exec(self, trade: Trade, fill: Fill) -> None:
-        if self._record_fill(fill):
+        # the safety counters first, independent of the audit write
+        new = fill.execution.execId not in self._seen_exec
+        self._seen_exec.add(fill.execution.execId)
+        if new:
             self.reject_streak = 0
+            if self.on_execution is not None:
+                try:
+                    self.on_execution(self.monotonic())
+                except Exception:
+                    log.exception("execution counter failed")
+        try:
+            self._post_fill(fill)
+        except Exception:  # the catch-up from the broker's executions will store it
+            log.exception("execution %s not queued for storage", fill.execution.execId)
+        if new:
             log.info(
                 "execution %s %s %g %s @ %g ref=%s",
                 fill.execution.execId,
@@ -541,8 +702,6 @@ class Broker:
                 fill.execution.price,
                 fill.execution.orderRef,
             )
-            if self.on_execution is not None:
-                self.on_execution(self.monotonic())
 
     def _on_commission(self, trade: Trade, fill: Fill, report: Any) -> None:
         self._record_commission(fill)
@@ -588,25 +747,40 @@ class Broker:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         elif code in ORDER_ERROR_CODES and req_id > 0:
-            trade = next((t for t in self.ib.trades() if t.order.orderId == req_id), None)
+            trade = next(  # our own order: other clients' ids (seen in reconcile) may clash
+                (
+                    t
+                    for t in self.ib.trades()
+                    if t.order.orderId == req_id and t.order.clientId == self.client_id
+                ),
+                None,
+            )
             ref = trade.order.orderRef if trade else None
             cancelled_by_us = code == 202 and ref in self._cancel_requested
-            self.store.post(
-                record_order_event,
-                order_ref=ref,
-                perm_id=None,
-                order_id=req_id,
-                client_id=self.client_id,
-                status=None,
-                error_code=code,
-                message=msg,
-                rejected=code in ORDER_ENDING_CODES,
-            )
-            if code in REJECT_CODES or (code == 202 and not cancelled_by_us):
+            counted = code in REJECT_CODES or (code == 202 and not cancelled_by_us)
+            if counted:  # the safety counter first, independent of the audit writes
                 self.reject_streak += 1
-                self._event("order_reject", f"{code}: {msg}", "warning", order_ref=ref)
                 if self.on_reject_streak is not None:
-                    self.on_reject_streak(self.reject_streak, f"{code}: {msg}")
+                    try:
+                        self.on_reject_streak(self.reject_streak, f"{code}: {msg}")
+                    except Exception:
+                        log.exception("reject counter failed")
+            try:
+                self.store.post(
+                    record_order_event,
+                    order_ref=ref,
+                    perm_id=None,
+                    order_id=req_id,
+                    client_id=self.client_id,
+                    status=None,
+                    error_code=code,
+                    message=msg,
+                    rejected=code in ORDER_ENDING_CODES,
+                )
+                if counted:
+                    self._event("order_reject", f"{code}: {msg}", "warning", order_ref=ref)
+            except Exception:
+                log.exception("order error %s for %s not queued for storage", code, ref)
 
     async def _after_restore(self, code: int) -> None:
         try:
@@ -708,10 +882,10 @@ class Broker:
             mult = float(c.multiplier or 1)
             snap = await self.quote(c, max_wait_s=quote_wait_s) if c.conId else None
             mark = snap.bid * 0.5 + snap.ask * 0.5 if snap else p.avgCost / mult
-            delta = 1.0
+            delta: float | None = 1.0
             und = 0.0
             if c.secType == "OPT":
-                delta = snap.delta if snap and snap.delta is not None else 0.0
+                delta = snap.delta if snap else None  # unknown: the gate refuses, not 0
                 und = (snap.underlying_price or 0.0) if snap else 0.0
             out[_key(c)] = Holding(c.symbol, p.position, mark, mult, delta, und)
         return out
@@ -786,7 +960,7 @@ class Broker:
             float(ticker.ask),
             _num(ticker.last) or 0.0,
             _num(ticker.close) or 0.0,
-            self._updated.get(id(ticker), self.monotonic()),
+            self._updated.get(id(ticker)),
             float(contract.multiplier or 1),
             iv,
             _num(greeks.delta) if greeks else None,
@@ -870,8 +1044,9 @@ class Broker:
         return int(trade.order.orderId)
 
     def cancel(self, order_ref: str) -> bool:
+        """Cancel this session's own working order with this orderRef (False: none)."""
         for trade in self.ib.openTrades():
-            if trade.order.orderRef == order_ref:
+            if trade.order.orderRef == order_ref and trade.order.clientId == self.client_id:
                 self._remember_cancel([order_ref])
                 self.ib.cancelOrder(trade.order)
                 return True

@@ -16,6 +16,7 @@ import psutil
 from data_lake import (
     DatabaseError,
     DataLakeMissing,
+    IntentStatus,
     RedactingFilter,
     SnapshotError,
     StorageUnavailable,
@@ -24,6 +25,7 @@ from data_lake import (
     breaker_history,
     compress_snapshots,
     db_path,
+    last_safety_event,
     list_snapshots,
     load_snapshot,
     log_safety_event,
@@ -33,7 +35,9 @@ from data_lake import (
     redact,
     redacting_excepthook,
     register_secret,
+    resolve_intent,
     status_summary,
+    unresolved_intents,
 )
 
 from .breaker import BreakerUnwritable, CircuitBreaker, ResetRefused
@@ -253,7 +257,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{lc['n_decisions']} decisions, {lc['n_orders']} orders) {lc['error'] or ''}"
         )
     print(
-        f"open intents {st['open_intents']}, executions today {st['executions_today']}, "
+        f"open intents {st['open_intents']}, unresolved {st['unresolved_intents']}, "
+        f"executions today {st['executions_today']}, "
         f"LLM spend today ${st['llm_usd_today']:.4f}, safety events today "
         f"{st['safety_events_today']}"
     )
@@ -294,6 +299,101 @@ def cmd_breaker(args: argparse.Namespace) -> int:
         print(
             f"  {row['at']} {row['from_state']} -> {row['to_state']} by {row['source']}"
             f"{' (' + row['actor'] + ')' if row['actor'] else ''}: {row['reason']}"
+        )
+    return 0
+
+
+def _person(args: argparse.Namespace, what: str) -> str | None:
+    """Return why a person's command is refused (no name or no reason), or None."""
+    if not (args.by or "").strip() or not (args.reason or "").strip():
+        return f"refused: {what} needs the person's name (--by) and a reason (--reason)"
+    return None
+
+
+def cmd_throttle(args: argparse.Namespace) -> int:
+    from .gate_context import THROTTLE_LATCHED, THROTTLE_REENABLED
+
+    cfg = _config(args)
+    if args.action == "reenable":
+        if (why := _person(args, "re-enabling the execution throttle")) is not None:
+            print(why, file=sys.stderr)
+            return 2
+        store = Store.open(cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="cli")
+        try:
+            store.call(
+                log_safety_event,
+                "person",
+                THROTTLE_REENABLED,
+                args.reason,
+                "warning",
+                details={"by": args.by, "reason": args.reason},
+                timeout=max(5.0, cfg.data.write_timeout_s),
+            )
+        finally:
+            store.close(5.0)
+        print(
+            f"execution throttle re-enable recorded by {args.by}; the running daemon applies "
+            "it at its next cycle (a breaker REDUCING from the throttle needs `breaker reset`)"
+        )
+        return 0
+    db = open_readonly(cfg.data_dir)
+    latch = last_safety_event(db, THROTTLE_LATCHED)
+    again = last_safety_event(db, THROTTLE_REENABLED)
+    latched = latch is not None and (again is None or again["id"] < latch["id"])
+    print(f"execution throttle {'LATCHED' if latched else 'not latched'}")
+    if latch:
+        print(f"  last latched {latch['at']}: {latch['reason']}")
+    if again:
+        by = json.loads(again["details"] or "{}").get("by", "?")
+        print(f"  last re-enabled {again['at']} by {by}: {again['reason']}")
+    return 0
+
+
+def cmd_intent(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if args.action == "resolve":
+        if not args.order_ref:
+            print("refused: name the intent's orderRef", file=sys.stderr)
+            return 2
+        if (why := _person(args, "resolving an intent")) is not None:
+            print(why, file=sys.stderr)
+            return 2
+        store = Store.open(cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="cli")
+        timeout = max(5.0, cfg.data.write_timeout_s)
+        try:
+            done = store.call(
+                resolve_intent,
+                args.order_ref,
+                IntentStatus(args.status),
+                args.by,
+                args.reason,
+                timeout=timeout,
+            )
+            if done:
+                store.call(
+                    log_safety_event,
+                    "person",
+                    "intent_resolved",
+                    f"{args.order_ref} resolved as {args.status}: {args.reason}",
+                    "warning",
+                    details={"by": args.by, "reason": args.reason, "status": args.status},
+                    order_ref=args.order_ref,
+                    timeout=timeout,
+                )
+        finally:
+            store.close(5.0)
+        if not done:
+            print(f"refused: intent {args.order_ref} is not unresolved", file=sys.stderr)
+            return 2
+        print(f"intent {args.order_ref} resolved as {args.status} by {args.by}")
+        return 0
+    rows = unresolved_intents(open_readonly(cfg.data_dir))
+    if not rows:
+        print("no unresolved intents")
+    for r in rows:
+        print(
+            f"{r['order_ref']} {r['action']} {r['quantity']:g} {r['symbol']} {r['sec_type']} "
+            f"(created {r['created_at']}): {r['last_error'] or ''}"
         )
     return 0
 
@@ -556,6 +656,29 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="API client id for the panic session (default watchdog id + 1)",
     )
+    p = add(
+        "throttle",
+        cmd_throttle,
+        "show the repeated-execution throttle, or re-enable it (a person, with a reason)",
+    )
+    p.add_argument("action", nargs="?", choices=["status", "reenable"], default="status")
+    p.add_argument("--by", help="who re-enables (required)")
+    p.add_argument("--reason", help="why (required)")
+    p = add(
+        "intent",
+        cmd_intent,
+        "list unresolved order intents, or resolve one after checking at the broker",
+    )
+    p.add_argument("action", nargs="?", choices=["list", "resolve"], default="list")
+    p.add_argument("order_ref", nargs="?", help="the intent's orderRef (resolve)")
+    p.add_argument(
+        "--status",
+        choices=["cancelled", "filled", "rejected"],
+        default="cancelled",
+        help="what the broker's records show (default cancelled)",
+    )
+    p.add_argument("--by", help="who resolves (required)")
+    p.add_argument("--reason", help="why (required)")
     p = add("trades", cmd_trades, "list recorded executions")
     p.add_argument("--symbol")
     p.add_argument("--limit", type=int, default=200)

@@ -21,10 +21,12 @@ from data_lake import (
     StorageUnavailable,
     Store,
     finish_cycle,
+    last_safety_event,
     log_safety_event,
     record_decisions,
     redact,
     save_snapshot,
+    unresolved_intents,
     utc_now,
     working_orders,
 )
@@ -34,6 +36,7 @@ from skills.execution_gate import (
     GateVerdict,
     Holding,
     OrderRequest,
+    order_ref_for,
     place_order_with_guard,
 )
 from skills.math_core import MathInputError, kelly_criterion
@@ -51,7 +54,7 @@ from .breaker import BreakerState, CircuitBreaker
 from .broker import Broker
 from .config import Config
 from .decision import Decision, decision_row
-from .gate_context import build_gate_context
+from .gate_context import THROTTLE_REENABLED, build_gate_context
 from .heartbeat import Clock
 from .llm_commander import LlmCommander
 from .sense import MarketSensor, SenseSpec
@@ -247,8 +250,10 @@ class Commander:
         self.sensor = MarketSensor(broker)
         self.spec = sense_spec(self.instances)
         self._open_cache: dict[str, tuple[str, bool]] = {}
+        self._deadline = float("inf")  # monotonic end of the running cycle (order pacing)
 
     async def run_cycle(self, cycle_id: int) -> CycleReport:
+        self._deadline = self.clock.monotonic() + self.cfg.loop.max_cycle_s
         report = CycleReport(cycle_id)
         t0 = self.clock.monotonic()
         doc: dict[str, Any] = {
@@ -282,6 +287,12 @@ class Commander:
     async def _cycle(self, report: CycleReport, doc: dict[str, Any]) -> None:
         status = self.breaker.status()
         doc["breaker"] = {"state": status.state.value, "reason": status.reason}
+        if self.broker.ready:  # even when HALTED: intents follow the broker every cycle
+            try:
+                await self._sync_with_broker()
+            except (TimeoutError, ConnectionError) as exc:
+                report.status, report.skipped = "skipped", f"broker sync failed: {exc!r}"
+                return
         if status.state is BreakerState.HALTED:
             report.status, report.skipped = "skipped", f"breaker HALTED: {status.reason}"
             return
@@ -356,6 +367,41 @@ class Commander:
         doc["decisions"] = [dataclasses.asdict(d) for d in report.decisions]
         doc["verdicts"] = [dataclasses.asdict(v) for v in report.verdicts]
 
+    async def _sync_with_broker(self) -> None:
+        """Every cycle: apply a person's throttle re-enable, and move stored intents to the
+        broker's state (fills and cancels seen by any session, executions not yet stored)."""
+        timeout = self.cfg.data.write_timeout_s
+        row = await self.store.run(last_safety_event, THROTTLE_REENABLED, timeout=timeout)
+        if row is not None and int(row["id"]) > self.gate_state.reenabled_by:
+            self.gate_state.reenabled_by = int(row["id"])
+            if self.gate_state.execution_throttle_latched:
+                self.gate_state.reenable_executions()
+                log.warning("execution throttle re-enabled by a person: %s", row["reason"])
+                self.store.post(
+                    log_safety_event,
+                    "gate",
+                    "execution_throttle_applied",
+                    f"re-enable record {row['id']} applied: {row['reason']}",
+                    "info",
+                )
+        await self.broker.sync_intents()
+
+    async def _blocked(self) -> frozenset[str]:
+        """Contract keys with an unresolved intent (after queued writes)."""
+        rows = await self.store.run(unresolved_intents, timeout=self.cfg.data.write_timeout_s)
+        return frozenset(
+            contract_key(r["symbol"], r["sec_type"], r["expiry"], r["strike"], r["opt_right"])
+            for r in rows
+        )
+
+    async def _pace(self) -> None:
+        """Wait for the next free slot of the per-second order rate, if it comes before the
+        cycle's deadline (a normal cycle never trips its own rate limit); else the gate
+        refuses on the rate as before."""
+        wait = self.gate_state.slot_wait(self.clock.monotonic(), self.cfg.risk)
+        if wait > 0 and self.clock.monotonic() + wait < self._deadline:
+            await asyncio.sleep(wait + 0.001)
+
     async def _working(self) -> frozenset[tuple[str, str]]:
         """(contract key, action) of the commander's working orders (after queued writes)."""
         rows = await self.store.run(
@@ -394,16 +440,33 @@ class Commander:
                 cycle_id=cycle_id,
             )
             return GateVerdict(False, None, (reason,))
-        state = self.breaker.status().state.value
-        market_open = await self._market_open(request)
-        ctx = await build_gate_context(
-            self.broker,
-            request,
-            breaker=state,
-            watchdog_alive=self.watchdog_alive(),
-            market_open=market_open,
-            now=self.clock.monotonic(),
-        )
+        await self._pace()
+        blocked = await self._blocked()
+        try:
+            market_open = await self._market_open(request)
+            ctx = await build_gate_context(
+                self.broker,
+                request,
+                breaker=self.breaker.status().state.value,
+                watchdog_alive=self.watchdog_alive(),
+                market_open=market_open,
+                now=self.clock.monotonic(),
+                blocked=blocked,
+            )
+        except (TimeoutError, ConnectionError) as exc:  # the world cannot be seen: no order
+            ref = order_ref_for(request)
+            reason = f"gate inputs unavailable from the broker ({exc!r}): failing closed"
+            log.warning("order %s refused: %s", ref, reason)
+            self.store.post(
+                log_safety_event,
+                "gate",
+                "gate_refusal",
+                reason,
+                "warning",
+                order_ref=ref,
+                cycle_id=cycle_id,
+            )
+            return GateVerdict(False, ref, (reason,))
         return await place_order_with_guard(
             request,
             ctx,

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
-from skills.execution_gate import GateContext, OrderRequest, Quote
+import datetime as dt
+
+from data_lake import Store, intents_sent_since, last_safety_event, query_trades
+from skills.contracts import contract_key
+from skills.execution_gate import (
+    WATCHDOG,
+    GateContext,
+    GateState,
+    OrderRequest,
+    Quote,
+    SentOrder,
+)
+from skills.risk import RiskConfig
 
 from .broker import Broker
 
-__all__ = ["build_gate_context"]
+__all__ = ["THROTTLE_LATCHED", "THROTTLE_REENABLED", "build_gate_context", "load_gate_state"]
+
+# safety-event kinds: the execution throttle latched; a person re-enabled it (the CLI writes
+# this row; the running daemon applies the newest one it has not applied yet, every cycle)
+THROTTLE_LATCHED = "execution_throttle"
+THROTTLE_REENABLED = "execution_throttle_reenabled"
 
 
 async def build_gate_context(
@@ -18,8 +35,15 @@ async def build_gate_context(
     market_open: bool,
     now: float,
     quote_wait_s: float = 2.0,
+    blocked: frozenset[str] = frozenset(),
 ) -> GateContext:
-    """Qualify the contract, take its latest quote and the marked positions, right now."""
+    """Qualify the contract, take its latest quote, the marked positions and the orders
+    resting at the broker (every client id), right now. Nothing missing is defaulted: an
+    unknown daily PnL, option delta or quote time reaches the gate as None (it refuses).
+
+    `blocked` holds the contract keys with an unresolved intent (read from the store by the
+    caller). The watchdog's closing orders skip the resting-orders request: it cancels every
+    order before it closes, and its closes must not wait on one more broker round trip."""
     contract = await broker.qualify(
         request.symbol, request.sec_type, request.expiry, request.strike, request.right
     )
@@ -31,21 +55,94 @@ async def build_gate_context(
             quote = Quote(
                 snap.bid,
                 snap.ask,
-                max(0.0, now - snap.received),
+                None if snap.received is None else max(0.0, now - snap.received),
                 snap.multiplier,
-                (snap.delta if snap.delta is not None else 0.0) if is_opt else 1.0,
+                snap.delta if is_opt else 1.0,
                 (snap.underlying_price or 0.0) if is_opt else 0.0,
             )
     holdings = await broker.holdings(quote_wait_s)
-    daily = broker.account_values().get("DailyPnL", 0.0)
+    working = () if request.source == WATCHDOG else await broker.working_orders()
     return GateContext(
-        breaker,
-        broker.ready,
-        watchdog_alive,
-        market_open,
-        quote,
-        holdings,
-        daily,
-        now,
-        contract is not None,
+        breaker=breaker,
+        connected=broker.ready,
+        watchdog_alive=watchdog_alive,
+        market_open=market_open,
+        quote=quote,
+        holdings=holdings,
+        daily_pnl=broker.account_values().get("DailyPnL"),
+        now=now,
+        qualified=contract is not None,
+        working=working,
+        blocked=blocked,
     )
+
+
+async def load_gate_state(
+    store: Store,
+    limits: RiskConfig,
+    *,
+    monotonic_now: float,
+    wall_now: dt.datetime,
+    sources: tuple[str, ...],
+    client_id: int,
+    timeout: float,
+) -> GateState:
+    """Rebuild the gate's memory from the database at start: orders sent in the last day
+    (daily count, rate windows, duplicate guard), this session's executions in the throttle
+    window, and whether the repeated-execution throttle is latched (a latch not followed by
+    a person's re-enable, or a full window with no re-enable inside it)."""
+    since = (wall_now - dt.timedelta(days=1, seconds=5)).isoformat()
+    rows = await store.run(intents_sent_since, since, sources, timeout=timeout)
+    sent = []
+    for r in rows:
+        at = _parse(r["created_at"])
+        if at is None:
+            continue
+        key = contract_key(r["symbol"], r["sec_type"], r["expiry"], r["strike"], r["opt_right"])
+        sent.append(
+            SentOrder(
+                key,
+                r["action"],
+                float(r["quantity"]),
+                max(0.0, (wall_now - at).total_seconds()),
+                at.strftime("%Y%m%d"),
+            )
+        )
+    window = dt.timedelta(seconds=limits.execution_window_s + 5)
+    trades = await store.run(
+        query_trades, since=(wall_now - window).isoformat(), limit=100_000, timeout=timeout
+    )
+    ages = [
+        (wall_now - at).total_seconds()
+        for t in trades
+        if t["client_id"] == client_id and (at := _parse(t["exec_time"])) is not None
+    ]
+    latch = await store.run(last_safety_event, THROTTLE_LATCHED, timeout=timeout)
+    reenable = await store.run(last_safety_event, THROTTLE_REENABLED, timeout=timeout)
+    reenable_id = int(reenable["id"]) if reenable else 0
+    latched = latch is not None and int(latch["id"]) > reenable_id
+    in_window = [a for a in ages if 0 <= a <= limits.execution_window_s]
+    if len(in_window) >= limits.max_executions_per_window:
+        reenabled_at = _parse(reenable["at"]) if reenable else None
+        oldest = wall_now - dt.timedelta(seconds=max(in_window))
+        latched = latched or reenabled_at is None or reenabled_at < oldest
+    state = GateState.rebuild(
+        sent,
+        ages,
+        latched=latched,
+        now=monotonic_now,
+        day=wall_now.strftime("%Y%m%d"),
+        limits=limits,
+    )
+    state.reenabled_by = reenable_id
+    return state
+
+
+def _parse(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        at = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)

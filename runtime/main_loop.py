@@ -36,6 +36,7 @@ from .breaker import BreakerState, CircuitBreaker
 from .broker import AccountModeError, Broker, ClientIdInUse
 from .commander import Commander
 from .config import Config, Secrets
+from .gate_context import THROTTLE_LATCHED, load_gate_state
 from .heartbeat import (
     MAIN_HEARTBEAT,
     WATCHDOG_HEARTBEAT,
@@ -185,7 +186,19 @@ class MainLoop:
             )
 
     def _on_execution(self, when: float) -> None:
+        # counted before any write (the broker calls this before it queues the record)
         if self.gate_state.record_execution(when, self.cfg.risk):
+            log.critical("repeated-execution throttle latched: a person must re-enable it")
+            with contextlib.suppress(Exception):  # the latch holds even if this is not stored
+                self.store.post(
+                    log_safety_event,
+                    "gate",
+                    THROTTLE_LATCHED,
+                    f"{self.cfg.risk.max_executions_per_window} executions in "
+                    f"{self.cfg.risk.execution_window_s:g}s: new exposure refused until a "
+                    "person runs `throttle reenable`",
+                    "critical",
+                )
             self.breaker.trip(
                 BreakerState.REDUCING,
                 "gate",
@@ -214,6 +227,17 @@ class MainLoop:
             )
             self._last_cycle_id = await self.store.run(
                 last_cycle_id, timeout=max(10.0, self.cfg.data.write_timeout_s)
+            )
+            # the gate's memory (daily count, rate windows, duplicate guard, throttle latch)
+            # survives restarts: rebuilt from what was stored
+            self.gate_state = await load_gate_state(
+                self.store,
+                self.cfg.risk,
+                monotonic_now=self.clock.monotonic(),
+                wall_now=dt.datetime.fromtimestamp(self.clock.wall(), dt.UTC),
+                sources=("commander", "person"),
+                client_id=self.cfg.broker.client_id,
+                timeout=max(10.0, self.cfg.data.write_timeout_s),
             )
         except StorageUnavailable as exc:
             print(f"fatal: database unavailable: {exc}", file=sys.stderr)

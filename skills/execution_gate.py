@@ -9,6 +9,13 @@ What an LLM produces can only ever become an `OrderRequest`; the limits (`RiskCo
 context and the gate's own counters are out of its reach, and there is no bypass switch.
 Exposure-reducing orders skip the exposure limits (they must always be able to reduce risk);
 the watchdog's closing orders are the only orders allowed while the breaker is HALTED.
+
+Working orders count: an order is exposure-reducing only if, together with the orders resting
+at the broker on that contract, it can neither flip nor extend the position; the exposure
+limits count resting orders as if filled. Missing inputs fail closed, each with its own
+reason (no daily PnL, an option without a delta, a quote without a receive time, a NaN); the
+watchdog's reducing orders keep their exemptions (they judge reducing from holdings alone and
+skip the input checks that would stop a close).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import collections
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,13 +42,16 @@ from .risk import RiskConfig
 
 __all__ = [
     "CHECKS",
+    "WATCHDOG",
     "GateContext",
     "GateState",
     "GateVerdict",
     "Holding",
     "OrderRequest",
     "Quote",
+    "SentOrder",
     "Submitter",
+    "WorkingOrder",
     "evaluate",
     "order_ref_for",
     "place_order_with_guard",
@@ -84,9 +94,9 @@ class OrderRequest:
 class Quote:
     bid: float
     ask: float
-    age_s: float  # seconds since the quote was received (monotonic)
+    age_s: float | None  # seconds since the quote was received (monotonic); None: unknown
     multiplier: float = 1.0
-    delta: float = 1.0  # per unit; 1 for stock
+    delta: float | None = 1.0  # per unit; 1 for stock; None: the option has no model delta
     underlying_price: float = 0.0  # for options; for stock the mid is used
 
     @property
@@ -100,7 +110,7 @@ class Holding:
     quantity: float
     mark: float
     multiplier: float = 1.0
-    delta: float = 1.0
+    delta: float | None = 1.0  # None: an option without a model delta (the gate refuses)
     underlying_price: float = 0.0
 
     @property
@@ -109,8 +119,32 @@ class Holding:
 
     @property
     def dollar_delta(self) -> float:
+        """Dollar delta (an unknown delta counts 0 here; the gate refuses on it first)."""
         und = self.underlying_price or self.mark
-        return self.quantity * self.delta * self.multiplier * und
+        return self.quantity * (self.delta or 0.0) * self.multiplier * und
+
+
+@dataclass(frozen=True, slots=True)
+class WorkingOrder:
+    """An order resting at the broker (any client id): what is left of it, signed."""
+
+    key: str  # contract key
+    symbol: str
+    signed_quantity: float  # remaining quantity, + buy, - sell
+    limit_price: float | None = None
+    multiplier: float = 1.0
+    order_ref: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SentOrder:
+    """An order the gate sent earlier (rebuilt from the stored intents at start)."""
+
+    key: str
+    action: str
+    quantity: float
+    age_s: float  # seconds before now (wall clock at rebuild)
+    day: str  # YYYYMMDD it was sent on
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +157,11 @@ class GateContext:
     market_open: bool
     quote: Quote | None
     holdings: Mapping[str, Holding]  # by contract key
-    daily_pnl: float
+    daily_pnl: float | None  # None: the broker has not reported it (the gate refuses)
     now: float  # monotonic seconds
     qualified: bool = True  # the broker resolved the contract to exactly one conId
+    working: tuple[WorkingOrder, ...] = ()  # orders resting at the broker, every client id
+    blocked: frozenset[str] = frozenset()  # contract keys with an unresolved intent
 
 
 @dataclass
@@ -138,6 +174,7 @@ class GateState:
     executions: collections.deque[float] = field(default_factory=collections.deque)
     execution_throttle_latched: bool = False
     recent: dict[tuple[str, str, float], float] = field(default_factory=dict)
+    reenabled_by: int = 0  # id of the person's last re-enable record applied (0: none)
 
     def record_sent(self, request: OrderRequest, now: float, day: str) -> None:
         self.sent.append(now)
@@ -165,6 +202,43 @@ class GateState:
         """A person re-enables trading after the repeated-execution throttle latched."""
         self.execution_throttle_latched = False
         self.executions.clear()
+
+    def slot_wait(self, now: float, limits: RiskConfig) -> float:
+        """Seconds until one more order fits in the per-second rate (0: it fits now)."""
+        recent = sorted(t for t in self.sent if now - t < 1.0)
+        if len(recent) < limits.max_orders_per_second:
+            return 0.0
+        return max(0.0, recent[-limits.max_orders_per_second] + 1.0 - now)
+
+    @classmethod
+    def rebuild(
+        cls,
+        sent: Iterable[SentOrder],
+        execution_ages: Iterable[float],
+        *,
+        latched: bool,
+        now: float,
+        day: str,
+        limits: RiskConfig,
+    ) -> GateState:
+        """Rebuild the counters from what was stored: orders sent (their age and day) and
+        executions (their age), so a restart neither resets the daily count, the rate
+        windows and the duplicate guard, nor forgets a latched execution throttle."""
+        state = cls(day=day)
+        for o in sorted(sent, key=lambda o: -o.age_s):
+            if not (math.isfinite(o.age_s) and o.age_s >= 0):
+                continue
+            at = now - o.age_s
+            if o.age_s <= 86_400:
+                state.sent.append(at)
+                state.recent[(o.key, o.action, o.quantity)] = at
+            if o.day == day:
+                state.sent_today += 1
+        for age in sorted((a for a in execution_ages if math.isfinite(a)), reverse=True):
+            if 0 <= age <= limits.execution_window_s:
+                state.executions.append(now - age)
+        state.execution_throttle_latched = latched
+        return state
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +282,15 @@ Check = Callable[[_Eval], str | None]
 
 def _finite_positive(x: float | None) -> bool:
     return x is not None and isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _exempt(e: _Eval) -> bool:
+    """The watchdog's closing orders: they must always be able to close."""
+    return e.r.source == WATCHDOG and e.reducing
 
 
 # --- the checks ---------------------------------------------------------------------------
@@ -274,6 +357,48 @@ def check_qualified(e: _Eval) -> str | None:
     return f"contract {e.r.key} could not be qualified at the broker (unknown or ambiguous)"
 
 
+def check_blocked(e: _Eval) -> str | None:
+    if e.r.key not in e.ctx.blocked or _exempt(e):
+        return None
+    return (
+        f"contract {e.r.key} has an unresolved order intent (sent, unknown to the broker): "
+        "no new orders for it until the broker reports it or a person resolves it"
+    )
+
+
+def check_finite_inputs(e: _Eval) -> str | None:
+    if _exempt(e):
+        return None
+    bad: list[str] = []
+    q = e.ctx.quote
+    if q is not None:
+        for name in ("bid", "ask", "multiplier", "underlying_price"):
+            if not _finite(getattr(q, name)):
+                bad.append(f"quote.{name}={getattr(q, name)!r}")
+        for name in ("age_s", "delta"):
+            v = getattr(q, name)
+            if v is not None and not _finite(v):
+                bad.append(f"quote.{name}={v!r}")
+    for key, h in e.ctx.holdings.items():
+        for name in ("quantity", "mark", "multiplier", "underlying_price"):
+            if not _finite(getattr(h, name)):
+                bad.append(f"holding {key}.{name}={getattr(h, name)!r}")
+        if h.delta is not None and not _finite(h.delta):
+            bad.append(f"holding {key}.delta={h.delta!r}")
+    for w in e.ctx.working:
+        if not _finite(w.signed_quantity) or not _finite(w.multiplier):
+            bad.append(f"working order {w.order_ref or w.key} quantity={w.signed_quantity!r}")
+        if w.limit_price is not None and not _finite(w.limit_price):
+            bad.append(f"working order {w.order_ref or w.key} limit={w.limit_price!r}")
+    if e.ctx.daily_pnl is not None and not _finite(e.ctx.daily_pnl):
+        bad.append(f"daily_pnl={e.ctx.daily_pnl!r}")
+    if not _finite(e.ctx.now):
+        bad.append(f"now={e.ctx.now!r}")
+    if not bad:
+        return None
+    return "non-finite input (NaN or infinity): " + ", ".join(bad[:5])
+
+
 def check_quote(e: _Eval) -> str | None:
     if e.r.source == WATCHDOG and e.reducing and e.r.order_type == "MKT":
         return None  # the watchdog's last-resort market close must not wait for a quote
@@ -282,6 +407,8 @@ def check_quote(e: _Eval) -> str | None:
         return "no quote: the price collar cannot be checked"
     if not (_finite_positive(q.bid) and _finite_positive(q.ask)) or q.ask < q.bid:
         return f"quote invalid (bid {q.bid}, ask {q.ask}): the price collar cannot be checked"
+    if q.age_s is None or not _finite(q.age_s):
+        return "quote has no receive time: its age cannot be checked"
     if q.age_s > e.limits.quote_max_age_s:
         return f"quote stale ({q.age_s:.1f}s old > {e.limits.quote_max_age_s:g}s)"
     return None
@@ -329,22 +456,92 @@ def check_max_notional(e: _Eval) -> str | None:
     return None
 
 
-def _after(e: _Eval) -> dict[str, Holding]:
-    """Holdings after the order fills at its price."""
-    out = dict(e.ctx.holdings)
+def _unit_delta_bound(key: str) -> float:
+    """The largest |delta| a contract can have, signed as its kind (calls +, puts -)."""
+    return -1.0 if " " in key and key.endswith("P") else 1.0
+
+
+def _exposure(e: _Eval, with_order: bool) -> dict[str, Holding]:
+    """Holdings with the resting orders counted as if filled (for each contract the side
+    that moves the position furthest from zero), and this order too when `with_order`."""
     q = e.ctx.quote
-    old = out.get(e.r.key)
-    qty = (old.quantity if old else 0.0) + e.r.signed_quantity
-    mark = e.price if e.price is not None else (old.mark if old else 0.0)
-    out[e.r.key] = Holding(
-        e.r.symbol,
-        qty,
-        mark,
-        e.multiplier,
-        q.delta if q else (old.delta if old else 1.0),
-        (q.underlying_price if q else 0.0) or (old.underlying_price if old else 0.0),
-    )
+    keys = set(e.ctx.holdings) | {w.key for w in e.ctx.working}
+    if with_order:
+        keys.add(e.r.key)
+    out: dict[str, Holding] = {}
+    for key in keys:
+        old = e.ctx.holdings.get(key)
+        resting = [w for w in e.ctx.working if w.key == key]
+        held = old.quantity if old else 0.0
+        buys = sum(w.signed_quantity for w in resting if w.signed_quantity > 0)
+        sells = sum(w.signed_quantity for w in resting if w.signed_quantity < 0)
+        mine = key == e.r.key
+        if with_order and mine:
+            if e.r.signed_quantity > 0:
+                buys += e.r.signed_quantity
+            else:
+                sells += e.r.signed_quantity
+        qty = max((held + buys, held + sells), key=abs)
+        limits = [w.limit_price for w in resting if w.limit_price is not None]
+        if old is not None:
+            out[key] = Holding(
+                old.symbol, qty, old.mark, old.multiplier, old.delta, old.underlying_price
+            )
+        elif mine:
+            out[key] = Holding(
+                e.r.symbol,
+                qty,
+                e.price if e.price is not None else (max(limits) if limits else 0.0),
+                e.multiplier,
+                q.delta if q else None,
+                q.underlying_price if q else 0.0,
+            )
+        else:
+            out[key] = Holding(
+                resting[0].symbol,
+                qty,
+                max(limits) if limits else 0.0,
+                resting[0].multiplier,
+                _unit_delta_bound(key),
+                0.0,
+            )
+        if mine and e.price is not None and old is not None:  # mark this contract at the order
+            h = out[key]
+            out[key] = Holding(
+                h.symbol, h.quantity, e.price, h.multiplier, h.delta, h.underlying_price
+            )
     return out
+
+
+def _after(e: _Eval) -> dict[str, Holding]:
+    """Holdings after the order fills at its price, resting orders counted as if filled."""
+    return _exposure(e, with_order=True)
+
+
+def check_working_priced(e: _Eval) -> str | None:
+    if e.reducing:
+        return None
+    unpriced = sorted(
+        {
+            w.order_ref or w.key
+            for w in e.ctx.working
+            if w.limit_price is None and w.key not in e.ctx.holdings and w.key != e.r.key
+        }
+    )
+    if unpriced:
+        return f"resting orders without a price on contracts not held: {unpriced[:3]}"
+    return None
+
+
+def check_deltas_known(e: _Eval) -> str | None:
+    if e.reducing:
+        return None
+    if e.r.sec_type == "OPT" and e.ctx.quote is not None and e.ctx.quote.delta is None:
+        return f"option {e.r.key} has no delta: the portfolio delta cannot be checked"
+    missing = sorted(k for k, h in e.ctx.holdings.items() if h.delta is None)
+    if missing:
+        return f"holdings without a delta {missing[:3]}: the portfolio delta cannot be checked"
+    return None
 
 
 def check_position_limit(e: _Eval) -> str | None:
@@ -372,7 +569,7 @@ def check_gross_exposure(e: _Eval) -> str | None:
 def check_portfolio_delta(e: _Eval) -> str | None:
     if e.reducing or e.price is None:
         return None
-    before = sum(h.dollar_delta for h in e.ctx.holdings.values())
+    before = sum(h.dollar_delta for h in _exposure(e, with_order=False).values())
     after = sum(h.dollar_delta for h in _after(e).values())
     if abs(after) > e.limits.max_portfolio_delta and abs(after) > abs(before):
         return (
@@ -383,9 +580,9 @@ def check_portfolio_delta(e: _Eval) -> str | None:
 
 
 def check_open_positions(e: _Eval) -> str | None:
-    if e.reducing or e.held != 0:
+    if e.reducing or e.held != 0 or any(w.key == e.r.key for w in e.ctx.working):
         return None
-    open_now = sum(1 for h in e.ctx.holdings.values() if h.quantity != 0)
+    open_now = sum(1 for h in _exposure(e, with_order=False).values() if h.quantity != 0)
     if open_now >= e.limits.max_open_positions:
         return f"{open_now} open positions: the maximum is {e.limits.max_open_positions}"
     return None
@@ -394,6 +591,10 @@ def check_open_positions(e: _Eval) -> str | None:
 def check_daily_loss(e: _Eval) -> str | None:
     if e.reducing:
         return None
+    if e.ctx.daily_pnl is None or not _finite(e.ctx.daily_pnl):
+        return (
+            "daily PnL unknown (not reported by the broker): the daily loss limit cannot be checked"
+        )
     if e.ctx.daily_pnl <= -e.limits.max_daily_loss:
         return (
             f"daily loss {e.ctx.daily_pnl:,.0f} breaches the limit -{e.limits.max_daily_loss:,.0f}"
@@ -451,12 +652,16 @@ CHECKS: tuple[Check, ...] = (
     check_fields,
     check_allow_list,
     check_qualified,
+    check_blocked,
     check_watchdog,
     check_market_open,
+    check_finite_inputs,
     check_quote,
     check_price_collar,
     check_max_quantity,
     check_max_notional,
+    check_working_priced,
+    check_deltas_known,
     check_position_limit,
     check_gross_exposure,
     check_portfolio_delta,
@@ -473,8 +678,27 @@ def _prepare(
 ) -> _Eval:
     holding = ctx.holdings.get(r.key)
     held = holding.quantity if holding else 0.0
+    if not _finite(held):
+        held = 0.0  # check_finite_inputs refuses; nothing counts as reducing a NaN
     signed = r.signed_quantity if _finite_positive(r.quantity) else 0.0
-    reducing = held != 0 and signed != 0 and (held > 0) != (signed > 0) and abs(signed) <= abs(held)
+    # Orders already resting on this contract that reduce the position could all fill first:
+    # together with this one they must not flip it. (The watchdog's closes judge holdings
+    # alone: it cancels everything before it closes, and re-checks flat after.)
+    resting = 0.0
+    if r.source != WATCHDOG and held != 0:
+        resting = sum(
+            abs(w.signed_quantity)
+            for w in ctx.working
+            if w.key == r.key
+            and _finite(w.signed_quantity)
+            and (w.signed_quantity > 0) != (held > 0)
+        )
+    reducing = (
+        held != 0
+        and signed != 0
+        and (held > 0) != (signed > 0)
+        and abs(signed) + resting <= abs(held)
+    )
     price: float | None
     if r.order_type == "LMT" and _finite_positive(r.limit_price):
         price = r.limit_price

@@ -320,3 +320,122 @@ async def test_client_id_in_use_on_reconnect_is_retried(gateway, db, admin):
     finally:
         squatter.disconnect()
         await b.close()
+
+
+# --- counters before writes, execution catch-up (issue 8) -------------------------------------
+LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+"""
+
+
+class _Lock:
+    """Another process holds an exclusive lock on the database until released."""
+
+    def __init__(self, store):
+        import subprocess
+        import sys
+
+        from data_lake import db_path
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", LOCKER, str(db_path(store.data_dir))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout.readline().strip() == "locked"
+
+    def release(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.write("go\n")
+            self.proc.stdin.flush()
+            assert self.proc.wait(10) == 0
+
+
+@pytest.mark.asyncio
+async def test_safety_counters_update_while_the_database_cannot_be_written(gateway, db, admin):
+    streaks, executions = [], []
+    cfg = make_config(gateway.port)
+    b = Broker(
+        cfg.broker,
+        "paper",
+        Secrets({}),
+        db,
+        on_reject_streak=lambda n, why: streaks.append(n),
+        on_execution=executions.append,
+    )
+    await b.start()
+    lock = _Lock(db)
+    try:
+        admin.call("reject_next", code=201)
+        b.submit("cnt-reject", req())
+        await until(lambda: streaks == [1], what="reject counted during the lock")
+        b.submit("cnt-fill", req(cycle=2))
+        await until(lambda: len(executions) == 1, what="execution counted during the lock")
+        assert db.failing or db.backlog > 0  # the audit writes are still waiting
+    finally:
+        lock.release()
+        await b.close()
+    await until(lambda: len(read(db, query_trades)) == 1, what="the fill stored after the lock")
+
+
+@pytest.mark.asyncio
+async def test_execution_catch_up_stores_each_missing_execution_once(gateway, db, admin, tmp_path):
+    from data_lake import Store
+
+    cfg = make_config(gateway.port)
+    other_store = Store.open(tmp_path / "other", busy_timeout_ms=200, name="other")
+    other = Broker(cfg.broker, "paper", Secrets({}), other_store, client_id=5)
+    await other.start()
+    mine = Broker(cfg.broker, "paper", Secrets({}), db)
+    await mine.start()
+    try:
+        mine.submit("catch-1", req())
+        await until(lambda: admin.call("state")["executions"] == 1, what="filled")
+        # the other session never saw this fill (another client id): it catches it up, once
+        assert read(other_store, query_trades) == []
+        assert await other.catch_up_executions() == 1
+        assert await other.catch_up_executions() == 0
+        assert [t["order_ref"] for t in read(other_store, query_trades)] == ["catch-1"]
+    finally:
+        await mine.close()
+        await other.close()
+        other_store.close(5)
+
+
+@pytest.mark.asyncio
+async def test_write_recovery_triggers_a_catch_up_from_the_brokers_executions(
+    gateway, db, admin, connect
+):
+    cfg = make_config(gateway.port)
+    b = Broker(cfg.broker, "paper", Secrets({}), db)
+    await b.start()
+    lock = _Lock(db)
+    try:
+        b.submit("rec-mine", req())  # our fill: its write waits in the queue
+        await until(lambda: admin.call("state")["executions"] == 1, what="our fill")
+        await until(lambda: db.failing, what="a write failed during the lock")
+        # a fill this session never hears about (another client), made during the failure
+        from ib_insync import MarketOrder, Stock
+
+        other = IB()
+        await other.connectAsync("127.0.0.1", gateway.port, clientId=6, timeout=5)
+        other.placeOrder(Stock("AAPL", "SMART", "USD"), MarketOrder("BUY", 3, orderRef="rec-x"))
+        await until(lambda: admin.call("state")["executions"] == 2, what="their fill")
+        other.disconnect()
+    finally:
+        lock.release()
+    try:
+        await until(
+            lambda: sorted(t["order_ref"] for t in read(db, query_trades)) == ["rec-mine", "rec-x"],
+            timeout=10,
+            what="both fills stored after the recovery, without a reconnect",
+        )
+        assert b.reconnects == 0
+    finally:
+        await b.close()

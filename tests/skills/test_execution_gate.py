@@ -18,6 +18,8 @@ from skills.execution_gate import (
     Holding,
     OrderRequest,
     Quote,
+    SentOrder,
+    WorkingOrder,
     evaluate,
     order_ref_for,
     place_order_with_guard,
@@ -363,3 +365,229 @@ def test_duplicate_guard_memory_stays_bounded_over_a_long_run():
         state.record_sent(buy(qty=i + 1), float(i) * 100.0, "d")  # 100 s apart: old ones lapse
     assert len(state.recent) <= 1001
     assert reasons(buy(qty=5000), ctx(now=499_950.0), state) != []  # the latest is still known
+
+
+# --- working orders, missing inputs, blocked contracts, memory across restarts ----------------
+def sell(qty=10, price=100.0, **kw) -> OrderRequest:
+    return buy(qty, price, action="SELL", **kw)
+
+
+def held(qty: float, symbol: str = "NVDA") -> dict[str, Holding]:
+    return {symbol: Holding(symbol, qty, 100.0)}
+
+
+def resting(qty: float, key: str = "NVDA", price: float | None = 100.0) -> WorkingOrder:
+    return WorkingOrder(key, key.split()[0], qty, price, 1.0, f"r{qty:g}")
+
+
+def test_two_reducing_orders_that_together_flip_the_position_are_not_reducing():
+    # long 10, a SELL 10 already rests: another SELL 10 would flip to -10 if both fill
+    context = ctx(breaker="REDUCING", holdings=held(10), working=(resting(-10),))
+    assert reasons(sell(10), context) == ["breaker REDUCING: only exposure-reducing orders"]
+    # without the resting order the same SELL is reducing
+    assert reasons(sell(10), ctx(breaker="REDUCING", holdings=held(10))) == []
+
+
+def test_resting_orders_count_as_filled_in_the_position_limit():
+    small = limits(max_position_notional=3_000.0)
+    assert reasons(buy(10), ctx(), limits=small) == []
+    r = reasons(buy(10), ctx(working=(resting(25),)), limits=small)
+    assert any("NVDA position value after the order 3,500" in x for x in r), r
+
+
+def test_resting_orders_on_other_contracts_count_in_gross_exposure_and_open_positions():
+    small = limits(max_gross_exposure=5_000.0, max_open_positions=1)
+    context = ctx(working=(resting(45, "AMD"),))
+    r = reasons(buy(10), context, limits=small)
+    assert any("gross exposure after the order 5,500" in x for x in r), r
+    assert any("1 open positions: the maximum is 1" in x for x in r), r
+
+
+def test_resting_orders_count_in_the_portfolio_delta():
+    small = limits(max_portfolio_delta=2_000.0)
+    assert reasons(buy(10), ctx(), limits=small) == []
+    r = reasons(buy(10), ctx(working=(resting(15, "AMD"),)), limits=small)
+    assert any("portfolio dollar delta after the order 2,500" in x for x in r), r
+
+
+def test_a_resting_order_without_a_price_on_a_contract_not_held_is_refused():
+    r = reasons(buy(1), ctx(working=(resting(5, "AMD", price=None),)))
+    assert r and "resting orders without a price" in r[0]
+
+
+@given(
+    position=st.integers(-50, 50).filter(lambda x: x != 0),
+    rest=st.lists(st.integers(-50, 50).filter(lambda x: x != 0), max_size=4),
+    orders=st.lists(st.integers(1, 50), min_size=1, max_size=6),
+)
+@settings(max_examples=300, deadline=None)
+def test_no_sequence_of_reducing_orders_plus_resting_orders_can_flip_a_position(
+    position, rest, orders
+):
+    """Send reducing orders one by one (each accepted order rests); whatever subset of the
+    resting orders then fills, the position never changes sign (beyond flat)."""
+    working = [resting(float(q)) for q in rest]
+    state = GateState()
+    for i, qty in enumerate(orders):
+        side = "SELL" if position > 0 else "BUY"
+        request = buy(qty, action=side, cycle_id=i + 1)
+        context = ctx(
+            breaker="REDUCING",
+            holdings=held(float(position)),
+            working=tuple(working),
+            now=1000.0 + 10 * i,
+        )
+        if not evaluate(request, context, state, limits(duplicate_window_s=0.0), "20261120"):
+            state.record_sent(request, context.now, "20261120")
+            working.append(resting(request.signed_quantity))
+    new = working[len(rest) :]  # the orders this gate let through
+    reducing_before = [w for w in working[: len(rest)] if (w.signed_quantity > 0) != (position > 0)]
+    worst = position + sum(w.signed_quantity for w in new + reducing_before)
+    assert worst == 0 or (worst > 0) == (position > 0) or not new
+
+
+def test_refuses_without_daily_pnl_instead_of_assuming_zero():
+    assert reasons(context=ctx(daily_pnl=None)) == [
+        "daily PnL unknown (not reported by the broker): the daily loss limit cannot be checked"
+    ]
+    # reducing orders may still reduce
+    assert reasons(sell(5), ctx(daily_pnl=None, holdings=held(10))) == []
+
+
+def test_refuses_an_option_without_a_delta():
+    option = buy(1, 5.0, sec_type="OPT", expiry="20261218", strike=100.0, right="C")
+    quote = Quote(4.95, 5.05, 0.5, 100.0, None, 100.0)
+    r = reasons(option, ctx(quote=quote))
+    assert r == ["option NVDA 20261218 100C has no delta: the portfolio delta cannot be checked"]
+    holding = {"AMD 20261218 100C": Holding("AMD", 1, 5.0, 100.0, None, 100.0)}
+    r = reasons(context=ctx(holdings=holding))
+    assert r and r[0].startswith("holdings without a delta ['AMD 20261218 100C']")
+
+
+def test_refuses_a_quote_without_a_receive_time():
+    r = reasons(context=ctx(quote=Quote(99.95, 100.05, None)))
+    assert r == ["quote has no receive time: its age cannot be checked"]
+
+
+@pytest.mark.parametrize(
+    "context, where",
+    [
+        (dict(quote=Quote(float("nan"), 100.05, 0.5)), "quote.bid=nan"),
+        (dict(quote=Quote(99.95, 100.05, float("nan"))), "quote.age_s=nan"),
+        (dict(holdings={"AMD": Holding("AMD", 1, float("nan"))}), "holding AMD.mark=nan"),
+        (dict(daily_pnl=float("nan")), "daily_pnl=nan"),
+        (dict(working=(resting(float("nan"), "AMD"),)), "working order"),
+    ],
+)
+def test_refuses_on_a_nan_anywhere_with_its_own_reason(context, where):
+    r = reasons(context=ctx(**context))
+    assert any(x.startswith("non-finite input") and where in x for x in r), r
+
+
+def test_watchdog_closing_orders_keep_their_exemptions_from_missing_inputs():
+    close = sell(10, source="watchdog", order_type="MKT", limit_price=None)
+    context = ctx(
+        breaker="HALTED",
+        holdings={**held(10), "AMD": Holding("AMD", 1, float("nan"))},
+        daily_pnl=None,
+        quote=None,
+        working=(resting(-10),),  # the watchdog judges reducing from holdings alone
+        blocked=frozenset({"NVDA"}),
+    )
+    assert reasons(close, context) == []
+
+
+def test_refuses_a_contract_blocked_by_an_unresolved_intent():
+    r = reasons(context=ctx(blocked=frozenset({"NVDA"})))
+    assert len(r) == 1 and r[0].startswith("contract NVDA has an unresolved order intent")
+    assert reasons(buy(symbol="AMD"), ctx(blocked=frozenset({"NVDA"}))) == []
+
+
+def test_gate_state_rebuilt_from_stored_orders_keeps_day_count_rate_and_duplicate_guard():
+    day = "20261120"
+    sent = [
+        SentOrder("NVDA", "BUY", 10, 5.0, day),
+        SentOrder("AMD", "BUY", 5, 0.3, day),
+        SentOrder("AMD", "SELL", 5, 90_000.0, "20261119"),
+    ]
+    state = GateState.rebuild(sent, [], latched=False, now=1000.0, day=day, limits=LIMITS)
+    assert state.sent_today == 2
+    r = reasons(buy(10), ctx(now=1000.0), state)
+    assert any(x.startswith("duplicate: BUY 10 NVDA") for x in r), r
+    one_per_day = limits(max_orders_per_day=2)
+    r = reasons(buy(1, symbol="AMD"), ctx(now=1000.0), state, one_per_day)
+    assert "order rate: 2 sent today (max 2)" in r
+
+
+def test_gate_state_rebuild_keeps_a_latched_execution_throttle_and_its_window():
+    state = GateState.rebuild([], [1.0, 2.0], latched=True, now=50.0, day="d", limits=LIMITS)
+    assert state.execution_throttle_latched and len(state.executions) == 2
+    r = reasons(context=ctx(now=50.0), state=state)
+    assert any("repeated-execution throttle latched" in x for x in r)
+
+
+def test_slot_wait_paces_orders_within_the_per_second_limit():
+    two = limits(max_orders_per_second=2)
+    state = GateState()
+    assert state.slot_wait(10.0, two) == 0.0
+    state.record_sent(buy(1), 10.0, "d")
+    state.record_sent(buy(2), 10.4, "d")
+    assert state.slot_wait(10.5, two) == pytest.approx(0.5)
+    assert state.slot_wait(11.01, two) == 0.0
+
+
+@pytest.mark.asyncio
+async def test_gate_memory_is_rebuilt_from_the_stored_intents_and_executions(store):
+    import datetime as dt
+
+    from data_lake import insert_intent, log_safety_event, log_trade, update_intent
+    from runtime.gate_context import THROTTLE_LATCHED, THROTTLE_REENABLED, load_gate_state
+
+    now = dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC)
+
+    def intent(ref, status, ago_s, action="BUY"):
+        at = (now - dt.timedelta(seconds=ago_s)).isoformat()
+        row = dict(order_ref=ref, source="commander", symbol="NVDA", sec_type="STK")
+        row |= dict(action=action, quantity=10, order_type="MKT", tif="DAY")
+        store.call(insert_intent, row, at=at, timeout=5)
+        store.call(update_intent, ref, status=status, timeout=5)
+
+    intent("a", "filled", 30)
+    intent("b", "submitted", 0.5, "SELL")
+    intent("c", "not_sent", 1)  # never reached the broker: not counted
+    intent("d", "cancelled", 20 * 3600)  # yesterday (UTC): rate windows only
+    for i, ago in enumerate((5, 10, 200)):
+        store.call(
+            log_trade,
+            dict(
+                exec_id=f"e{i}", order_ref="a", client_id=1, symbol="NVDA", sec_type="STK",
+                side="BOT", shares=1, price=1.0,
+                exec_time=(now - dt.timedelta(seconds=ago)).isoformat(),
+            ),
+            timeout=5,
+        )  # fmt: skip
+    two = limits(max_executions_per_window=2, execution_window_s=60.0, max_orders_per_second=1)
+
+    async def load():
+        return await load_gate_state(
+            store,
+            two,
+            monotonic_now=1000.0,
+            wall_now=now,
+            sources=("commander",),
+            client_id=1,
+            timeout=5,
+        )
+
+    state = await load()
+    assert state.sent_today == 2 and len(state.sent) == 3
+    assert ("NVDA", "BUY", 10) in state.recent
+    assert len(state.executions) == 2
+    assert state.execution_throttle_latched  # a full window and no re-enable inside it
+    r = reasons(sell(10), ctx(now=1000.0, holdings=held(-5.0)), state, two)
+    assert any("order rate: 1 sent in the last second" in x for x in r), r
+    assert any(x.startswith("duplicate: SELL 10 NVDA was sent 0.5s ago") for x in r), r
+    store.call(log_safety_event, "gate", THROTTLE_LATCHED, "latched", timeout=5)
+    store.call(log_safety_event, "person", THROTTLE_REENABLED, "ok", timeout=5)
+    state = await load()
+    assert not state.execution_throttle_latched and state.reenabled_by > 0
