@@ -793,6 +793,10 @@ class Broker:
     def _event(self, kind: str, reason: str, severity: str, order_ref: str | None = None) -> None:
         self.store.post(log_safety_event, self.source, kind, reason, severity, order_ref=order_ref)
 
+    def snapshot_account(self, source: str) -> None:
+        """Queue a record of the account values and positions (equity over time)."""
+        self._snapshot_account(source)
+
     def _snapshot_account(self, source: str) -> None:
         try:
             self.store.post(

@@ -57,6 +57,7 @@ from .decision import Decision, decision_row
 from .gate_context import THROTTLE_REENABLED, build_gate_context
 from .heartbeat import Clock
 from .llm_commander import LlmCommander
+from .market_hours import exchange_day, exchange_day_start
 from .sense import MarketSensor, SenseSpec
 
 __all__ = ["Commander", "CycleReport", "Decision", "decide_rules"]
@@ -307,6 +308,7 @@ class Commander:
         context = await self.sensor.context(self.spec, now)
         values = self.broker.account_values()
         holdings = await self.broker.holdings()
+        self.broker.snapshot_account("cycle")  # equity and PnL over time, one row per cycle
         doc["account"] = values
         doc["positions"] = {k: dataclasses.asdict(h) for k, h in holdings.items()}
         doc["context"] = dataclasses.asdict(context)
@@ -315,7 +317,11 @@ class Commander:
             self.cfg.swarm.max_tokens_per_cycle,
             self.cfg.swarm.max_usd_per_cycle,
             self.cfg.swarm.max_usd_per_day,
-            await spent_today_usd(self.store, self.cfg.data.write_timeout_s),
+            await spent_today_usd(
+                self.store,
+                self.cfg.data.write_timeout_s,
+                since=exchange_day_start(self.wall_now()).isoformat(),
+            ),
             prices=self.cfg.swarm.prices,
         )
         swarm = await consult_swarm(
@@ -474,7 +480,7 @@ class Commander:
             self.cfg.risk,
             self.store,
             self.broker,
-            self.wall_now().strftime("%Y%m%d"),
+            exchange_day(self.wall_now()),
             intent_timeout_s=self.cfg.data.write_timeout_s,
         )
 

@@ -17,6 +17,7 @@ from skills.execution_gate import (
 from skills.risk import RiskConfig
 
 from .broker import Broker
+from .market_hours import exchange_day
 
 __all__ = ["THROTTLE_LATCHED", "THROTTLE_REENABLED", "build_gate_context", "load_gate_state"]
 
@@ -105,7 +106,7 @@ async def load_gate_state(
                 r["action"],
                 float(r["quantity"]),
                 max(0.0, (wall_now - at).total_seconds()),
-                at.strftime("%Y%m%d"),
+                exchange_day(at),
             )
         )
     window = dt.timedelta(seconds=limits.execution_window_s + 5)
@@ -131,7 +132,7 @@ async def load_gate_state(
         ages,
         latched=latched,
         now=monotonic_now,
-        day=wall_now.strftime("%Y%m%d"),
+        day=exchange_day(wall_now),
         limits=limits,
     )
     state.reenabled_by = reenable_id

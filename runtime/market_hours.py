@@ -5,7 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["is_open", "sessions"]
+__all__ = ["EXCHANGE_TZ", "exchange_day", "exchange_day_start", "is_open", "sessions"]
+
+# The exchange whose calendar day bounds the daily limits (US equities and options).
+EXCHANGE_TZ = ZoneInfo("America/New_York")
 
 
 def sessions(hours: str, tz_name: str) -> list[tuple[dt.datetime, dt.datetime]]:
@@ -34,3 +37,16 @@ def sessions(hours: str, tz_name: str) -> list[tuple[dt.datetime, dt.datetime]]:
 def is_open(hours: str, tz_name: str, now: dt.datetime) -> bool:
     """True when the aware datetime `now` falls inside one of the sessions."""
     return any(start <= now < end for start, end in sessions(hours, tz_name))
+
+
+def exchange_day(now: dt.datetime) -> str:
+    """The exchange's calendar day (YYYYMMDD) at the aware moment `now`: daily limits (order
+    count, LLM budget) roll over at midnight New York time, not at midnight UTC."""
+    return now.astimezone(EXCHANGE_TZ).strftime("%Y%m%d")
+
+
+def exchange_day_start(now: dt.datetime) -> dt.datetime:
+    """Midnight of the exchange's calendar day containing `now`, as an aware UTC datetime."""
+    local = now.astimezone(EXCHANGE_TZ)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight.astimezone(dt.UTC)

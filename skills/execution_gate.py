@@ -815,7 +815,13 @@ async def place_order_with_guard(
 
 def _refusal(store: Store, r: OrderRequest, order_ref: str, reasons: list[str]) -> None:
     log.warning(
-        "gate refused %s %g %s (%s): %s", r.action, r.quantity, r.key, r.source, "; ".join(reasons)
+        "gate refused %s %g %s (%s) ref=%s: %s",
+        r.action,
+        r.quantity,
+        r.key,
+        r.source,
+        order_ref,
+        "; ".join(reasons),
     )
     store.post(
         log_safety_event,

@@ -679,9 +679,10 @@ class SwarmResult:
         return sum(o.cost_usd for o in self.outcomes)
 
 
-async def spent_today_usd(store: Store, timeout: float = 5.0) -> float:
-    """Return what LLM calls cost so far today (UTC); the daily budget survives restarts."""
-    return await store.read(spent_since, utc_now()[:10], timeout=timeout)
+async def spent_today_usd(store: Store, timeout: float = 5.0, since: str | None = None) -> float:
+    """Return what LLM calls cost since `since` (ISO time; default: midnight UTC today), so
+    the daily budget survives restarts. The daemon passes the exchange day's start."""
+    return await store.read(spent_since, since or utc_now()[:10], timeout=timeout)
 
 
 def record_rows(
