@@ -2,10 +2,20 @@
 
 `Store` (one writer thread and one reader thread per process) is how the daemon and the
 watchdog write and read; `open_readonly` is how the CLI reads. The repository modules
-(`trail`, `orders`, `executions`, `llm`, `snapshots`, `breaker_log`, `reports`) hold every
+(`trail`, `orders`, `executions`, `llm`, `snapshots`, `breaker_log`, `reports`,
+`alerts`) hold every
 SQL statement of the project behind named functions.
 """
 
+from .alerts import (
+    alert_cursor,
+    breaker_transitions_after,
+    latest_account,
+    llm_today,
+    metrics_figures,
+    reject_streak,
+    safety_events_after,
+)
 from .breaker_log import breaker_history, record_breaker_transition
 from .db import (
     DB_FILENAME,
@@ -61,7 +71,9 @@ __all__ = [
     "StorageUnavailable",
     "Store",
     "TraderError",
+    "alert_cursor",
     "breaker_history",
+    "breaker_transitions_after",
     "cycle_rows",
     "cycles_finished",
     "db_path",
@@ -74,11 +86,14 @@ __all__ = [
     "intents_exist",
     "known_exec_ids",
     "last_cycle_id",
+    "latest_account",
     "list_snapshots",
+    "llm_today",
     "load_snapshot",
     "log_account_snapshot",
     "log_safety_event",
     "log_trade",
+    "metrics_figures",
     "open_intents",
     "open_readonly",
     "query_safety_events",
@@ -91,6 +106,8 @@ __all__ = [
     "redact",
     "redacting_excepthook",
     "register_secret",
+    "reject_streak",
+    "safety_events_after",
     "save_snapshot",
     "set_commission",
     "spent_since",

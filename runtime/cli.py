@@ -312,6 +312,57 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     return 0
 
 
+def _until_signalled() -> None:
+    """Block until SIGTERM or SIGINT (a foreground command stopped by its supervisor)."""
+    import signal
+    import threading
+
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+
+
+def _serve_metrics(cfg: Config, port: int | None = None) -> None:
+    from .metrics import serve
+
+    server, _ = serve(cfg, port=port)
+    print(f"metrics on http://{cfg.metrics.host}:{server.server_port}/metrics", flush=True)
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    from .notify import ENV_URLS, Notifier, notify_urls
+
+    cfg = _config(args)
+    _setup_logging(args.log_level, "notify")
+    logging.getLogger("apprise").setLevel(logging.ERROR)
+    urls = notify_urls()
+    if not cfg.notify.enabled:
+        print(f"{args.config}: [notify] enabled = false", file=sys.stderr)
+        return 2
+    if not urls:
+        print(f"no notification URL: set {ENV_URLS} (Apprise URLs)", file=sys.stderr)
+        return 2
+    notifier = Notifier(cfg, urls)
+    notifier.start()
+    if cfg.metrics.enabled:
+        _serve_metrics(cfg)
+    print(f"notifying {len(urls)} URL(s) from {ENV_URLS} for {cfg.data_dir}", flush=True)
+    try:
+        _until_signalled()
+    finally:
+        notifier.stop()
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    _setup_logging(args.log_level, "metrics")
+    _serve_metrics(cfg, args.port)
+    _until_signalled()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -384,6 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--show", type=int, help="snapshot id to print")
     p.add_argument("--cycle", type=int, help="print the snapshot of this cycle")
     p.add_argument("--limit", type=int, default=20)
+    p = add("notify", cmd_notify, "send alerts (Apprise URLs in IB_SWARM_NOTIFY_URLS)")
+    p.add_argument("--log-level", default="INFO")
+    p = add("metrics", cmd_metrics, "serve Prometheus metrics read from the database")
+    p.add_argument("--port", type=int, default=None, help="override [metrics] port (0 = free)")
+    p.add_argument("--log-level", default="INFO")
     p = add(
         "demo",
         cmd_demo,
