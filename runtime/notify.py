@@ -170,20 +170,21 @@ class _Stats:
 
 
 class Sender:
-    """A thread that sends queued alerts through Apprise. `put` never blocks: a full queue
-    drops its oldest message (counted, and said in the next message that goes out)."""
+    """A thread that sends queued alerts to one Apprise URL (one per URL, so a stuck service
+    delays only its own messages). `put` never blocks: a full queue drops its oldest message
+    (counted, and said in the next message that goes out)."""
 
-    def __init__(self, urls: Sequence[str], timeout_s: float, queue_size: int) -> None:
-        self.urls = [_with_timeouts(u, timeout_s) for u in urls]
-        for url in self.urls:
-            register_secret(url)
+    def __init__(self, url: str, timeout_s: float, queue_size: int, index: int = 1) -> None:
+        self.url = _with_timeouts(url, timeout_s)
+        register_secret(self.url)
+        self.index = index
         self.queue_size = queue_size
         self.stats = _Stats()
         self._queue: collections.deque[Alert] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._unreported_drops = 0
-        self._thread = threading.Thread(target=self._run, name="notify-send", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"notify-send-{index}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -223,9 +224,9 @@ class Sender:
             import apprise  # lazily: only the processes that notify pay for the import
 
             client = apprise.Apprise()
-            for i, url in enumerate(self.urls):
-                if not client.add(url):
-                    log.error("notification URL #%d is not a valid Apprise URL; ignored", i + 1)
+            if not client.add(self.url):
+                log.error("notification URL #%d is not a valid Apprise URL", self.index)
+                return
             types = {
                 "info": apprise.NotifyType.INFO,
                 "warning": apprise.NotifyType.WARNING,
@@ -248,7 +249,12 @@ class Sender:
                     )
                 )
             except Exception as exc:  # a plugin's bug must not end the thread
-                log.error("notification %r failed: %s", alert.title, redact(str(exc)))
+                log.error(
+                    "notification %r to URL #%d failed: %s",
+                    alert.title,
+                    self.index,
+                    redact(str(exc)),
+                )
                 ok = False
             if ok:
                 self.stats.sent += 1
@@ -256,7 +262,7 @@ class Sender:
                 del self.stats.titles[:-50]
             else:
                 self.stats.failed += 1
-                log.warning("notification %r not delivered", alert.title)
+                log.warning("notification %r not delivered to URL #%d", alert.title, self.index)
 
 
 def _today() -> str:
@@ -279,7 +285,10 @@ class Notifier:
         self.data_dir = cfg.data_dir
         self.name = name
         self.clock = clock
-        self.sender = Sender(urls, self.n.send_timeout_s, self.n.queue_size)
+        self.senders = [
+            Sender(url, self.n.send_timeout_s, self.n.queue_size, i + 1)
+            for i, url in enumerate(urls)
+        ]
         self.limiter = RateLimiter(self.n.rate_limit_s, clock)
         self.active = threading.Event()  # set while this one holds the lock and tails
         self._stop = threading.Event()
@@ -298,13 +307,17 @@ class Notifier:
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
-        self.sender.start()
+        for sender in self.senders:
+            sender.start()
         self._thread.start()
 
     def stop(self, timeout: float = 3.0) -> None:
+        """Stop tailing; give the senders `timeout` (in all) to send what is queued."""
         self._stop.set()
         self._thread.join(timeout)
-        self.sender.stop(timeout)
+        deadline = time.monotonic() + timeout
+        for sender in self.senders:
+            sender.stop(max(0.0, deadline - time.monotonic()))
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -343,7 +356,11 @@ class Notifier:
         out = self.limiter.offer(alert)
         if out is not None:
             log.info("alert: %s", out.title)
-            self.sender.put(out)
+            self._send(out)
+
+    def _send(self, alert: Alert) -> None:
+        for sender in self.senders:
+            sender.put(alert)
 
     def _load_state(self) -> dict[str, Any] | None:
         try:
@@ -382,7 +399,7 @@ class Notifier:
         finally:
             db.close()
         for alert in self.limiter.due():
-            self.sender.put(alert)
+            self._send(alert)
 
     def _tick(self, db: Any) -> None:
         breaker = CircuitBreaker(self.data_dir).status()
