@@ -89,8 +89,9 @@ def notify_urls(env: Mapping[str, str] | None = None) -> list[str]:
             parts = urlsplit(url)
             register_secret(parts.password)
             register_secret(parts.username)
-            for piece in parts.path.split("/"):
-                register_secret(piece)
+            for piece in parts.path.split("/"):  # tokens: long, or with digits
+                if len(piece) >= 12 or re.search(r"\d", piece):
+                    register_secret(piece)
             for _, value in parse_qsl(parts.query):
                 register_secret(value)
     return urls
@@ -222,6 +223,10 @@ class Sender:
     def _run(self) -> None:
         try:
             import apprise  # lazily: only the processes that notify pay for the import
+
+            quiet = logging.getLogger("apprise")
+            if quiet.level == logging.NOTSET:  # its own lines name hosts and paths
+                quiet.setLevel(logging.ERROR)
 
             client = apprise.Apprise()
             if not client.add(self.url):
@@ -560,6 +565,8 @@ class Notifier:
         limit = self.cfg.risk.max_daily_loss
         warn_at = -self.n.daily_loss_warn_pct * limit
         day = str(acct["at"])[:10]
+        if day != _today():
+            return  # an old snapshot (the daemon is not running) is not today's loss
         if float(acct["daily_pnl"]) <= warn_at and self._state.get("daily_loss_day") != day:
             self._state["daily_loss_day"] = day
             self._emit(
