@@ -84,7 +84,7 @@ def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_scraped_figures_match_the_database(tmp_path):
-    cfg = write_config(tmp_path, 4002)
+    cfg = write_config(tmp_path, 4002, heartbeat_timeout_s=3600.0)  # fresh whatever the load
     _record(data(tmp_path))
     write_heartbeat(data(tmp_path) / MAIN_HEARTBEAT, SystemClock(), cycle=4, phase="idle")
     proc = subprocess.Popen(

@@ -106,7 +106,7 @@ def test_kill_drill_sends_one_breaker_message_naming_the_reason(
     and exactly one "breaker tripped" naming the reason; the URL's token is nowhere."""
     admin.call("set_position", symbol="AAPL", quantity=50, avg_cost=228.0)
     cfg = write_config(
-        tmp_path, gateway.port, notify__poll_interval_s=0.2, notify__send_timeout_s=3.0
+        tmp_path, gateway.port, notify__poll_interval_s=0.2, notify__send_timeout_s=1.0
     )
     urls = f"{stuck.url}, {_dead_url()} {receiver.url}"
     env = {"IB_SWARM_NOTIFY_URLS": urls}
