@@ -34,6 +34,7 @@ from .breaker import BreakerUnwritable, CircuitBreaker, ResetRefused
 from .config import Config, ConfigError, Secrets, load_config
 from .heartbeat import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT, read_heartbeat
 from .instance_lock import InstanceLock, LockHeld, account_lock_path, acquire
+from .notify import notify_urls
 from .ownership import hand_back
 
 __all__ = ["main"]
@@ -331,7 +332,7 @@ def _serve_metrics(cfg: Config, port: int | None = None) -> None:
 
 
 def cmd_notify(args: argparse.Namespace) -> int:
-    from .notify import ENV_URLS, Notifier, notify_urls
+    from .notify import ENV_URLS, Notifier
 
     cfg = _config(args)
     _setup_logging(args.log_level, "notify")
@@ -455,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="where the demo keeps its files")
     args = parser.parse_args(argv)
     register_secret(Secrets().anthropic_api_key)  # redacted from every line and traceback
+    notify_urls()  # IB_SWARM_NOTIFY_URLS carry tokens: registered as secrets too
     sys.excepthook = redacting_excepthook
     try:
         result: int = _with_ownership(args)

@@ -411,6 +411,9 @@ class Notifier:
         if not self._state:
             loaded = self._load_state()
             if loaded is not None:
+                newest = alert_cursor(db)  # a cursor past the newest row: a new database
+                for key in ("safety_id", "breaker_id"):
+                    loaded[key] = min(int(loaded.get(key, 0)), newest[key])
                 self._state = loaded
             else:
                 self._state = {**alert_cursor(db), "generation": breaker.generation}
