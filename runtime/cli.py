@@ -344,6 +344,8 @@ def cmd_notify(args: argparse.Namespace) -> int:
     if not urls:
         print(f"no notification URL: set {ENV_URLS} (Apprise URLs)", file=sys.stderr)
         return 2
+    if args.test:
+        return _notify_test(cfg, urls)
     notifier = Notifier(cfg, urls)
     notifier.start()
     if cfg.metrics.enabled:
@@ -354,6 +356,30 @@ def cmd_notify(args: argparse.Namespace) -> int:
     finally:
         notifier.stop()
     return 0
+
+
+def _notify_test(cfg: Config, urls: list[str]) -> int:
+    """Send one test message to every URL; say which ones took it (by number, not by URL)."""
+    from .notify import Alert, Sender
+
+    senders = [Sender(url, cfg.notify.send_timeout_s, 1, i + 1) for i, url in enumerate(urls)]
+    for sender in senders:
+        sender.start()
+        sender.put(
+            Alert(
+                "test",
+                f"{cfg.notify.title_prefix}: test notification",
+                f"ib-swarm notify --test for {cfg.data_dir} ({cfg.mode})",
+                "info",
+            )
+        )
+    failed = 0
+    for sender in senders:
+        sender.stop(cfg.notify.send_timeout_s * 2 + 5)
+        ok = sender.stats.sent == 1
+        failed += not ok
+        print(f"URL #{sender.index}: {'delivered' if ok else 'NOT delivered'}")
+    return 1 if failed else 0
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -438,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=20)
     p = add("notify", cmd_notify, "send alerts (Apprise URLs in IB_SWARM_NOTIFY_URLS)")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--test", action="store_true", help="send one test message to each URL")
     p = add("metrics", cmd_metrics, "serve Prometheus metrics read from the database")
     p.add_argument("--port", type=int, default=None, help="override [metrics] port (0 = free)")
     p.add_argument("--log-level", default="INFO")

@@ -249,6 +249,17 @@ def test_a_stuck_service_never_blocks_the_caller(stuck, tmp_path):
     assert sender.stats.sent == 0
 
 
+def test_notify_test_says_which_urls_took_the_message(tmp_path, receiver):
+    cfg = write_config(tmp_path, 4002, notify__send_timeout_s=2.0)
+    env = {"IB_SWARM_NOTIFY_URLS": f"{receiver.url},{_dead_url()}"}
+    out = cli("notify", "--config", str(cfg), "--test", env=env)
+    assert out.returncode == 1, out.stderr
+    assert out.stdout.splitlines() == ["URL #1: delivered", "URL #2: NOT delivered"]
+    assert TOKEN not in out.stdout + out.stderr
+    [msg] = receiver.messages
+    assert msg["title"] == "ib-swarm: test notification" and msg["type"] == "info"
+
+
 def test_notify_refuses_without_urls(tmp_path):
     cfg = write_config(tmp_path, 4002)
     out = cli("notify", "--config", str(cfg), env={"IB_SWARM_NOTIFY_URLS": ""})
