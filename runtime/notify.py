@@ -64,6 +64,7 @@ __all__ = [
     "RateLimiter",
     "Sender",
     "notify_urls",
+    "start_notifier",
 ]
 
 log = logging.getLogger("runtime.notify")
@@ -603,3 +604,14 @@ class Notifier:
                     fold=False,
                 )
             )
+
+
+def start_notifier(cfg: Config, env: Mapping[str, str] | None = None) -> Notifier | None:
+    """Start a notifier inside a running process (the main loop, the watchdog) and return it,
+    or None when no URL is set or `[notify] enabled = false`. Threads only: it never runs on
+    the caller's event loop; only one notifier per data directory sends (the others stand by).
+    """
+    notifier = Notifier.from_env(cfg, env)
+    if notifier is not None:
+        notifier.start()
+    return notifier

@@ -6,6 +6,7 @@ watchdog and `python -m runtime notify` are real processes against the paper gat
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import os
@@ -22,7 +23,7 @@ from paper_gateway import GatewayConfig
 from paper_gateway.testing import eventually
 from runtime.breaker import BreakerState, CircuitBreaker
 from runtime.config import load_config
-from runtime.notify import Alert, Notifier, RateLimiter, Sender
+from runtime.notify import Alert, Notifier, RateLimiter, Sender, start_notifier
 
 TOKEN = "s3cr3t-webhook-token-0042"
 
@@ -328,6 +329,29 @@ def test_breaker_transitions_are_never_folded(tmp_path, receiver):
             "breaker tripped to HALTED",
         ]
         assert "by person (alice): checked" in receiver.messages[1]["message"]
+    finally:
+        notifier.stop()
+        store.close(5.0)
+
+
+@pytest.mark.asyncio
+async def test_the_embedded_hook_runs_beside_an_event_loop(tmp_path, receiver):
+    """What the main loop and the watchdog call: nothing without URLs; with them, a notifier
+    on its own threads that sends while the loop keeps running, and stops when asked."""
+    cfg = load_config(
+        write_config(tmp_path, 4002, notify__poll_interval_s=0.05, notify__enabled=True)
+    )
+    assert start_notifier(cfg, {}) is None
+    notifier = start_notifier(cfg, {"IB_SWARM_NOTIFY_URLS": receiver.url})
+    assert notifier is not None
+    store = Store.open(cfg.data_dir)
+    try:
+        store.post(log_safety_event, "watchdog", "flatten_blocked", "embedded", "critical")
+        ticks = 0
+        while not receiver.with_title("flatten blocked"):  # the loop is never blocked
+            await asyncio.sleep(0.01)
+            ticks += 1
+            assert ticks < 1000, "no alert within 10 s of loop time"
     finally:
         notifier.stop()
         store.close(5.0)
