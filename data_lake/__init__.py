@@ -15,6 +15,7 @@ from .alerts import (
     metrics_figures,
     reject_streak,
     safety_events_after,
+    schema_ready,
 )
 from .breaker_log import breaker_history, record_breaker_transition
 from .db import (
@@ -109,6 +110,7 @@ __all__ = [
     "reject_streak",
     "safety_events_after",
     "save_snapshot",
+    "schema_ready",
     "set_commission",
     "spent_since",
     "stamped",

@@ -20,12 +20,18 @@ __all__ = [
     "metrics_figures",
     "reject_streak",
     "safety_events_after",
+    "schema_ready",
 ]
 
 
 def _scalar(db: Database, sql: str, params: list[Any] | None = None) -> Any:
     rows = list(db.query(sql, params or []))
     return next(iter(rows[0].values())) if rows else None
+
+
+def schema_ready(db: Database) -> bool:
+    """Return whether the database has its schema yet (a file being created has not)."""
+    return int(db.conn.execute("PRAGMA user_version").fetchone()[0]) > 0
 
 
 def alert_cursor(db: Database) -> dict[str, int]:

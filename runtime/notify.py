@@ -48,6 +48,7 @@ from data_lake import (
     register_secret,
     reject_streak,
     safety_events_after,
+    schema_ready,
 )
 
 from .breaker import BreakerState, CircuitBreaker
@@ -389,16 +390,12 @@ class Notifier:
         try:
             db = open_readonly(self.data_dir, busy_timeout_ms=self.cfg.data.busy_timeout_ms)
         except DataLakeMissing:
-            if not self._state:
-                # nothing recorded yet: every row and process that appears is news
-                self._state = {
-                    "safety_id": 0,
-                    "breaker_id": 0,
-                    "generation": 0,
-                    "announce_first": True,
-                }
+            self._fresh()
             return
         try:
+            if not self._state and not schema_ready(db):
+                self._fresh()  # the database is being created right now
+                return
             self._tick(db)
         except DatabaseError as exc:
             self._warn_once("db", f"notifier cannot read the database yet: {exc}")
@@ -406,6 +403,11 @@ class Notifier:
             db.close()
         for alert in self.limiter.due():
             self._send(alert)
+
+    def _fresh(self) -> None:
+        """Nothing recorded yet: every row and process that appears from now on is news."""
+        if not self._state:
+            self._state = {"safety_id": 0, "breaker_id": 0, "generation": 0, "announce_first": True}
 
     def _tick(self, db: Any) -> None:
         breaker = CircuitBreaker(self.data_dir).status()
