@@ -2,10 +2,21 @@
 
 `Store` (one writer thread and one reader thread per process) is how the daemon and the
 watchdog write and read; `open_readonly` is how the CLI reads. The repository modules
-(`trail`, `orders`, `executions`, `llm`, `snapshots`, `breaker_log`, `reports`) hold every
+(`trail`, `orders`, `executions`, `llm`, `snapshots`, `breaker_log`, `reports`,
+`alerts`) hold every
 SQL statement of the project behind named functions.
 """
 
+from .alerts import (
+    alert_cursor,
+    breaker_transitions_after,
+    latest_account,
+    llm_today,
+    metrics_figures,
+    reject_streak,
+    safety_events_after,
+    schema_ready,
+)
 from .breaker_log import breaker_history, record_breaker_transition
 from .db import (
     DB_FILENAME,
@@ -77,8 +88,10 @@ __all__ = [
     "StorageUnavailable",
     "Store",
     "TraderError",
+    "alert_cursor",
     "backup_database",
     "breaker_history",
+    "breaker_transitions_after",
     "compress_snapshots",
     "cycle_rows",
     "cycles_finished",
@@ -95,11 +108,14 @@ __all__ = [
     "known_exec_ids",
     "last_cycle_id",
     "last_safety_event",
+    "latest_account",
     "list_snapshots",
+    "llm_today",
     "load_snapshot",
     "log_account_snapshot",
     "log_safety_event",
     "log_trade",
+    "metrics_figures",
     "open_intents",
     "open_readonly",
     "prune_snapshots",
@@ -113,9 +129,12 @@ __all__ = [
     "redact",
     "redacting_excepthook",
     "register_secret",
+    "reject_streak",
     "resolve_intent",
     "resolve_ref",
+    "safety_events_after",
     "save_snapshot",
+    "schema_ready",
     "set_commission",
     "spent_since",
     "stamped",

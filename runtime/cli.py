@@ -50,6 +50,7 @@ from .instance_lock import (
     account_lock_path,
     acquire,
 )
+from .notify import notify_urls
 from .ownership import hand_back
 
 __all__ = ["main"]
@@ -590,6 +591,83 @@ def cmd_drill(args: argparse.Namespace) -> int:
     return run_drill(Path(args.config), cfg, args.yes, args.symbol.upper(), args.quantity)
 
 
+def _until_signalled() -> None:
+    """Block until SIGTERM or SIGINT (a foreground command stopped by its supervisor)."""
+    import signal
+    import threading
+
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+
+
+def _serve_metrics(cfg: Config, port: int | None = None) -> None:
+    from .metrics import serve
+
+    server, _ = serve(cfg, port=port)
+    print(f"metrics on http://{cfg.metrics.host}:{server.server_port}/metrics", flush=True)
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    from .notify import ENV_URLS, Notifier
+
+    cfg = _config(args)
+    _setup_logging(args.log_level, "notify")
+    logging.getLogger("apprise").setLevel(logging.ERROR)
+    urls = notify_urls()
+    if not cfg.notify.enabled:
+        print(f"{args.config}: [notify] enabled = false", file=sys.stderr)
+        return 2
+    if not urls:
+        print(f"no notification URL: set {ENV_URLS} (Apprise URLs)", file=sys.stderr)
+        return 2
+    if args.test:
+        return _notify_test(cfg, urls)
+    notifier = Notifier(cfg, urls)
+    notifier.start()
+    if cfg.metrics.enabled:
+        _serve_metrics(cfg)
+    print(f"notifying {len(urls)} URL(s) from {ENV_URLS} for {cfg.data_dir}", flush=True)
+    try:
+        _until_signalled()
+    finally:
+        notifier.stop()
+    return 0
+
+
+def _notify_test(cfg: Config, urls: list[str]) -> int:
+    """Send one test message to every URL; say which ones took it (by number, not by URL)."""
+    from .notify import Alert, Sender
+
+    senders = [Sender(url, cfg.notify.send_timeout_s, 1, i + 1) for i, url in enumerate(urls)]
+    for sender in senders:
+        sender.start()
+        sender.put(
+            Alert(
+                "test",
+                f"{cfg.notify.title_prefix}: test notification",
+                f"ib-swarm notify --test for {cfg.data_dir} ({cfg.mode})",
+                "info",
+            )
+        )
+    failed = 0
+    for sender in senders:
+        sender.stop(cfg.notify.send_timeout_s * 2 + 5)
+        ok = sender.stats.sent == 1
+        failed += not ok
+        print(f"URL #{sender.index}: {'delivered' if ok else 'NOT delivered'}")
+    return 1 if failed else 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    _setup_logging(args.log_level, "metrics")
+    _serve_metrics(cfg, args.port)
+    _until_signalled()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -704,6 +782,12 @@ def main(argv: list[str] | None = None) -> int:
     p = add("why", cmd_why, "why did it trade? the chain from a fill back to the market")
     p.add_argument("ref", help="an orderRef, an execId, or an order id")
     p.add_argument("--json", action="store_true", help="the same as one JSON document")
+    p = add("notify", cmd_notify, "send alerts (Apprise URLs in IB_SWARM_NOTIFY_URLS)")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--test", action="store_true", help="send one test message to each URL")
+    p = add("metrics", cmd_metrics, "serve Prometheus metrics read from the database")
+    p.add_argument("--port", type=int, default=None, help="override [metrics] port (0 = free)")
+    p.add_argument("--log-level", default="INFO")
     p = add(
         "demo",
         cmd_demo,
@@ -719,6 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="where the demo keeps its files")
     args = parser.parse_args(argv)
     register_secret(Secrets().anthropic_api_key)  # redacted from every line and traceback
+    notify_urls()  # IB_SWARM_NOTIFY_URLS carry tokens: registered as secrets too
     sys.excepthook = redacting_excepthook
     try:
         result: int = _with_ownership(args)

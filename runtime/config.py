@@ -33,6 +33,8 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "LoopConfig",
+    "MetricsConfig",
+    "NotifyConfig",
     "RiskConfig",
     "Secrets",
     "SwarmConfig",
@@ -147,6 +149,45 @@ class CommanderConfig(_Section):
     max_turns: int = Field(8, ge=1, le=50)
 
 
+_Severity = Literal["info", "warning", "critical"]
+
+
+class NotifyConfig(_Section):
+    """Alerts through Apprise. The notification URLs are secrets: they come from the
+    environment (IB_SWARM_NOTIFY_URLS), never from this file."""
+
+    enabled: bool = True
+    min_severity: _Severity = "critical"  # safety events at or above this are sent ...
+    # ... and these kinds whatever their severity (breaker transitions, start/stop, reject
+    # streak, daily-loss approach and budget are always considered)
+    kinds: tuple[str, ...] = (
+        "flatten_failed",
+        "flatten_blocked",
+        "watchdog_unreachable",
+        "watchdog_exit",
+        "watchdog_absent",
+        "main_kill_failed",
+        "global_cancel_failed",
+    )
+    exclude_kinds: tuple[str, ...] = ()
+    rate_limit_s: float = Field(300.0, ge=0, le=86400)  # same kind within this: one message
+    poll_interval_s: float = Field(1.0, gt=0, le=60)  # how often the database is tailed
+    send_timeout_s: float = Field(10.0, gt=0, le=120)  # per message (connect and read)
+    queue_size: int = Field(100, ge=1, le=10_000)  # messages waiting; beyond, oldest dropped
+    reject_streak: int = Field(2, ge=1)  # broker rejects since the last fill that alert
+    daily_loss_warn_pct: float = Field(0.8, gt=0, le=1)  # of risk.max_daily_loss
+    budget_warn_pct: float = Field(1.0, gt=0, le=1)  # of swarm.max_usd_per_day
+    title_prefix: str = "ib-swarm"
+
+
+class MetricsConfig(_Section):
+    """The optional Prometheus endpoint (read-only: it reads the database at scrape time)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # loopback by default: put a proxy in front to expose it
+    port: int = Field(9464, ge=0, le=65535)  # 0 = any free port (tests)
+
+
 class Config(_Section):
     mode: Literal["paper", "live"]
     broker: BrokerConfig = BrokerConfig()
@@ -156,6 +197,8 @@ class Config(_Section):
     swarm: SwarmConfig = SwarmConfig()
     commander: CommanderConfig = CommanderConfig()
     risk: RiskConfig = RiskConfig()
+    notify: NotifyConfig = NotifyConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

@@ -48,6 +48,7 @@ from .heartbeat import (
     write_heartbeat,
 )
 from .instance_lock import ANOTHER_WATCHDOG
+from .notify import Notifier, start_notifier
 from .preflight import KEY_MISSING, static_refusals
 
 __all__ = ["MAIN_HEARTBEAT", "WATCHDOG_HEARTBEAT", "MainLoop"]
@@ -83,6 +84,7 @@ class MainLoop:
         self._tasks: list[asyncio.Task[Any]] = []
         self._cycle_task: asyncio.Task[Any] | None = None
         self._last_cycle_id = 0
+        self._notifier: Notifier | None = None
 
     # --- helpers ---------------------------------------------------------------------------
     def _set_phase(self, phase: str) -> None:
@@ -243,6 +245,7 @@ class MainLoop:
             print(f"fatal: database unavailable: {exc}", file=sys.stderr)
             return 2
         self.breaker = CircuitBreaker(self.data_dir, self.store)
+        self._notifier = start_notifier(self.cfg)  # alerts ([notify]); None without URLs
         register_secret(self.secrets.anthropic_api_key)
         limits = self.cfg.risk.model_dump()
         try:
@@ -510,6 +513,8 @@ class MainLoop:
                 await asyncio.wait_for(asyncio.to_thread(self._child.wait), 10)
             except TimeoutError:
                 self._child.kill()
+        if self._notifier is not None:
+            await asyncio.to_thread(self._notifier.stop)
         left = await asyncio.to_thread(self.store.close, self.cfg.loop.stop_timeout_s / 4)
         if left:
             log.critical("%d records could not be written before exit", left)

@@ -49,6 +49,7 @@ from .heartbeat import (
     start_matches,
     write_heartbeat,
 )
+from .notify import start_notifier
 
 __all__ = ["Watchdog"]
 
@@ -592,6 +593,7 @@ class Watchdog:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         hb_task = loop.create_task(self._heartbeat_loop(), name="watchdog-heartbeat")
+        notifier = start_notifier(self.cfg)  # alerts ([notify]); None without URLs
         self.broker = Broker(
             self.cfg.broker,
             self.cfg.mode,
@@ -627,5 +629,7 @@ class Watchdog:
         with contextlib.suppress(OSError):
             self._beat("stopped")
         await self.broker.close()
+        if notifier is not None:
+            await asyncio.to_thread(notifier.stop)
         await asyncio.to_thread(self.store.close, 5.0)
         return 0
