@@ -88,3 +88,13 @@ def test_a_reused_pid_is_not_the_same_process(tmp_path):
         sleeper.kill()
         sleeper.wait()
     assert is_same_process(real) is False  # gone
+
+
+def test_the_start_time_check_survives_a_wall_clock_step(tmp_path):
+    import dataclasses
+
+    hb = write_heartbeat(tmp_path / "hb.json", FakeClock(), 1, "idle")
+    # the wall clock (and so psutil's create_time and boot_time) stepped by 20 s since
+    stepped = dataclasses.replace(hb, create_time=hb.create_time - 20, boot_time=hb.boot_time - 20)
+    assert is_same_process(stepped) is True
+    assert is_same_process(dataclasses.replace(hb, create_time=hb.create_time - 20)) is False
