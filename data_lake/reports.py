@@ -96,6 +96,19 @@ def status_summary(db: Database, today: str) -> dict[str, Any]:
         "safety_events_today": _count(
             db, "SELECT COUNT(*) AS n FROM safety_events WHERE at >= ?", [today]
         ),
+        "recent_cycles": list(
+            db.query(
+                "SELECT id, started_at, status, n_signals, n_decisions, n_orders, error "
+                "FROM cycles ORDER BY id DESC LIMIT 5"
+            )
+        ),
+        "refusals_today": list(
+            db.query(
+                "SELECT reason, COUNT(*) AS n FROM safety_events WHERE kind = 'gate_refusal' "
+                "AND at >= ? GROUP BY reason ORDER BY n DESC LIMIT 10",
+                [today],
+            )
+        ),
         "last_account": _one(
             db,
             "SELECT at, net_liquidation, cash, unrealized_pnl, realized_pnl, daily_pnl "

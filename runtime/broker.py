@@ -68,6 +68,7 @@ __all__ = [
     "ReconcileReport",
     "account_for",
     "open_session",
+    "probe_account",
     "probe_gateway",
     "probe_positions",
 ]
@@ -244,6 +245,57 @@ async def probe_positions(
         rows = await asyncio.wait_for(ib.reqPositionsAsync(), cfg.request_timeout_s)
         return {
             _key(p.contract): float(p.position) for p in rows if p.account == account and p.position
+        }
+    finally:
+        ib.disconnect()
+
+
+async def probe_account(
+    cfg: BrokerConfig, mode: str, secrets: Secrets, client_id: int, timeout: float
+) -> dict[str, Any]:
+    """The account as the broker sees it now (a short session of its own, read only): values,
+    daily PnL, positions, and the open orders of every client id."""
+    ib = IB()
+    ib.RequestTimeout = timeout
+    short = cfg.model_copy(update={"connect_timeout_s": timeout})
+    await open_session(ib, short, client_id, mode, secrets)
+    try:
+        account = account_for(ib.managedAccounts(), cfg, mode)
+        positions = await asyncio.wait_for(ib.reqPositionsAsync(), timeout)
+        orders = await asyncio.wait_for(ib.reqAllOpenOrdersAsync(), timeout)
+        values = {
+            v.tag: val
+            for v in ib.accountValues(account)
+            if v.currency in ("USD", "BASE", "") and (val := _num(v.value)) is not None
+        }
+        pnl = ib.reqPnL(account)
+        deadline = time.monotonic() + timeout
+        while _num(pnl.dailyPnL) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return {
+            "account": account,
+            "net_liquidation": values.get("NetLiquidation"),
+            "daily_pnl": _num(pnl.dailyPnL),
+            "unrealized_pnl": values.get("UnrealizedPnL"),
+            "realized_pnl": values.get("RealizedPnL"),
+            "positions": [
+                {"contract": _key(p.contract), "quantity": float(p.position), "avg_cost": p.avgCost}
+                for p in positions
+                if p.account == account and p.position
+            ],
+            "open_orders": [
+                {
+                    "order_ref": t.order.orderRef,
+                    "client_id": t.order.clientId,
+                    "contract": _key(t.contract),
+                    "action": t.order.action,
+                    "quantity": float(t.order.totalQuantity),
+                    "order_type": t.order.orderType,
+                    "limit_price": _num(t.order.lmtPrice),
+                    "status": t.orderStatus.status,
+                }
+                for t in orders
+            ],
         }
     finally:
         ib.disconnect()

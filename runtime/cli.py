@@ -201,7 +201,34 @@ def _hb(cfg: Config, name: str, timeout: float) -> dict[str, Any]:
     return out
 
 
-def status_dict(cfg: Config) -> dict[str, Any]:
+def _live(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
+    """The account from the broker itself, now (a short read-only session), or why not."""
+    from .broker import probe_account
+
+    client_id = cfg.broker.watchdog_client_id + 4  # panic +1, drill +2/+3
+    logging.getLogger("ib_insync").setLevel(logging.CRITICAL)  # we say it in one line below
+    try:
+        live = asyncio.run(probe_account(cfg.broker, cfg.mode, Secrets(), client_id, timeout))
+    except Exception as exc:  # unreachable, busy, refused: the database answers instead
+        return {"reachable": False, "error": redact(f"{type(exc).__name__}: {exc}")}
+    return {"reachable": True, **live}
+
+
+def _age_s(iso: str | None) -> float | None:
+    import datetime as dt
+
+    if not iso:
+        return None
+    try:
+        at = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    return round((dt.datetime.now(dt.UTC) - at).total_seconds(), 1)
+
+
+def status_dict(cfg: Config, live: bool = True) -> dict[str, Any]:
     db = open_readonly(cfg.data_dir)
     breaker = CircuitBreaker(cfg.data_dir).status()
     today = time.strftime("%Y-%m-%d", time.gmtime())
@@ -220,13 +247,16 @@ def status_dict(cfg: Config) -> dict[str, Any]:
         "main": _hb(cfg, MAIN_HEARTBEAT, timeout),
         "watchdog": _hb(cfg, WATCHDOG_HEARTBEAT, timeout),
         **summary,
+        "last_account_age_s": _age_s((summary.get("last_account") or {}).get("at")),
+        "llm_budget_usd_per_day": cfg.swarm.max_usd_per_day,
+        "live": _live(cfg) if live else {"reachable": False, "error": "not asked (--offline)"},
         "database": str(db_path(cfg.data_dir)),
     }
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    st = status_dict(cfg)
+    st = status_dict(cfg, live=not args.offline)
     if args.json:
         print(json.dumps(st, indent=2, default=str))
         return 0
@@ -251,24 +281,48 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         else:
             print(f"{name:9} no heartbeat")
-    lc = st["last_cycle"]
-    if lc:
+    live = st["live"]
+    if live["reachable"]:
+        daily = live["daily_pnl"]
         print(
-            f"last cycle {lc['id']}: {lc['status']} ({lc['n_signals']} signals, "
-            f"{lc['n_decisions']} decisions, {lc['n_orders']} orders) {lc['error'] or ''}"
+            f"account {live['account']} (live from the broker): net liq "
+            f"{live['net_liquidation'] or 0:,.2f}, daily PnL "
+            + (f"{daily:,.2f}" if daily is not None else "not reported yet")
+        )
+        for p in live["positions"]:
+            print(f"  position {p['quantity']:g} {p['contract']} avg cost {p['avg_cost']:.2f}")
+        for o in live["open_orders"]:
+            price = f" @ {o['limit_price']:g}" if o["limit_price"] else ""
+            print(
+                f"  open order {o['action']} {o['quantity']:g} {o['contract']} "
+                f"{o['order_type']}{price} {o['status']} (client {o['client_id']}, "
+                f"ref {o['order_ref'] or '-'})"
+            )
+        if not live["positions"] and not live["open_orders"]:
+            print("  flat, no open orders")
+    elif st["last_account"]:
+        a = st["last_account"]
+        print(
+            f"broker not reachable ({live['error']}); from the database, "
+            f"{st['last_account_age_s']:.0f}s old: net liq {a['net_liquidation'] or 0:,.2f}, "
+            f"daily PnL " + (f"{a['daily_pnl']:,.2f}" if a["daily_pnl"] is not None else "unknown")
+        )
+    else:
+        print(f"broker not reachable ({live['error']}); no account figures recorded yet")
+    for c in st["recent_cycles"]:
+        print(
+            f"cycle {c['id']} at {c['started_at'][:19]}: {c['status']} ({c['n_signals']} "
+            f"signals, {c['n_decisions']} decisions, {c['n_orders']} orders)"
+            + (f" {c['error']}" if c["error"] else "")
         )
     print(
         f"open intents {st['open_intents']}, unresolved {st['unresolved_intents']}, "
-        f"executions today {st['executions_today']}, "
-        f"LLM spend today ${st['llm_usd_today']:.4f}, safety events today "
-        f"{st['safety_events_today']}"
+        f"executions today {st['executions_today']}, safety events today "
+        f"{st['safety_events_today']}, LLM spend today ${st['llm_usd_today']:.4f} of "
+        f"${st['llm_budget_usd_per_day']:.2f}"
     )
-    if st["last_account"]:
-        a = st["last_account"]
-        print(
-            f"account at {a['at']}: net liq {a['net_liquidation']:,.2f}, daily PnL "
-            f"{(a['daily_pnl'] or 0):,.2f}"
-        )
+    for r in st["refusals_today"]:
+        print(f"  refused today {r['n']} x {r['reason'][:100]}")
     print(f"database {st['database']}")
     return 0
 
@@ -719,8 +773,11 @@ def main(argv: list[str] | None = None) -> int:
     p = add("watchdog", cmd_watchdog, "run the watchdog")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-file", help="also log to this file, rotated at 10 MiB (5 kept)")
-    p = add("status", cmd_status, "breaker, heartbeats, last cycle, account")
+    p = add("status", cmd_status, "breaker, heartbeats, account (live), cycles, refusals, spend")
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
+    p.add_argument(
+        "--offline", action="store_true", help="do not ask the broker (database figures only)"
+    )
     p = add("breaker", cmd_breaker, "show the breaker, or reset it (a person, with a reason)")
     p.add_argument("action", nargs="?", choices=["status", "reset"], default="status")
     p.add_argument("--by", help="who resets (required for reset)")
