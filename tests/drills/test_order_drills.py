@@ -264,25 +264,6 @@ def test_fills_while_the_database_is_locked_are_stored_once_without_a_restart(
     assert_books_balance(admin, data(tmp_path))
 
 
-def test_a_restart_keeps_the_daily_order_count_and_the_duplicate_guard(gateway, admin, tmp_path):
-    cfg = write_config(
-        tmp_path, gateway.port, max_orders_per_day=1, quote_max_age_s=STILL, max_daily_loss=1e9
-    )
-    first = start("run", cfg, "--max-cycles", "1")
-    assert first.wait(60) == 0
-    assert len(_orders(admin, 1)) == 1
-    # someone closes the position by hand: the swarm wants the same order again
-    admin.call("set_position", symbol="MSFT", quantity=0, avg_cost=0.0)
-    second = start("run", cfg, "--max-cycles", "2")
-    assert second.wait(60) == 0
-    stop_watchdog(tmp_path)
-    assert len(_orders(admin, 1)) == 1, "the restarted daemon forgot what it sent"
-    reasons = " ".join(e["reason"] for e in _events(tmp_path, "gate_refusal"))
-    assert "order rate: 1 sent today (max 1)" in reasons
-    assert "duplicate: BUY 20 MSFT" in reasons
-    assert_books_balance(admin, data(tmp_path), seeded={"MSFT": -20})
-
-
 def test_resting_orders_count_in_the_gates_position_limit(gateway, admin, connect, tmp_path):
     """A person's resting buy of 100 MSFT (no intent of ours) counts as if filled: our 20
     more would breach the per-symbol limit, so the gate refuses them."""
@@ -311,46 +292,55 @@ def test_resting_orders_count_in_the_gates_position_limit(gateway, admin, connec
     assert_books_balance(admin, data(tmp_path))
 
 
-def test_a_latched_execution_throttle_survives_a_restart_until_a_person_reenables_it(
+def _refusals(tmp_path: Path, after_id: int = 0) -> list[str]:
+    return [e["reason"] for e in _events(tmp_path, "gate_refusal") if e["id"] > after_id]
+
+
+def test_a_restart_keeps_the_gates_memory_until_a_person_reenables_the_throttle(
     gateway, admin, tmp_path
 ):
+    """Daily order count, duplicate guard and the latched execution throttle survive a
+    restart; re-enabling the throttle is a person's recorded command that the running daemon
+    applies at its next cycle."""
     cfg = write_config(
         tmp_path,
         gateway.port,
+        max_orders_per_day=1,
         max_executions_per_window=1,
-        duplicate_window_s=0.0,
         quote_max_age_s=STILL,
         max_daily_loss=1e9,  # closing the position by hand books a paper loss
     )
     first = start("run", cfg, "--max-cycles", "1")
     assert first.wait(60) == 0
-    assert len(_execs(admin)) == 1
+    assert len(_orders(admin, 1)) == 1 and len(_execs(admin)) == 1
     eventually(lambda: _events(tmp_path, "execution_throttle"), timeout=5, what="latch stored")
     ok = cli("breaker", "reset", "--config", str(cfg), "--by", "alice", "--reason", "drill")
     assert ok.returncode == 0, ok.stderr
-    admin.call("set_position", symbol="MSFT", quantity=0, avg_cost=0.0)  # closed by hand
+    # someone closes the position by hand: the swarm wants the same order again
+    admin.call("set_position", symbol="MSFT", quantity=0, avg_cost=0.0)
     proc = start("run", cfg)
     try:
-        eventually(
-            lambda: any(
-                "repeated-execution throttle latched" in e["reason"]
-                for e in _events(tmp_path, "gate_refusal")
-            ),
-            timeout=30,
-            what="the restarted gate still refuses",
-        )
-        assert len(_execs(admin)) == 1
+        eventually(lambda: _refusals(tmp_path), timeout=30, what="the restarted gate refuses")
+        [reasons] = _refusals(tmp_path)[:1]
+        assert "order rate: 1 sent today (max 1)" in reasons
+        assert "duplicate: BUY 20 MSFT" in reasons
+        assert "repeated-execution throttle latched" in reasons
         ok = cli(
             "throttle", "reenable", "--config", str(cfg), "--by", "bob", "--reason", "reviewed"
         )
         assert ok.returncode == 0, ok.stderr
-        eventually(
+        [applied] = eventually(
             lambda: _events(tmp_path, "execution_throttle_applied"), timeout=15, what="applied"
         )
-        eventually(lambda: len(_execs(admin)) == 2, timeout=20, what="trading resumes")
+        later = eventually(
+            lambda: _refusals(tmp_path, applied["id"]), timeout=15, what="a later refusal"
+        )
+        assert "order rate: 1 sent today (max 1)" in later[0]
+        assert "throttle latched" not in later[0]
     finally:
         stop(proc)
         stop_watchdog(tmp_path)
+    assert len(_orders(admin, 1)) == 1, "the restarted daemon forgot what it sent"
     [again] = _events(tmp_path, "execution_throttle_reenabled")
     assert "bob" in again["details"] and again["reason"] == "reviewed"
     assert_books_balance(admin, data(tmp_path), seeded={"MSFT": -20})
