@@ -74,8 +74,9 @@ def test_a_second_daemon_or_watchdog_is_refused_before_it_writes_anything(gatewa
         assert _main_hb(tmp_path).pid == first.pid  # nobody else wrote the heartbeat
         assert sorted(admin.call("state")["clients"]) == clients_before  # nobody connected
     finally:
-        assert stop(first) == 0
+        code = stop(first)
         stop_watchdog(tmp_path)
+    assert code == 0
     assert_books_balance(admin, data(tmp_path))
 
 
