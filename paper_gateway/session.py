@@ -48,6 +48,7 @@ class Session(MarketRequests, AccountRequests):
         self.version = 0  # negotiated server version; 0 until the handshake
         self.sv = ServerVersion.at(MAX_SERVER_VERSION)
         self.subs = Subscriptions()
+        self.md_type = 1
         self.closed = False
         self._decoder = FrameDecoder()
         self._backlog: list[bytes] = []
@@ -74,7 +75,7 @@ class Session(MarketRequests, AccountRequests):
             25: self._ignore,
             49: self._req_current_time,
             58: self._req_global_cancel,
-            59: self._ignore,
+            59: self._req_market_data_type,
             61: self._req_positions,
             62: self._req_account_summary,
             63: self._cancel_account_summary,
@@ -255,11 +256,7 @@ class Session(MarketRequests, AccountRequests):
         )
         self.send(sm.managed_accounts(self.sv, self.core.config.account))
         self.send(sm.next_valid_id(self.sv, self.core.next_valid_id()))
-        for code, text in (
-            (2104, "Market data farm connection is OK:usfarm"),
-            (2106, "HMDS data farm connection is OK:ushmds"),
-            (2158, "Sec-def data farm connection is OK:secdefnj"),
-        ):
+        for code, text in self.core.farm_messages():
             self.send(msg.error(self.sv, -1, code, text))
 
     def _unsupported(self, msg_id: int, fields: list[str]) -> None:
@@ -329,15 +326,25 @@ class Session(MarketRequests, AccountRequests):
         if req.what_if:
             self.core.what_if(self, req.order_id, spec)
             return
-        self.core.engine.place(self.client_id, req.order_id, spec)
+        client_id, order_id, engine = self.client_id, req.order_id, self.core.engine
+        if self.core.defer(lambda: engine.place(client_id, order_id, spec)):
+            log.info("client %s order %s held until connectivity is restored", client_id, order_id)
+            return
+        engine.place(client_id, order_id, spec)
 
     def _cancel_order(self, fields: list[str]) -> None:
         assert self.client_id is not None
-        self.core.engine.cancel(self.client_id, req_id_of(fields, 2))
+        client_id, order_id, engine = self.client_id, req_id_of(fields, 2), self.core.engine
+        if self.core.defer(lambda: engine.cancel(client_id, order_id)):
+            return
+        engine.cancel(client_id, order_id)
 
     def _req_global_cancel(self, fields: list[str]) -> None:
         log.info("client %s: global cancel", self.client_id)
-        self.core.engine.global_cancel()
+        engine = self.core.engine
+        if self.core.defer(lambda: engine.global_cancel()):
+            return
+        engine.global_cancel()
 
     def _req_open_orders(self, fields: list[str]) -> None:
         sees_all = self.client_id == 0 or self.client_id == self.core.config.master_client_id
@@ -364,6 +371,8 @@ class Session(MarketRequests, AccountRequests):
         f = parse_exec_filter(fields)
         account = self.core.config.account
         for e in self.core.engine.executions:
+            if e.exec_id in self.core.withheld_execs:
+                continue  # filled during an outage: the gateway does not know it yet
             if f.client_id and e.order.client_id != f.client_id:
                 continue
             if f.symbol and e.contract.symbol != f.symbol:
