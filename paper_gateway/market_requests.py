@@ -195,7 +195,7 @@ class MarketRequests(SessionBase):
             self.send(msg.error(self.sv, req.req_id, 10167, NOT_SUBSCRIBED_DISPLAYING_DELAYED))
         sub = MarketSub(contract, req.generic_ticks, delayed=delayed)
         self.send(mm.market_data_type(self.sv, req.req_id, 3 if delayed else 1))
-        if not core.outage and core.farms["market"]:
+        if core.farms["market"]:  # quotes keep flowing during 1100 (README)
             self.push_quote(req.req_id, sub, force=True)
         if req.snapshot:
             self.send(mm.tick_snapshot_end(self.sv, req.req_id))

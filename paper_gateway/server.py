@@ -380,7 +380,7 @@ class GatewayCore:
     def market_moved(self) -> None:
         """Re-match working orders and stream quotes after any price change."""
         self.engine.on_market()
-        if not self.outage and self.farms["market"]:
+        if self.farms["market"]:
             for s in list(self.clients.values()):
                 s.push_market()
         self._account_dirty = True
