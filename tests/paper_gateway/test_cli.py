@@ -110,7 +110,7 @@ def test_restart_schedule_and_limits_from_the_command_line():
 def test_a_bad_restart_time_is_refused_with_a_clear_message():
     proc = subprocess.run(
         [sys.executable, "-m", "paper_gateway", "--port", "0", "--admin-port", "0"]
-        + ["--daily-restart", "25:99"],
+        + ["--daily-restart", "25:99"],  # noqa: RUF005
         capture_output=True,
         text=True,
         timeout=30,
