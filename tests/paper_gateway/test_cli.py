@@ -108,9 +108,9 @@ def test_restart_schedule_and_limits_from_the_command_line():
 
 
 def test_a_bad_restart_time_is_refused_with_a_clear_message():
+    args = ["--port", "0", "--admin-port", "0", "--daily-restart", "25:99"]
     proc = subprocess.run(
-        [sys.executable, "-m", "paper_gateway", "--port", "0", "--admin-port", "0"]
-        + ["--daily-restart", "25:99"],  # noqa: RUF005
+        [sys.executable, "-m", "paper_gateway", *args],
         capture_output=True,
         text=True,
         timeout=30,
