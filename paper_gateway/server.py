@@ -360,6 +360,9 @@ class GatewayCore:
         )
         self.engine.max_order_id = max_id  # order ids keep increasing across a reset
         self._account_dirty = True
+        self.pacer.clear()
+        self._withheld.clear()  # events of the forgotten orders
+        self.withheld_execs.clear()
 
     # --- market clock ------------------------------------------------------------------------
     async def _clock_loop(self) -> None:

@@ -343,6 +343,15 @@ def test_more_than_60_requests_in_10_minutes_get_162(ib, admin):
     assert _bars(ib, aapl, "61 D")
 
 
+@pytest.mark.parametrize("gateway_config", [_config()])
+def test_reset_forgets_the_pacing_history(ib, admin):
+    aapl = _stock(ib)
+    assert _bars(ib, aapl)
+    assert not _bars(ib, aapl)
+    admin.call("reset")
+    assert _bars(ib, aapl)
+
+
 def test_historical_pacing_can_be_switched_off():
     assert GatewayConfig().historical_pacing is True
     assert GatewayConfig(historical_pacing=False).historical_pacing is False
