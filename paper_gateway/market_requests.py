@@ -216,7 +216,11 @@ class MarketRequests(SessionBase):
         core = self.core
         sv = self.sv
         now = core.now()
-        quote = core.market.quote(sub.contract, now)
+        if sub.delayed and sub.contract.sec_type == "STK":
+            then = core.delayed.price(sub.contract.symbol, now)
+            quote = core.market.stock_quote(sub.contract.symbol, then)
+        else:
+            quote = core.market.quote(sub.contract, now)
         last = None if force else sub.last
         if last == quote:
             return

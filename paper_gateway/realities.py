@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
     "COMPETING_SESSION",
+    "DELAY",
     "DELAYED_PRICE_TICKS",
     "DELAYED_SIZE_TICKS",
     "ENTITLEMENTS",
@@ -26,6 +27,7 @@ __all__ = [
     "NOT_SUBSCRIBED_DISPLAYING_DELAYED",
     "NOT_SUBSCRIBED_NO_DELAYED",
     "WEEKDAYS",
+    "DelayedPrices",
     "Farm",
     "HistoricalPacer",
     "RestartSchedule",
@@ -89,6 +91,41 @@ HISTORICAL_PACING = (
 DELAYED_PRICE_TICKS = {1: 66, 2: 67, 4: 68, 9: 75}
 DELAYED_SIZE_TICKS = {0: 69, 3: 70, 5: 71, 8: 74}
 DELAYED_OPTION_TICKS = {10: 80, 11: 81, 12: 82, 13: 83}
+
+DELAY = dt.timedelta(minutes=15)  # US equities: delayed data is 15 minutes old
+
+
+class DelayedPrices:
+    """Each stock's price as the delayed feed shows it: the price of 15 minutes ago on the
+    gateway's clock (the earliest price known when the gateway is younger than that)."""
+
+    def __init__(self) -> None:
+        self._log: dict[str, deque[tuple[dt.datetime, float]]] = {}
+
+    def record(self, now: dt.datetime, prices: dict[str, float]) -> None:
+        cutoff = now - DELAY
+        for symbol, price in prices.items():
+            log = self._log.setdefault(symbol, deque())
+            if not log or log[-1][1] != price:
+                log.append((now, price))
+            while len(log) >= 2 and log[1][0] <= cutoff:
+                log.popleft()  # keep one price at or before the cutoff
+
+    def price(self, symbol: str, now: dt.datetime) -> float | None:
+        log = self._log.get(symbol)
+        if not log:
+            return None
+        cutoff = now - DELAY
+        shown = log[0][1]
+        for at, price in log:
+            if at > cutoff:
+                break
+            shown = price
+        return shown
+
+    def clear(self) -> None:
+        self._log.clear()
+
 
 # --- daily restart ---------------------------------------------------------------------------
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -16,7 +16,7 @@ from .account import Account, Position
 from .engine import Engine, Execution, Order, OrderSpec
 from .instruments import Catalogue, Contract
 from .market import MarketModel
-from .realities import FARMS, HistoricalPacer, RestartSchedule
+from .realities import FARMS, DelayedPrices, HistoricalPacer, RestartSchedule
 from .session import Session
 
 __all__ = ["Gateway", "GatewayConfig", "GatewayCore"]
@@ -110,6 +110,8 @@ class GatewayCore:
         self.entitlements: dict[str, str] = {}  # symbol -> "delayed" | "none" (default live)
         self.competing: set[int] = set()  # client ids with a competing live session
         self.pacer = HistoricalPacer()
+        self.delayed = DelayedPrices()
+        self._record_prices()
         self.outage = False  # between an injected 1100 and 1101/1102
         self._withheld: list[Callable[[], object]] = []
         self.withheld_execs: set[str] = set()
@@ -245,6 +247,7 @@ class GatewayCore:
     def advance_clock(self, seconds: float) -> None:
         self.clock_offset += dt.timedelta(seconds=seconds)
         self.check_schedule()
+        self.market_moved()  # delayed quotes catch up with the clock
 
     def go_down(self, down_s: float, login_required: bool, reason: str) -> None:
         """Restart as IB Gateway does: drop every socket, refuse connections until `down_s`
@@ -361,6 +364,8 @@ class GatewayCore:
         self.engine.max_order_id = max_id  # order ids keep increasing across a reset
         self._account_dirty = True
         self.pacer.clear()
+        self.delayed.clear()
+        self._record_prices()
         self._withheld.clear()  # events of the forgotten orders
         self.withheld_execs.clear()
 
@@ -380,8 +385,12 @@ class GatewayCore:
                 last_push = time.monotonic()
                 self.push_accounts()
 
+    def _record_prices(self) -> None:
+        self.delayed.record(self.now(), {s: self.market.price(s) for s in self.market.symbols()})
+
     def market_moved(self) -> None:
         """Re-match working orders and stream quotes after any price change."""
+        self._record_prices()
         self.engine.on_market()
         if self.farms["market"]:
             for s in list(self.clients.values()):

@@ -209,6 +209,7 @@ def test_not_subscribed_live_request_gets_354_and_no_subscription(ib, admin):
     assert admin.call("state")["market_data"] == {"1": []}
 
 
+@pytest.mark.parametrize("gateway_config", [_config()])
 def test_delayed_type_gets_10167_then_delayed_ticks_with_market_data_type_3(ib, admin):
     seen = _errors(ib)
     types: set[int] = set()
@@ -225,8 +226,13 @@ def test_delayed_type_gets_10167_then_delayed_ticks_with_market_data_type_3(ib, 
     assert [(code, text) for _, code, text in seen if code >= 10000] == [
         (10167, "Requested market data is not subscribed. Displaying delayed market data.")
     ]
+    before = delayed.last
     admin.call("set_price", symbol="AAPL", price=199.0)
-    eventually(lambda: delayed.last == 199.0, pump=ib, what="delayed stream keeps flowing")
+    admin.call("set_price", symbol="MSFT", price=431.0)
+    eventually(lambda: live.last == 431.0, pump=ib)
+    assert delayed.last == before  # the delayed feed shows the price of 15 minutes ago
+    admin.call("advance_clock", seconds=15 * 60)
+    eventually(lambda: delayed.last == 199.0, pump=ib, what="delayed stream catches up")
 
 
 def test_no_delayed_data_either_gets_10168(ib, admin):
