@@ -107,6 +107,7 @@ class GatewayCore:
         self._last_market_version = -1
         self.refusing_until = 0.0
         self.farms = dict.fromkeys(FARMS, True)
+        self.farm_waiting: dict[str, list[tuple[Session, list[str]]]] = {f: [] for f in FARMS}
         self.entitlements: dict[str, str] = {}  # symbol -> "delayed" | "none" (default live)
         self.competing: set[int] = set()  # client ids with a competing live session
         self.pacer = HistoricalPacer()
@@ -347,6 +348,10 @@ class GatewayCore:
         sent = self.broadcast_error(code, text)
         if ok and name == "market":
             self.market_moved()
+        if ok:
+            waiting, self.farm_waiting[name] = self.farm_waiting[name], []
+            for session, fields in waiting:
+                session.dispatch(int(fields[0]), fields)
         return sent
 
     def lines_in_use(self) -> int:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["Session"]
 
 log = logging.getLogger("paper_gateway.session")
+# requests a farm serves: while it is broken they wait, answered when it is OK again
+FARM_OF_REQUEST = {9: "secdef", 78: "secdef", 20: "historical", 87: "historical"}
 
 
 class Session(MarketRequests, AccountRequests):
@@ -183,6 +185,17 @@ class Session(MarketRequests, AccountRequests):
                     f"max={self.core.config.pacing_per_s} rec={self._refused}",
                 )
             )
+            return
+        farm = FARM_OF_REQUEST.get(msg_id)
+        if farm is not None and not self.core.farms[farm]:
+            log.info("client %s: request %s waits for the %s farm", self.client_id, msg_id, farm)
+            self.core.farm_waiting[farm].append((self, fields))
+            return
+        self.dispatch(msg_id, fields)
+
+    def dispatch(self, msg_id: int, fields: list[str]) -> None:
+        """Run one request's handler; a bad or unserved request gets its error."""
+        if self.closed:
             return
         handler = self._handlers.get(msg_id)
         try:

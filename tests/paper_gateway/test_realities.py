@@ -2,6 +2,7 @@
 and weekly login, farm status, entitlements, competing session, market-data lines, historical
 pacing and fills during a 1100 outage. Time moves only by admin `advance_clock`."""
 
+import asyncio
 import datetime as dt
 import socket
 
@@ -190,6 +191,24 @@ def test_market_farm_down_pauses_ticks_and_its_return_resumes_them(ib, admin):
     assert ticker.last != 431.0
     admin.call("farm", farm="market", ok=True)
     eventually(lambda: ticker.last == 431.0, pump=ib, what="ticks resume")
+
+
+def test_requests_of_a_broken_farm_wait_for_it_and_are_answered_when_it_is_ok(ib, admin):
+    aapl = _stock(ib)
+    admin.call("farm", farm="historical", ok=False)
+    admin.call("farm", farm="secdef", ok=False)
+    bars = asyncio.ensure_future(
+        ib.reqHistoricalDataAsync(aapl, "", "5 D", "1 day", "TRADES", True)
+    )
+    details = asyncio.ensure_future(ib.reqContractDetailsAsync(Stock("MSFT", "SMART", "USD")))
+    _round_trip(ib)
+    assert not bars.done() and not details.done()
+    assert ib.reqCurrentTime()  # the socket and other requests are unaffected
+    admin.call("farm", farm="historical", ok=True)
+    assert len(ib.run(bars)) == 5
+    assert not details.done()
+    admin.call("farm", farm="secdef", ok=True)
+    assert ib.run(details)[0].contract.conId > 0
 
 
 # --- entitlements -----------------------------------------------------------------------------
