@@ -355,7 +355,7 @@ class GatewayCore:
         return sent
 
     def lines_in_use(self) -> int:
-        return sum(len(s.subs.market) for s in self.sessions)
+        return sum(len(s.subs.market) for s in self.sessions if not s.closed)
 
     def reset(self) -> None:
         """Forget orders, executions and positions; restore cash and prices (admin `reset`)."""
