@@ -102,6 +102,7 @@ def test_weekly_restart_stays_down_until_login(gateway, connect, admin):
     assert connect(1).isConnected()
 
 
+@pytest.mark.parametrize("gateway_config", [_config()])
 def test_restart_now_keeps_the_port_closed_for_its_gateway_time(gateway, connect, admin):
     ib = connect(1)
     lost = []
