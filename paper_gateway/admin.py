@@ -172,6 +172,8 @@ class AdminServer:
             "entitlements": dict(sorted(core.entitlements.items())),
             "competing_sessions": sorted(core.competing),
             "market_data_lines": core.lines_in_use(),
+            "max_market_data_lines": core.config.max_market_data_lines,
+            "historical_pacing": core.config.historical_pacing,
             "market_data": {
                 str(cid): sorted(sess.subs.market) for cid, sess in sorted(core.clients.items())
             },

@@ -45,7 +45,9 @@ class GatewayConfig:
     account_push_interval_s: float = 1.0
     clock: Callable[[], dt.datetime] = field(default=_utc_now)
     max_market_data_lines: int = 100  # simultaneous streaming subscriptions of the account
-    historical_pacing: bool = True  # IB's historical-data pacing rules (error 162)
+    # IB's historical-data pacing (error 162); the command line plays it by default, in-process
+    # gateways only when asked until the daemon paces its own requests (issue 11, daemon side)
+    historical_pacing: bool = False
     daily_restart: str | None = None  # "HH:MM" in restart_tz: the daily auto-restart
     restart_tz: str = "US/Eastern"
     restart_down_s: float = 60.0  # how long a scheduled restart (or restart_now) is down

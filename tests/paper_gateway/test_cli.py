@@ -102,6 +102,18 @@ def test_restart_schedule_and_limits_from_the_command_line():
             state = admin.call("state")
             assert state["next_restart"].endswith(("+01:00", "+02:00"))  # Zurich time
             assert "T23:45:00" in state["next_restart"] and state["down"] is None
+            assert state["max_market_data_lines"] == 7
+            assert state["historical_pacing"] is True  # the command line plays it by default
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_historical_pacing_can_be_switched_off_on_the_command_line():
+    proc, ready = _start("--no-historical-pacing")
+    try:
+        with AdminClient(ready["admin_port"]) as admin:
+            assert admin.call("state")["historical_pacing"] is False
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

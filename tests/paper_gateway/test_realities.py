@@ -320,6 +320,7 @@ def test_more_streams_than_lines_get_101_lines_are_shared_and_freed_by_cancel(co
 
 
 # --- historical-data pacing -----------------------------------------------------------------------
+PACED = _config(historical_pacing=True)
 PACING = "Historical Market Data Service error message:Historical data request pacing violation"
 
 
@@ -327,7 +328,7 @@ def _bars(ib, contract, duration="5 D", what="TRADES"):
     return ib.reqHistoricalData(contract, "", duration, "1 day", what, True)
 
 
-@pytest.mark.parametrize("gateway_config", [_config()])
+@pytest.mark.parametrize("gateway_config", [PACED])
 def test_identical_historical_request_within_15_s_gets_162(ib, admin):
     seen = _errors(ib)
     aapl = _stock(ib)
@@ -340,7 +341,7 @@ def test_identical_historical_request_within_15_s_gets_162(ib, admin):
     assert len(_bars(ib, aapl)) == 5
 
 
-@pytest.mark.parametrize("gateway_config", [_config()])
+@pytest.mark.parametrize("gateway_config", [PACED])
 def test_six_requests_for_one_contract_within_2_s_get_162(ib, admin):
     seen = _errors(ib)
     aapl, msft = _stock(ib), _stock(ib, "MSFT")
@@ -354,7 +355,7 @@ def test_six_requests_for_one_contract_within_2_s_get_162(ib, admin):
     assert _bars(ib, aapl, "6 D")
 
 
-@pytest.mark.parametrize("gateway_config", [_config()])
+@pytest.mark.parametrize("gateway_config", [PACED])
 def test_more_than_60_requests_in_10_minutes_get_162(ib, admin):
     seen = _errors(ib)
     aapl = _stock(ib)
@@ -369,7 +370,7 @@ def test_more_than_60_requests_in_10_minutes_get_162(ib, admin):
     assert _bars(ib, aapl, "61 D")
 
 
-@pytest.mark.parametrize("gateway_config", [_config()])
+@pytest.mark.parametrize("gateway_config", [PACED])
 def test_reset_forgets_the_pacing_history(ib, admin):
     aapl = _stock(ib)
     assert _bars(ib, aapl)
@@ -378,9 +379,10 @@ def test_reset_forgets_the_pacing_history(ib, admin):
     assert _bars(ib, aapl)
 
 
-def test_historical_pacing_can_be_switched_off():
-    assert GatewayConfig().historical_pacing is True
-    assert GatewayConfig(historical_pacing=False).historical_pacing is False
+def test_historical_pacing_is_off_in_process_unless_asked(ib):
+    assert GatewayConfig().historical_pacing is False
+    aapl = _stock(ib)
+    assert _bars(ib, aapl) and _bars(ib, aapl)
 
 
 # --- fills during a 1100 outage -------------------------------------------------------------------

@@ -11,6 +11,8 @@ from tws_wire_client import (
     decode,
 )
 
+from paper_gateway import GatewayConfig
+
 # 157: IB's ibapi 9.81; 158/160/162: openOrder duration, postToAts, autoCancelParent;
 # 163/164: fractional sizes, size rules; 166: advanced reject; 170: peg offsets;
 # 173/174: bar time zone; 176: ib_insync's maximum
@@ -166,6 +168,10 @@ def test_orders_fills_and_account_decode_at_every_version(raw, version):
     assert [e["code"] for e in s.errors() if e["code"] < 2100] == [321]
 
 
+@pytest.mark.parametrize(
+    "gateway_config",
+    [GatewayConfig(tick_interval_s=0.0, account_push_interval_s=0.05, historical_pacing=True)],
+)
 @pytest.mark.parametrize("version", VERSIONS)
 def test_production_realities_decode_at_every_version(raw, admin, version):
     """Delayed ticks (66.., marketDataType 3) and the new error codes, field by field."""
