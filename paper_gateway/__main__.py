@@ -48,6 +48,36 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="orders larger than this fill in clips of this size (0 = off)",
     )
+    p.add_argument(
+        "--max-market-data-lines",
+        type=int,
+        default=100,
+        help="simultaneous market-data subscriptions of the account before error 101",
+    )
+    p.add_argument(
+        "--no-historical-pacing",
+        action="store_true",
+        help="serve historical data without IB's pacing rules (error 162)",
+    )
+    p.add_argument(
+        "--daily-restart",
+        metavar="HH:MM",
+        default=None,
+        help="restart every day at HH:MM in --restart-tz (sockets drop, state is kept)",
+    )
+    p.add_argument("--restart-tz", default="US/Eastern", help="time zone of --daily-restart")
+    p.add_argument(
+        "--restart-down-s",
+        type=float,
+        default=60.0,
+        help="seconds a restart keeps the API port closed (gateway clock)",
+    )
+    p.add_argument(
+        "--reauth-weekday",
+        choices=["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+        default=None,
+        help="that day's restart stays down until an admin login (weekly re-authentication)",
+    )
     p.add_argument("--log-level", default="INFO", help="DEBUG logs every message")
     return p
 
@@ -86,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             pacing_per_s=args.pacing,
             tick_interval_s=args.tick_interval,
             partial_fill_above=args.partial_fill_above,
+            max_market_data_lines=args.max_market_data_lines,
+            historical_pacing=not args.no_historical_pacing,
+            daily_restart=args.daily_restart,
+            restart_tz=args.restart_tz,
+            restart_down_s=args.restart_down_s,
+            reauth_weekday=args.reauth_weekday,
         )
     except ValueError as exc:
         print(f"paper_gateway: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .instruments import Contract
+from .realities import COMPETING_SESSION, ENTITLEMENTS, FARMS
 
 if TYPE_CHECKING:
     from .server import GatewayCore
@@ -60,6 +61,12 @@ class AdminServer:
             "reset": self.reset,
             "step": self.step,
             "ledger": self.ledger,
+            "advance_clock": self.advance_clock,
+            "restart_now": self.restart_now,
+            "login": self.login,
+            "farm": self.farm,
+            "entitlement": self.entitlement,
+            "competing_session": self.competing_session,
         }
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -69,6 +76,7 @@ class AdminServer:
                 if not line:
                     break
                 reply = self.execute(line)
+                await self.core.settle()  # a gateway coming back up listens before the reply
                 writer.write((json.dumps(reply) + "\n").encode())
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -149,6 +157,23 @@ class AdminServer:
             "account": {"id": core.config.account, **{k: round(v, 2) for k, v in values.items()}},
             "prices": {s: round(core.market.price(s), 4) for s in core.market.symbols()},
             "frozen": core.frozen,
+            "clock": core.now().isoformat(),
+            "down": None
+            if core.down is None
+            else {
+                "since": core.down.since.isoformat(),
+                "until": core.down.until.isoformat(),
+                "login_required": core.down.login_required,
+                "reason": core.down.reason,
+            },
+            "next_restart": None if core.next_restart is None else core.next_restart.isoformat(),
+            "outage": core.outage,
+            "farms": {name: "ok" if ok else "broken" for name, ok in core.farms.items()},
+            "entitlements": dict(sorted(core.entitlements.items())),
+            "competing_sessions": sorted(core.competing),
+            "market_data_lines": core.lines_in_use(),
+            "max_market_data_lines": core.config.max_market_data_lines,
+            "historical_pacing": core.config.historical_pacing,
             "market_data": {
                 str(cid): sorted(sess.subs.market) for cid, sess in sorted(core.clients.items())
             },
@@ -262,3 +287,75 @@ class AdminServer:
                 for e in engine.executions
             ],
         }
+
+    # --- production realities -----------------------------------------------------------------
+    def advance_clock(self, cmd: dict[str, Any]) -> Reply:
+        """Move the gateway's clock forward (restart schedule, down time, historical pacing)."""
+        seconds = _number(cmd, "seconds", positive=True)
+        self.core.advance_clock(seconds)
+        return {"clock": self.core.now().isoformat(), "down": self.core.down is not None}
+
+    def restart_now(self, cmd: dict[str, Any]) -> Reply:
+        """The daily restart, now: down for `down_s` of gateway time, or until `login`."""
+        down = (
+            _number(cmd, "down_s", positive=True)
+            if "down_s" in cmd
+            else self.core.config.restart_down_s
+        )
+        reauth = cmd.get("reauth", False)
+        if not isinstance(reauth, bool):
+            raise AdminError(f"'reauth' must be true or false, got {reauth!r}")
+        self.core.go_down(down, reauth, "restart_now")
+        self.core.check_schedule()  # down_s 0 comes back at once
+        return {"down_s": down, "login_required": reauth}
+
+    def login(self, cmd: dict[str, Any]) -> Reply:
+        """The weekly re-authentication: a gateway waiting for it comes back up."""
+        if not self.core.login():
+            raise AdminError("the gateway is not down")
+        down = self.core.down
+        return {"down": down is not None, "until": None if down is None else down.until.isoformat()}
+
+    def farm(self, cmd: dict[str, Any]) -> Reply:
+        """Farm status flap: 2103/2105/2157 broken, 2104/2106/2158 OK; sockets stay up."""
+        name = str(cmd.get("farm", ""))
+        if name not in FARMS:
+            raise AdminError(f"'farm' must be one of {sorted(FARMS)}, got {name!r}")
+        ok = cmd.get("ok")
+        if not isinstance(ok, bool):
+            raise AdminError(f"'ok' must be true or false, got {ok!r}")
+        farm = FARMS[name]
+        sent = self.core.set_farm(name, ok)
+        return {"code": farm.ok_code if ok else farm.broken_code, "sent_to": sent}
+
+    def entitlement(self, cmd: dict[str, Any]) -> Reply:
+        """Market-data entitlement of a symbol (and its options): live, delayed or none."""
+        symbol = str(cmd.get("symbol", "")).upper()
+        if symbol not in self.core.catalogue.stocks:
+            raise AdminError(f"unknown symbol {symbol!r}")
+        level = cmd.get("level")
+        if level not in ENTITLEMENTS:
+            raise AdminError(f"'level' must be one of {list(ENTITLEMENTS)}, got {level!r}")
+        if level == "live":
+            self.core.entitlements.pop(symbol, None)
+        else:
+            self.core.entitlements[symbol] = str(level)
+        return {"symbol": symbol, "level": level}
+
+    def competing_session(self, cmd: dict[str, Any]) -> Reply:
+        """A live session elsewhere takes a client's market data: 10197 on each subscription
+        (they end) and on every new request while `active`."""
+        client_id = _int(cmd, "client_id")
+        active = cmd.get("active", True)
+        if not isinstance(active, bool):
+            raise AdminError(f"'active' must be true or false, got {active!r}")
+        ended = 0
+        if active:
+            self.core.competing.add(client_id)
+            session = self.core.clients.get(client_id)
+            if session is not None:
+                ended = len(session.subs.market)
+                session.end_market_data(10197, COMPETING_SESSION)
+        else:
+            self.core.competing.discard(client_id)
+        return {"client_id": client_id, "active": active, "ended": ended}

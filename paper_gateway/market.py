@@ -141,9 +141,10 @@ class MarketModel:
             state.iv = min(max(state.iv, 0.05), 3.0)
         self.version += 1
 
-    def stock_quote(self, symbol: str) -> Quote:
+    def stock_quote(self, symbol: str, price: float | None = None) -> Quote:
+        """Quote a stock at its price now, or at `price` (the delayed feed's older price)."""
         state = self._sym[symbol]
-        mid = state.price
+        mid = state.price if price is None else price
         half = max(0.01, _cents(mid * 0.0001))
         bid = _cents(mid - half)
         ask = _cents(mid + half)

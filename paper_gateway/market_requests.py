@@ -10,6 +10,18 @@ from . import messages as msg
 from . import simple_messages as sm
 from .history import HistoryError, build_bars, first_bar_day, parse_end
 from .instruments import EXCHANGE_ZONE, Contract
+from .realities import (
+    COMPETING_SESSION,
+    DELAYED_OPTION_TICKS,
+    DELAYED_PRICE_TICKS,
+    DELAYED_SIZE_TICKS,
+    HISTORICAL_PACING,
+    MAX_TICKERS,
+    NOT_SUBSCRIBED,
+    NOT_SUBSCRIBED_DELAYED_AVAILABLE,
+    NOT_SUBSCRIBED_DISPLAYING_DELAYED,
+    NOT_SUBSCRIBED_NO_DELAYED,
+)
 from .requests import (
     ContractRef,
     contradiction,
@@ -143,14 +155,48 @@ class MarketRequests(SessionBase):
         stamp = mm.bar_time(self.sv, int(opening.timestamp()), format_date)
         self.send(mm.head_timestamp(self.sv, req_id, stamp))
 
+    def _req_market_data_type(self, fields: list[str]) -> None:
+        """reqMarketDataType: 1 live, 2 frozen, 3 delayed, 4 delayed-frozen; a symbol with a
+        live entitlement is served live whatever the type."""
+        kind = req_id_of(fields, 2)
+        if kind not in (1, 2, 3, 4):
+            raise ValueError(f"invalid market data type {fields[2:3]}")
+        self.md_type = kind
+
     def _req_mkt_data(self, fields: list[str]) -> None:
         req = parse_mkt_data(fields)
         contract = self._resolve_one(req.req_id, req.contract)
         if contract is None:
             return
-        sub = MarketSub(contract, req.generic_ticks)
-        self.send(mm.market_data_type(self.sv, req.req_id, 1))  # real-time
-        self.push_quote(req.req_id, sub, force=True)
+        core = self.core
+        if self.client_id in core.competing:
+            self.send(msg.error(self.sv, req.req_id, 10197, COMPETING_SESSION))
+            return
+        delayed = False
+        level = core.entitlements.get(contract.symbol, "live")
+        if level != "live":
+            if self.md_type in (1, 2):
+                text = NOT_SUBSCRIBED
+                if level == "delayed":
+                    venue = contract.primary_exchange if contract.sec_type == "STK" else "OPRA"
+                    text = NOT_SUBSCRIBED_DELAYED_AVAILABLE.format(
+                        symbol=contract.symbol, venue=venue
+                    )
+                self.send(msg.error(self.sv, req.req_id, 354, text))
+                return
+            if level == "none":
+                self.send(msg.error(self.sv, req.req_id, 10168, NOT_SUBSCRIBED_NO_DELAYED))
+                return
+            delayed = True
+        if not req.snapshot and core.lines_in_use() >= core.config.max_market_data_lines:
+            self.send(msg.error(self.sv, req.req_id, 101, MAX_TICKERS))
+            return
+        if delayed:
+            self.send(msg.error(self.sv, req.req_id, 10167, NOT_SUBSCRIBED_DISPLAYING_DELAYED))
+        sub = MarketSub(contract, req.generic_ticks, delayed=delayed)
+        self.send(mm.market_data_type(self.sv, req.req_id, 3 if delayed else 1))
+        if core.farms["market"]:  # quotes keep flowing during 1100 (README)
+            self.push_quote(req.req_id, sub, force=True)
         if req.snapshot:
             self.send(mm.tick_snapshot_end(self.sv, req.req_id))
         else:
@@ -159,15 +205,26 @@ class MarketRequests(SessionBase):
     def _cancel_mkt_data(self, fields: list[str]) -> None:
         self.subs.market.pop(req_id_of(fields, 2), None)
 
+    def end_market_data(self, code: int, text: str) -> None:
+        """End every subscription of this client with an error at its request id (10197)."""
+        for req_id in list(self.subs.market):
+            self.send(msg.error(self.sv, req_id, code, text))
+        self.subs.market.clear()
+
     def push_quote(self, req_id: int, sub: MarketSub, force: bool = False) -> None:
         """Send the ticks of `sub` that changed since the last push."""
         core = self.core
         sv = self.sv
         now = core.now()
-        quote = core.market.quote(sub.contract, now)
+        if sub.delayed and sub.contract.sec_type == "STK":
+            then = core.delayed.price(sub.contract.symbol, now)
+            quote = core.market.stock_quote(sub.contract.symbol, then)
+        else:
+            quote = core.market.quote(sub.contract, now)
         last = None if force else sub.last
         if last == quote:
             return
+        delayed = sub.delayed
         for tick, price, size in (
             (1, quote.bid, quote.bid_size),
             (2, quote.ask, quote.ask_size),
@@ -180,9 +237,12 @@ class MarketRequests(SessionBase):
                 else {1: last.bid, 2: last.ask, 4: last.last, 9: last.close}[tick]
             )
             if old != price:
-                self.send(mm.tick_price(sv, req_id, tick, price, size))
+                wire_tick = DELAYED_PRICE_TICKS[tick] if delayed else tick
+                self.send(mm.tick_price(sv, req_id, wire_tick, price, size))
         if last is None:
-            self.send(mm.tick_size(sv, req_id, 8, quote.volume))
+            self.send(
+                mm.tick_size(sv, req_id, DELAYED_SIZE_TICKS[8] if delayed else 8, quote.volume)
+            )
         sub.last = quote
         symbol = sub.contract.symbol
         if sub.contract.sec_type == "STK":
@@ -199,7 +259,7 @@ class MarketRequests(SessionBase):
                 mm.tick_option_computation(
                     sv,
                     req_id,
-                    tick,
+                    DELAYED_OPTION_TICKS[tick] if delayed else tick,
                     round(vol, 6),
                     round(greeks.delta, 6),
                     opt_price,
@@ -220,6 +280,15 @@ class MarketRequests(SessionBase):
         if contract is None:
             return
         now = self.core.now()
+        if self.core.config.historical_pacing:
+            contract_key = (contract.con_id, req.what)
+            key = (contract_key, req.end, req.duration, req.bar_size, req.use_rth)
+            if not self.core.pacer.admit(now, key, contract_key):
+                log.info(
+                    "client %s: historical pacing violation (req %s)", self.client_id, req.req_id
+                )
+                self.send(msg.error(self.sv, req.req_id, 162, HISTORICAL_PACING))
+                return
         try:
             bars = build_bars(
                 self.core.market,

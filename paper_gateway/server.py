@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from .account import Account, Position
 from .engine import Engine, Execution, Order, OrderSpec
 from .instruments import Catalogue, Contract
 from .market import MarketModel
+from .realities import FARMS, DelayedPrices, HistoricalPacer, RestartSchedule
 from .session import Session
 
 __all__ = ["Gateway", "GatewayConfig", "GatewayCore"]
@@ -42,12 +44,44 @@ class GatewayConfig:
     partial_fill_above: float = 0.0  # orders above this size fill in clips of this size; 0 = off
     account_push_interval_s: float = 1.0
     clock: Callable[[], dt.datetime] = field(default=_utc_now)
+    max_market_data_lines: int = 100  # simultaneous streaming subscriptions of the account
+    # IB's historical-data pacing (error 162); the command line plays it by default, in-process
+    # gateways only when asked until the daemon paces its own requests (issue 11, daemon side)
+    historical_pacing: bool = False
+    daily_restart: str | None = None  # "HH:MM" in restart_tz: the daily auto-restart
+    restart_tz: str = "US/Eastern"
+    restart_down_s: float = 60.0  # how long a scheduled restart (or restart_now) is down
+    reauth_weekday: str | None = None  # e.g. "sun": that day's restart waits for admin login
 
     def __post_init__(self) -> None:
+        if self.max_market_data_lines < 1:
+            raise ValueError("max market data lines must be at least 1")
+        if not math.isfinite(self.restart_down_s) or self.restart_down_s < 0:
+            raise ValueError(f"restart down time must be >= 0 s, got {self.restart_down_s!r}")
+        self.restart_schedule()  # validates daily_restart, restart_tz and reauth_weekday
         if not self.account or not self.account.isalnum():
             raise ValueError(f"account must be alphanumeric, got {self.account!r}")
         if self.host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"the paper gateway listens on loopback only, not {self.host!r}")
+
+    def restart_schedule(self) -> RestartSchedule | None:
+        if self.daily_restart is None:
+            if self.reauth_weekday is not None:
+                raise ValueError("a re-authentication weekday needs a daily restart time")
+            RestartSchedule("00:00", self.restart_tz)  # validates the zone
+            return None
+        return RestartSchedule(self.daily_restart, self.restart_tz, self.reauth_weekday)
+
+
+@dataclass
+class Down:
+    """The gateway is down (scheduled restart, restart_now): back at `until` on the gateway's
+    clock, or only after an admin `login` when `login_required`."""
+
+    since: dt.datetime
+    until: dt.datetime
+    login_required: bool
+    reason: str
 
 
 class GatewayCore:
@@ -55,7 +89,7 @@ class GatewayCore:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self.now = config.clock
+        self.clock_offset = dt.timedelta(0)
         self.catalogue = Catalogue(self.now().date())
         self.market = MarketModel(self.catalogue, config.seed)
         self.account = Account(config.account, config.cash)
@@ -74,6 +108,24 @@ class GatewayCore:
         self._account_dirty = True
         self._last_market_version = -1
         self.refusing_until = 0.0
+        self.farms = dict.fromkeys(FARMS, True)
+        self.farm_waiting: dict[str, list[tuple[Session, list[str]]]] = {f: [] for f in FARMS}
+        self.entitlements: dict[str, str] = {}  # symbol -> "delayed" | "none" (default live)
+        self.competing: set[int] = set()  # client ids with a competing live session
+        self.pacer = HistoricalPacer()
+        self.delayed = DelayedPrices()
+        self._record_prices()
+        self.outage = False  # between an injected 1100 and 1101/1102
+        self._withheld: list[Callable[[], object]] = []
+        self.withheld_execs: set[str] = set()
+        self.schedule = config.restart_schedule()
+        self.next_restart = None if self.schedule is None else self.schedule.next_after(self.now())
+        self.down: Down | None = None
+        self._relisten: asyncio.Task[None] | None = None
+
+    def now(self) -> dt.datetime:
+        """The gateway's clock: the configured clock plus what admin `advance_clock` added."""
+        return self.config.clock() + self.clock_offset
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -175,24 +227,137 @@ class GatewayCore:
         log.warning(
             "gateway restart: dropping %d sockets, down for %.1fs", len(self.sessions), down_s
         )
+        self._drop_everything()
+        self.refusing_until = time.monotonic() + down_s
+        self._spawn(self._relisten_later(down_s), "paper-gateway-relisten")
+
+    async def _relisten_later(self, down_s: float) -> None:
+        await asyncio.sleep(down_s)
+        if self.down is not None:
+            return  # a scheduled restart or restart_now took over
+        await self._listen()
+        log.warning("gateway back up on port %s", self.port)
+
+    def _drop_everything(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
         for s in list(self.sessions):
             s.close()
         self.engine.cancel_day_orders()
-        self.refusing_until = time.monotonic() + down_s
-        self._spawn(self._relisten_later(down_s), "paper-gateway-relisten")
 
-    async def _relisten_later(self, down_s: float) -> None:
-        await asyncio.sleep(down_s)
-        await self._listen()
+    # --- daily restart (on the gateway's clock) ----------------------------------------------
+    def advance_clock(self, seconds: float) -> None:
+        self.clock_offset += dt.timedelta(seconds=seconds)
+        self.check_schedule()
+        self.market_moved()  # delayed quotes catch up with the clock
+
+    def go_down(self, down_s: float, login_required: bool, reason: str) -> None:
+        """Restart as IB Gateway does: drop every socket, refuse connections until `down_s`
+        has passed on the gateway's clock (and a login when required); state is kept."""
+        now = self.now()
+        log.warning(
+            "gateway %s: dropping %d sockets, down for %.1fs%s",
+            reason,
+            len(self.sessions),
+            down_s,
+            ", then waiting for login" if login_required else "",
+        )
+        self._drop_everything()
+        if self.down is not None:
+            login_required = login_required or self.down.login_required
+        self.down = Down(now, now + dt.timedelta(seconds=down_s), login_required, reason)
+
+    def login(self) -> bool:
+        """Admin `login`: the re-authentication a down gateway waits for."""
+        if self.down is None:
+            return False
+        self.down.login_required = False
+        self.check_schedule()
+        return True
+
+    def check_schedule(self) -> None:
+        """Start a due scheduled restart; bring the gateway back when its down time is over."""
+        now = self.now()
+        due = self.next_restart
+        if self.schedule is not None and due is not None and now >= due:
+            self.next_restart = self.schedule.next_after(now)
+            self.go_down(
+                self.config.restart_down_s,
+                self.schedule.needs_login(due),
+                f"daily restart {due.isoformat()}",
+            )
+        down = self.down
+        if down is not None and not down.login_required and now >= down.until:
+            self.down = None
+            if self._relisten is None or self._relisten.done():
+                self._relisten = self._spawn(self._back_up(), "paper-gateway-back-up")
+
+    async def _back_up(self) -> None:
+        if self._server is None:
+            await self._listen()
         log.warning("gateway back up on port %s", self.port)
 
+    async def settle(self) -> None:
+        """Wait until a gateway coming back up listens again (admin replies after it)."""
+        task = self._relisten
+        if task is not None and not task.done():
+            await asyncio.wait([task], timeout=5.0)
+
+    # --- connectivity between the gateway and IB (1100 / 1101 / 1102) ------------------------
     def broadcast_error(self, code: int, message: str) -> int:
         for s in list(self.clients.values()):
             s.send(msg.error(s.sv, -1, code, message))
+        if code == 1100:
+            self.outage = True
+            log.warning("connectivity with IB lost (1100): order events are withheld")
+        elif code in (1101, 1102) and self.outage:
+            self.outage = False
+            if code == 1101:  # restored, market data lost: every subscription must be renewed
+                for s in list(self.sessions):
+                    s.subs.market.clear()
+            self.withheld_execs.clear()
+            held, self._withheld = self._withheld, []
+            log.warning("connectivity restored (%s): %d withheld events follow", code, len(held))
+            for event in held:
+                event()
+            self.market_moved()
+        elif code == 1101:
+            for s in list(self.sessions):
+                s.subs.market.clear()
         return len(self.clients)
+
+    def defer(self, event: Callable[[], object]) -> bool:
+        """During an outage, keep `event` until connectivity is restored; False otherwise."""
+        if not self.outage:
+            return False
+        self._withheld.append(event)
+        return True
+
+    # --- farms -------------------------------------------------------------------------------
+    def farm_messages(self) -> list[tuple[int, str]]:
+        """The farm status every client gets on connect (OK, or broken while a farm is)."""
+        out = []
+        for name, farm in FARMS.items():
+            ok = self.farms[name]
+            out.append((farm.ok_code, farm.ok_text) if ok else (farm.broken_code, farm.broken_text))
+        return out
+
+    def set_farm(self, name: str, ok: bool) -> int:
+        self.farms[name] = ok
+        farm = FARMS[name]
+        code, text = (farm.ok_code, farm.ok_text) if ok else (farm.broken_code, farm.broken_text)
+        sent = self.broadcast_error(code, text)
+        if ok and name == "market":
+            self.market_moved()
+        if ok:
+            waiting, self.farm_waiting[name] = self.farm_waiting[name], []
+            for session, fields in waiting:
+                session.dispatch(int(fields[0]), fields)
+        return sent
+
+    def lines_in_use(self) -> int:
+        return sum(len(s.subs.market) for s in self.sessions if not s.closed)
 
     def reset(self) -> None:
         """Forget orders, executions and positions; restore cash and prices (admin `reset`)."""
@@ -205,6 +370,11 @@ class GatewayCore:
         )
         self.engine.max_order_id = max_id  # order ids keep increasing across a reset
         self._account_dirty = True
+        self.pacer.clear()
+        self.delayed.clear()
+        self._record_prices()
+        self._withheld.clear()  # events of the forgotten orders
+        self.withheld_execs.clear()
 
     # --- market clock ------------------------------------------------------------------------
     async def _clock_loop(self) -> None:
@@ -213,6 +383,7 @@ class GatewayCore:
         last_push = time.monotonic()
         while True:
             await asyncio.sleep(interval if interval > 0 else push)
+            self.check_schedule()
             await self.wait_thawed()
             if interval > 0:
                 self.market.step(interval)
@@ -221,11 +392,16 @@ class GatewayCore:
                 last_push = time.monotonic()
                 self.push_accounts()
 
+    def _record_prices(self) -> None:
+        self.delayed.record(self.now(), {s: self.market.price(s) for s in self.market.symbols()})
+
     def market_moved(self) -> None:
         """Re-match working orders and stream quotes after any price change."""
+        self._record_prices()
         self.engine.on_market()
-        for s in list(self.clients.values()):
-            s.push_market()
+        if self.farms["market"]:
+            for s in list(self.clients.values()):
+                s.push_market()
         self._account_dirty = True
 
     def push_accounts(self) -> None:
@@ -253,11 +429,17 @@ class GatewayCore:
         return out
 
     def order_changed(self, order: Order) -> None:
+        if self.defer(lambda: self.order_changed(order)):
+            return
         for s in self._order_audience(order.client_id):
             s.send(msg.open_order(s.sv, order, self.config.account))
             s.send(msg.order_status(s.sv, order))
 
     def executed(self, execution: Execution) -> None:
+        if self.defer(lambda: self.executed(execution)):
+            self.withheld_execs.add(execution.exec_id)
+            log.info("fill %s withheld until connectivity is restored", execution.exec_id)
+            return
         log.info(
             "fill: client %s order %s %s %s %g @ %.4f ref=%r",
             execution.order.client_id,
@@ -273,11 +455,15 @@ class GatewayCore:
             s.send(msg.commission_report(s.sv, execution))
 
     def order_error(self, order_id: int, client_id: int, code: int, message: str) -> None:
+        if self.defer(lambda: self.order_error(order_id, client_id, code, message)):
+            return
         log.info("order error: client %s order %s: %s %s", client_id, order_id, code, message)
         for s in self._order_audience(client_id):
             s.send(msg.error(s.sv, order_id, code, message))
 
     def positions_changed(self, contracts: list[Contract]) -> None:
+        if self.defer(lambda: self.positions_changed(contracts)):
+            return
         account = self.config.account
         for s in list(self.clients.values()):
             if s.subs.positions:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["Session"]
 
 log = logging.getLogger("paper_gateway.session")
+# requests a farm serves: while it is broken they wait, answered when it is OK again
+FARM_OF_REQUEST = {9: "secdef", 78: "secdef", 20: "historical", 87: "historical"}
 
 
 class Session(MarketRequests, AccountRequests):
@@ -48,6 +50,7 @@ class Session(MarketRequests, AccountRequests):
         self.version = 0  # negotiated server version; 0 until the handshake
         self.sv = ServerVersion.at(MAX_SERVER_VERSION)
         self.subs = Subscriptions()
+        self.md_type = 1
         self.closed = False
         self._decoder = FrameDecoder()
         self._backlog: list[bytes] = []
@@ -74,7 +77,7 @@ class Session(MarketRequests, AccountRequests):
             25: self._ignore,
             49: self._req_current_time,
             58: self._req_global_cancel,
-            59: self._ignore,
+            59: self._req_market_data_type,
             61: self._req_positions,
             62: self._req_account_summary,
             63: self._cancel_account_summary,
@@ -183,6 +186,17 @@ class Session(MarketRequests, AccountRequests):
                 )
             )
             return
+        farm = FARM_OF_REQUEST.get(msg_id)
+        if farm is not None and not self.core.farms[farm]:
+            log.info("client %s: request %s waits for the %s farm", self.client_id, msg_id, farm)
+            self.core.farm_waiting[farm].append((self, fields))
+            return
+        self.dispatch(msg_id, fields)
+
+    def dispatch(self, msg_id: int, fields: list[str]) -> None:
+        """Run one request's handler; a bad or unserved request gets its error."""
+        if self.closed:
+            return
         handler = self._handlers.get(msg_id)
         try:
             if handler is None:
@@ -255,11 +269,7 @@ class Session(MarketRequests, AccountRequests):
         )
         self.send(sm.managed_accounts(self.sv, self.core.config.account))
         self.send(sm.next_valid_id(self.sv, self.core.next_valid_id()))
-        for code, text in (
-            (2104, "Market data farm connection is OK:usfarm"),
-            (2106, "HMDS data farm connection is OK:ushmds"),
-            (2158, "Sec-def data farm connection is OK:secdefnj"),
-        ):
+        for code, text in self.core.farm_messages():
             self.send(msg.error(self.sv, -1, code, text))
 
     def _unsupported(self, msg_id: int, fields: list[str]) -> None:
@@ -329,15 +339,25 @@ class Session(MarketRequests, AccountRequests):
         if req.what_if:
             self.core.what_if(self, req.order_id, spec)
             return
-        self.core.engine.place(self.client_id, req.order_id, spec)
+        client_id, order_id, engine = self.client_id, req.order_id, self.core.engine
+        if self.core.defer(lambda: engine.place(client_id, order_id, spec)):
+            log.info("client %s order %s held until connectivity is restored", client_id, order_id)
+            return
+        engine.place(client_id, order_id, spec)
 
     def _cancel_order(self, fields: list[str]) -> None:
         assert self.client_id is not None
-        self.core.engine.cancel(self.client_id, req_id_of(fields, 2))
+        client_id, order_id, engine = self.client_id, req_id_of(fields, 2), self.core.engine
+        if self.core.defer(lambda: engine.cancel(client_id, order_id)):
+            return
+        engine.cancel(client_id, order_id)
 
     def _req_global_cancel(self, fields: list[str]) -> None:
         log.info("client %s: global cancel", self.client_id)
-        self.core.engine.global_cancel()
+        engine = self.core.engine
+        if self.core.defer(lambda: engine.global_cancel()):
+            return
+        engine.global_cancel()
 
     def _req_open_orders(self, fields: list[str]) -> None:
         sees_all = self.client_id == 0 or self.client_id == self.core.config.master_client_id
@@ -364,6 +384,8 @@ class Session(MarketRequests, AccountRequests):
         f = parse_exec_filter(fields)
         account = self.core.config.account
         for e in self.core.engine.executions:
+            if e.exec_id in self.core.withheld_execs:
+                continue  # filled during an outage: the gateway does not know it yet
             if f.client_id and e.order.client_id != f.client_id:
                 continue
             if f.symbol and e.contract.symbol != f.symbol:

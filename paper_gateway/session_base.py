@@ -23,6 +23,7 @@ class MarketSub:
     contract: Contract
     generic: frozenset[str]
     last: Quote | None = None
+    delayed: bool = False  # 10167: delayed tick types (66...), marketDataType 3
 
 
 @dataclass(slots=True)
@@ -45,6 +46,7 @@ class SessionBase:
     sv: ServerVersion
     subs: Subscriptions
     client_id: int | None
+    md_type: int  # reqMarketDataType: 1 live, 2 frozen, 3 delayed, 4 delayed-frozen
 
     def send(self, fields: list[Field]) -> None:
         """Send one message to this client (implemented by Session)."""

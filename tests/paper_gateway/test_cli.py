@@ -82,3 +82,50 @@ def test_port_in_use_exits_non_zero():
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
+
+
+def test_restart_schedule_and_limits_from_the_command_line():
+    proc, ready = _start(
+        "--daily-restart",
+        "23:45",
+        "--restart-tz",
+        "Europe/Zurich",
+        "--restart-down-s",
+        "5",
+        "--reauth-weekday",
+        "sun",
+        "--max-market-data-lines",
+        "7",
+    )
+    try:
+        with AdminClient(ready["admin_port"]) as admin:
+            state = admin.call("state")
+            assert state["next_restart"].endswith(("+01:00", "+02:00"))  # Zurich time
+            assert "T23:45:00" in state["next_restart"] and state["down"] is None
+            assert state["max_market_data_lines"] == 7
+            assert state["historical_pacing"] is True  # the command line plays it by default
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_historical_pacing_can_be_switched_off_on_the_command_line():
+    proc, ready = _start("--no-historical-pacing")
+    try:
+        with AdminClient(ready["admin_port"]) as admin:
+            assert admin.call("state")["historical_pacing"] is False
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_a_bad_restart_time_is_refused_with_a_clear_message():
+    args = ["--port", "0", "--admin-port", "0", "--daily-restart", "25:99"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "paper_gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "daily restart must be HH:MM" in proc.stderr

@@ -11,6 +11,8 @@ from tws_wire_client import (
     decode,
 )
 
+from paper_gateway import GatewayConfig
+
 # 157: IB's ibapi 9.81; 158/160/162: openOrder duration, postToAts, autoCancelParent;
 # 163/164: fractional sizes, size rules; 166: advanced reject; 170: peg offsets;
 # 173/174: bar time zone; 176: ib_insync's maximum
@@ -164,3 +166,42 @@ def test_orders_fills_and_account_decode_at_every_version(raw, version):
     s.request("reqCurrentTime")
     s.wait_for(lambda m: m.msg_id == 49)
     assert [e["code"] for e in s.errors() if e["code"] < 2100] == [321]
+
+
+@pytest.mark.parametrize(
+    "gateway_config",
+    [GatewayConfig(tick_interval_s=0.0, account_push_interval_s=0.05, historical_pacing=True)],
+)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_production_realities_decode_at_every_version(raw, admin, version):
+    """Delayed ticks (66.., marketDataType 3) and the new error codes, field by field."""
+    admin.call("entitlement", symbol="AAPL", level="delayed")
+    admin.call("entitlement", symbol="MSFT", level="none")
+    s = raw(f"v100..{version}")
+    s.wait_for(lambda m: m.msg_id == 4 and m.values["code"] == 2158)
+    assert [e["code"] for e in s.errors(-1)] == [2104, 2106, 2158]
+    stock = Stock("AAPL", "SMART", "USD")
+    s.request("reqMktData", 1, stock, "", False, False, [])
+    assert s.wait_for(lambda m: m.msg_id == 4 and m.values["reqId"] == 1).values["code"] == 354
+    s.request("reqMarketDataType", 3)
+    s.request("reqMktData", 2, stock, "", False, False, [])
+    s.wait_for(lambda m: m.msg_id == 2 and m.values["reqId"] == 2)
+    assert [e["code"] for e in s.errors(2)] == [10167]
+    assert s.of(58)[-1] == {"0": 1, "1": 2, "2": 3}
+    prices = {t["tickType"]: t for t in s.of(1, 2)}
+    assert {66, 67, 68, 75} <= set(prices)
+    assert isinstance(prices[66]["size"], float if version >= 163 else int)
+    assert [t["tickType"] for t in s.of(2, 2)] == [74]
+    s.request("reqMktData", 3, Stock("MSFT", "SMART", "USD"), "", False, False, [])
+    assert s.wait_for(lambda m: m.msg_id == 4 and m.values["reqId"] == 3).values["code"] == 10168
+
+    admin.call("farm", farm="market", ok=False)
+    assert s.wait_for(lambda m: m.msg_id == 4 and m.values["code"] == 2103).values["reqId"] == -1
+    admin.call("competing_session", client_id=7, active=True)
+    err = s.wait_for(lambda m: m.msg_id == 4 and m.values["code"] == 10197).values
+    assert err["reqId"] == 2 and ("advancedOrderRejectJson" in err) == (version >= 166)
+    for req_id in (4, 5):
+        s.request("reqHistoricalData", req_id, stock, "", "5 D", "1 day", "TRADES", 1, 1, False, [])
+    s.wait_for(lambda m: m.msg_id == 17 and m.values["reqId"] == 4)
+    err = s.wait_for(lambda m: m.msg_id == 4 and m.values["reqId"] == 5).values
+    assert err["code"] == 162 and "pacing violation" in err["msg"]
