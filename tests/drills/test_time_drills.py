@@ -76,3 +76,42 @@ def test_a_wall_clock_step_back_and_forward_neither_stops_cycles_nor_bursts_nor_
     assert code == 0
     assert breaker.status().state is BreakerState.ACTIVE
     assert_books_balance(admin, data(tmp_path))
+
+
+def test_no_llm_call_when_every_instrument_is_closed(gateway, admin, tmp_path):
+    """The daemon's wall clock is put on a Saturday (whenever the test runs): every cycle is
+    recorded `skipped` with the reason, and the Anthropic API is never called."""
+    import datetime as dt
+
+    from anthropic_server import AnthropicStub
+
+    from data_lake import open_readonly
+
+    now = dt.datetime.now(dt.UTC)
+    saturday = (now + dt.timedelta(days=(5 - now.weekday()) % 7 or 7)).replace(
+        hour=17, minute=0, second=0, microsecond=0
+    )
+    offset = tmp_path / "wall-offset"
+    offset.write_text(str((saturday - now).total_seconds()))
+    stub = AnthropicStub().start()
+    try:
+        cfg = write_config(
+            tmp_path, gateway.port, provider="anthropic", trade_outside_liquid_hours=False
+        )
+        env = {
+            "PYTHONPATH": str(SHIM),
+            "WALLCLOCK_OFFSET_FILE": str(offset),
+            "ANTHROPIC_API_KEY": "sk-ant-closed-0123456789",
+            "ANTHROPIC_BASE_URL": stub.base_url,
+        }
+        proc = start("run", cfg, "--max-cycles", "2", env=env)
+        out = proc.communicate(timeout=120)[0].decode()
+        stop_watchdog(tmp_path)
+        assert proc.returncode == 0, out[-3000:]
+        cycles = list(open_readonly(data(tmp_path)).query("SELECT status, error FROM cycles"))
+        assert [(c["status"], c["error"]) for c in cycles] == [
+            ("skipped", "every instrument is closed")
+        ] * 2
+        assert stub.requests == []  # no LLM spend when nothing can be traded
+    finally:
+        stub.stop()
