@@ -72,7 +72,8 @@ def test_a_second_daemon_or_watchdog_is_refused_before_it_writes_anything(gatewa
         assert extra_watchdog.returncode != 0 and f"pid {wd.pid}" in extra_watchdog.stderr
 
         assert _main_hb(tmp_path).pid == first.pid  # nobody else wrote the heartbeat
-        assert sorted(admin.call("state")["clients"]) == clients_before  # nobody connected
+        # nobody else connected (the daemon's own sessions may be reconnecting under load)
+        assert set(admin.call("state")["clients"]) <= set(clients_before)
     finally:
         code = stop(first)
         stop_watchdog(tmp_path)
