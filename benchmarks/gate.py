@@ -36,12 +36,47 @@ def main() -> None:
         s: Holding(s, 20, 100.0)
         for s in ("AMD", "TSLA", "AAPL", "MSFT", "SPY", "JPM", "BAC", "GS", "QQQ", "META")
     }
-    ctx = GateContext("ACTIVE", True, True, True, Quote(99.95, 100.05, 0.2), holdings, -10.0, 1e6)
+    ctx = GateContext(
+        breaker="ACTIVE",
+        connected=True,
+        watchdog_alive=True,
+        market_open=True,
+        quote=Quote(99.95, 100.05, 0.2),
+        holdings=holdings,
+        daily_pnl=-10.0,
+        now=1e6,
+    )
     requests = [
-        OrderRequest("NVDA", "STK", "BUY", 10, "LMT", 100.0, cycle_id=1),
-        OrderRequest("NVDA", "STK", "BUY", 10, "LMT", 130.0, cycle_id=1),  # collar refusal
-        OrderRequest("AMD", "STK", "SELL", 5, "LMT", 99.9, cycle_id=1),  # reducing
-        OrderRequest("GME", "STK", "BUY", 1000, "MKT", cycle_id=1),  # several refusals
+        OrderRequest(
+            symbol="NVDA",
+            sec_type="STK",
+            action="BUY",
+            quantity=10,
+            order_type="LMT",
+            limit_price=100.0,
+            cycle_id=1,
+        ),
+        OrderRequest(
+            symbol="NVDA",
+            sec_type="STK",
+            action="BUY",
+            quantity=10,
+            order_type="LMT",
+            limit_price=130.0,
+            cycle_id=1,
+        ),  # collar refusal
+        OrderRequest(
+            symbol="AMD",
+            sec_type="STK",
+            action="SELL",
+            quantity=5,
+            order_type="LMT",
+            limit_price=99.9,
+            cycle_id=1,
+        ),  # reducing
+        OrderRequest(
+            symbol="GME", sec_type="STK", action="BUY", quantity=1000, order_type="MKT", cycle_id=1
+        ),  # several refusals
     ]
     state = GateState()
     refused = 0

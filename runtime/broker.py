@@ -99,7 +99,7 @@ class BrokerNotReady(BrokerError, RetryLater):
     """Not connected, not reconciled, or connectivity to IB lost (1100): no orders."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class QuoteSnapshot:
     symbol: str
     sec_type: str
@@ -1010,20 +1010,20 @@ class Broker:
             else (_num(greeks.impliedVol) if greeks else None)
         )
         return QuoteSnapshot(
-            contract.symbol,
-            contract.secType,
-            float(ticker.bid),
-            float(ticker.ask),
-            _num(ticker.last) or 0.0,
-            _num(ticker.close) or 0.0,
-            self._updated.get(id(ticker)),
-            float(contract.multiplier or 1),
-            iv,
-            _num(greeks.delta) if greeks else None,
-            _num(greeks.gamma) if greeks else None,
-            _num(greeks.vega) if greeks else None,
-            _num(greeks.theta) if greeks else None,
-            _num(greeks.undPrice) if greeks else None,
+            symbol=contract.symbol,
+            sec_type=contract.secType,
+            bid=float(ticker.bid),
+            ask=float(ticker.ask),
+            last=_num(ticker.last) or 0.0,
+            close=_num(ticker.close) or 0.0,
+            received=self._updated.get(id(ticker)),
+            multiplier=float(contract.multiplier or 1),
+            iv=iv,
+            delta=_num(greeks.delta) if greeks else None,
+            gamma=_num(greeks.gamma) if greeks else None,
+            vega=_num(greeks.vega) if greeks else None,
+            theta=_num(greeks.theta) if greeks else None,
+            underlying_price=_num(greeks.undPrice) if greeks else None,
         )
 
     async def iv_rank(self, contract: Contract) -> tuple[float, float] | None:

@@ -426,7 +426,9 @@ class Commander:
         if self.cfg.loop.trade_outside_liquid_hours:
             return True
         for symbol in self.spec.symbols:
-            probe = OrderRequest(symbol, "STK", "BUY", 1, "MKT")
+            probe = OrderRequest(
+                symbol=symbol, sec_type="STK", action="BUY", quantity=1, order_type="MKT"
+            )
             if await self._market_open(probe):
                 return True
         return False

@@ -42,19 +42,19 @@ class Decision:
 
     def request(self, cycle_id: int, decision_id: int | None) -> OrderRequest:
         return OrderRequest(
-            self.symbol,
-            self.sec_type,
-            self.action,
-            self.quantity,
-            self.order_type,
-            self.limit_price,
-            self.expiry,
-            self.strike,
-            self.right,
-            "DAY",
-            "commander",
-            cycle_id,
-            decision_id,
+            symbol=self.symbol,
+            sec_type=self.sec_type,
+            action=self.action,
+            quantity=self.quantity,
+            order_type=self.order_type,
+            limit_price=self.limit_price,
+            expiry=self.expiry,
+            strike=self.strike,
+            right=self.right,
+            tif="DAY",
+            source="commander",
+            cycle_id=cycle_id,
+            decision_id=decision_id,
         )
 
 

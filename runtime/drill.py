@@ -114,7 +114,14 @@ async def _open_position(cfg: Config, store: Store, symbol: str, quantity: int) 
     )
     await broker.connect()
     try:
-        request = OrderRequest(symbol, "STK", "BUY", float(quantity), "MKT", source="person")
+        request = OrderRequest(
+            symbol=symbol,
+            sec_type="STK",
+            action="BUY",
+            quantity=float(quantity),
+            order_type="MKT",
+            source="person",
+        )
         ctx = await build_gate_context(
             broker,
             request,

@@ -340,21 +340,19 @@ class Watchdog:
     ) -> OrderRequest:
         action = "SELL" if p.quantity > 0 else "BUY"
         return OrderRequest(
-            p.symbol,
-            p.sec_type,
-            action,
-            abs(p.quantity),
-            "LMT" if limit is not None else "MKT",
-            limit,
-            p.expiry,
-            p.strike,
-            p.right,
-            "DAY",
-            "watchdog",
-            None,
-            None,
+            symbol=p.symbol,
+            sec_type=p.sec_type,
+            action=action,
+            quantity=abs(p.quantity),
+            order_type="LMT" if limit is not None else "MKT",
+            limit_price=limit,
+            expiry=p.expiry,
+            strike=p.strike,
+            right=p.right,
+            tif="DAY",
+            source="watchdog",
             # unique per close: a late fill closed under the same generation gets a new ref
-            f"g{generation}-a{attempt}-p{os.getpid()}-n{self._close_seq}",
+            ref_seed=f"g{generation}-a{attempt}-p{os.getpid()}-n{self._close_seq}",
         )
 
     async def _prepare_close(

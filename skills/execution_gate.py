@@ -62,7 +62,7 @@ log = logging.getLogger("skills.execution_gate")
 WATCHDOG = "watchdog"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OrderRequest:
     """What the commander (or the watchdog, or a person) asks the gate to send."""
 
@@ -147,7 +147,7 @@ class SentOrder:
     day: str  # YYYYMMDD it was sent on
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GateContext:
     """A frozen view of the world at the moment of the decision."""
 

@@ -306,7 +306,7 @@ def parse_response(
     return signals
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InstanceOutcome:
     instance_id: str
     provider: str
@@ -322,7 +322,7 @@ class InstanceOutcome:
     raw: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MergedSignal:
     """The same contract and side from one or more instances."""
 
@@ -366,21 +366,21 @@ def deduplicate_signals(signals: Iterable[Signal]) -> list[MergedSignal]:
         sources = tuple(dict.fromkeys(s.provenance.instance_id for s in group))
         merged.append(
             MergedSignal(
-                key,
-                first.symbol,
-                action,
-                first.sec_type,
-                "LMT" if limit is not None else first.order_type,
-                first.expiry,
-                first.strike,
-                first.right,
-                limit,
-                min(qtys) if qtys else None,
-                sum(s.confidence for s in group) / len(group),
-                sum(wins) / len(wins) if wins else None,
-                sum(pays) / len(pays) if pays else None,
-                sources,
-                tuple(group),
+                key=key,
+                symbol=first.symbol,
+                action=action,
+                sec_type=first.sec_type,
+                order_type="LMT" if limit is not None else first.order_type,
+                expiry=first.expiry,
+                strike=first.strike,
+                right=first.right,
+                limit_price=limit,
+                quantity=min(qtys) if qtys else None,
+                confidence=sum(s.confidence for s in group) / len(group),
+                win_probability=sum(wins) / len(wins) if wins else None,
+                payoff_ratio=sum(pays) / len(pays) if pays else None,
+                sources=sources,
+                signals=tuple(group),
             )
         )
     sides: dict[str, set[str]] = {}
@@ -454,18 +454,18 @@ async def _run_one(
         ab = Abstain(instance.id, reason, p, status) if reason is not None else None
         cost = budget.cost(model or instance.model, usage) if provider.name != "offline" else 0.0
         return InstanceOutcome(
-            instance.id,
-            provider.name,
-            model or instance.model,
-            status,
-            tuple(signals),
-            ab,
-            usage,
-            cost,
-            latency,
-            prompt,
-            prompt_hash,
-            raw,
+            instance_id=instance.id,
+            provider=provider.name,
+            model=model or instance.model,
+            status=status,
+            signals=tuple(signals),
+            abstain=ab,
+            usage=usage,
+            cost_usd=cost,
+            latency_ms=latency,
+            prompt=prompt,
+            prompt_hash=prompt_hash,
+            raw=raw,
         )
 
     cacheable = shared.estimate_tokens()  # local estimates: no count_tokens round trip
@@ -524,6 +524,26 @@ async def _run_one(
             "abstain", parsed.reason, answer.usage, latency, answer.raw, model=answer.model
         )
     return outcome("ok", None, answer.usage, latency, answer.raw, parsed, answer.model)
+
+
+def _unfinished(
+    inst: InstanceConfig, provider: str, status: str, why: str, usage: Usage, budget: SwarmBudget
+) -> InstanceOutcome:
+    """The outcome of an instance whose call did not finish (cancelled, timed out, failed)."""
+    return InstanceOutcome(
+        instance_id=inst.id,
+        provider=provider,
+        model=inst.model,
+        status=status,
+        signals=(),
+        abstain=Abstain(inst.id, why, None, status),
+        usage=usage,
+        cost_usd=budget.cost(inst.model, usage) if usage.total else 0.0,
+        latency_ms=0.0,
+        prompt="",
+        prompt_hash="",
+        raw="",
+    )
 
 
 async def execute_swarm_concurrent(
@@ -622,38 +642,12 @@ async def execute_swarm_concurrent(
         if task.cancelled() or not task.done():
             status = "cancelled" if why.startswith("cancelled") else "timeout"
             spent = in_flight.get(inst.id)  # reached the API: paid for, input estimated
-            out.append(
-                InstanceOutcome(
-                    inst.id,
-                    provider.name,
-                    inst.model,
-                    status,
-                    (),
-                    Abstain(inst.id, why, None, status),
-                    spent or Usage(),
-                    budget.cost(inst.model, spent) if spent else 0.0,
-                    0.0,
-                    "",
-                    "",
-                    "",
-                )
-            )
+            out.append(_unfinished(inst, provider.name, status, why, spent or Usage(), budget))
         elif task.exception() is not None:
             exc = task.exception()
             out.append(
-                InstanceOutcome(
-                    inst.id,
-                    provider.name,
-                    inst.model,
-                    "error",
-                    (),
-                    Abstain(inst.id, f"internal error: {exc!r}", None, "error"),
-                    Usage(),
-                    0.0,
-                    0.0,
-                    "",
-                    "",
-                    "",
+                _unfinished(
+                    inst, provider.name, "error", f"internal error: {exc!r}", Usage(), budget
                 )
             )
         else:

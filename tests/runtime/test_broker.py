@@ -66,21 +66,30 @@ async def gate_order(broker, db, request, state=None):
     contract = await broker.qualify(request.symbol)
     q = await broker.quote(contract)
     ctx = GateContext(
-        "ACTIVE",
-        broker.ready,
-        True,
-        True,
-        Quote(q.bid, q.ask, time.monotonic() - q.received),
-        {},
-        0.0,
-        time.monotonic(),
+        breaker="ACTIVE",
+        connected=broker.ready,
+        watchdog_alive=True,
+        market_open=True,
+        quote=Quote(q.bid, q.ask, time.monotonic() - q.received),
+        holdings={},
+        daily_pnl=0.0,
+        now=time.monotonic(),
     )
     cfg = make_config(1)
     return await place_order_with_guard(request, ctx, state or GateState(), cfg.risk, db, broker)
 
 
 def req(symbol="AAPL", qty=10, order_type="MKT", price=None, tif="DAY", cycle=1, action="BUY"):
-    return OrderRequest(symbol, "STK", action, qty, order_type, price, tif=tif, cycle_id=cycle)
+    return OrderRequest(
+        symbol=symbol,
+        sec_type="STK",
+        action=action,
+        quantity=qty,
+        order_type=order_type,
+        limit_price=price,
+        tif=tif,
+        cycle_id=cycle,
+    )
 
 
 @pytest.mark.asyncio

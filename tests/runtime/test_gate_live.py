@@ -58,7 +58,14 @@ async def send(broker, db, limits, request, state=None, **ctx):
 
 def order(symbol="NVDA", qty=10, price=None, action="BUY", cycle=1, sec_type="STK", **kw):
     return OrderRequest(
-        symbol, sec_type, action, qty, "LMT" if price else "MKT", price, cycle_id=cycle, **kw
+        symbol=symbol,
+        sec_type=sec_type,
+        action=action,
+        quantity=qty,
+        order_type="LMT" if price else "MKT",
+        limit_price=price,
+        cycle_id=cycle,
+        **kw,
     )
 
 

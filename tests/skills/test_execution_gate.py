@@ -344,7 +344,15 @@ async def test_no_order_without_a_stored_intent(store):
     breaker=st.sampled_from(["ACTIVE", "REDUCING", "HALTED", "???"]),
 )
 def test_gate_never_accepts_what_breaks_a_limit(qty, price, symbol, action, breaker):
-    r = OrderRequest(symbol, "STK", action, qty, "LMT", price, cycle_id=1)
+    r = OrderRequest(
+        symbol=symbol,
+        sec_type="STK",
+        action=action,
+        quantity=qty,
+        order_type="LMT",
+        limit_price=price,
+        cycle_id=1,
+    )
     got = evaluate(r, ctx(breaker=breaker), GateState(), LIMITS, "d")
     if not got:
         assert breaker == "ACTIVE" and action == "BUY" and symbol in LIMITS.allowed_symbols
