@@ -21,6 +21,7 @@ skip the input checks that would stop a close).
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import logging
 import math
@@ -255,9 +256,9 @@ class Submitter(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _Eval:
-    """Per-request values shared by the checks (computed once)."""
+    """Per-request values shared by the checks (computed once; the exposures on first use)."""
 
     r: OrderRequest
     ctx: GateContext
@@ -275,6 +276,16 @@ class _Eval:
             if self.ctx.quote
             else (100.0 if self.r.sec_type == "OPT" else 1.0)
         )
+
+    @functools.cached_property
+    def exposure_before(self) -> dict[str, Holding]:
+        """Holdings with resting orders counted as if filled."""
+        return _exposure(self, with_order=False)
+
+    @functools.cached_property
+    def exposure_after(self) -> dict[str, Holding]:
+        """The same, with this order filled at its price too."""
+        return _exposure(self, with_order=True)
 
 
 Check = Callable[[_Eval], str | None]
@@ -465,13 +476,16 @@ def _exposure(e: _Eval, with_order: bool) -> dict[str, Holding]:
     """Holdings with the resting orders counted as if filled (for each contract the side
     that moves the position furthest from zero), and this order too when `with_order`."""
     q = e.ctx.quote
-    keys = set(e.ctx.holdings) | {w.key for w in e.ctx.working}
+    resting_by: dict[str, list[WorkingOrder]] = {}
+    for w in e.ctx.working:
+        resting_by.setdefault(w.key, []).append(w)
+    keys = set(resting_by)
     if with_order:
         keys.add(e.r.key)
-    out: dict[str, Holding] = {}
+    out: dict[str, Holding] = dict(e.ctx.holdings)  # contracts nothing rests on stay as held
     for key in keys:
         old = e.ctx.holdings.get(key)
-        resting = [w for w in e.ctx.working if w.key == key]
+        resting = resting_by.get(key, [])
         held = old.quantity if old else 0.0
         buys = sum(w.signed_quantity for w in resting if w.signed_quantity > 0)
         sells = sum(w.signed_quantity for w in resting if w.signed_quantity < 0)
@@ -515,7 +529,7 @@ def _exposure(e: _Eval, with_order: bool) -> dict[str, Holding]:
 
 def _after(e: _Eval) -> dict[str, Holding]:
     """Holdings after the order fills at its price, resting orders counted as if filled."""
-    return _exposure(e, with_order=True)
+    return e.exposure_after
 
 
 def check_working_priced(e: _Eval) -> str | None:
@@ -569,7 +583,7 @@ def check_gross_exposure(e: _Eval) -> str | None:
 def check_portfolio_delta(e: _Eval) -> str | None:
     if e.reducing or e.price is None:
         return None
-    before = sum(h.dollar_delta for h in _exposure(e, with_order=False).values())
+    before = sum(h.dollar_delta for h in e.exposure_before.values())
     after = sum(h.dollar_delta for h in _after(e).values())
     if abs(after) > e.limits.max_portfolio_delta and abs(after) > abs(before):
         return (
@@ -582,7 +596,7 @@ def check_portfolio_delta(e: _Eval) -> str | None:
 def check_open_positions(e: _Eval) -> str | None:
     if e.reducing or e.held != 0 or any(w.key == e.r.key for w in e.ctx.working):
         return None
-    open_now = sum(1 for h in _exposure(e, with_order=False).values() if h.quantity != 0)
+    open_now = sum(1 for h in e.exposure_before.values() if h.quantity != 0)
     if open_now >= e.limits.max_open_positions:
         return f"{open_now} open positions: the maximum is {e.limits.max_open_positions}"
     return None
