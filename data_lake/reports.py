@@ -17,6 +17,9 @@ __all__ = [
     "cycle_rows",
     "cycles_finished",
     "demo_summary",
+    "list_orders",
+    "list_safety_events",
+    "llm_usage",
     "resolve_ref",
     "status_summary",
     "trade_chain",
@@ -224,3 +227,79 @@ def trade_chain(db: Database, order_ref: str) -> dict[str, Any]:
         if intent and intent["cycle_id"] is not None
         else None,
     }
+
+
+def _filtered(
+    db: Database,
+    base: str,
+    filters: list[tuple[str, Any]],
+    order: str,
+    limit: int,
+) -> list[dict[str, Any]]:
+    where = [clause for clause, value in filters if value is not None]
+    args = [value for _, value in filters if value is not None]
+    sql = base + (" WHERE " + " AND ".join(where) if where else "")
+    return list(db.query(f"{sql} ORDER BY {order} LIMIT ?", [*args, limit]))
+
+
+def list_orders(
+    db: Database,
+    *,
+    status: str | None = None,
+    symbol: str | None = None,
+    source: str | None = None,
+    since: str | None = None,
+    limit: int = 200,
+) -> list[dict[str, Any]]:
+    """Order intents (newest first) with their status, filtered."""
+    return _filtered(
+        db,
+        "SELECT id, created_at, order_ref, source, cycle_id, decision_id, symbol, sec_type, "
+        "expiry, strike, opt_right, action, quantity, order_type, limit_price, tif, status, "
+        "filled, avg_fill_price, last_error FROM order_intents",
+        [
+            ("status = ?", status),
+            ("symbol = ?", symbol),
+            ("source = ?", source),
+            ("created_at >= ?", since),
+        ],
+        "id DESC",
+        limit,
+    )
+
+
+def list_safety_events(
+    db: Database,
+    *,
+    kind: str | None = None,
+    severity: str | None = None,
+    source: str | None = None,
+    since: str | None = None,
+    limit: int = 200,
+) -> list[dict[str, Any]]:
+    """Safety events (newest first), filtered."""
+    return _filtered(
+        db,
+        "SELECT id, at, source, kind, severity, reason, order_ref, cycle_id FROM safety_events",
+        [
+            ("kind = ?", kind),
+            ("severity = ?", severity),
+            ("source = ?", source),
+            ("at >= ?", since),
+        ],
+        "id DESC",
+        limit,
+    )
+
+
+def llm_usage(
+    db: Database, *, instance: str | None = None, since: str | None = None, limit: int = 500
+) -> list[dict[str, Any]]:
+    """LLM calls, tokens and dollars per day and instance (newest day first), filtered."""
+    return _filtered(
+        db,
+        "SELECT * FROM llm_spend_by_instance_day",
+        [("instance_id = ?", instance), ("day >= ?", since[:10] if since else None)],
+        "day DESC, cost_usd DESC",
+        limit,
+    )

@@ -26,7 +26,10 @@ from data_lake import (
     compress_snapshots,
     db_path,
     last_safety_event,
+    list_orders,
+    list_safety_events,
     list_snapshots,
+    llm_usage,
     load_snapshot,
     log_safety_event,
     open_readonly,
@@ -40,7 +43,7 @@ from data_lake import (
     unresolved_intents,
 )
 
-from .breaker import BreakerUnwritable, CircuitBreaker, ResetRefused
+from .breaker import BreakerState, BreakerUnwritable, CircuitBreaker, ResetRefused
 from .config import Config, ConfigError, Secrets, load_config
 from .heartbeat import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT, is_same_process, read_heartbeat
 from .instance_lock import (
@@ -329,6 +332,25 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_breaker(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    if args.action == "trip":
+        if not (args.by or "").strip() or not (args.reason or "").strip():
+            print(
+                "refused: a breaker trip needs the person's name (--by) and a reason",
+                file=sys.stderr,
+            )
+            return 2
+        store = Store.open(cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="cli")
+        try:
+            st = CircuitBreaker(cfg.data_dir, store).trip(
+                BreakerState(args.state), "person", f"tripped by {args.by}: {args.reason}"
+            )
+        finally:
+            store.close(5.0)
+        print(
+            f"breaker {st.state.value} since {st.since} ({st.reason})"
+            + ("" if st.persisted else " -- NOT PERSISTED: the file could not be written")
+        )
+        return 0 if st.persisted else 1
     if args.action == "reset":
         if not (args.by or "").strip() or not (args.reason or "").strip():
             print(
@@ -336,6 +358,12 @@ def cmd_breaker(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        if not args.yes and sys.stdin.isatty():
+            now = CircuitBreaker(cfg.data_dir).status()
+            print(f"breaker is {now.state.value} since {now.since or '-'}: {now.reason}")
+            if input("reset it to ACTIVE (new orders allowed again)? [y/N] ").strip() != "y":
+                print("not reset")
+                return 1
         store = Store.open(cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="cli")
         try:
             st = CircuitBreaker(cfg.data_dir, store).reset(by=args.by, reason=args.reason)
@@ -476,9 +504,116 @@ def cmd_panic(args: argparse.Namespace) -> int:
     return 0 if flat else 1
 
 
+def _since(text: str | None) -> str | None:
+    """--since: an ISO date or time (2026-11-20, 2026-11-20T14:00) or an age (7d, 12h)."""
+    if not text:
+        return None
+    if text[-1] in "dhms" and text[:-1].replace(".", "", 1).isdigit():
+        return _before(_duration_s(text))
+    import datetime as dt
+
+    try:
+        dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--since {text!r}: use a date (2026-11-20) or an age (7d)") from None
+    return text
+
+
+def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str, int]]) -> None:
+    """Print rows as aligned columns: (key, title, width); a negative width aligns right."""
+    print(" ".join(f"{t:>{-w}}" if w < 0 else f"{t:{w}}" for _, t, w in columns).rstrip())
+    for r in rows:
+        cells = []
+        for key, _, w in columns:
+            v = r.get(key)
+            text = "" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
+            cells.append(f"{text:>{-w}}" if w < 0 else f"{text[:w]:{w}}")
+        print(" ".join(cells).rstrip())
+
+
+def _listing(args: argparse.Namespace, rows: list[dict[str, Any]], cols: Any) -> int:
+    if args.json:
+        print(json.dumps(redact(rows), indent=2, default=str))
+    else:
+        _table(rows, cols)
+    return 0
+
+
+def cmd_orders(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    rows = list_orders(
+        open_readonly(cfg.data_dir),
+        status=args.status,
+        symbol=args.symbol,
+        source=args.source,
+        since=_since(args.since),
+        limit=args.limit,
+    )
+    for r in rows:
+        r["contract"] = _contract_name(r)
+    cols = [
+        ("created_at", "created", 26),
+        ("source", "source", 9),
+        ("action", "side", 4),
+        ("quantity", "qty", -6),
+        ("contract", "contract", 24),
+        ("order_type", "type", 4),
+        ("limit_price", "limit", -9),
+        ("status", "status", 10),
+        ("filled", "filled", -6),
+        ("order_ref", "ref", 24),
+    ]
+    return _listing(args, rows, cols)
+
+
+def cmd_safety_events(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    rows = list_safety_events(
+        open_readonly(cfg.data_dir),
+        kind=args.kind,
+        severity=args.severity,
+        source=args.source,
+        since=_since(args.since),
+        limit=args.limit,
+    )
+    cols = [
+        ("at", "at", 26),
+        ("severity", "severity", 8),
+        ("source", "source", 9),
+        ("kind", "kind", 20),
+        ("reason", "reason", 90),
+    ]
+    return _listing(args, rows, cols)
+
+
+def cmd_llm_usage(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    rows = llm_usage(open_readonly(cfg.data_dir), instance=args.instance, since=_since(args.since))
+    cols = [
+        ("day", "day", 10),
+        ("instance_id", "instance", 22),
+        ("model", "model", 18),
+        ("calls", "calls", -6),
+        ("input_tokens", "input", -9),
+        ("cache_read_tokens", "cache rd", -9),
+        ("cache_write_tokens", "cache wr", -9),
+        ("output_tokens", "output", -8),
+        ("cost_usd", "usd", -10),
+    ]
+    return _listing(args, rows, cols)
+
+
+def _contract_name(r: dict[str, Any]) -> str:
+    if r.get("sec_type") != "OPT":
+        return str(r.get("symbol"))
+    return f"{r['symbol']} {r.get('expiry')} {r.get('strike') or 0:g}{r.get('opt_right') or ''}"
+
+
 def cmd_trades(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    rows = query_trades(open_readonly(cfg.data_dir), symbol=args.symbol, limit=args.limit)
+    rows = query_trades(
+        open_readonly(cfg.data_dir), symbol=args.symbol, since=_since(args.since), limit=args.limit
+    )
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
@@ -779,9 +914,16 @@ def main(argv: list[str] | None = None) -> int:
         "--offline", action="store_true", help="do not ask the broker (database figures only)"
     )
     p = add("breaker", cmd_breaker, "show the breaker, or reset it (a person, with a reason)")
-    p.add_argument("action", nargs="?", choices=["status", "reset"], default="status")
-    p.add_argument("--by", help="who resets (required for reset)")
-    p.add_argument("--reason", help="why (required for reset)")
+    p.add_argument("action", nargs="?", choices=["status", "reset", "trip"], default="status")
+    p.add_argument("--by", help="who resets or trips (required for both)")
+    p.add_argument("--reason", help="why (required for reset and trip)")
+    p.add_argument(
+        "--state",
+        choices=["HALTED", "REDUCING"],
+        default="HALTED",
+        help="trip: HALTED (no new orders; the watchdog flattens) or REDUCING",
+    )
+    p.add_argument("--yes", action="store_true", help="reset: no confirmation prompt")
     p = add("panic", cmd_panic, "kill switch: HALTED, cancel everything, close every position")
     p.add_argument("--by", default="operator")
     p.add_argument("--reason", default="manual panic")
@@ -814,7 +956,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--by", help="who resolves (required)")
     p.add_argument("--reason", help="why (required)")
+    p = add("orders", cmd_orders, "list order intents and their status")
+    p.add_argument("--status", help="pending, submitted, filled, cancelled, rejected, ...")
+    p.add_argument("--symbol")
+    p.add_argument("--source", help="commander, watchdog, person")
+    p.add_argument("--since", help="a date (2026-11-20) or an age (7d, 12h)")
+    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--json", action="store_true")
+    p = add("safety-events", cmd_safety_events, "list safety events (refusals, trips, ...)")
+    p.add_argument("--kind", help="gate_refusal, breaker_trip, reconcile, ...")
+    p.add_argument("--severity", choices=["info", "warning", "critical"])
+    p.add_argument("--source")
+    p.add_argument("--since", help="a date (2026-11-20) or an age (7d, 12h)")
+    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--json", action="store_true")
+    p = add("llm-usage", cmd_llm_usage, "LLM calls, tokens and dollars per day and instance")
+    p.add_argument("--instance")
+    p.add_argument("--since", help="a date (2026-11-20) or an age (7d)")
+    p.add_argument("--json", action="store_true")
     p = add("trades", cmd_trades, "list recorded executions")
+    p.add_argument("--since", help="a date (2026-11-20) or an age (7d, 12h)")
     p.add_argument("--symbol")
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--json", action="store_true")

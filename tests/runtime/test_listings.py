@@ -1,0 +1,134 @@
+"""The inspection commands a trader reads: orders, safety-events, llm-usage, trades, with
+their filters, in text and --json; and a person's breaker trip."""
+
+from __future__ import annotations
+
+import json
+
+from procs import cli, data, write_config
+
+from data_lake import (
+    Store,
+    insert_cycle,
+    insert_intent,
+    log_safety_event,
+    log_trade,
+    record_llm_calls,
+)
+from runtime.breaker import BreakerState, CircuitBreaker
+
+
+def _intent(ref: str, symbol: str, status: str) -> dict[str, object]:
+    return {
+        "order_ref": ref,
+        "source": "commander",
+        "symbol": symbol,
+        "sec_type": "STK",
+        "action": "BUY",
+        "quantity": 5,
+        "order_type": "LMT",
+        "limit_price": 100.0,
+        "tif": "DAY",
+        "status": status,
+    }
+
+
+def _seed(tmp_path):
+    cfg = write_config(tmp_path, 1)
+    store = Store.open(data(tmp_path))
+    store.call(insert_cycle, 1, timeout=5)
+    store.call(insert_intent, _intent("cmd-c1-a", "MSFT", "filled"), timeout=5)
+    store.call(insert_intent, _intent("cmd-c1-b", "AAPL", "cancelled"), timeout=5)
+    store.post(
+        log_trade,
+        {
+            "exec_id": "E1",
+            "order_ref": "cmd-c1-a",
+            "symbol": "MSFT",
+            "sec_type": "STK",
+            "side": "BOT",
+            "shares": 5.0,
+            "price": 100.0,
+            "exec_time": "2026-11-20T15:00:00",
+        },
+    )
+    store.post(log_safety_event, "gate", "gate_refusal", "quote stale", "warning")
+    store.post(log_safety_event, "watchdog", "breaker_trip", "main frozen", "critical")
+    store.post(
+        record_llm_calls,
+        [
+            {
+                "cycle_id": 1,
+                "instance_id": "alpha",
+                "provider": "anthropic",
+                "model": "m",
+                "status": "ok",
+                "input_tokens": 1000,
+                "output_tokens": 100,
+                "cost_usd": 0.5,
+            },
+            {
+                "cycle_id": 1,
+                "instance_id": "beta",
+                "provider": "anthropic",
+                "model": "m",
+                "status": "ok",
+                "input_tokens": 500,
+                "output_tokens": 50,
+                "cost_usd": 0.25,
+            },
+        ],
+    )
+    assert store.close(10) == 0
+    return cfg
+
+
+def _json(*args):
+    out = cli(*args, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_orders_safety_events_llm_usage_and_trades_filter_and_speak_json(tmp_path):
+    cfg = str(_seed(tmp_path))
+    assert [o["order_ref"] for o in _json("orders", "--config", cfg)] == ["cmd-c1-b", "cmd-c1-a"]
+    assert [o["symbol"] for o in _json("orders", "--config", cfg, "--status", "filled")] == ["MSFT"]
+    text = cli("orders", "--config", cfg, "--symbol", "AAPL").stdout
+    assert "AAPL" in text and "cancelled" in text and "MSFT" not in text
+
+    events = _json("safety-events", "--config", cfg, "--severity", "critical")
+    assert [(e["kind"], e["reason"]) for e in events] == [("breaker_trip", "main frozen")]
+    assert len(_json("safety-events", "--config", cfg, "--since", "1d")) == 2
+    assert _json("safety-events", "--config", cfg, "--since", "2999-01-01") == []
+
+    usage = _json("llm-usage", "--config", cfg)
+    assert {(u["instance_id"], u["calls"], u["cost_usd"]) for u in usage} == {
+        ("alpha", 1, 0.5),
+        ("beta", 1, 0.25),
+    }
+    assert [
+        u["instance_id"] for u in _json("llm-usage", "--config", cfg, "--instance", "beta")
+    ] == ["beta"]
+    assert "alpha" in cli("llm-usage", "--config", cfg).stdout
+
+    assert [t["exec_id"] for t in _json("trades", "--config", cfg, "--since", "2026-11-20")] == [
+        "E1"
+    ]
+    assert _json("trades", "--config", cfg, "--since", "2026-11-21") == []
+    bad = cli("orders", "--config", cfg, "--since", "yesterday")
+    assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+def test_a_person_trips_the_breaker_with_a_name_and_a_reason(tmp_path):
+    cfg = str(_seed(tmp_path))
+    refused = cli("breaker", "trip", "--config", cfg)
+    assert refused.returncode == 2 and "--by" in refused.stderr
+    out = cli("breaker", "trip", "--by", "dana", "--reason", "news", "--config", cfg)
+    assert out.returncode == 0 and "HALTED" in out.stdout
+    status = CircuitBreaker(data(tmp_path)).status()
+    assert (status.state, status.source) == (BreakerState.HALTED, "person")
+    assert "dana" in status.reason
+    reset = cli("breaker", "reset", "--by", "dana", "--reason", "ok", "--yes", "--config", cfg)
+    assert reset.returncode == 0 and CircuitBreaker(data(tmp_path)).status().state is (
+        BreakerState.ACTIVE
+    )
