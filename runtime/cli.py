@@ -489,7 +489,10 @@ def cmd_panic(args: argparse.Namespace) -> int:
     _setup_logging("WARNING", "panic")
     client_id = args.client_id if args.client_id is not None else cfg.broker.watchdog_client_id + 1
     try:
-        flat = asyncio.run(Watchdog(cfg, Secrets()).panic(args.by, args.reason, client_id))
+        watchdog = Watchdog(cfg, Secrets())
+        watchdog.progress = lambda line: print(f"  {line}", flush=True)
+        print("panic: tripping the breaker, cancelling every order, closing every position ...")
+        flat = asyncio.run(watchdog.panic(args.by, args.reason, client_id))
     except (BrokerError, ConnectionError, OSError, TimeoutError) as exc:
         print(
             f"breaker HALTED (panic by {args.by}), but the gateway at {cfg.broker.host}:"

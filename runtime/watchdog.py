@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -82,6 +83,7 @@ class Watchdog:
         self._failed_flattens = 0
         self._close_seq = 0
         self._last_event: dict[tuple[str, str], float] = {}
+        self.progress: Callable[[str], None] = lambda line: None  # panic prints each step
 
     # --- plumbing --------------------------------------------------------------------------
     def _event(
@@ -446,6 +448,10 @@ class Watchdog:
             )
             sent = set()
             for p, result in zip(positions, results, strict=True):
+                self.progress(
+                    f"attempt {attempt}: close {p.quantity:g} {p.key}: "
+                    + ("sent" if result is True else "NOT sent (see safety events)")
+                )
                 if result is True:
                     sent.add(p.key)
                 elif isinstance(result, BaseException):
@@ -470,6 +476,7 @@ class Watchdog:
             if not positions:
                 return self._confirm_flat(generation, f"attempt {attempt}")
             left = ", ".join(f"{p.key} {p.quantity:g}" for p in positions)
+            self.progress(f"attempt {attempt}: still open: {left}")
             if not any(p.key in sent for p in positions):
                 self._event_repeated(
                     "flatten_blocked",

@@ -173,6 +173,7 @@ def test_panic_command_trips_cancels_and_flattens(gateway, admin, tmp_path, conn
     result = cli("panic", "--config", str(cfg), "--by", "bob", "--reason", "test")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "account flat" in result.stdout
+    assert "attempt 1: close 10 NVDA: sent" in result.stdout  # progress, one line per position
     state = admin.call("state")
     assert state["positions"] == [] and state["open_orders"] == []
     assert CircuitBreaker(data(tmp_path)).status().reason == "panic by bob: test"
