@@ -354,34 +354,14 @@ class Soak:
         return True
 
     def recover(self, why: str) -> None:
-        """After a fault: settle; on a trip, wait flat and reset; restart what is gone."""
+        """After a fault: settle; restart a main loop that is gone and wait for it to cycle;
+        on a trip, wait for the account to go flat, then reset the breaker like a person.
+        (In that order: reset while the main loop is still down and the watchdog trips again
+        at once on its last heartbeat, rightly.)"""
         _until(self.note_trip, 3.0, 0.1)
-        if self.note_trip():
-            flat = _until(lambda: not self.admin.call("state")["positions"], 60, 0.2)
-            if not flat:
-                self.problems.append(f"{why}: not flat 60 s after the trip")
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "runtime",
-                    "breaker",
-                    "reset",
-                    "--by",
-                    "soak",
-                    "--reason",
-                    f"after {why}",
-                    "--config",
-                    str(self.cfg),
-                ],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            if out.returncode != 0:
-                self.problems.append(f"{why}: breaker reset failed: {out.stderr.strip()}")
-            self.say(f"breaker reset ({why})")
+        tripped = self.note_trip()
+        if tripped and not _until(lambda: not self.admin.call("state")["positions"], 60, 0.2):
+            self.problems.append(f"{why}: not flat 60 s after the trip")
         if not self.main_alive():
             if self.main is not None:
                 self.main.wait(10)
@@ -400,6 +380,32 @@ class Soak:
             else:
                 self.restarts["watchdog"] += 1
                 self.say(f"watchdog watching again (pid {pid})")
+        if tripped or self.note_trip():
+            self.reset(why)
+
+    def reset(self, why: str) -> None:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "runtime",
+                "breaker",
+                "reset",
+                "--by",
+                "soak",
+                "--reason",
+                f"after {why}",
+                "--config",
+                str(self.cfg),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if out.returncode != 0:
+            self.problems.append(f"{why}: breaker reset failed: {out.stderr.strip()}")
+        self.say(f"breaker reset ({why})")
 
     def idle(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -592,7 +598,8 @@ class Soak:
             t.explained_by = self.explain(t)
             if not t.explained_by:
                 self.problems.append(
-                    f"unexplained trip at {_iso(t.at)} by {t.source}: {t.reason} (gen {t.generation})"
+                    f"unexplained trip at {_iso(t.at)} by {t.source}: {t.reason} "
+                    f"(generation {t.generation})"
                 )
         if self.books:
             self.problems.append("the books do not balance: " + "; ".join(self.books))
@@ -616,9 +623,7 @@ class Soak:
                     "source": t.source,
                     "reason": t.reason,
                     "generation": t.generation,
-                    "explained_by": [
-                        f"#{n} {self.faults[n - 1].kind}" for n in t.explained_by
-                    ],
+                    "explained_by": [f"#{n} {self.faults[n - 1].kind}" for n in t.explained_by],
                 }
                 for t in trips
             ],
