@@ -72,18 +72,20 @@ KINDS = (
     "db_lock",
     "price_jump",
 )
-HB_TIMEOUT = 3.0
+HB_TIMEOUT = 3.0  # the watchdog's heartbeat_timeout_s (default; --heartbeat-timeout)
 POLL = 0.5
 # which faults can explain a breaker trip, by the words of its reason
 CAUSES: tuple[tuple[str, frozenset[str]], ...] = (
     (r"is gone|heartbeat missing", frozenset({"kill_main", "stop_main"})),
-    (r"stopped \(SIGSTOP\)|zombie", frozenset({"stop_main"})),
+    (r"stopped \(SIGSTOP\)", frozenset({"stop_main"})),
+    (r"zombie", frozenset({"kill_main", "stop_main"})),  # killed, not yet reaped by its parent
     (r"heartbeat stale|no cycle progress", frozenset({"stop_main", "kill_main"})),
     (r"consecutive order rejects", frozenset({"reject_burst"})),
     (r"daily loss|gross exposure|open positions", frozenset({"price_jump"})),
 )
-# a trip is explained by a fault that started at most this long before it (s), plus its length
-EXPLAIN_WINDOW = HB_TIMEOUT + 4 * POLL + 15.0
+# a trip is explained by a fault of a matching kind that ended at most this long before it
+# (s): the watchdog's heartbeat timeout, a few polls, and a main loop's restart
+EXPLAIN_AFTER = 4 * POLL + 15.0
 # the one process (besides the data lake) that touches SQLite: a stand-in for an operator's
 # tool holding the write lock; it is a string run by another interpreter, on purpose
 LOCK_HOLDER = """
@@ -148,7 +150,15 @@ def _ts(iso: str) -> float:
 class Soak:
     """One soak run: start everything, fire faults until the time is up, then check."""
 
-    def __init__(self, work: Path, seed: int, minutes: float, gaps: tuple[float, float]) -> None:
+    def __init__(
+        self,
+        work: Path,
+        seed: int,
+        minutes: float,
+        gaps: tuple[float, float],
+        hb_timeout: float = HB_TIMEOUT,
+    ) -> None:
+        self.hb_timeout = hb_timeout
         self.work = work
         self.data = work / "data"
         self.seed = seed
@@ -208,7 +218,7 @@ class Soak:
         hb = read_heartbeat(self.data / "heartbeat-watchdog.json")
         if hb is None or hb.phase != "watching" or hb.pid == not_pid:
             return None
-        if hb.age(time.monotonic()) > HB_TIMEOUT:
+        if hb.age(time.monotonic()) > self.hb_timeout:
             return None
         return hb.pid
 
@@ -305,7 +315,8 @@ class Soak:
         os.kill(self.main.pid, signal.SIGKILL)
         self.main.wait(10)
         tripped = _until(
-            lambda: self.breaker.status().state is BreakerState.HALTED, HB_TIMEOUT + POLL * 4 + 20
+            lambda: self.breaker.status().state is BreakerState.HALTED,
+            self.hb_timeout + POLL * 4 + 20,
         )
         f.detail["tripped_s"] = round(_now() - f.started, 2) if tripped else None
         if not tripped:
@@ -426,7 +437,8 @@ class Soak:
                 "deadline_s": 1.0,
                 "write_timeout_s": 0.6,
                 "heartbeat_interval_s": 0.25,
-                "heartbeat_timeout_s": HB_TIMEOUT,
+                "heartbeat_timeout_s": self.hb_timeout,
+                "busy_timeout_ms": min(500, int(self.hb_timeout * 250)),
                 "poll_interval_s": POLL,
                 "close_wait_s": 2.0,
                 "connect_timeout_s": 5.0,
@@ -551,7 +563,9 @@ class Soak:
             for f in self.faults
             if f.kind in kinds
             and not f.detail.get("skipped")
-            and f.started - 2.0 <= trip.at <= (f.ended or f.started) + EXPLAIN_WINDOW
+            and f.started - 2.0
+            <= trip.at
+            <= (f.ended or f.started) + self.hb_timeout + EXPLAIN_AFTER
         ]
 
     def growth(self) -> dict[str, Any]:
@@ -609,6 +623,7 @@ class Soak:
             "command": " ".join(["python -m benchmarks.soak", *sys.argv[1:]]),
             "seed": self.seed,
             "minutes_asked": self.minutes,
+            "heartbeat_timeout_s": self.hb_timeout,
             "started": _iso(started),
             "duration_s": round(_now() - started, 1),
             "host": platform.node(),
@@ -676,11 +691,12 @@ def run_soak(
     work: Path | None = None,
     gaps: tuple[float, float] = (4.0, 12.0),
     sample_every: float = 5.0,
+    heartbeat_timeout_s: float = HB_TIMEOUT,
 ) -> dict[str, Any]:
     """Run a soak and return its result (see the module docstring)."""
     work = work or Path(tempfile.mkdtemp(prefix="soak-"))
     work.mkdir(parents=True, exist_ok=True)
-    return Soak(work, seed, minutes, gaps).run(sample_every)
+    return Soak(work, seed, minutes, gaps, heartbeat_timeout_s).run(sample_every)
 
 
 def main() -> None:
@@ -690,16 +706,20 @@ def main() -> None:
     p.add_argument("--gap-min", type=float, default=4.0, help="seconds between faults, least")
     p.add_argument("--gap-max", type=float, default=12.0, help="seconds between faults, most")
     p.add_argument("--sample-every", type=float, default=5.0, help="seconds between samples")
+    p.add_argument("--heartbeat-timeout", type=float, default=HB_TIMEOUT, help="watchdog's")
     p.add_argument("--work", type=Path, default=None, help="keep logs and data here")
     p.add_argument("--out", type=Path, default=None, help="result JSON (default results/)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args()
+    # a SIGTERM unwinds like Ctrl-C: the daemon, the watchdog and the gateway are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run_soak(
         args.minutes,
         args.seed,
         work=args.work,
         gaps=(args.gap_min, args.gap_max),
         sample_every=args.sample_every,
+        heartbeat_timeout_s=args.heartbeat_timeout,
     )
     print(summary(result))
     out = args.out or RESULTS / (
