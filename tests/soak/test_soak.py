@@ -8,11 +8,14 @@ it, and every process the faults took down back up as scripted.
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.soak import KINDS, run_soak, summary
 
 SEED = 13
 
 
+@pytest.mark.timeout(600)  # one round of every fault: about 3 minutes on 2 loaded cores
 def test_a_seeded_round_of_every_fault_keeps_the_books_and_explains_every_trip(tmp_path):
     # minutes=1: the first round (every kind once) runs to its end whatever the clock says
     result = run_soak(1.0, SEED, work=tmp_path, gaps=(2.0, 5.0), heartbeat_timeout_s=5.0)
