@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -384,13 +385,13 @@ class Soak:
             self.restarts["main"] += 1
             assert self.main is not None
             pid = self.main.pid
-            _until(lambda p=pid: self.main_cycling(p) or not self.main_alive(), 120, 0.1)
+            _until(functools.partial(self.cycling_or_dead, pid), 120, 0.1)
             if self.main_cycling(pid):
                 break
             if self.main_alive():
                 self.problems.append(f"{why}: the restarted main loop did not cycle in 120 s")
                 break
-            if _until(lambda p=pid: self.killed_by_watchdog(p), 10, 0.2):
+            if _until(functools.partial(self.killed_by_watchdog, pid), 10, 0.2):
                 self.known.append(
                     f"{why}: the watchdog killed the restarted main loop {pid} at its start "
                     "(judged on its predecessor's stale heartbeat; "
@@ -409,6 +410,9 @@ class Soak:
                 self.say(f"watchdog watching again (pid {pid})")
         if tripped or self.note_trip():
             self.reset(why)
+
+    def cycling_or_dead(self, pid: int) -> bool:
+        return self.main_cycling(pid) or not self.main_alive()
 
     def killed_by_watchdog(self, pid: int) -> bool:
         try:
