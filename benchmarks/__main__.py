@@ -279,6 +279,34 @@ def _fmt(x: float | None) -> str:
     return f"{x:.3g}"
 
 
+def _soak_and_stress(directory: str) -> list[str]:
+    out = []
+    for path in sorted(Path(directory).glob("soak-*.json")):
+        r = json.loads(path.read_text())
+        growth = ", ".join(
+            f"{role} RSS {p['growth'].get('rss_growth_pct', '-')}% over "
+            f"{p['growth'].get('over_s', '-')} s"
+            for role, p in r["processes"].items()
+        )
+        out.append(
+            f"- `{path.name}`: seed {r['seed']}, {r['duration_s'] / 60:.1f} min, "
+            f"{len(r['faults'])} faults, {len(r['trips'])} trips "
+            f"({sum(1 for t in r['trips'] if not t['explained_by'])} unexplained), books "
+            f"balance: {r['books_balance']}, {growth}; ok: {r['ok']}"
+        )
+    for path in sorted(Path(directory).glob("stress-*.json")):
+        f = json.loads(path.read_text())
+        out.append(
+            f"- `{path.name}`: accepted {f['accepted_per_s']}/s, refused {f['refused_per_s']}/s "
+            f"({f['refusals_unrecorded']} unrecorded), most sent in 1 s "
+            f"{f['max_sent_in_any_1s']} (limit {f['limits']['max_orders_per_second']}), error "
+            f"100: {f['error_100']}, cancel to Cancelled median "
+            f"{f['cancel_to_cancelled_s_median']} s, heartbeat max age "
+            f"{f['heartbeat_max_age_s']} s"
+        )
+    return out
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -304,6 +332,13 @@ def markdown(report: dict[str, Any]) -> str:
     failures = [f"{r['name']}: {f}" for r in report["benchmarks"] for f in r["failures"]]
     if failures:
         lines += ["", "Failures:", *[f"- {f}" for f in failures]]
+    extra = _soak_and_stress(report.get("results_dir", str(RESULTS)))
+    if extra:
+        lines += [
+            "",
+            "Soak and stress (their own commands; latest results in this directory):",
+            *extra,
+        ]
     lines += ["", "Commands:", *[f"- `{r['command']}` ({r['what']})" for r in report["benchmarks"]]]
     return "\n".join(lines) + "\n"
 
@@ -346,6 +381,7 @@ def main() -> None:
         report["benchmarks"] += list(fresh.values())
         report["command"] = f"{old['command']}; {report['command']}"
     report["ratios"] = _ratios(report["benchmarks"])
+    report["results_dir"] = str(args.out)
     Path(f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     md = markdown(report)
     Path(f"{stem}.md").write_text(md)
