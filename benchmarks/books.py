@@ -1,0 +1,122 @@
+"""The accounting invariant every drill and the soak assert after their faults.
+
+The broker's books (the paper gateway's ledger, read over its admin channel) and ours (the
+SQLite file, read-only) must agree:
+
+1. every broker execution of our sessions is stored, exactly once (execId is the key);
+2. broker positions equal the seeded positions plus what the stored executions add up to;
+3. no order at the broker from our sessions without a stored intent;
+4. no orderRef sent twice;
+5. every stored intent is in a state that agrees with the broker's order.
+
+Our own records may lag a moment behind the broker (the writer queue), so the check is
+retried until it holds or the deadline passes; the failure names every disagreement.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from data_lake import DatabaseError, DataLakeMissing, open_readonly
+from paper_gateway import AdminClient
+from skills.contracts import contract_key
+
+OUR_CLIENTS = (1, 999, 1000)  # main loop, watchdog, panic (config defaults in the tests)
+
+_AGREES = {
+    "Filled": {"filled"},
+    "Cancelled": {"cancelled", "rejected"},
+    "ApiCancelled": {"cancelled", "rejected"},
+    "Inactive": {"rejected", "cancelled"},
+}
+
+
+def _key(row: Mapping[str, Any], right: str = "right") -> str:
+    return contract_key(
+        row["symbol"], row["sec_type"], row.get("expiry"), row.get("strike"), row.get(right)
+    )
+
+
+def disagreements(
+    admin: AdminClient,
+    data_dir: Path,
+    *,
+    seeded: Mapping[str, float] | None = None,
+    clients: Iterable[int] = OUR_CLIENTS,
+) -> list[str]:
+    """Return every way the broker's books and ours disagree (empty: they balance)."""
+    ours = set(clients)
+    ledger = admin.call("ledger")
+    state = admin.call("state")
+    try:
+        db = open_readonly(data_dir)
+        stored = {r["exec_id"]: r for r in db.query("SELECT * FROM executions")}
+        intents = {r["order_ref"]: r for r in db.query("SELECT * FROM order_intents")}
+    except (DataLakeMissing, DatabaseError) as exc:
+        return [f"database unreadable: {exc}"]
+    problems: list[str] = []
+
+    broker_execs = [e for e in ledger["executions"] if e["client_id"] in ours]
+    missing = [e["exec_id"] for e in broker_execs if e["exec_id"] not in stored]
+    if missing:
+        problems.append(f"broker executions not stored: {missing}")
+    known = {e["exec_id"] for e in ledger["executions"]}
+    phantom = [x for x in stored if x not in known]
+    if phantom:
+        problems.append(f"stored executions the broker never made: {phantom}")
+
+    derived: dict[str, float] = defaultdict(float, dict(seeded or {}))
+    for e in stored.values():
+        derived[_key(e, "opt_right")] += e["shares"] if e["side"] == "BOT" else -e["shares"]
+    broker_pos = {_key(p): p["quantity"] for p in state["positions"] if p["quantity"]}
+    mine = {k: round(q, 6) for k, q in derived.items() if abs(q) > 1e-9}
+    if mine != {k: round(q, 6) for k, q in broker_pos.items()}:
+        problems.append(f"positions: broker {broker_pos} != seeded + stored executions {mine}")
+
+    orders = [o for o in ledger["orders"] if o["client_id"] in ours]
+    refs = Counter(o["order_ref"] for o in orders if o["order_ref"])
+    twice = sorted(r for r, n in refs.items() if n > 1)
+    if twice:
+        problems.append(f"orderRefs sent more than once: {twice}")
+    no_intent = sorted({o["order_ref"] or f"#{o['order_id']}" for o in orders} - set(intents))
+    if no_intent:
+        problems.append(f"orders at the broker without a stored intent: {no_intent}")
+
+    by_ref = {o["order_ref"]: o for o in orders if o["order_ref"]}
+    for ref, intent in intents.items():
+        order = by_ref.get(ref)
+        status = intent["status"]
+        if order is None:
+            if status in ("pending", "submitted", "filled"):
+                problems.append(f"intent {ref} is {status} but the broker never had it")
+            continue
+        allowed = _AGREES.get(order["status"], {"submitted"})
+        if status not in allowed:
+            problems.append(
+                f"intent {ref} is {status}, the broker's order is {order['status']} "
+                f"(filled {order['filled']:g})"
+            )
+    return problems
+
+
+def assert_books_balance(
+    admin: AdminClient,
+    data_dir: Path,
+    *,
+    seeded: Mapping[str, float] | None = None,
+    clients: Iterable[int] = OUR_CLIENTS,
+    timeout: float = 15.0,
+) -> None:
+    """Assert the accounting invariant, waiting up to `timeout` for our records to catch up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        problems = disagreements(admin, data_dir, seeded=seeded, clients=clients)
+        if not problems:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError("the books do not balance:\n  " + "\n  ".join(problems))
+        time.sleep(0.1)

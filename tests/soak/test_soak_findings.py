@@ -1,0 +1,86 @@
+"""What the soak found (benchmarks/soak.py), pinned as tests.
+
+Seed 2026, 45-minute run, fault #50 stop_main: the watchdog tripped on the SIGSTOPped main
+loop and killed it; the soak restarted the daemon 0.1 s later, just as the old heartbeat
+went stale. The watchdog's poll had judged the *old* heartbeat (stale, pid gone), then
+`_kill_frozen_main` read the heartbeat file again, found the new daemon's first beat, and
+SIGKILLed the new daemon 45 ms after it started ("main_killed: frozen main loop 5775
+killed"). A person's restart after a stale-heartbeat trip is killed whenever its first beat
+lands inside the watchdog's poll (the poll awaits quotes between judging and killing).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from data_lake import Store, open_readonly
+from runtime.config import Secrets, parse_config
+from runtime.heartbeat import Clock, write_heartbeat
+from runtime.watchdog import Watchdog
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeClock(Clock):
+    def __init__(self):
+        self.mono, self.wall_s = 1000.0, 1_700_000_000.0
+
+    def monotonic(self):
+        return self.mono
+
+    def wall(self):
+        return self.wall_s
+
+
+@pytest.fixture
+def wd(tmp_path):
+    data = tomllib.loads((ROOT / "config/paper.toml").read_text())
+    data["data"]["dir"] = str(tmp_path)
+    data["watchdog"]["heartbeat_timeout_s"] = 5.0
+    data["watchdog"]["kill_frozen_main"] = True
+    cfg = parse_config(data)
+    clock = FakeClock()
+    w = Watchdog(cfg, Secrets({}), clock=clock)
+    w.store = Store.open(tmp_path)
+    w.started = clock.mono
+    yield w
+    w.store.close(10)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="runtime/watchdog.py _kill_frozen_main re-reads the heartbeat and kills whatever "
+    "pid it names now, not the pid judged frozen: a restarted daemon is killed at start "
+    "(soak seed 2026, issue 13)",
+)
+def test_the_watchdog_kills_the_main_loop_it_judged_frozen_not_its_successor(wd, tmp_path):
+    old = subprocess.Popen([sys.executable, "-c", "pass"])
+    old.wait()  # the frozen main loop, already killed
+    write_heartbeat(wd.data_dir / "heartbeat-main.json", wd.clock, 7, "idle", pid=old.pid)
+    wd.clock.mono += 10  # its last beat is stale
+    reasons = wd.check_main()
+    assert any("stale" in r for r in reasons)
+    successor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        # a person restarted the daemon; its first beat lands while the watchdog polls
+        write_heartbeat(
+            wd.data_dir / "heartbeat-main.json", wd.clock, 0, "starting", pid=successor.pid
+        )
+        wd._kill_frozen_main(reasons)
+        assert wd.store.flush(10)
+        killed = [
+            r["reason"]
+            for r in open_readonly(tmp_path).query(
+                "SELECT reason FROM safety_events WHERE kind = 'main_killed'"
+            )
+        ]
+        assert not any(str(successor.pid) in r for r in killed), killed
+    finally:
+        successor.kill()
+        successor.wait(10)
