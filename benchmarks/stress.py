@@ -149,12 +149,12 @@ class Stress:
             symbol = SYMBOLS[(cycle_id * n + i) % len(SYMBOLS)]
             price = prices[symbol]
             request = OrderRequest(
-                symbol,
-                "STK",
-                "BUY",
-                1 + (cycle_id * n + i) % 50,  # sizes differ: not duplicates
-                "LMT",
-                round(price * 0.97, 2),  # inside the collar, below the market: rests
+                symbol=symbol,
+                sec_type="STK",
+                action="BUY",
+                quantity=1 + (cycle_id * n + i) % 50,  # sizes differ: not duplicates
+                order_type="LMT",
+                limit_price=round(price * 0.97, 2),  # inside the collar, below the market: rests
                 cycle_id=cycle_id,
                 decision_id=i,
             )

@@ -83,6 +83,7 @@ class Watchdog:
         self._failed_flattens = 0
         self._close_seq = 0
         self._last_event: dict[tuple[str, str], float] = {}
+        self._judged: Heartbeat | None = None  # the main heartbeat check_main last judged
         self.progress: Callable[[str], None] = lambda line: None  # panic prints each step
 
     # --- plumbing --------------------------------------------------------------------------
@@ -188,6 +189,7 @@ class Watchdog:
         """Reasons the main loop counts as dead or frozen (empty: healthy or cleanly stopped)."""
         w = self.cfg.watchdog
         hb = read_heartbeat(self.data_dir / MAIN_HEARTBEAT)
+        self._judged = hb  # the heartbeat these reasons are about (the kill acts on this one)
         now = self.clock.monotonic()
         if hb is None:
             if self.main_seen:
@@ -316,8 +318,18 @@ class Watchdog:
             return
         if not any("stale" in r or "stopped" in r or "progress" in r for r in reasons):
             return
-        hb = read_heartbeat(self.data_dir / MAIN_HEARTBEAT)
+        # the process judged frozen, not whatever the heartbeat names now: a daemon restarted
+        # in the meantime writes its own heartbeat and must not be killed for its predecessor
+        hb = self._judged
         if hb is None or hb.phase == "stopped":
+            return
+        now = read_heartbeat(self.data_dir / MAIN_HEARTBEAT)
+        if now is not None and (now.pid, now.create_time) != (hb.pid, hb.create_time):
+            self._event_repeated(
+                "main_kill_skipped",
+                f"not killing: the main loop judged frozen (pid {hb.pid}) was replaced by pid "
+                f"{now.pid}, which has not been judged",
+            )
             return
         try:
             proc = psutil.Process(hb.pid)

@@ -52,13 +52,6 @@ def wd(tmp_path):
     w.store.close(10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="runtime/watchdog.py _kill_frozen_main re-reads the heartbeat and kills whatever "
-    "pid it names now, not the pid judged frozen: a restarted daemon is killed at start "
-    "(soak seed 2026, issue 13)",
-)
 def test_the_watchdog_kills_the_main_loop_it_judged_frozen_not_its_successor(wd, tmp_path):
     old = subprocess.Popen([sys.executable, "-c", "pass"])
     old.wait()  # the frozen main loop, already killed

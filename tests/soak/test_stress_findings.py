@@ -52,7 +52,14 @@ async def _until(cond, timeout, what):
 async def test_a_cancel_overtakes_messages_queued_before_it(broker, admin):
     price = admin.call("state")["prices"]["MSFT"]
     ref = "stress-cancel-first"
-    request = OrderRequest("MSFT", "STK", "BUY", 1, "LMT", round(price * 0.9, 2))
+    request = OrderRequest(
+        symbol="MSFT",
+        sec_type="STK",
+        action="BUY",
+        quantity=1,
+        order_type="LMT",
+        limit_price=round(price * 0.9, 2),
+    )
     broker.submit(ref, request)
 
     def order():
