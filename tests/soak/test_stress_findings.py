@@ -43,11 +43,6 @@ async def _until(cond, timeout, what):
     return value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/broker.py sends cancels through ib_insync's FIFO throttle: a cancel "
-    "waits behind every message queued before it (benchmarks/stress.py, issue 13)",
-)
 @pytest.mark.asyncio
 async def test_a_cancel_overtakes_messages_queued_before_it(broker, admin):
     price = admin.call("state")["prices"]["MSFT"]
