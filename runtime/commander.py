@@ -484,6 +484,7 @@ class Commander:
             self.broker,
             exchange_day(self.wall_now()),
             intent_timeout_s=self.cfg.data.write_timeout_s,
+            clock=self.clock.monotonic,
         )
 
     async def _market_open(self, r: OrderRequest) -> bool:

@@ -778,6 +778,7 @@ async def place_order_with_guard(
     submitter: Submitter,
     day: str = "",
     intent_timeout_s: float = 5.0,
+    clock: Callable[[], float] | None = None,
 ) -> GateVerdict:
     """Check, store the intent (awaited: no order without a stored intent), then submit.
     The only path from a decision to placeOrder."""
@@ -822,7 +823,9 @@ async def place_order_with_guard(
         store.post(update_intent, order_ref, status=IntentStatus.NOT_SENT, last_error=reason)
         _refusal(store, request, order_ref, [reason])
         return GateVerdict(False, order_ref, (reason,))
-    state.record_sent(request, ctx.now, day)
+    # counted at the moment it went out (after the awaited intent), not when the view was
+    # built: the rate windows see real send times
+    state.record_sent(request, clock() if clock is not None else ctx.now, day)
     store.post(update_intent, order_ref, status=IntentStatus.SUBMITTED, broker_order_id=broker_id)
     return GateVerdict(True, order_ref, (), broker_id)
 

@@ -334,6 +334,22 @@ async def test_no_order_without_a_stored_intent(store):
     assert read(store, get_intent, verdict.order_ref) is None
 
 
+@pytest.mark.asyncio
+async def test_a_send_is_counted_when_it_goes_out_not_when_the_view_was_built(store):
+    clock = [1000.0]
+
+    class SlowBroker(RecordingSubmitter):
+        def submit(self, order_ref, request):
+            clock[0] = 1000.8  # the intent write and the send took 0.8 s after the view
+            return super().submit(order_ref, request)
+
+    state = GateState()
+    verdict = await place_order_with_guard(
+        buy(), ctx(now=1000.0), state, LIMITS, store, SlowBroker(), clock=lambda: clock[0]
+    )
+    assert verdict.accepted and list(state.sent) == [1000.8]
+
+
 # --- invariants ---------------------------------------------------------------------------
 @settings(max_examples=300, deadline=None)
 @given(
