@@ -632,7 +632,23 @@ class Soak:
                     last = statistics.median(s[key] for s in b)
                     g[key] = [first, last]
                 g["rss_growth_pct"] = round((g["rss_mb"][1] / g["rss_mb"][0] - 1) * 100, 2)
-            out[role] = {"windows": windows, "growth": g, "pids": len({s["pid"] for s in rows})}
+            each = []
+            for pid, ps in by_pid.items():
+                if len(ps) >= 2:
+                    each.append(
+                        {
+                            "pid": pid,
+                            "from_t": ps[0]["t"],
+                            "to_t": ps[-1]["t"],
+                            **{k: [ps[0][k], ps[-1][k]] for k in ("rss_mb", "fds", "threads")},
+                        }
+                    )
+            out[role] = {
+                "windows": windows,
+                "growth": g,
+                "pids": len({s["pid"] for s in rows}),
+                "per_process": each,
+            }
         return out
 
     def report(self, started: float, gateway: dict[str, Any]) -> dict[str, Any]:
@@ -678,6 +694,7 @@ class Soak:
             "processes": self.growth(),
             "problems": self.problems,
             "known_bugs_met": self.known,
+            "samples": self.samples,
             "ok": not self.problems,
             "work": str(self.work),
         }
