@@ -534,7 +534,9 @@ class Watchdog:
             )
 
     async def _hold_flat(self, status: BreakerStatus, positions: list[PositionView] | None) -> None:
-        """HALTED means flat and staying flat: verified from the broker on every poll."""
+        """HALTED means flat and staying flat: verified from the broker on every poll, and no
+        order left working (a global cancel lost in a gateway freeze is sent again)."""
+        await self._cancel_stray_orders()
         if positions is None:
             self._event_repeated(
                 "flat_unverified",
@@ -552,6 +554,34 @@ class Watchdog:
         )
         self._flat_generation = -1
         await self.flatten(status.generation, positions)
+
+    async def _cancel_stray_orders(self) -> None:
+        """While HALTED, any working order other than our own closes is cancelled at once
+        (reqGlobalCancel; a close it catches is sent again by the next flatten attempt)."""
+        if not self.broker.ready:
+            return
+        try:
+            working = await asyncio.wait_for(
+                self.broker.working_orders(), self.cfg.broker.request_timeout_s
+            )
+        except (TimeoutError, ConnectionError, BrokerNotReady) as exc:
+            self._event_repeated(
+                "orders_unverified", f"working orders not read: {exc!r}", "warning"
+            )
+            return
+        stray = sorted(w.order_ref or w.key for w in working if not w.order_ref.startswith("wd-"))
+        if not stray:
+            return
+        self._event_repeated(
+            "halted_orders_working",
+            f"breaker HALTED but orders are still working at the broker: {', '.join(stray[:5])}"
+            + (f" (+{len(stray) - 5})" if len(stray) > 5 else "")
+            + "; global cancel sent again",
+        )
+        try:
+            self.broker.global_cancel()
+        except BrokerNotReady as exc:
+            self._event_repeated("global_cancel_failed", str(exc))
 
     async def poll_once(self) -> None:
         self.polls += 1
