@@ -110,16 +110,32 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway_account(cfg: Config) -> str:
+    """The account the gateway reports for the main loop's client id, learned before anything
+    is written (a client id already in use refuses here, exit 2); the config's own spelling
+    when the gateway cannot be reached now (the main loop checks again once connected)."""
+    from .broker import ClientIdInUse, probe_gateway
+
+    logging.getLogger("ib_insync").setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(probe_gateway(cfg.broker, cfg.mode, Secrets(), cfg.broker.client_id))
+    except ClientIdInUse as exc:
+        raise LockHeld(f"refused: {exc}") from None
+    except Exception:  # unreachable or not ready: decided again after connecting
+        return cfg.broker.account
+
+
 def _locks(cfg: Config, role: str) -> list[InstanceLock]:
     """Take this role's exclusive locks before anything is written or spawned."""
     held = [acquire(cfg.data_dir / f"{role}.lock", f"the {role} lock of {cfg.data_dir}")]
     if role == "run":
         b = cfg.broker
         try:
+            account = _gateway_account(cfg)
             held.append(
                 acquire(
-                    account_lock_path(cfg.data.lock_dir, b.host, b.port, b.account),
-                    f"account {b.account or '(default)'} at {b.host}:{b.port}",
+                    account_lock_path(cfg.data.lock_dir, b.host, b.port, account),
+                    f"account {account or '(default)'} at {b.host}:{b.port}",
                 )
             )
         except LockHeld:

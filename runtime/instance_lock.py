@@ -14,9 +14,11 @@ directory: set `lock_dir` to a shared path (e.g. /run/ib-swarm) when several uni
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -81,7 +83,11 @@ def acquire(path: Path, what: str) -> InstanceLock:
 
 
 def account_lock_path(lock_dir: str, host: str, port: int, account: str) -> Path:
-    """The lock file for one account behind one gateway ('' account: the gateway's only one)."""
+    """The lock file for one account behind one gateway ('' account: the gateway's only one).
+    The host is resolved, so 'localhost' and '127.0.0.1' are the same gateway; callers pass
+    the account the gateway reports whenever they can learn it."""
     base = Path(lock_dir) if lock_dir else Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):  # unresolvable: its spelling is the best key there is
+        host = socket.gethostbyname(host)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{host}-{port}-{account or 'default'}")
     return base / f"ib-swarm-account-{name}.lock"

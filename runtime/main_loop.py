@@ -47,7 +47,13 @@ from .heartbeat import (
     sd_notify,
     write_heartbeat,
 )
-from .instance_lock import ANOTHER_WATCHDOG
+from .instance_lock import (
+    ANOTHER_WATCHDOG,
+    InstanceLock,
+    LockHeld,
+    account_lock_path,
+    acquire,
+)
 from .notify import Notifier, start_notifier
 from .preflight import KEY_MISSING, static_refusals
 
@@ -85,6 +91,7 @@ class MainLoop:
         self._cycle_task: asyncio.Task[Any] | None = None
         self._last_cycle_id = 0
         self._notifier: Notifier | None = None
+        self._account_lock: InstanceLock | None = None
 
     # --- helpers ---------------------------------------------------------------------------
     def _set_phase(self, phase: str) -> None:
@@ -392,7 +399,7 @@ class MainLoop:
         while not self.stop.is_set():
             try:
                 await self.broker.start()
-                return None
+                return self._lock_account()
             except (ClientIdInUse, AccountModeError) as exc:
                 print(f"fatal: {exc}", file=sys.stderr)
                 self._event("startup", str(exc), "critical")
@@ -409,6 +416,23 @@ class MainLoop:
                     await asyncio.wait_for(self.stop.wait(), delay)
                 delay = min(delay * 2, self.cfg.broker.reconnect_max_s)
         return 0
+
+    def _lock_account(self) -> int | None:
+        """One daemon per account: now that the gateway has said which account this is, hold
+        its lock (a config that spelled it differently cannot get round it)."""
+        b = self.cfg.broker
+        path = account_lock_path(self.cfg.data.lock_dir, b.host, b.port, self.broker.account)
+        try:
+            self._account_lock = acquire(
+                path, f"account {self.broker.account} at {b.host}:{b.port}"
+            )
+        except LockHeld as exc:
+            if _held_by_me(path):
+                return None  # the early lock (taken before anything was written) is this one
+            print(f"fatal: {exc}", file=sys.stderr)
+            self._event("startup", str(exc), "critical")
+            return 2
+        return None
 
     async def _wait_for_watchdog(self) -> None:
         """Give the child time to connect before the first cycle; stop waiting once it
@@ -521,3 +545,11 @@ class MainLoop:
         self._set_phase("stopped")
         self._beat()
         log.info("main loop stopped after %d cycles", self.cycles_run)
+
+
+def _held_by_me(path: Path) -> bool:
+    """True when the lock file names this process (its early lock, taken by the CLI)."""
+    try:
+        return path.read_text(encoding="utf-8").strip() == str(os.getpid())
+    except OSError:
+        return False

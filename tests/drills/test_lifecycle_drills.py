@@ -61,12 +61,32 @@ def test_a_second_daemon_or_watchdog_is_refused_before_it_writes_anything(gatewa
         assert second.returncode == 2
         assert f"pid {first.pid}" in second.stderr and "data_lake" not in second.stderr
 
-        other_dir = write_config(tmp_path / "b", gateway.port)  # same account, other data dir
+        # same account, other data dir, other client ids: the account lock refuses it
+        other_dir = write_config(tmp_path / "b", gateway.port, client_id=3, watchdog_client_id=993)
         third = cli("run", "--config", str(other_dir), "--max-cycles", "1")
         assert third.returncode == 2 and f"pid {first.pid}" in third.stderr
         assert "account" in third.stderr
         assert not (tmp_path / "b" / "data" / "trading.sqlite3").exists()
         assert not (tmp_path / "b" / "data" / "heartbeat-main.json").exists()
+
+        # the same account spelled out, through "localhost", with other client ids: still the
+        # same account behind the same gateway
+        spelled = write_config(
+            tmp_path / "c",
+            gateway.port,
+            account="DU1234567",
+            host="localhost",
+            client_id=2,
+            watchdog_client_id=990,
+        )
+        fourth = cli("run", "--config", str(spelled), "--max-cycles", "1")
+        assert fourth.returncode == 2 and "account" in fourth.stderr, fourth.stderr
+        assert not (tmp_path / "c" / "data" / "trading.sqlite3").exists()
+        # the same client id as the running daemon: refused before anything is written
+        same_id = write_config(tmp_path / "d", gateway.port)
+        fifth = cli("run", "--config", str(same_id), "--max-cycles", "1")
+        assert fifth.returncode == 2 and "client id 1 is already in use" in fifth.stderr
+        assert not (tmp_path / "d" / "data" / "trading.sqlite3").exists()
 
         extra_watchdog = cli("watchdog", "--config", str(cfg))
         assert extra_watchdog.returncode != 0 and f"pid {wd.pid}" in extra_watchdog.stderr
