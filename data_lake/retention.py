@@ -36,6 +36,8 @@ def backup_database(
         dest = dest / f"trading-{stamp}.sqlite3"
     if dest.exists():
         raise FileExistsError(f"{dest} exists: choose a new name")
+    if not dest.parent.is_dir():
+        raise FileNotFoundError(f"backup destination folder {dest.parent} does not exist")
     tmp = dest.with_name(f".{dest.name}.partial")
     src = sqlite3.connect(f"{source_path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
     dst = sqlite3.connect(str(tmp))

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -374,8 +375,12 @@ def cmd_breaker(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        current = CircuitBreaker(cfg.data_dir).status()
+        if current.state is BreakerState.ACTIVE:
+            print(f"breaker already ACTIVE (since {current.since or '-'}): nothing to reset")
+            return 0
         if not args.yes and sys.stdin.isatty():
-            now = CircuitBreaker(cfg.data_dir).status()
+            now = current
             print(f"breaker is {now.state.value} since {now.since or '-'}: {now.reason}")
             if input("reset it to ACTIVE (new orders allowed again)? [y/N] ").strip() != "y":
                 print("not reset")
@@ -1047,9 +1052,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (| head): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (DataLakeMissing, SnapshotError, StorageUnavailable, DatabaseError, OSError) as exc:
         if args.debug:
             raise
+        if getattr(args, "json", False):
+            print(json.dumps({"error": redact(str(exc))}))
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     return result

@@ -239,5 +239,8 @@ def _drill(cfg: Config, work: Path, main: subprocess.Popen[bytes], symbol: str, 
         _say(f"drill: the broker reports the account flat {t_flat:.2f}s after the kill")
     ok = bool(tripped) and flat is not None
     _say("drill: PASSED" if ok else "drill: FAILED -- act at the broker and read daemon.log")
-    _say(f"drill: the drill's breaker stays HALTED in {work}; your own data dir is untouched")
+    _say(
+        f"drill: the drill's breaker stays HALTED in {work}; your own breaker and audit trail "
+        "are untouched (the drill keeps its files under drills/)"
+    )
     return 0 if ok else 1

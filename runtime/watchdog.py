@@ -58,6 +58,7 @@ log = logging.getLogger("runtime.watchdog")
 WATCHDOG_BUSY_TIMEOUT_MS = 200
 CONNECT_RETRY_MAX_S = 2.0  # the safety net retries its session often
 EVENT_REPEAT_S = 10.0  # the same repeated event is recorded at most this often
+ACCOUNT_SNAPSHOT_S = 30.0  # the watchdog records the account this often (status, charts)
 
 
 class Watchdog:
@@ -83,6 +84,7 @@ class Watchdog:
         self._failed_flattens = 0
         self._close_seq = 0
         self._last_event: dict[tuple[str, str], float] = {}
+        self._last_snapshot = -math.inf
         self._judged: Heartbeat | None = None  # the main heartbeat check_main last judged
         self.progress: Callable[[str], None] = lambda line: None  # panic prints each step
 
@@ -282,6 +284,9 @@ class Watchdog:
             log.warning("account poll failed: %s", exc or type(exc).__name__)
             return None
         self.account_poll_mono = self.clock.monotonic()
+        if self.account_poll_mono - self._last_snapshot >= ACCOUNT_SNAPSHOT_S:
+            self._last_snapshot = self.account_poll_mono
+            self.broker.snapshot_account("poll")  # status's figures while cycles are skipped
         return positions
 
     # --- actions -----------------------------------------------------------------------------
