@@ -302,6 +302,22 @@ async def probe_account(
         ib.disconnect()
 
 
+def _position_view(p: Any) -> PositionView:
+    """Our view of one ib_insync Position."""
+    c = p.contract
+    return PositionView(
+        c.conId,
+        c.symbol,
+        c.secType,
+        p.position,
+        p.avgCost,
+        float(c.multiplier or 1),
+        c.lastTradeDateOrContractMonth,
+        c.strike,
+        c.right,
+    )
+
+
 def contract_for(
     symbol: str, sec_type: str, expiry: str = "", strike: float = 0.0, right: str = ""
 ) -> Contract:
@@ -885,21 +901,7 @@ class Broker:
         return out
 
     def positions(self) -> list[PositionView]:
-        return [
-            PositionView(
-                p.contract.conId,
-                p.contract.symbol,
-                p.contract.secType,
-                p.position,
-                p.avgCost,
-                float(p.contract.multiplier or 1),
-                p.contract.lastTradeDateOrContractMonth,
-                p.contract.strike,
-                p.contract.right,
-            )
-            for p in self.ib.positions(self.account)
-            if p.position
-        ]
+        return [_position_view(p) for p in self.ib.positions(self.account) if p.position]
 
     async def fresh_positions(self, timeout_s: float | None = None) -> list[PositionView]:
         """Ask the broker now (a reqPositions round trip), not ib_insync's cached view: the
@@ -913,21 +915,7 @@ class Broker:
         for p in fresh:  # one answer per contract; a later line for the same conId wins
             if not self.account or p.account == self.account:
                 latest[p.contract.conId] = p
-        return [
-            PositionView(
-                p.contract.conId,
-                p.contract.symbol,
-                p.contract.secType,
-                p.position,
-                p.avgCost,
-                float(p.contract.multiplier or 1),
-                p.contract.lastTradeDateOrContractMonth,
-                p.contract.strike,
-                p.contract.right,
-            )
-            for p in latest.values()
-            if p.position
-        ]
+        return [_position_view(p) for p in latest.values() if p.position]
 
     async def holdings(self, quote_wait_s: float = 2.0) -> dict[str, Holding]:
         """Positions marked to the latest quotes (options with model delta), by contract key."""
