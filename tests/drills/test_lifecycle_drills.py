@@ -213,7 +213,7 @@ def test_a_cli_command_run_as_root_leaves_nothing_the_service_user_cannot_write(
     os.chown(service, 65534, 65534)  # the service user owns its data directory
     (service / "run.lock").touch()
     os.chown(service / "run.lock", 65534, 65534)
-    out = cli("breaker", "reset", "--by", "root", "--reason", "first start", "--config", str(cfg))
+    out = cli("breaker", "trip", "--by", "root", "--reason", "before a check", "--config", str(cfg))
     assert out.returncode == 0, out.stderr
     owners = {p.name: p.stat().st_uid for p in service.rglob("*")}
     assert "trading.sqlite3" in owners and "breaker.json" in owners
