@@ -43,6 +43,7 @@ from data_lake import (
     status_summary,
     unresolved_intents,
 )
+from skills.contracts import row_key
 
 from .breaker import BreakerState, BreakerUnwritable, CircuitBreaker, ResetRefused
 from .config import Config, ConfigError, Secrets, load_config
@@ -574,7 +575,7 @@ def cmd_orders(args: argparse.Namespace) -> int:
         limit=args.limit,
     )
     for r in rows:
-        r["contract"] = _contract_name(r)
+        r["contract"] = row_key(r)
     cols = [
         ("created_at", "created", 26),
         ("source", "source", 9),
@@ -625,12 +626,6 @@ def cmd_llm_usage(args: argparse.Namespace) -> int:
         ("cost_usd", "usd", -10),
     ]
     return _listing(args, rows, cols)
-
-
-def _contract_name(r: dict[str, Any]) -> str:
-    if r.get("sec_type") != "OPT":
-        return str(r.get("symbol"))
-    return f"{r['symbol']} {r.get('expiry')} {r.get('strike') or 0:g}{r.get('opt_right') or ''}"
 
 
 def cmd_trades(args: argparse.Namespace) -> int:

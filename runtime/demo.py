@@ -21,6 +21,7 @@ from typing import Any
 from data_lake import cycles_finished, demo_summary, open_readonly, query_trades
 from paper_gateway import AdminClient
 from paper_gateway.process import gateway_process
+from skills.contracts import row_key
 
 from .breaker import BreakerState, CircuitBreaker
 from .config import DEFAULT_INSTANCES_DIR, DEFAULT_TEMPLATES_DIR, example_config, load_config
@@ -265,12 +266,6 @@ def _kill_drill(
     return tripped and flat
 
 
-def _contract(row: dict[str, Any]) -> str:
-    if row["sec_type"] != "OPT":
-        return str(row["symbol"])
-    return f"{row['symbol']} {row['expiry']} {row['strike'] or 0:g}{row['opt_right'] or ''}"
-
-
 def _summary(work: Path, admin: AdminClient) -> None:
     db = open_readonly(work)
     s = demo_summary(db)
@@ -285,7 +280,7 @@ def _summary(work: Path, admin: AdminClient) -> None:
     decisions = s["decisions"]
     _say(f"decisions: {sum(d['n'] for d in decisions)}")
     for d in decisions[:10]:
-        _say(f"  {d['n']:3} x {d['action']} {_contract(d)}: {d['reason'][:100]}")
+        _say(f"  {d['n']:3} x {d['action']} {row_key(d)}: {d['reason'][:100]}")
     refusals = s["refusals"]
     _say(f"gate refusals: {sum(r['n'] for r in refusals)}")
     for r in refusals[:8]:
@@ -298,7 +293,7 @@ def _summary(work: Path, admin: AdminClient) -> None:
     for o in s["orders"][-10:]:
         price = f" @ {o['limit_price']:g}" if o["limit_price"] else ""
         _say(
-            f"  {o['action']} {o['quantity']:g} {_contract(o)} {o['order_type']}{price}: "
+            f"  {o['action']} {o['quantity']:g} {row_key(o)} {o['order_type']}{price}: "
             f"{o['status']}  (why: python -m runtime why {o['order_ref']} --config "
             f"{work / 'demo.toml'})"
         )

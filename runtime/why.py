@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from data_lake import Database, SnapshotError, load_snapshot, resolve_ref, trade_chain
+from skills.contracts import row_key
 
 __all__ = ["UnknownRef", "render_story", "trade_story"]
 
@@ -76,13 +77,6 @@ def trade_story(db: Database, data_dir: Path, ref: str) -> dict[str, Any]:
     return story
 
 
-def _contract(row: dict[str, Any]) -> str:
-    if row.get("sec_type") != "OPT":
-        return str(row.get("symbol"))
-    right = row.get("opt_right") or row.get("right") or ""
-    return f"{row['symbol']} {row.get('expiry')} {row.get('strike') or 0:g}{right}"
-
-
 def render_story(story: dict[str, Any]) -> str:
     """Tell the chain as text a person reads top to bottom (newest first, cause last)."""
     out: list[str] = []
@@ -90,7 +84,7 @@ def render_story(story: dict[str, Any]) -> str:
     title = f"order {story['order_ref']}"
     if intent:
         title += (
-            f": {intent['action']} {intent['quantity']:g} {_contract(intent)} "
+            f": {intent['action']} {intent['quantity']:g} {row_key(intent)} "
             f"{intent['order_type']}"
             + (f" @ {intent['limit_price']:g}" if intent["limit_price"] else "")
             + f" ({intent['tif']}), from {intent['source']}"
@@ -147,7 +141,7 @@ def render_story(story: dict[str, Any]) -> str:
         out.append(f"  no commander decision: a {intent['source']} order")
     for s in story["signals"]:
         out.append(
-            f"  signal from {s['instance_id']} ({s['model']}): {s['action']} {_contract(s)} "
+            f"  signal from {s['instance_id']} ({s['model']}): {s['action']} {row_key(s)} "
             f"confidence {s['confidence']}, win p {s['win_probability']}, payoff "
             f"{s['payoff_ratio']}; template {str(s['template_hash'])[:12]}, parameters "
             f"{str(s['params_hash'])[:12]}, prompt {str(s['prompt_hash'])[:12]}"

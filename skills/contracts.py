@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["contract_key"]
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["contract_key", "row_key"]
 
 
 def contract_key(
@@ -16,3 +19,14 @@ def contract_key(
     if sec_type != "OPT":
         return symbol
     return f"{symbol} {expiry or ''} {strike or 0.0:g}{right or ''}"
+
+
+def row_key(row: Mapping[str, Any]) -> str:
+    """The key of a stored row (intent, decision, signal, execution): `opt_right` or `right`."""
+    return contract_key(
+        row["symbol"],
+        row["sec_type"],
+        row.get("expiry"),
+        row.get("strike"),
+        row.get("opt_right") or row.get("right"),
+    )
