@@ -21,9 +21,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from data_lake import DatabaseError, DataLakeMissing, open_readonly
+from data_lake import Contract, DatabaseError, DataLakeMissing, open_readonly
 from paper_gateway import AdminClient
-from skills.contracts import contract_key
 
 OUR_CLIENTS = (1, 999, 1000)  # main loop, watchdog, panic (config defaults in the tests)
 
@@ -35,10 +34,8 @@ _AGREES = {
 }
 
 
-def _key(row: Mapping[str, Any], right: str = "right") -> str:
-    return contract_key(
-        row["symbol"], row["sec_type"], row.get("expiry"), row.get("strike"), row.get(right)
-    )
+def _key(row: Mapping[str, Any]) -> str:
+    return Contract.from_row(row).key
 
 
 def disagreements(
@@ -71,7 +68,7 @@ def disagreements(
 
     derived: dict[str, float] = defaultdict(float, dict(seeded or {}))
     for e in stored.values():
-        derived[_key(e, "opt_right")] += e["shares"] if e["side"] == "BOT" else -e["shares"]
+        derived[_key(e)] += e["shares"] if e["side"] == "BOT" else -e["shares"]
     broker_pos = {_key(p): p["quantity"] for p in state["positions"] if p["quantity"]}
     mine = {k: round(q, 6) for k, q in derived.items() if abs(q) > 1e-9}
     if mine != {k: round(q, 6) for k, q in broker_pos.items()}:

@@ -18,6 +18,7 @@ from .alerts import (
     schema_ready,
 )
 from .breaker_log import breaker_history, record_breaker_transition
+from .contract import Contract
 from .db import (
     DB_FILENAME,
     SCHEMA_VERSION,
@@ -78,6 +79,7 @@ __all__ = [
     "DB_FILENAME",
     "DONE_BROKER_STATES",
     "SCHEMA_VERSION",
+    "Contract",
     "DataLakeMissing",
     "Database",
     "DatabaseError",

@@ -24,7 +24,6 @@ from typing import Any
 
 from ib_insync import (
     IB,
-    Contract,
     Fill,
     LimitOrder,
     MarketOrder,
@@ -33,9 +32,13 @@ from ib_insync import (
     Ticker,
     Trade,
 )
+from ib_insync import (
+    Contract as IBContract,
+)
 
 from data_lake import (
     DONE_BROKER_STATES,
+    Contract,
     IntentStatus,
     RefuseToStart,
     RetryLater,
@@ -52,7 +55,6 @@ from data_lake import (
     set_commission,
     update_intent,
 )
-from skills.contracts import contract_key
 from skills.execution_gate import Holding, OrderRequest, WorkingOrder
 
 from .config import BrokerConfig, Secrets
@@ -132,7 +134,13 @@ class PositionView:
 
     @property
     def key(self) -> str:
-        return contract_key(self.symbol, self.sec_type, self.expiry, self.strike, self.right)
+        return Contract(
+            symbol=self.symbol,
+            sec_type=self.sec_type,
+            expiry=self.expiry,
+            strike=self.strike,
+            right=self.right,
+        ).key
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,14 +328,41 @@ def _position_view(p: Any) -> PositionView:
 
 def contract_for(
     symbol: str, sec_type: str, expiry: str = "", strike: float = 0.0, right: str = ""
-) -> Contract:
-    if sec_type == "OPT":
-        return Option(symbol, expiry, strike, right, "SMART", currency="USD")
-    return Stock(symbol, "SMART", "USD")
+) -> IBContract:
+    return to_ib(
+        Contract(symbol=symbol, sec_type=sec_type, expiry=expiry, strike=strike, right=right)
+    )
 
 
-def _key(c: Contract) -> str:
-    return contract_key(c.symbol, c.secType, c.lastTradeDateOrContractMonth, c.strike, c.right)
+def to_ib(contract: Contract) -> IBContract:
+    """The broker's contract for ours (SMART-routed, USD): the one mapping out."""
+    if contract.is_option:
+        return Option(
+            contract.symbol,
+            contract.expiry,
+            contract.strike,
+            contract.right,
+            "SMART",
+            currency="USD",
+        )
+    return Stock(contract.symbol, "SMART", "USD")
+
+
+def contract_of(c: IBContract) -> Contract:
+    """Our contract for one the broker reports: the one mapping in."""
+    if c.secType != "OPT":
+        return Contract(symbol=c.symbol, sec_type=c.secType or "STK")
+    return Contract(
+        symbol=c.symbol,
+        sec_type="OPT",
+        expiry=c.lastTradeDateOrContractMonth or "",
+        strike=float(c.strike or 0.0),
+        right=c.right or "",
+    )
+
+
+def _key(c: IBContract) -> str:
+    return contract_of(c).key
 
 
 class Broker:
@@ -373,7 +408,7 @@ class Broker:
         self._wake = asyncio.Event()
         self._tickers: dict[str, Ticker] = {}
         self._updated: dict[int, float] = {}  # id(ticker) -> monotonic time of last update
-        self._qualified: dict[str, Contract] = {}
+        self._qualified: dict[str, IBContract] = {}
         self._cancel_requested: set[str] = set()
         self._pnl: Any = None
         self._seen_exec: set[str] = set()  # execIds already counted (memory, not the database)
@@ -943,7 +978,7 @@ class Broker:
         expiry: str = "",
         strike: float = 0.0,
         right: str = "",
-    ) -> Contract | None:
+    ) -> IBContract | None:
         contract = contract_for(symbol, sec_type, expiry, strike, right)
         key = _key(contract)
         if key in self._qualified:
@@ -961,7 +996,7 @@ class Broker:
         for t in tickers:
             self._updated[id(t)] = now
 
-    async def subscribe(self, contract: Contract) -> Ticker:
+    async def subscribe(self, contract: IBContract) -> Ticker:
         key = _key(contract)
         ticker = self._tickers.get(key)
         if ticker is None:
@@ -981,7 +1016,7 @@ class Broker:
             await self.subscribe(t.contract)
 
     async def quote(
-        self, contract: Contract, max_wait_s: float | None = None
+        self, contract: IBContract, max_wait_s: float | None = None
     ) -> QuoteSnapshot | None:
         """Return the latest streaming quote, waiting up to max_wait_s for a first one."""
         ticker = await self.subscribe(contract)
@@ -1015,7 +1050,7 @@ class Broker:
             underlying_price=_num(greeks.undPrice) if greeks else None,
         )
 
-    async def iv_rank(self, contract: Contract) -> tuple[float, float] | None:
+    async def iv_rank(self, contract: IBContract) -> tuple[float, float] | None:
         """Return (current IV, IV rank 0..1) from a year of daily implied-vol bars."""
         bars = await asyncio.wait_for(
             self.ib.reqHistoricalDataAsync(
@@ -1029,7 +1064,7 @@ class Broker:
         lo, hi, cur = min(closes), max(closes), closes[-1]
         return cur, (cur - lo) / (hi - lo) if hi > lo else 0.0
 
-    async def daily_closes(self, contract: Contract, duration: str = "1 M") -> list[float]:
+    async def daily_closes(self, contract: IBContract, duration: str = "1 M") -> list[float]:
         """Return daily closing trade prices over `duration` (IB duration string), oldest first."""
         bars = await asyncio.wait_for(
             self.ib.reqHistoricalDataAsync(contract, "", duration, "1 day", "TRADES", True),
@@ -1037,7 +1072,7 @@ class Broker:
         )
         return [float(b.close) for b in bars if _num(b.close) is not None]
 
-    async def option_chain(self, contract: Contract) -> tuple[list[str], list[float]]:
+    async def option_chain(self, contract: IBContract) -> tuple[list[str], list[float]]:
         chains = await asyncio.wait_for(
             self.ib.reqSecDefOptParamsAsync(contract.symbol, "", contract.secType, contract.conId),
             self.cfg.request_timeout_s,
@@ -1047,7 +1082,7 @@ class Broker:
             return [], []
         return sorted(smart[0].expirations), sorted(smart[0].strikes)
 
-    async def market_open(self, contract: Contract, now: dt.datetime) -> bool:
+    async def market_open(self, contract: IBContract, now: dt.datetime) -> bool:
         details = await asyncio.wait_for(
             self.ib.reqContractDetailsAsync(contract), self.cfg.request_timeout_s
         )

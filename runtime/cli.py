@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 
 from data_lake import (
+    Contract,
     DatabaseError,
     DataLakeMissing,
     IntentStatus,
@@ -43,7 +44,6 @@ from data_lake import (
     status_summary,
     unresolved_intents,
 )
-from skills.contracts import row_key
 
 from .breaker import BreakerState, BreakerUnwritable, CircuitBreaker, ResetRefused
 from .config import Config, ConfigError, Secrets, load_config
@@ -575,7 +575,7 @@ def cmd_orders(args: argparse.Namespace) -> int:
         limit=args.limit,
     )
     for r in rows:
-        r["contract"] = row_key(r)
+        r["contract"] = Contract.from_row(r).key
     cols = [
         ("created_at", "created", 26),
         ("source", "source", 9),
@@ -638,11 +638,7 @@ def cmd_trades(args: argparse.Namespace) -> int:
         return 0
     print(f"{'time':26} {'side':4} {'qty':>6} {'contract':28} {'price':>10} {'comm':>7} ref")
     for r in rows:
-        contract = (
-            r["symbol"]
-            if r["sec_type"] == "STK"
-            else f"{r['symbol']} {r['expiry']} {r['strike']:g}{r['opt_right']}"
-        )
+        contract = Contract.from_row(r).key
         print(
             f"{r['exec_time'][:26]:26} {r['side']:4} {r['shares']:>6g} {contract:28} "
             f"{r['price']:>10.2f} {(r['commission'] or 0):>7.2f} {r['order_ref'] or ''}"

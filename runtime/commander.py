@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data_lake import (
+    Contract,
     StorageUnavailable,
     Store,
     finish_cycle,
@@ -30,7 +31,6 @@ from data_lake import (
     utc_now,
     working_orders,
 )
-from skills.contracts import contract_key
 from skills.execution_gate import (
     GateState,
     GateVerdict,
@@ -395,10 +395,7 @@ class Commander:
     async def _blocked(self) -> frozenset[str]:
         """Contract keys with an unresolved intent (after queued writes)."""
         rows = await self.store.run(unresolved_intents, timeout=self.cfg.data.write_timeout_s)
-        return frozenset(
-            contract_key(r["symbol"], r["sec_type"], r["expiry"], r["strike"], r["opt_right"])
-            for r in rows
-        )
+        return frozenset(Contract.from_row(r).key for r in rows)
 
     async def _pace(self) -> None:
         """Wait for the next free slot of the per-second order rate, if it comes before the
@@ -415,7 +412,7 @@ class Commander:
         )
         return frozenset(
             (
-                contract_key(r["symbol"], r["sec_type"], r["expiry"], r["strike"], r["opt_right"]),
+                Contract.from_row(r).key,
                 r["action"],
             )
             for r in rows

@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data_lake import cycles_finished, demo_summary, open_readonly, query_trades
+from data_lake import Contract, cycles_finished, demo_summary, open_readonly, query_trades
 from paper_gateway import AdminClient
 from paper_gateway.process import gateway_process
-from skills.contracts import row_key
 
 from .breaker import BreakerState, CircuitBreaker
 from .config import DEFAULT_INSTANCES_DIR, DEFAULT_TEMPLATES_DIR, example_config, load_config
@@ -280,7 +279,7 @@ def _summary(work: Path, admin: AdminClient) -> None:
     decisions = s["decisions"]
     _say(f"decisions: {sum(d['n'] for d in decisions)}")
     for d in decisions[:10]:
-        _say(f"  {d['n']:3} x {d['action']} {row_key(d)}: {d['reason'][:100]}")
+        _say(f"  {d['n']:3} x {d['action']} {Contract.from_row(d)}: {d['reason'][:100]}")
     refusals = s["refusals"]
     _say(f"gate refusals: {sum(r['n'] for r in refusals)}")
     for r in refusals[:8]:
@@ -293,7 +292,7 @@ def _summary(work: Path, admin: AdminClient) -> None:
     for o in s["orders"][-10:]:
         price = f" @ {o['limit_price']:g}" if o["limit_price"] else ""
         _say(
-            f"  {o['action']} {o['quantity']:g} {row_key(o)} {o['order_type']}{price}: "
+            f"  {o['action']} {o['quantity']:g} {Contract.from_row(o)} {o['order_type']}{price}: "
             f"{o['status']}  (why: python -m runtime why {o['order_ref']} --config "
             f"{work / 'demo.toml'})"
         )
@@ -305,11 +304,7 @@ def _summary(work: Path, admin: AdminClient) -> None:
     trades = query_trades(db)
     _say(f"fills: {len(trades)}")
     for t in trades[-10:]:
-        contract = (
-            t["symbol"]
-            if t["sec_type"] == "STK"
-            else f"{t['symbol']} {t['expiry']} {t['strike']:g}{t['opt_right']}"
-        )
+        contract = Contract.from_row(t)
         _say(
             f"  {t['side']} {t['shares']:g} {contract} @ {t['price']:.2f} "
             f"(commission {(t['commission'] or 0):.2f}) ref {t['order_ref']}"
@@ -317,11 +312,7 @@ def _summary(work: Path, admin: AdminClient) -> None:
     state = admin.call("state")
     _say(f"positions at the gateway: {len(state['positions'])}")
     for p in state["positions"]:
-        contract = (
-            p["symbol"]
-            if p["sec_type"] == "STK"
-            else f"{p['symbol']} {p['expiry']} {p['strike']:g}{p['right']}"
-        )
+        contract = Contract.from_row(p)
         _say(f"  {p['quantity']:g} {contract} avg cost {p['avg_cost']:.2f}")
     a = state["account"]
     _say(

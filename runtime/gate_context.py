@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from data_lake import Store, intents_sent_since, last_safety_event, query_trades
-from skills.contracts import contract_key
+from data_lake import Contract, Store, intents_sent_since, last_safety_event, query_trades
 from skills.execution_gate import (
     WATCHDOG,
     GateContext,
@@ -99,7 +98,7 @@ async def load_gate_state(
         at = _parse(r["created_at"])
         if at is None:
             continue
-        key = contract_key(r["symbol"], r["sec_type"], r["expiry"], r["strike"], r["opt_right"])
+        key = Contract.from_row(r).key
         sent.append(
             SentOrder(
                 key,

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from skills.contracts import contract_key
+from data_lake import Contract
 from skills.swarm_models import MarketContext, OptionView, SymbolView
 
 from .broker import Broker
@@ -121,7 +121,7 @@ class MarketSensor:
             ):
                 if q is None or q.delta is None:
                     continue
-                key = contract_key(view.symbol, "OPT", expiry, k, "P")
+                key = Contract.option(view.symbol, expiry, k, "P").key
                 out.append(
                     OptionView(
                         view.symbol,

@@ -12,8 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data_lake import Database, SnapshotError, load_snapshot, resolve_ref, trade_chain
-from skills.contracts import row_key
+from data_lake import Contract, Database, SnapshotError, load_snapshot, resolve_ref, trade_chain
 
 __all__ = ["UnknownRef", "render_story", "trade_story"]
 
@@ -84,7 +83,7 @@ def render_story(story: dict[str, Any]) -> str:
     title = f"order {story['order_ref']}"
     if intent:
         title += (
-            f": {intent['action']} {intent['quantity']:g} {row_key(intent)} "
+            f": {intent['action']} {intent['quantity']:g} {Contract.from_row(intent)} "
             f"{intent['order_type']}"
             + (f" @ {intent['limit_price']:g}" if intent["limit_price"] else "")
             + f" ({intent['tif']}), from {intent['source']}"
@@ -141,7 +140,8 @@ def render_story(story: dict[str, Any]) -> str:
         out.append(f"  no commander decision: a {intent['source']} order")
     for s in story["signals"]:
         out.append(
-            f"  signal from {s['instance_id']} ({s['model']}): {s['action']} {row_key(s)} "
+            f"  signal from {s['instance_id']} ({s['model']}): {s['action']} "
+            f"{Contract.from_row(s)} "
             f"confidence {s['confidence']}, win p {s['win_probability']}, payoff "
             f"{s['payoff_ratio']}; template {str(s['template_hash'])[:12]}, parameters "
             f"{str(s['params_hash'])[:12]}, prompt {str(s['prompt_hash'])[:12]}"

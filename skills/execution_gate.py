@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from data_lake import (
+    Contract,
     IntentStatus,
     StorageUnavailable,
     Store,
@@ -38,7 +39,6 @@ from data_lake import (
     update_intent,
 )
 
-from .contracts import contract_key
 from .risk import RiskConfig
 
 __all__ = [
@@ -84,7 +84,13 @@ class OrderRequest:
 
     @property
     def key(self) -> str:
-        return contract_key(self.symbol, self.sec_type, self.expiry, self.strike, self.right)
+        return Contract(
+            symbol=self.symbol,
+            sec_type=self.sec_type,
+            expiry=self.expiry,
+            strike=self.strike,
+            right=self.right,
+        ).key
 
     @property
     def signed_quantity(self) -> float:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .contracts import contract_key
+from data_lake import Contract
 
 __all__ = [
     "SIGNAL_TOOL",
@@ -248,7 +248,13 @@ class Signal:
 
     @property
     def key(self) -> str:
-        return contract_key(self.symbol, self.sec_type, self.expiry, self.strike, self.right)
+        return Contract(
+            symbol=self.symbol,
+            sec_type=self.sec_type,
+            expiry=self.expiry,
+            strike=self.strike,
+            right=self.right,
+        ).key
 
 
 @dataclass(frozen=True, slots=True)

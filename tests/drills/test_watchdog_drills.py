@@ -22,13 +22,12 @@ from ib_insync import IB
 from invariant import assert_books_balance
 from procs import HB_TIMEOUT, cli, data, start, stop, stop_watchdog, write_config
 
-from data_lake import DatabaseError, DataLakeMissing, open_readonly, query_safety_events
+from data_lake import Contract, DatabaseError, DataLakeMissing, open_readonly, query_safety_events
 from paper_gateway import GatewayConfig
 from paper_gateway.instruments import Catalogue
 from paper_gateway.testing import eventually
 from runtime.breaker import BreakerState, CircuitBreaker
 from runtime.heartbeat import Clock, SystemClock, read_heartbeat, write_heartbeat
-from skills.contracts import contract_key
 
 
 @pytest.fixture
@@ -86,12 +85,7 @@ def _status(cfg):
 
 
 def _positions(admin):
-    return {
-        contract_key(p["symbol"], p["sec_type"], p["expiry"], p["strike"], p["right"]): p[
-            "quantity"
-        ]
-        for p in admin.call("state")["positions"]
-    }
+    return {Contract.from_row(p).key: p["quantity"] for p in admin.call("state")["positions"]}
 
 
 def _take_client_id(port, client_id):
@@ -257,7 +251,7 @@ def test_a_contract_that_cannot_be_closed_holds_up_neither_the_others_nor_the_ki
 ):
     cat = Catalogue(dt.datetime.now(dt.UTC).date())
     expiry, strike = cat.expiries["AAPL"][-1], cat.strikes["AAPL"][20]
-    option = contract_key("AAPL", "OPT", expiry, strike, "C")
+    option = Contract.option("AAPL", expiry, strike, "C").key
     # options are not allowed: the gate refuses every order for one, closes included
     cfg = write_config(tmp_path, gateway.port, allowed_sec_types=["STK"])
     admin.call("set_position", symbol="JPM", quantity=50, avg_cost=212.0)

@@ -1,0 +1,75 @@
+"""The contract value type: what is traded, in one frozen object.
+
+Signals, decisions, order requests, holdings, positions, the broker adapter and the data lake
+all carry a `Contract`, never its five fields loose. `from_row`/`to_row` are the one mapping to
+and from the stored columns (symbol, sec_type, expiry, strike, opt_right); the mapping to and
+from the broker's contract lives in runtime/broker.py, the only module that imports the IB
+client library. The type lives in the lowest package so that every package may use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Contract"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Contract:
+    """A stock (`sec_type` "STK": expiry, strike and right unused) or an option ("OPT")."""
+
+    symbol: str
+    sec_type: str = "STK"
+    expiry: str = ""  # YYYYMMDD for an option
+    strike: float = 0.0
+    right: str = ""  # "C" or "P" for an option
+
+    @classmethod
+    def stock(cls, symbol: str) -> Contract:
+        """Return the stock `symbol`."""
+        return cls(symbol=symbol)
+
+    @classmethod
+    def option(cls, symbol: str, expiry: str, strike: float, right: str) -> Contract:
+        """Return the option on `symbol` expiring `expiry` (YYYYMMDD), `strike`, `right` C|P."""
+        return cls(symbol=symbol, sec_type="OPT", expiry=expiry, strike=strike, right=right)
+
+    @property
+    def is_option(self) -> bool:
+        return self.sec_type == "OPT"
+
+    @property
+    def key(self) -> str:
+        """'NVDA' for a stock and 'NVDA 20261218 165P' for an option."""
+        if not self.is_option:
+            return self.symbol
+        return f"{self.symbol} {self.expiry} {self.strike:g}{self.right}"
+
+    def __str__(self) -> str:
+        return self.key
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Contract:
+        """Read a stored row (intent, decision, signal, execution, position): its columns
+        symbol, sec_type, expiry, strike, opt_right (NULLs as empty). A snapshot's rendering of
+        a row may spell the last one `right`."""
+        return cls(
+            symbol=row["symbol"],
+            sec_type=row.get("sec_type") or "STK",
+            expiry=row.get("expiry") or "",
+            strike=float(row.get("strike") or 0.0),
+            right=row.get("opt_right") or row.get("right") or "",
+        )
+
+    def to_row(self) -> dict[str, Any]:
+        """The columns symbol, sec_type, expiry, strike, opt_right (a stock's unused ones
+        NULL, as every table stores them)."""
+        return {
+            "symbol": self.symbol,
+            "sec_type": self.sec_type,
+            "expiry": self.expiry or None,
+            "strike": self.strike or None,
+            "opt_right": self.right or None,
+        }
