@@ -13,6 +13,7 @@ import time
 import tomllib
 from pathlib import Path
 
+from data_lake import Contract
 from runtime.config import parse_config
 from skills.execution_gate import (
     CHECKS,
@@ -33,7 +34,7 @@ def main() -> None:
     args = p.parse_args()
     limits = parse_config(tomllib.loads((ROOT / "config/paper.toml").read_text())).risk
     holdings = {
-        s: Holding(s, 20, 100.0)
+        s: Holding(contract=Contract.stock(s), quantity=20, mark=100.0)
         for s in ("AMD", "TSLA", "AAPL", "MSFT", "SPY", "JPM", "BAC", "GS", "QQQ", "META")
     }
     ctx = GateContext(
@@ -48,8 +49,7 @@ def main() -> None:
     )
     requests = [
         OrderRequest(
-            symbol="NVDA",
-            sec_type="STK",
+            contract=Contract.stock("NVDA"),
             action="BUY",
             quantity=10,
             order_type="LMT",
@@ -57,8 +57,7 @@ def main() -> None:
             cycle_id=1,
         ),
         OrderRequest(
-            symbol="NVDA",
-            sec_type="STK",
+            contract=Contract.stock("NVDA"),
             action="BUY",
             quantity=10,
             order_type="LMT",
@@ -66,8 +65,7 @@ def main() -> None:
             cycle_id=1,
         ),  # collar refusal
         OrderRequest(
-            symbol="AMD",
-            sec_type="STK",
+            contract=Contract.stock("AMD"),
             action="SELL",
             quantity=5,
             order_type="LMT",
@@ -75,7 +73,11 @@ def main() -> None:
             cycle_id=1,
         ),  # reducing
         OrderRequest(
-            symbol="GME", sec_type="STK", action="BUY", quantity=1000, order_type="MKT", cycle_id=1
+            contract=Contract.stock("GME"),
+            action="BUY",
+            quantity=1000,
+            order_type="MKT",
+            cycle_id=1,
         ),  # several refusals
     ]
     state = GateState()

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data_lake import Store, open_readonly
+from data_lake import Contract, Store, open_readonly
 from paper_gateway import AdminClient
 from paper_gateway.process import gateway_process
 from runtime.broker import Broker
@@ -149,8 +149,7 @@ class Stress:
             symbol = SYMBOLS[(cycle_id * n + i) % len(SYMBOLS)]
             price = prices[symbol]
             request = OrderRequest(
-                symbol=symbol,
-                sec_type="STK",
+                contract=Contract.stock(symbol),
                 action="BUY",
                 quantity=1 + (cycle_id * n + i) % 50,  # sizes differ: not duplicates
                 order_type="LMT",
@@ -195,7 +194,7 @@ class Stress:
         broker.ib.errorEvent += self.on_error
         broker.ib.orderStatusEvent += self.on_status
         for s in SYMBOLS:  # warm up: qualify and subscribe before the load
-            c = await broker.qualify(s)
+            c = await broker.qualify(Contract.stock(s))
             if c is not None:
                 await broker.quote(c, max_wait_s=5)
         prices = admin.call("state")["prices"]

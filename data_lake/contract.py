@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Contract"]
+__all__ = ["Contract", "with_contract_columns"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,3 +73,15 @@ class Contract:
             "strike": self.strike or None,
             "opt_right": self.right or None,
         }
+
+
+def with_contract_columns(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A record function's row with its `contract` entry (a Contract) spelled as the stored
+    columns; a row without one is returned as it is (a copy)."""
+    out = dict(row)
+    contract = out.pop("contract", None)
+    if contract is None:
+        return out
+    if not isinstance(contract, Contract):
+        raise TypeError(f"row's contract must be a Contract, got {type(contract).__name__}")
+    return {**out, **contract.to_row()}

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from .contract import with_contract_columns
 from .db import utc_now
 
 __all__ = ["known_exec_ids", "log_trade", "query_trades", "set_commission"]
@@ -14,7 +15,7 @@ __all__ = ["known_exec_ids", "log_trade", "query_trades", "set_commission"]
 
 def log_trade(db: Database, execution: Mapping[str, Any]) -> bool:
     """Record one execution; return False when its exec_id was already recorded."""
-    row = {**execution, "recorded_at": utc_now()}
+    row = {**with_contract_columns(execution), "recorded_at": utc_now()}
     cols = ", ".join(row)
     marks = ", ".join(f":{k}" for k in row)
     cur = db.conn.execute(f"INSERT OR IGNORE INTO executions ({cols}) VALUES ({marks})", row)

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from .contract import with_contract_columns
 from .db import stamped, utc_now
 from .redact import redact
 
@@ -56,6 +57,7 @@ def _insert(
     db: Database, table: str, columns: Sequence[str], row: Mapping[str, Any], at: str
 ) -> None:
     """Insert the row's given columns (the others keep their defaults)."""
+    row = with_contract_columns(row)
     unknown = set(row) - set(columns)
     if unknown:
         raise ValueError(f"{table}: unknown columns {sorted(unknown)}")

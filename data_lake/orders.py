@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from .contract import with_contract_columns
 from .db import stamped, utc_now
 from .redact import redact
 
@@ -80,7 +81,12 @@ def intent_status_for(broker_status: str) -> IntentStatus:
 def insert_intent(db: Database, intent: Mapping[str, Any], at: str | None = None) -> bool:
     """Store an order intent before it is sent; False when its order_ref already exists."""
     now = at or utc_now()
-    row = {"status": IntentStatus.PENDING.value, **intent, "created_at": now, "updated_at": now}
+    row = {
+        "status": IntentStatus.PENDING.value,
+        **with_contract_columns(intent),
+        "created_at": now,
+        "updated_at": now,
+    }
     cols = ", ".join(row)
     marks = ", ".join(f":{k}" for k in row)
     cur = db.conn.execute(f"INSERT OR IGNORE INTO order_intents ({cols}) VALUES ({marks})", row)

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from .contract import with_contract_columns
 from .db import stamped, utc_now
 from .redact import redact
 
@@ -120,7 +121,8 @@ def record_decisions(
     """Store a cycle's commander decisions (accepted and refused, with their reasons and
     inputs); return their ids in order (intents carry them)."""
     ids: list[int] = []
-    for d in rows:
+    for row in rows:
+        d = with_contract_columns(row)
         cur = db.conn.execute(
             "INSERT INTO decisions (cycle_id, symbol, action, sec_type, expiry, strike, "
             "opt_right, order_type, limit_price, quantity, reason, sources, created_at, "
@@ -132,7 +134,7 @@ def record_decisions(
                 d["sec_type"],
                 d.get("expiry") or None,
                 d.get("strike") or None,
-                d.get("right") or None,
+                d.get("opt_right") or d.get("right") or None,
                 d["order_type"],
                 d.get("limit_price"),
                 d["quantity"],
@@ -175,7 +177,8 @@ def log_account_snapshot(
             json.dumps(dict(values)),
         ),
     )
-    for p in positions:
+    for position in positions:
+        p = with_contract_columns(position)
         db.conn.execute(
             "INSERT INTO position_snapshots (at, source, account, con_id, symbol, sec_type,"
             " expiry, strike, opt_right, quantity, avg_cost) VALUES (?,?,?,?,?,?,?,?,?,?,?)",

@@ -104,8 +104,7 @@ class BrokerNotReady(BrokerError, RetryLater):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuoteSnapshot:
-    symbol: str
-    sec_type: str
+    contract: Contract
     bid: float
     ask: float
     last: float
@@ -120,27 +119,17 @@ class QuoteSnapshot:
     underlying_price: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PositionView:
     con_id: int
-    symbol: str
-    sec_type: str
+    contract: Contract
     quantity: float
     avg_cost: float
     multiplier: float
-    expiry: str = ""
-    strike: float = 0.0
-    right: str = ""
 
     @property
     def key(self) -> str:
-        return Contract(
-            symbol=self.symbol,
-            sec_type=self.sec_type,
-            expiry=self.expiry,
-            strike=self.strike,
-            right=self.right,
-        ).key
+        return self.contract.key
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,23 +303,11 @@ def _position_view(p: Any) -> PositionView:
     """Our view of one ib_insync Position."""
     c = p.contract
     return PositionView(
-        c.conId,
-        c.symbol,
-        c.secType,
-        p.position,
-        p.avgCost,
-        float(c.multiplier or 1),
-        c.lastTradeDateOrContractMonth,
-        c.strike,
-        c.right,
-    )
-
-
-def contract_for(
-    symbol: str, sec_type: str, expiry: str = "", strike: float = 0.0, right: str = ""
-) -> IBContract:
-    return to_ib(
-        Contract(symbol=symbol, sec_type=sec_type, expiry=expiry, strike=strike, right=right)
+        con_id=c.conId,
+        contract=contract_of(c),
+        quantity=p.position,
+        avg_cost=p.avgCost,
+        multiplier=float(c.multiplier or 1),
     )
 
 
@@ -612,12 +589,11 @@ class Broker:
             default_mult = 100.0 if c.secType == "OPT" else 1.0
             out.append(
                 WorkingOrder(
-                    _key(c),
-                    c.symbol,
-                    signed,
-                    _num(o.lmtPrice) if o.orderType == "LMT" else None,
-                    float(c.multiplier or default_mult),
-                    o.orderRef or "",
+                    contract=contract_of(c),
+                    signed_quantity=signed,
+                    limit_price=_num(o.lmtPrice) if o.orderType == "LMT" else None,
+                    multiplier=float(c.multiplier or default_mult),
+                    order_ref=o.orderRef or "",
                 )
             )
         return tuple(out)
@@ -760,11 +736,7 @@ class Broker:
             "order_id": e.orderId,
             "client_id": e.clientId,
             "account": e.acctNumber,
-            "symbol": c.symbol,
-            "sec_type": c.secType,
-            "expiry": c.lastTradeDateOrContractMonth or None,
-            "strike": c.strike or None,
-            "opt_right": c.right or None,
+            **contract_of(c).to_row(),
             "con_id": c.conId,
             "multiplier": float(c.multiplier or 1),
             "side": e.side,
@@ -911,11 +883,7 @@ class Broker:
                 [
                     {
                         "con_id": p.con_id,
-                        "symbol": p.symbol,
-                        "sec_type": p.sec_type,
-                        "expiry": p.expiry or None,
-                        "strike": p.strike or None,
-                        "opt_right": p.right or None,
+                        "contract": p.contract,
                         "quantity": p.quantity,
                         "avg_cost": p.avg_cost,
                     }
@@ -967,24 +935,26 @@ class Broker:
             if c.secType == "OPT":
                 delta = snap.delta if snap else None  # unknown: the gate refuses, not 0
                 und = (snap.underlying_price or 0.0) if snap else 0.0
-            out[_key(c)] = Holding(c.symbol, p.position, mark, mult, delta, und)
+            held = contract_of(c)
+            out[held.key] = Holding(
+                contract=held,
+                quantity=p.position,
+                mark=mark,
+                multiplier=mult,
+                delta=delta,
+                underlying_price=und,
+            )
         return out
 
     # --- market data -----------------------------------------------------------------------------
-    async def qualify(
-        self,
-        symbol: str,
-        sec_type: str = "STK",
-        expiry: str = "",
-        strike: float = 0.0,
-        right: str = "",
-    ) -> IBContract | None:
-        contract = contract_for(symbol, sec_type, expiry, strike, right)
-        key = _key(contract)
+    async def qualify(self, contract: Contract) -> IBContract | None:
+        """The broker's contract for ours, resolved to exactly one conId (None: unknown or
+        ambiguous); cached by key."""
+        key = contract.key
         if key in self._qualified:
             return self._qualified[key]
         found = await asyncio.wait_for(
-            self.ib.qualifyContractsAsync(contract), self.cfg.request_timeout_s
+            self.ib.qualifyContractsAsync(to_ib(contract)), self.cfg.request_timeout_s
         )
         if not found:
             return None
@@ -1034,8 +1004,7 @@ class Broker:
             else (_num(greeks.impliedVol) if greeks else None)
         )
         return QuoteSnapshot(
-            symbol=contract.symbol,
-            sec_type=contract.secType,
+            contract=contract_of(contract),
             bid=float(ticker.bid),
             ask=float(ticker.ask),
             last=_num(ticker.last) or 0.0,
@@ -1099,12 +1068,11 @@ class Broker:
                 f"{self.ib.isConnected()}, reconciled={self.reconciled}, "
                 f"ib_link={self.connected_to_ib})"
             )
-        contract = self._qualified.get(request.key) or contract_for(
-            request.symbol, request.sec_type, request.expiry, request.strike, request.right
-        )
+        contract = self._qualified.get(request.key) or to_ib(request.contract)
         order: Any
         if request.order_type == "LMT":
-            assert request.limit_price is not None
+            if request.limit_price is None:
+                raise ValueError(f"limit order {order_ref} has no limit price: not sent")
             order = LimitOrder(request.action, request.quantity, request.limit_price)
         else:
             order = MarketOrder(request.action, request.quantity)

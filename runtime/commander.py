@@ -424,7 +424,7 @@ class Commander:
             return True
         for symbol in self.spec.symbols:
             probe = OrderRequest(
-                symbol=symbol, sec_type="STK", action="BUY", quantity=1, order_type="MKT"
+                contract=Contract.stock(symbol), action="BUY", quantity=1, order_type="MKT"
             )
             if await self._market_open(probe):
                 return True
@@ -487,7 +487,7 @@ class Commander:
     async def _market_open(self, r: OrderRequest) -> bool:
         if self.cfg.loop.trade_outside_liquid_hours:
             return True
-        contract = await self.broker.qualify(r.symbol, r.sec_type, r.expiry, r.strike, r.right)
+        contract = await self.broker.qualify(r.contract)
         if contract is None:
             return False
         now = self.wall_now()

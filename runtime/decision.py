@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from data_lake import Store
+from data_lake import Contract, Store
 from skills.execution_gate import GateVerdict, OrderRequest
 
 from .config import Config
@@ -42,15 +42,17 @@ class Decision:
 
     def request(self, cycle_id: int, decision_id: int | None) -> OrderRequest:
         return OrderRequest(
-            symbol=self.symbol,
-            sec_type=self.sec_type,
+            contract=Contract(
+                symbol=self.symbol,
+                sec_type=self.sec_type,
+                expiry=self.expiry,
+                strike=self.strike,
+                right=self.right,
+            ),
             action=self.action,
             quantity=self.quantity,
             order_type=self.order_type,
             limit_price=self.limit_price,
-            expiry=self.expiry,
-            strike=self.strike,
-            right=self.right,
             tif="DAY",
             source="commander",
             cycle_id=cycle_id,

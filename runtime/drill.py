@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from data_lake import Store
+from data_lake import Contract, Store
 from skills.execution_gate import GateState, OrderRequest, place_order_with_guard
 
 from .breaker import BreakerState, CircuitBreaker
@@ -115,8 +115,7 @@ async def _open_position(cfg: Config, store: Store, symbol: str, quantity: int) 
     await broker.connect()
     try:
         request = OrderRequest(
-            symbol=symbol,
-            sec_type="STK",
+            contract=Contract.stock(symbol),
             action="BUY",
             quantity=float(quantity),
             order_type="MKT",

@@ -44,14 +44,12 @@ async def build_gate_context(
     `blocked` holds the contract keys with an unresolved intent (read from the store by the
     caller). The watchdog's closing orders skip the resting-orders request: it cancels every
     order before it closes, and its closes must not wait on one more broker round trip."""
-    contract = await broker.qualify(
-        request.symbol, request.sec_type, request.expiry, request.strike, request.right
-    )
+    contract = await broker.qualify(request.contract)
     quote = None
     if contract is not None:
         snap = await broker.quote(contract, max_wait_s=quote_wait_s)
         if snap is not None:
-            is_opt = request.sec_type == "OPT"
+            is_opt = request.contract.is_option
             quote = Quote(
                 snap.bid,
                 snap.ask,

@@ -60,7 +60,7 @@ class MarketSensor:
 
     async def _symbol(self, symbol: str, positions: dict[str, float]) -> SymbolView | None:
         b = self.broker
-        contract = await b.qualify(symbol)
+        contract = await b.qualify(Contract.stock(symbol))
         if contract is None:
             log.warning("sense: %s could not be qualified; left out of this cycle", symbol)
             return None
@@ -91,7 +91,7 @@ class MarketSensor:
         self, view: SymbolView, spec: SenseSpec, now: dt.datetime, positions: dict[str, float]
     ) -> Iterable[OptionView]:
         b = self.broker
-        stock = await b.qualify(view.symbol)
+        stock = await b.qualify(Contract.stock(view.symbol))
         if stock is None:
             return []
         if view.symbol not in self._cache.chains:
@@ -109,7 +109,7 @@ class MarketSensor:
         out: list[OptionView] = []
         for expiry in usable[: spec.max_expiries]:
             contracts = await asyncio.gather(
-                *(b.qualify(view.symbol, "OPT", expiry, k, "P") for k in below)
+                *(b.qualify(Contract.option(view.symbol, expiry, k, "P")) for k in below)
             )
             quotes = await asyncio.gather(
                 *(b.quote(c, max_wait_s=self.quote_wait_s) for c in contracts if c is not None)

@@ -359,15 +359,11 @@ class Watchdog:
     ) -> OrderRequest:
         action = "SELL" if p.quantity > 0 else "BUY"
         return OrderRequest(
-            symbol=p.symbol,
-            sec_type=p.sec_type,
+            contract=p.contract,
             action=action,
             quantity=abs(p.quantity),
             order_type="LMT" if limit is not None else "MKT",
             limit_price=limit,
-            expiry=p.expiry,
-            strike=p.strike,
-            right=p.right,
             tif="DAY",
             source="watchdog",
             # unique per close: a late fill closed under the same generation gets a new ref
@@ -380,7 +376,7 @@ class Watchdog:
         w = self.cfg.watchdog
         limit = None
         if attempt < w.max_close_attempts and attempt <= 2:
-            contract = await self.broker.qualify(p.symbol, p.sec_type, p.expiry, p.strike, p.right)
+            contract = await self.broker.qualify(p.contract)
             q = await self.broker.quote(contract, max_wait_s=0.5) if contract else None
             if q is not None and q.bid > 0 and q.ask > 0:
                 raw = (

@@ -21,6 +21,7 @@ skip the input checks that would stop a close).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -67,15 +68,11 @@ WATCHDOG = "watchdog"
 class OrderRequest:
     """What the commander (or the watchdog, or a person) asks the gate to send."""
 
-    symbol: str
-    sec_type: str
+    contract: Contract
     action: str
     quantity: float
     order_type: str
     limit_price: float | None = None
-    expiry: str = ""
-    strike: float = 0.0
-    right: str = ""
     tif: str = "DAY"
     source: str = "commander"
     cycle_id: int | None = None
@@ -84,13 +81,7 @@ class OrderRequest:
 
     @property
     def key(self) -> str:
-        return Contract(
-            symbol=self.symbol,
-            sec_type=self.sec_type,
-            expiry=self.expiry,
-            strike=self.strike,
-            right=self.right,
-        ).key
+        return self.contract.key
 
     @property
     def signed_quantity(self) -> float:
@@ -111,9 +102,9 @@ class Quote:
         return 0.5 * (self.bid + self.ask)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Holding:
-    symbol: str
+    contract: Contract
     quantity: float
     mark: float
     multiplier: float = 1.0
@@ -131,16 +122,19 @@ class Holding:
         return self.quantity * (self.delta or 0.0) * self.multiplier * und
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WorkingOrder:
     """An order resting at the broker (any client id): what is left of it, signed."""
 
-    key: str  # contract key
-    symbol: str
+    contract: Contract
     signed_quantity: float  # remaining quantity, + buy, - sell
     limit_price: float | None = None
     multiplier: float = 1.0
     order_ref: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.contract.key
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +274,7 @@ class _Eval:
         return (
             self.ctx.quote.multiplier
             if self.ctx.quote
-            else (100.0 if self.r.sec_type == "OPT" else 1.0)
+            else (100.0 if self.r.contract.is_option else 1.0)
         )
 
     @functools.cached_property
@@ -350,21 +344,23 @@ def check_fields(e: _Eval) -> str | None:
         return f"limit order needs a positive finite limit_price, got {r.limit_price!r}"
     if r.tif not in ("DAY", "GTC", "IOC"):
         return f"tif must be DAY, GTC or IOC, got {r.tif!r}"
-    if r.sec_type == "OPT" and not (
-        len(r.expiry) == 8
-        and r.expiry.isdigit()
-        and _finite_positive(r.strike)
-        and r.right in ("C", "P")
+    c = r.contract
+    if c.is_option and not (
+        len(c.expiry) == 8
+        and c.expiry.isdigit()
+        and _finite_positive(c.strike)
+        and c.right in ("C", "P")
     ):
         return "option order needs expiry YYYYMMDD, a positive strike and right C or P"
     return None
 
 
 def check_allow_list(e: _Eval) -> str | None:
-    if e.r.symbol not in e.limits.allowed_symbols and not e.reducing:
-        return f"symbol {e.r.symbol!r} is not on the allow-list"
-    if e.r.sec_type not in e.limits.allowed_sec_types:
-        return f"security type {e.r.sec_type!r} is not allowed"
+    c = e.r.contract
+    if c.symbol not in e.limits.allowed_symbols and not e.reducing:
+        return f"symbol {c.symbol!r} is not on the allow-list"
+    if c.sec_type not in e.limits.allowed_sec_types:
+        return f"security type {c.sec_type!r} is not allowed"
     return None
 
 
@@ -473,9 +469,9 @@ def check_max_notional(e: _Eval) -> str | None:
     return None
 
 
-def _unit_delta_bound(key: str) -> float:
+def _unit_delta_bound(contract: Contract) -> float:
     """The largest |delta| a contract can have, signed as its kind (calls +, puts -)."""
-    return -1.0 if " " in key and key.endswith("P") else 1.0
+    return -1.0 if contract.is_option and contract.right == "P" else 1.0
 
 
 def _exposure(e: _Eval, with_order: bool) -> dict[str, Holding]:
@@ -504,32 +500,27 @@ def _exposure(e: _Eval, with_order: bool) -> dict[str, Holding]:
         qty = max((held + buys, held + sells), key=abs)
         limits = [w.limit_price for w in resting if w.limit_price is not None]
         if old is not None:
-            out[key] = Holding(
-                old.symbol, qty, old.mark, old.multiplier, old.delta, old.underlying_price
-            )
+            out[key] = dataclasses.replace(old, quantity=qty)
         elif mine:
             out[key] = Holding(
-                e.r.symbol,
-                qty,
-                e.price if e.price is not None else (max(limits) if limits else 0.0),
-                e.multiplier,
-                q.delta if q else None,
-                q.underlying_price if q else 0.0,
+                contract=e.r.contract,
+                quantity=qty,
+                mark=e.price if e.price is not None else (max(limits) if limits else 0.0),
+                multiplier=e.multiplier,
+                delta=q.delta if q else None,
+                underlying_price=q.underlying_price if q else 0.0,
             )
         else:
             out[key] = Holding(
-                resting[0].symbol,
-                qty,
-                max(limits) if limits else 0.0,
-                resting[0].multiplier,
-                _unit_delta_bound(key),
-                0.0,
+                contract=resting[0].contract,
+                quantity=qty,
+                mark=max(limits) if limits else 0.0,
+                multiplier=resting[0].multiplier,
+                delta=_unit_delta_bound(resting[0].contract),
+                underlying_price=0.0,
             )
         if mine and e.price is not None and old is not None:  # mark this contract at the order
-            h = out[key]
-            out[key] = Holding(
-                h.symbol, h.quantity, e.price, h.multiplier, h.delta, h.underlying_price
-            )
+            out[key] = dataclasses.replace(out[key], mark=e.price)
     return out
 
 
@@ -556,7 +547,7 @@ def check_working_priced(e: _Eval) -> str | None:
 def check_deltas_known(e: _Eval) -> str | None:
     if e.reducing:
         return None
-    if e.r.sec_type == "OPT" and e.ctx.quote is not None and e.ctx.quote.delta is None:
+    if e.r.contract.is_option and e.ctx.quote is not None and e.ctx.quote.delta is None:
         return f"option {e.r.key} has no delta: the portfolio delta cannot be checked"
     missing = sorted(k for k, h in e.ctx.holdings.items() if h.delta is None)
     if missing:
@@ -567,10 +558,11 @@ def check_deltas_known(e: _Eval) -> str | None:
 def check_position_limit(e: _Eval) -> str | None:
     if e.reducing or e.price is None:
         return None
-    total = sum(h.notional for h in _after(e).values() if h.symbol == e.r.symbol)
+    symbol = e.r.contract.symbol
+    total = sum(h.notional for h in _after(e).values() if h.contract.symbol == symbol)
     if total > e.limits.max_position_notional:
         return (
-            f"{e.r.symbol} position value after the order {total:,.0f} exceeds "
+            f"{symbol} position value after the order {total:,.0f} exceeds "
             f"{e.limits.max_position_notional:,.0f}"
         )
     return None
@@ -796,11 +788,7 @@ async def place_order_with_guard(
             "cycle_id": request.cycle_id,
             "decision_id": request.decision_id,
             "source": request.source,
-            "symbol": request.symbol,
-            "sec_type": request.sec_type,
-            "expiry": request.expiry or None,
-            "strike": request.strike or None,
-            "opt_right": request.right or None,
+            "contract": request.contract,
             "action": request.action,
             "quantity": request.quantity,
             "order_type": request.order_type,
@@ -855,15 +843,15 @@ def _refusal(store: Store, r: OrderRequest, order_ref: str, reasons: list[str]) 
         details={
             "reasons": reasons,
             "request": {
-                "symbol": r.symbol,
-                "sec_type": r.sec_type,
+                "symbol": r.contract.symbol,
+                "sec_type": r.contract.sec_type,
                 "action": r.action,
                 "quantity": r.quantity,
                 "order_type": r.order_type,
                 "limit_price": r.limit_price,
-                "expiry": r.expiry,
-                "strike": r.strike,
-                "right": r.right,
+                "expiry": r.contract.expiry,
+                "strike": r.contract.strike,
+                "right": r.contract.right,
                 "source": r.source,
             },
         },

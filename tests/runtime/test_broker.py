@@ -10,7 +10,7 @@ import pytest_asyncio
 from ib_insync import IB
 from lake import read, rows
 
-from data_lake import get_intent, insert_intent, query_safety_events, query_trades
+from data_lake import Contract, get_intent, insert_intent, query_safety_events, query_trades
 from paper_gateway import Gateway, GatewayConfig
 from runtime.broker import AccountModeError, Broker, BrokerNotReady, ClientIdInUse
 from runtime.config import Secrets, parse_config
@@ -63,7 +63,7 @@ async def broker(gateway, db):
 
 
 async def gate_order(broker, db, request, state=None):
-    contract = await broker.qualify(request.symbol)
+    contract = await broker.qualify(request.contract)
     q = await broker.quote(contract)
     ctx = GateContext(
         breaker="ACTIVE",
@@ -81,8 +81,7 @@ async def gate_order(broker, db, request, state=None):
 
 def req(symbol="AAPL", qty=10, order_type="MKT", price=None, tif="DAY", cycle=1, action="BUY"):
     return OrderRequest(
-        symbol=symbol,
-        sec_type="STK",
+        contract=Contract.stock(symbol),
         action=action,
         quantity=qty,
         order_type=order_type,
@@ -123,7 +122,7 @@ async def test_accepted_order_is_filled_and_recorded_once(broker, db, admin):
 
 @pytest.mark.asyncio
 async def test_quotes_iv_rank_option_chain_and_hours(broker):
-    stock = await broker.qualify("NVDA")
+    stock = await broker.qualify(Contract.stock("NVDA"))
     q = await broker.quote(stock)
     assert q.bid < q.ask and q.iv is not None and 0.3 < q.iv < 0.8
     iv, rank = await broker.iv_rank(stock)
@@ -131,7 +130,7 @@ async def test_quotes_iv_rank_option_chain_and_hours(broker):
     assert rank == pytest.approx(0.91, abs=0.02)
     expiries, strikes = await broker.option_chain(stock)
     opt = await broker.qualify(
-        "NVDA", "OPT", expiries[2], min(strikes, key=lambda k: abs(k - 182)), "C"
+        Contract.option("NVDA", expiries[2], min(strikes, key=lambda k: abs(k - 182)), "C")
     )
     oq = await broker.quote(opt)
     assert 0.3 < oq.delta < 0.7 and oq.multiplier == 100 and oq.underlying_price == q.last
@@ -268,7 +267,7 @@ async def test_1100_stops_orders_until_connectivity_is_restored(broker, db, admi
 
 @pytest.mark.asyncio
 async def test_1101_resubscribes_market_data(broker, admin):
-    stock = await broker.qualify("MSFT")
+    stock = await broker.qualify(Contract.stock("MSFT"))
     await broker.quote(stock)
     before = admin.call("state")["market_data"]["1"]
     admin.call("error", code=1101, msg="Connectivity restored - data lost.")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from data_lake import Contract
 from runtime.commander import decide_rules
 from runtime.config import parse_config
 from skills.execution_gate import Holding
@@ -104,13 +105,15 @@ def test_conflicts_low_confidence_and_thin_consensus_are_refused():
 
 
 def test_closing_signal_reduces_the_holding_without_kelly():
-    held = {"MSFT": Holding("MSFT", 30, 415.0)}
+    held = {"MSFT": Holding(contract=Contract.stock("MSFT"), quantity=30, mark=415.0)}
     [d] = decide_rules([merged(action="SELL", quantity=50)], CFG, 1_000, held, CTX)
     assert d.accepted and d.quantity == 30 and d.reason == "reduces the 30 held"
 
 
 def test_portfolio_delta_limit_refuses_adding_delta():
-    held = {"AMD": Holding("AMD", 900, 100.0)}  # +90,000 dollar delta already
+    held = {
+        "AMD": Holding(contract=Contract.stock("AMD"), quantity=900, mark=100.0)
+    }  # +90,000 dollar delta already
     [d] = decide_rules([merged()], CFG, 1_000_000, held, CTX)  # +8,301: still under 100,000
     assert d.accepted
     [d] = decide_rules([merged(quantity=40)], CFG, 1_000_000, held, CTX)  # +16,600

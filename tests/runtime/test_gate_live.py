@@ -9,7 +9,7 @@ import pytest
 import pytest_asyncio
 from lake import read
 
-from data_lake import Store, get_intent, query_safety_events, query_trades
+from data_lake import Contract, Store, get_intent, query_safety_events, query_trades
 from runtime.broker import Broker
 from runtime.config import Secrets, parse_config
 from runtime.gate_context import build_gate_context
@@ -56,10 +56,9 @@ async def send(broker, db, limits, request, state=None, **ctx):
     return await place_order_with_guard(request, context, state or GateState(), limits, db, broker)
 
 
-def order(symbol="NVDA", qty=10, price=None, action="BUY", cycle=1, sec_type="STK", **kw):
+def order(symbol="NVDA", qty=10, price=None, action="BUY", cycle=1, contract=None, **kw):
     return OrderRequest(
-        symbol=symbol,
-        sec_type=sec_type,
+        contract=contract or Contract.stock(symbol),
         action=action,
         quantity=qty,
         order_type="LMT" if price else "MKT",
@@ -84,7 +83,7 @@ async def test_collar_uses_the_live_quote(live, admin):
 async def test_frozen_gateway_means_a_stale_quote_and_a_refusal(live, admin, gateway):
     broker, db, _ = live
     limits = make_config(gateway.port, quote_max_age_s=0.2).risk
-    contract = await broker.qualify("AAPL")
+    contract = await broker.qualify(Contract.stock("AAPL"))
     await broker.quote(contract)
     admin.call("freeze", seconds=1.0)
     t0 = time.monotonic()
@@ -121,10 +120,10 @@ async def test_position_limit_counts_live_positions(live, admin, gateway):
 @pytest.mark.asyncio
 async def test_option_order_notional_uses_the_multiplier_and_live_delta(live, gateway):
     broker, db, _ = live
-    stock = await broker.qualify("AMD")
+    stock = await broker.qualify(Contract.stock("AMD"))
     expiries, strikes = await broker.option_chain(stock)
     strike = min(strikes, key=lambda k: abs(k - 158))
-    opt = order(symbol="AMD", sec_type="OPT", qty=50, expiry=expiries[2], strike=strike, right="C")
+    opt = order(contract=Contract.option("AMD", expiries[2], strike, "C"), qty=50)
     limits = make_config(gateway.port, max_order_notional=10_000.0).risk
     verdict = await send(broker, db, limits, opt)
     assert not verdict.accepted

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lake import read
 
-from data_lake import get_intent, open_readonly, query_safety_events
+from data_lake import Contract, get_intent, open_readonly, query_safety_events
 from runtime.config import RiskConfig, parse_config
 from skills.execution_gate import (
     GateContext,
@@ -57,12 +57,14 @@ def ctx(**kw) -> GateContext:
     return GateContext(**{**base, **kw})
 
 
-def buy(qty=10, price=100.0, **kw) -> OrderRequest:
+def buy(
+    qty=10, price=100.0, symbol="NVDA", sec_type="STK", expiry="", strike=0.0, right="", **kw
+) -> OrderRequest:
+    contract = Contract(symbol=symbol, sec_type=sec_type, expiry=expiry, strike=strike, right=right)
     return OrderRequest(
         **{
             **dict(
-                symbol="NVDA",
-                sec_type="STK",
+                contract=contract,
                 action="BUY",
                 quantity=qty,
                 order_type="LMT",
@@ -91,7 +93,7 @@ def test_refuses_when_breaker_halted():
 
 
 def test_breaker_reducing_allows_only_exposure_reducing_orders():
-    held = {"NVDA": Holding("NVDA", 20, 100.0)}
+    held = {"NVDA": Holding(contract=Contract.stock("NVDA"), quantity=20, mark=100.0)}
     assert reasons(context=ctx(breaker="REDUCING", holdings=held)) == [
         "breaker REDUCING: only exposure-reducing orders"
     ]
@@ -99,7 +101,7 @@ def test_breaker_reducing_allows_only_exposure_reducing_orders():
 
 
 def test_halted_allows_only_the_watchdogs_closing_orders():
-    held = {"NVDA": Holding("NVDA", 20, 100.0)}
+    held = {"NVDA": Holding(contract=Contract.stock("NVDA"), quantity=20, mark=100.0)}
     close = buy(action="SELL", qty=20, source="watchdog", order_type="MKT", limit_price=None)
     assert reasons(close, ctx(breaker="HALTED", holdings=held)) == []
     assert (
@@ -122,7 +124,7 @@ def test_refuses_new_positions_while_watchdog_is_stale_but_allows_reducing():
     assert reasons(context=ctx(watchdog_alive=False)) == [
         "watchdog heartbeat stale: no new positions"
     ]
-    held = {"NVDA": Holding("NVDA", 20, 100.0)}
+    held = {"NVDA": Holding(contract=Contract.stock("NVDA"), quantity=20, mark=100.0)}
     assert reasons(buy(action="SELL"), ctx(watchdog_alive=False, holdings=held)) == []
 
 
@@ -190,14 +192,17 @@ def test_refuses_notional_above_maximum_with_option_multiplier():
 
 
 def test_refuses_per_symbol_position_above_limit():
-    held = {"NVDA": Holding("NVDA", 450, 100.0)}
+    held = {"NVDA": Holding(contract=Contract.stock("NVDA"), quantity=450, mark=100.0)}
     assert reasons(buy(qty=100), ctx(holdings=held))[0] == (
         "NVDA position value after the order 55,000 exceeds 50,000"
     )
 
 
 def test_refuses_gross_exposure_above_limit():
-    held = {s: Holding(s, 480, 100.0) for s in ("AMD", "TSLA", "AAPL", "MSFT")}
+    held = {
+        s: Holding(contract=Contract.stock(s), quantity=480, mark=100.0)
+        for s in ("AMD", "TSLA", "AAPL", "MSFT")
+    }
     assert reasons(buy(qty=10), ctx(holdings=held), limits=limits(max_portfolio_delta=1e9)) == []
     assert reasons(buy(qty=100), ctx(holdings=held))[0] == (
         "gross exposure after the order 202,000 exceeds 200,000"
@@ -205,18 +210,30 @@ def test_refuses_gross_exposure_above_limit():
 
 
 def test_refuses_portfolio_delta_above_limit():
-    held = {"AMD": Holding("AMD", 950, 100.0)}
+    held = {"AMD": Holding(contract=Contract.stock("AMD"), quantity=950, mark=100.0)}
     got = reasons(buy(qty=60), ctx(holdings=held), limits=limits(max_gross_exposure=1e9))
     assert got == ["portfolio dollar delta after the order 101,000 exceeds ±100,000"]
 
 
 def test_option_delta_counts_with_multiplier_and_underlying():
-    held = {"X": Holding("AMD", 20, 5.0, multiplier=100, delta=-0.5, underlying_price=100.0)}
+    held = {
+        "X": Holding(
+            contract=Contract.stock("AMD"),
+            quantity=20,
+            mark=5.0,
+            multiplier=100,
+            delta=-0.5,
+            underlying_price=100.0,
+        )
+    }
     assert sum(h.dollar_delta for h in held.values()) == -100_000
 
 
 def test_refuses_a_new_position_beyond_max_open_positions():
-    held = {s: Holding(s, 1, 10.0) for s in ("A", "B", "C", "D", "E", "F", "G", "H", "I", "J")}
+    held = {
+        s: Holding(contract=Contract.stock(s), quantity=1, mark=10.0)
+        for s in ("A", "B", "C", "D", "E", "F", "G", "H", "I", "J")
+    }
     assert reasons(context=ctx(holdings=held)) == ["10 open positions: the maximum is 10"]
 
 
@@ -361,8 +378,7 @@ async def test_a_send_is_counted_when_it_goes_out_not_when_the_view_was_built(st
 )
 def test_gate_never_accepts_what_breaks_a_limit(qty, price, symbol, action, breaker):
     r = OrderRequest(
-        symbol=symbol,
-        sec_type="STK",
+        contract=Contract.stock(symbol),
         action=action,
         quantity=qty,
         order_type="LMT",
@@ -397,11 +413,19 @@ def sell(qty=10, price=100.0, **kw) -> OrderRequest:
 
 
 def held(qty: float, symbol: str = "NVDA") -> dict[str, Holding]:
-    return {symbol: Holding(symbol, qty, 100.0)}
+    return {symbol: Holding(contract=Contract.stock(symbol), quantity=qty, mark=100.0)}
 
 
 def resting(qty: float, key: str = "NVDA", price: float | None = 100.0) -> WorkingOrder:
-    return WorkingOrder(key, key.split()[0], qty, price, 1.0, f"r{qty:g}")
+    symbol, _, option = key.partition(" ")
+    if option:  # "AMD 20261218 100C"
+        expiry, strike_right = option.split()
+        contract = Contract.option(symbol, expiry, float(strike_right[:-1]), strike_right[-1])
+    else:
+        contract = Contract.stock(symbol)
+    return WorkingOrder(
+        contract=contract, signed_quantity=qty, limit_price=price, order_ref=f"r{qty:g}"
+    )
 
 
 def test_two_reducing_orders_that_together_flip_the_position_are_not_reducing():
@@ -483,7 +507,16 @@ def test_refuses_an_option_without_a_delta():
     quote = Quote(4.95, 5.05, 0.5, 100.0, None, 100.0)
     r = reasons(option, ctx(quote=quote))
     assert r == ["option NVDA 20261218 100C has no delta: the portfolio delta cannot be checked"]
-    holding = {"AMD 20261218 100C": Holding("AMD", 1, 5.0, 100.0, None, 100.0)}
+    holding = {
+        "AMD 20261218 100C": Holding(
+            contract=Contract.stock("AMD"),
+            quantity=1,
+            mark=5.0,
+            multiplier=100.0,
+            delta=None,
+            underlying_price=100.0,
+        )
+    }
     r = reasons(context=ctx(holdings=holding))
     assert r and r[0].startswith("holdings without a delta ['AMD 20261218 100C']")
 
@@ -498,7 +531,14 @@ def test_refuses_a_quote_without_a_receive_time():
     [
         (dict(quote=Quote(float("nan"), 100.05, 0.5)), "quote.bid=nan"),
         (dict(quote=Quote(99.95, 100.05, float("nan"))), "quote.age_s=nan"),
-        (dict(holdings={"AMD": Holding("AMD", 1, float("nan"))}), "holding AMD.mark=nan"),
+        (
+            dict(
+                holdings={
+                    "AMD": Holding(contract=Contract.stock("AMD"), quantity=1, mark=float("nan"))
+                }
+            ),
+            "holding AMD.mark=nan",
+        ),
         (dict(daily_pnl=float("nan")), "daily_pnl=nan"),
         (dict(working=(resting(float("nan"), "AMD"),)), "working order"),
     ],
@@ -512,7 +552,10 @@ def test_watchdog_closing_orders_keep_their_exemptions_from_missing_inputs():
     close = sell(10, source="watchdog", order_type="MKT", limit_price=None)
     context = ctx(
         breaker="HALTED",
-        holdings={**held(10), "AMD": Holding("AMD", 1, float("nan"))},
+        holdings={
+            **held(10),
+            "AMD": Holding(contract=Contract.stock("AMD"), quantity=1, mark=float("nan")),
+        },
         daily_pnl=None,
         quote=None,
         working=(resting(-10),),  # the watchdog judges reducing from holdings alone
@@ -584,7 +627,7 @@ async def test_gate_memory_is_rebuilt_from_the_stored_intents_and_executions(sto
         store.call(
             log_trade,
             dict(
-                exec_id=f"e{i}", order_ref="a", client_id=1, symbol="NVDA", sec_type="STK",
+                exec_id=f"e{i}", order_ref="a", client_id=1, contract=Contract.stock("NVDA"),
                 side="BOT", shares=1, price=1.0,
                 exec_time=(now - dt.timedelta(seconds=ago)).isoformat(),
             ),

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from data_lake import Contract
 from runtime.broker import Broker
 from runtime.config import Secrets, parse_config
 from skills.execution_gate import OrderRequest
@@ -48,8 +49,7 @@ async def test_a_cancel_overtakes_messages_queued_before_it(broker, admin):
     price = admin.call("state")["prices"]["MSFT"]
     ref = "stress-cancel-first"
     request = OrderRequest(
-        symbol="MSFT",
-        sec_type="STK",
+        contract=Contract.stock("MSFT"),
         action="BUY",
         quantity=1,
         order_type="LMT",
