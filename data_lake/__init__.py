@@ -18,7 +18,7 @@ from .alerts import (
     schema_ready,
 )
 from .breaker_log import breaker_history, record_breaker_transition
-from .contract import Contract
+from .contract import Contract, flat_dict
 from .db import (
     DB_FILENAME,
     SCHEMA_VERSION,
@@ -103,6 +103,7 @@ __all__ = [
     "db_path",
     "demo_summary",
     "finish_cycle",
+    "flat_dict",
     "get_intent",
     "insert_cycle",
     "insert_intent",

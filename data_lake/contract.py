@@ -9,11 +9,15 @@ client library. The type lives in the lowest package so that every package may u
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Contract", "with_contract_columns"]
+__all__ = ["Contract", "flat_dict", "with_contract_columns"]
+
+
+CONTRACT_FIELDS = ("symbol", "sec_type", "expiry", "strike", "right")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,3 +89,16 @@ def with_contract_columns(row: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(contract, Contract):
         raise TypeError(f"row's contract must be a Contract, got {type(contract).__name__}")
     return {**out, **contract.to_row()}
+
+
+def flat_dict(obj: Any, fields: tuple[str, ...] = CONTRACT_FIELDS) -> dict[str, Any]:
+    """`dataclasses.asdict(obj)` with its contract spelled as the loose `fields` that snapshots,
+    prompts and safety-event details have always carried (symbol, sec_type, expiry, strike,
+    right; a holding only its symbol), where the contract stood."""
+    out: dict[str, Any] = {}
+    for name, value in dataclasses.asdict(obj).items():
+        if name == "contract":
+            out.update({f: value[f] for f in fields})
+        else:
+            out[name] = value
+    return out

@@ -22,6 +22,7 @@ from data_lake import (
     StorageUnavailable,
     Store,
     finish_cycle,
+    flat_dict,
     last_safety_event,
     log_safety_event,
     record_decisions,
@@ -45,6 +46,8 @@ from skills.swarm_core import (
     MergedSignal,
     SwarmResult,
     consult_swarm,
+    merged_json,
+    signal_json,
     spent_today_usd,
 )
 from skills.swarm_models import InstanceConfig, MarketContext
@@ -81,9 +84,9 @@ class CycleReport:
 
 
 def _risk_per_unit(m: MergedSignal, price: float) -> float:
-    if m.sec_type == "OPT":
-        if m.action == "SELL" and m.right == "P":
-            return m.strike * 100.0  # cash-secured: the most a short put can lose
+    if m.contract.is_option:
+        if m.action == "SELL" and m.contract.right == "P":
+            return m.contract.strike * 100.0  # cash-secured: the most a short put can lose
         return price * 100.0
     return price
 
@@ -104,14 +107,10 @@ def decide_rules(
     delta_now = sum(h.dollar_delta for h in holdings.values())
     for m in merged:
         base: dict[str, Any] = dict(
-            symbol=m.symbol,
+            contract=m.contract,
             action=m.action,
-            sec_type=m.sec_type,
             order_type=m.order_type,
             sources=m.sources,
-            expiry=m.expiry,
-            strike=m.strike,
-            right=m.right,
             limit_price=m.limit_price,
             inputs={
                 "confidence": m.confidence,
@@ -151,8 +150,9 @@ def decide_rules(
                 )
             )
             continue
-        sym = context.symbol(m.symbol)
-        opt = context.option(m.symbol, m.expiry, m.strike, m.right) if m.sec_type == "OPT" else None
+        mc = m.contract
+        sym = context.symbol(mc.symbol)
+        opt = context.option(mc.symbol, mc.expiry, mc.strike, mc.right) if mc.is_option else None
         price = m.limit_price or (opt.mid if opt else (sym.ask if sym else 0.0))
         if not price or price <= 0:
             out.append(refuse("no price to size the order"))
@@ -169,7 +169,7 @@ def decide_rules(
         if qty < 1:
             out.append(refuse(f"Kelly size below one unit (f={f:.4f}, net liq {net_liq:,.0f})"))
             continue
-        if m.sec_type == "OPT":
+        if mc.is_option:
             delta = opt.delta if opt else 0.0
             und = sym.last if sym else 0.0
             added = signed * qty * delta * 100.0 * und
@@ -310,7 +310,7 @@ class Commander:
         holdings = await self.broker.holdings()
         self.broker.snapshot_account("cycle")  # equity and PnL over time, one row per cycle
         doc["account"] = values
-        doc["positions"] = {k: dataclasses.asdict(h) for k, h in holdings.items()}
+        doc["positions"] = {k: flat_dict(h, ("symbol",)) for k, h in holdings.items()}
         doc["context"] = dataclasses.asdict(context)
         self.phase("think")
         budget = SwarmBudget(
@@ -370,7 +370,7 @@ class Commander:
             for d, decision_id in zip(decisions, ids, strict=True):
                 if d.accepted:
                     report.verdicts.append(await self.act(d, report.cycle_id, decision_id))
-        doc["decisions"] = [dataclasses.asdict(d) for d in report.decisions]
+        doc["decisions"] = [flat_dict(d) for d in report.decisions]
         doc["verdicts"] = [dataclasses.asdict(v) for v in report.verdicts]
 
     async def _sync_with_broker(self) -> None:
@@ -441,7 +441,7 @@ class Commander:
                 "order_suppressed",
                 reason,
                 "info",
-                details={"request": dataclasses.asdict(request)},
+                details={"request": flat_dict(request)},
                 cycle_id=cycle_id,
             )
             return GateVerdict(False, None, (reason,))
@@ -566,21 +566,9 @@ def _swarm_doc(swarm: SwarmResult) -> dict[str, Any]:
                 "usage": dataclasses.asdict(o.usage),
                 "cost_usd": o.cost_usd,
                 "latency_ms": o.latency_ms,
-                "signals": [
-                    {k: v for k, v in dataclasses.asdict(s).items() if k != "provenance"}
-                    | {
-                        "provenance": {
-                            k: v
-                            for k, v in dataclasses.asdict(s.provenance).items()
-                            if k != "raw_response"
-                        }
-                    }
-                    for s in o.signals
-                ],
+                "signals": [signal_json(s) for s in o.signals],
             }
             for o in swarm.outcomes
         ],
-        "merged": [
-            {k: v for k, v in dataclasses.asdict(m).items() if k != "signals"} for m in swarm.merged
-        ],
+        "merged": [merged_json(m) for m in swarm.merged],
     }

@@ -25,30 +25,20 @@ class Decision:
     """The commander's decision for one merged signal: sized and accepted, or refused with
     the reason (rules mode and LLM mode alike)."""
 
-    symbol: str
+    contract: Contract
     action: str
-    sec_type: str
     order_type: str
     quantity: float
     accepted: bool
     reason: str
     sources: tuple[str, ...] = ()
-    expiry: str = ""
-    strike: float = 0.0
-    right: str = ""
     limit_price: float | None = None
     kelly_fraction: float | None = None
     inputs: Mapping[str, Any] = field(default_factory=dict)  # what the sizing saw (for `why`)
 
     def request(self, cycle_id: int, decision_id: int | None) -> OrderRequest:
         return OrderRequest(
-            contract=Contract(
-                symbol=self.symbol,
-                sec_type=self.sec_type,
-                expiry=self.expiry,
-                strike=self.strike,
-                right=self.right,
-            ),
+            contract=self.contract,
             action=self.action,
             quantity=self.quantity,
             order_type=self.order_type,
@@ -62,7 +52,7 @@ class Decision:
 
 def decision_row(d: Decision) -> dict[str, Any]:
     """The decision as the data lake stores it (reason prefixed accepted/refused)."""
-    row = dataclasses.asdict(d)
+    row = {f.name: getattr(d, f.name) for f in dataclasses.fields(d)}
     row["reason"] = ("accepted: " if d.accepted else "refused: ") + d.reason
     row["inputs"] = dict(d.inputs)
     return row

@@ -18,10 +18,10 @@ from typing import Any, Literal
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from data_lake import record_decisions, record_llm_calls, redact
+from data_lake import Contract, flat_dict, record_decisions, record_llm_calls, redact
 from skills.execution_gate import GateVerdict, Holding
 from skills.math_core import MathInputError, calculate_greeks, kelly_criterion
-from skills.swarm_core import SwarmResult
+from skills.swarm_core import SwarmResult, merged_json
 from skills.swarm_models import MarketContext
 from skills.swarm_providers import Usage, cost_usd, usage_from
 
@@ -202,13 +202,10 @@ class LlmCommander:
             if name == "get_portfolio":
                 return {
                     "account": values,
-                    "positions": {k: dataclasses.asdict(h) for k, h in holdings.items()},
+                    "positions": {k: flat_dict(h, ("symbol",)) for k, h in holdings.items()},
                 }, False
             if name == "get_swarm_signals":
-                return [
-                    {k: v for k, v in dataclasses.asdict(m).items() if k != "signals"}
-                    for m in swarm.merged
-                ], False
+                return [merged_json(m) for m in swarm.merged], False
             if name == "kelly_size":
                 k = KellyInput.model_validate(raw)
                 c = self.c.cfg.commander
@@ -225,17 +222,19 @@ class LlmCommander:
             if name == "place_guarded_order":
                 o = OrderInput.model_validate(raw)
                 d = Decision(
-                    symbol=o.symbol,
+                    contract=Contract(
+                        symbol=o.symbol,
+                        sec_type=o.sec_type,
+                        expiry=o.expiry,
+                        strike=o.strike,
+                        right=o.right,
+                    ),
                     action=o.action,
-                    sec_type=o.sec_type,
                     order_type=o.order_type,
                     quantity=float(o.quantity),
                     accepted=True,
                     reason=f"llm: {o.reason}",
                     sources=("commander_llm",),
-                    expiry=o.expiry,
-                    strike=o.strike,
-                    right=o.right,
                     limit_price=o.limit_price,
                 )
                 [decision_id] = await self.c.store.run(

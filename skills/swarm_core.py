@@ -24,9 +24,11 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
 from data_lake import (
+    Contract,
     DiscardOutput,
     RefuseToStart,
     Store,
+    flat_dict,
     record_llm_calls,
     record_signals,
     redact,
@@ -66,12 +68,14 @@ __all__ = [
     "execute_swarm_concurrent",
     "load_instances",
     "load_template",
+    "merged_json",
     "parse_response",
     "parse_signal",
     "record_rows",
     "render_template",
     "shared_prompt",
     "shared_system_prompt",
+    "signal_json",
     "spent_today_usd",
 ]
 
@@ -239,13 +243,12 @@ def parse_signal(
     max_qty = _max_quantity(instance, limits or {})
     if s.quantity is not None and s.quantity > max_qty:
         raise SignalRejected(f"quantity {s.quantity} exceeds {instance.id}'s maximum {max_qty:g}")
-    if s.sec_type == "OPT":
-        assert s.expiry is not None and s.strike is not None and s.right is not None
-        option = context.option(s.symbol, s.expiry, s.strike, s.right)
+    contract = s.contract
+    if contract.is_option:
+        option = context.option(contract.symbol, contract.expiry, contract.strike, contract.right)
         if option is None:
             raise SignalRejected(
-                f"option {s.symbol} {s.expiry} {s.strike:g}{s.right} was not "
-                "among the contracts offered this cycle"
+                f"option {contract.key} was not among the contracts offered this cycle"
             )
         ref = option.mid
     else:
@@ -256,16 +259,12 @@ def parse_signal(
             f"{PRICE_SANITY:.0%} from the market ({ref:.4g})"
         )
     return Signal(
-        symbol=s.symbol,
+        contract=contract,
         action=s.action,
-        sec_type=s.sec_type,
         order_type=s.order_type,
         confidence=s.confidence,
         rationale=s.rationale,
         provenance=provenance,
-        expiry=s.expiry or "",
-        strike=s.strike or 0.0,
-        right=s.right or "",
         limit_price=s.limit_price,
         quantity=s.quantity,
         win_probability=s.win_probability,
@@ -326,14 +325,9 @@ class InstanceOutcome:
 class MergedSignal:
     """The same contract and side from one or more instances."""
 
-    key: str
-    symbol: str
+    contract: Contract
     action: str
-    sec_type: str
     order_type: str
-    expiry: str
-    strike: float
-    right: str
     limit_price: float | None
     quantity: int | None
     confidence: float
@@ -344,8 +338,28 @@ class MergedSignal:
     conflict: bool = False
 
     @property
+    def key(self) -> str:
+        return self.contract.key
+
+    @property
     def consensus(self) -> int:
         return len(self.sources)
+
+
+def signal_json(s: Signal) -> dict[str, Any]:
+    """A signal as snapshots show it: its contract as loose fields, its provenance without the
+    raw response."""
+    out = {k: v for k, v in flat_dict(s).items() if k != "provenance"}
+    out["provenance"] = {
+        k: v for k, v in dataclasses.asdict(s.provenance).items() if k != "raw_response"
+    }
+    return out
+
+
+def merged_json(m: MergedSignal) -> dict[str, Any]:
+    """A merged signal as snapshots and the LLM commander see it (its key, its contract as
+    loose fields, without the signals it merged)."""
+    return {"key": m.key, **{k: v for k, v in flat_dict(m).items() if k != "signals"}}
 
 
 def deduplicate_signals(signals: Iterable[Signal]) -> list[MergedSignal]:
@@ -356,7 +370,7 @@ def deduplicate_signals(signals: Iterable[Signal]) -> list[MergedSignal]:
     for s in signals:
         groups.setdefault((s.key, s.action), []).append(s)
     merged: list[MergedSignal] = []
-    for (key, action), group in groups.items():
+    for (_, action), group in groups.items():
         first = group[0]
         limits = [s.limit_price for s in group if s.limit_price is not None]
         limit = (min(limits) if action == "BUY" else max(limits)) if limits else None
@@ -366,14 +380,9 @@ def deduplicate_signals(signals: Iterable[Signal]) -> list[MergedSignal]:
         sources = tuple(dict.fromkeys(s.provenance.instance_id for s in group))
         merged.append(
             MergedSignal(
-                key=key,
-                symbol=first.symbol,
+                contract=first.contract,
                 action=action,
-                sec_type=first.sec_type,
                 order_type="LMT" if limit is not None else first.order_type,
-                expiry=first.expiry,
-                strike=first.strike,
-                right=first.right,
                 limit_price=limit,
                 quantity=min(qtys) if qtys else None,
                 confidence=sum(s.confidence for s in group) / len(group),
@@ -385,8 +394,8 @@ def deduplicate_signals(signals: Iterable[Signal]) -> list[MergedSignal]:
         )
     sides: dict[str, set[str]] = {}
     for m in merged:
-        sides.setdefault(m.symbol, set()).add(m.action)
-    return [dataclasses.replace(m, conflict=len(sides[m.symbol]) > 1) for m in merged]
+        sides.setdefault(m.contract.symbol, set()).add(m.action)
+    return [dataclasses.replace(m, conflict=len(sides[m.contract.symbol]) > 1) for m in merged]
 
 
 SWARM_RULES = (
@@ -726,12 +735,8 @@ def record_rows(
                     "instance_id": o.instance_id,
                     "provider": p.provider,
                     "status": "valid",
-                    "symbol": s.symbol,
+                    "contract": s.contract,
                     "action": s.action,
-                    "sec_type": s.sec_type,
-                    "expiry": s.expiry or None,
-                    "strike": s.strike or None,
-                    "opt_right": s.right or None,
                     "order_type": s.order_type,
                     "limit_price": s.limit_price,
                     "quantity": s.quantity,

@@ -154,6 +154,17 @@ class SignalPayload(BaseModel):
             raise ValueError("a limit order needs limit_price")
         return self
 
+    @property
+    def contract(self) -> Contract:
+        """The contract this signal names (validated complete: an option has all three)."""
+        return Contract(
+            symbol=self.symbol,
+            sec_type=self.sec_type,
+            expiry=self.expiry or "",
+            strike=self.strike or 0.0,
+            right=self.right or "",
+        )
+
 
 class SubmitSignals(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -225,20 +236,16 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Signal:
     """A validated trade idea from one instance (never an order by itself)."""
 
-    symbol: str
+    contract: Contract
     action: str
-    sec_type: str
     order_type: str
     confidence: float
     rationale: str
     provenance: Provenance
-    expiry: str = ""
-    strike: float = 0.0
-    right: str = ""
     limit_price: float | None = None
     quantity: int | None = None
     win_probability: float | None = None
@@ -248,13 +255,7 @@ class Signal:
 
     @property
     def key(self) -> str:
-        return Contract(
-            symbol=self.symbol,
-            sec_type=self.sec_type,
-            expiry=self.expiry,
-            strike=self.strike,
-            right=self.right,
-        ).key
+        return self.contract.key
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,16 +24,12 @@ CTX = MarketContext(
 )
 
 
-def merged(**kw):
+def merged(symbol="MSFT", sec_type="STK", expiry="", strike=0.0, right="", **kw):
+    contract = Contract(symbol=symbol, sec_type=sec_type, expiry=expiry, strike=strike, right=right)
     base = dict(
-        key="MSFT",
-        symbol="MSFT",
+        contract=contract,
         action="BUY",
-        sec_type="STK",
         order_type="LMT",
-        expiry="",
-        strike=0.0,
-        right="",
         limit_price=415.04,
         quantity=20,
         confidence=0.8,
@@ -50,7 +46,6 @@ def put(**kw):
     return merged(
         **{
             **dict(
-                key="NVDA 20261218 165P",
                 symbol="NVDA",
                 action="SELL",
                 sec_type="OPT",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from data_lake import Store, insert_cycle
+from data_lake import Contract, Store, insert_cycle
 from runtime.breaker import CircuitBreaker
 from runtime.broker import Broker
 from runtime.commander import Commander, Decision
@@ -60,9 +60,8 @@ async def test_orders_only_inside_liquid_hours(gateway, tmp_path):
                 wall_now=lambda when=when: when,
             )
             d = Decision(
-                symbol="MSFT",
+                contract=Contract.stock("MSFT"),
                 action="BUY",
-                sec_type="STK",
                 order_type="LMT",
                 quantity=1,
                 accepted=True,

@@ -197,16 +197,18 @@ async def test_offline_provider_follows_each_templates_intent(swarm, tmp_path, s
     db = store
     result = await run(swarm, OfflineProvider(), db=db)
     tech = outcome(result, "tech_aggressive")
-    assert [(s.symbol, s.action, s.right, s.strike) for s in tech.signals] == [
+    assert [
+        (s.contract.symbol, s.action, s.contract.right, s.contract.strike) for s in tech.signals
+    ] == [
         ("NVDA", "SELL", "P", 165.0),
         ("AMD", "SELL", "P", 145.0),
     ]  # TSLA IV rank 62 < 80
     fin = outcome(result, "finance_conservative")
     # BAC: IV rank 55 < 85; GS: its only put has |delta| 0.16, above the 0.15 delta limit
-    assert [s.symbol for s in fin.signals] == ["JPM"]
+    assert [s.contract.symbol for s in fin.signals] == ["JPM"]
     assert all(s.quantity == 1 for s in fin.signals)
     trend = outcome(result, "index_trend")
-    assert [(s.symbol, s.action, s.quantity) for s in trend.signals] == [
+    assert [(s.contract.symbol, s.action, s.quantity) for s in trend.signals] == [
         ("SPY", "BUY", 20),
         ("MSFT", "BUY", 20),
     ]  # AAPL is below its 20-day average
@@ -529,6 +531,6 @@ def test_dedupe_marks_opposite_sides_on_one_underlying_as_conflict():
     merged = deduplicate_signals(
         [_sig("a"), _sig("b", action="BUY"), _sig("c", symbol="AMD", strike=145.0, limit_price=2.5)]
     )
-    by = {(m.symbol, m.action): m for m in merged}
+    by = {(m.contract.symbol, m.action): m for m in merged}
     assert by[("NVDA", "SELL")].conflict and by[("NVDA", "BUY")].conflict
     assert not by[("AMD", "SELL")].conflict
