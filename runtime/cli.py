@@ -147,7 +147,7 @@ def _locks(cfg: Config, role: str) -> list[InstanceLock]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .main_loop import MainLoop
+    from .main_loop import run_main_loop
 
     cfg = _config(args)
     _setup_logging(args.log_level, "main", args.log_file)
@@ -159,14 +159,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     secrets = Secrets()
     register_secret(secrets.anthropic_api_key)
     try:
-        return asyncio.run(MainLoop(cfg, args.config, secrets, max_cycles=args.max_cycles).run())
+        return asyncio.run(run_main_loop(cfg, args.config, secrets, max_cycles=args.max_cycles))
     finally:
         for lock in locks:
             lock.release()
 
 
 def cmd_watchdog(args: argparse.Namespace) -> int:
-    from .watchdog import Watchdog
+    from .watchdog import Watchdog, open_watchdog_store
 
     cfg = _config(args)
     _setup_logging(args.log_level, "watchdog", args.log_file)
@@ -178,7 +178,7 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
     secrets = Secrets()
     register_secret(secrets.anthropic_api_key)
     try:
-        return asyncio.run(Watchdog(cfg, secrets).run())
+        return asyncio.run(Watchdog.create(cfg, secrets, open_watchdog_store(cfg)).run())
     finally:
         for lock in locks:
             lock.release()
@@ -505,16 +505,23 @@ def cmd_intent(args: argparse.Namespace) -> int:
 
 def cmd_panic(args: argparse.Namespace) -> int:
     from .broker import BrokerError
-    from .watchdog import Watchdog
+    from .watchdog import run_panic
 
     cfg = _config(args)
     _setup_logging("WARNING", "panic")
     client_id = args.client_id if args.client_id is not None else cfg.broker.watchdog_client_id + 1
     try:
-        watchdog = Watchdog(cfg, Secrets())
-        watchdog.progress = lambda line: print(f"  {line}", flush=True)
         print("panic: tripping the breaker, cancelling every order, closing every position ...")
-        flat = asyncio.run(watchdog.panic(args.by, args.reason, client_id))
+        flat = asyncio.run(
+            run_panic(
+                cfg,
+                Secrets(),
+                args.by,
+                args.reason,
+                client_id,
+                progress=lambda line: print(f"  {line}", flush=True),
+            )
+        )
     except (BrokerError, ConnectionError, OSError, TimeoutError) as exc:
         print(
             f"breaker HALTED (panic by {args.by}), but the gateway at {cfg.broker.host}:"

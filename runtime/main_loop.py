@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from data_lake import (
     register_secret,
 )
 from skills.execution_gate import GateState
-from skills.swarm_core import SwarmConfigError, load_instances
+from skills.swarm_core import LoadedTemplate, SwarmConfigError, load_instances
+from skills.swarm_models import InstanceConfig
 from skills.swarm_providers import AnthropicProvider, OfflineProvider, Provider
 
 from .breaker import BreakerState, CircuitBreaker
@@ -57,21 +59,114 @@ from .instance_lock import (
 from .notify import Notifier, start_notifier
 from .preflight import KEY_MISSING, static_refusals
 
-__all__ = ["MAIN_HEARTBEAT", "WATCHDOG_HEARTBEAT", "MainLoop"]
+__all__ = ["MAIN_HEARTBEAT", "WATCHDOG_HEARTBEAT", "MainLoop", "run_main_loop"]
 
 log = logging.getLogger("runtime.main_loop")
 
 
+async def run_main_loop(
+    cfg: Config,
+    config_path: str | Path,
+    secrets: Secrets,
+    *,
+    clock: Clock | None = None,
+    max_cycles: int | None = None,
+    provider: Provider | None = None,
+) -> int:
+    """Check the config, open the store, rebuild the gate's memory, load the swarm, build the
+    main loop and run it until stopped; return the process exit code."""
+    clock = clock or SystemClock()
+    refusals = [r for r in static_refusals(cfg, secrets) if r != KEY_MISSING or provider is None]
+    if refusals:
+        for reason in refusals:
+            print(f"config: {reason}", file=sys.stderr)
+        return 2
+    try:
+        store = await asyncio.to_thread(
+            Store.open, cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="main"
+        )
+    except StorageUnavailable as exc:
+        print(f"fatal: database unavailable: {exc}", file=sys.stderr)
+        return 2
+    try:
+        timeout = max(10.0, cfg.data.write_timeout_s)
+        last_cycle = await store.run(last_cycle_id, timeout=timeout)
+        # the gate's memory (daily count, rate windows, duplicate guard, throttle latch)
+        # survives restarts: rebuilt from what was stored
+        gate_state = await load_gate_state(
+            store,
+            cfg.risk,
+            monotonic_now=clock.monotonic(),
+            wall_now=dt.datetime.fromtimestamp(clock.wall(), dt.UTC),
+            sources=("commander", "person"),
+            client_id=cfg.broker.client_id,
+            timeout=timeout,
+        )
+        instances, templates = load_instances(
+            cfg.swarm.instances_dir, cfg.swarm.templates_dir, cfg.risk.model_dump()
+        )
+    except (StorageUnavailable, SwarmConfigError) as exc:
+        what = "fatal: database unavailable: " if isinstance(exc, StorageUnavailable) else ""
+        print(f"{what}{exc}", file=sys.stderr)
+        await asyncio.to_thread(store.close, 5.0)
+        return 2
+    register_secret(secrets.anthropic_api_key)
+    if provider is None:
+        provider = (
+            AnthropicProvider(
+                secrets.anthropic_api_key,
+                secrets.anthropic_base_url,
+                cfg.swarm.max_retries,
+                cfg.swarm.call_timeout_s,
+            )
+            if cfg.swarm.provider == "anthropic"
+            else OfflineProvider()
+        )
+    llm_client = None
+    if cfg.commander.mode == "llm":
+        from anthropic import AsyncAnthropic
+
+        llm_client = AsyncAnthropic(
+            api_key=secrets.anthropic_api_key,
+            base_url=secrets.anthropic_base_url,
+            max_retries=cfg.swarm.max_retries,
+        )
+    loop = MainLoop(
+        cfg,
+        config_path,
+        secrets,
+        store=store,
+        gate_state=gate_state,
+        last_cycle_id=last_cycle,
+        provider=provider,
+        instances=instances,
+        templates=templates,
+        llm_client=llm_client,
+        clock=clock,
+        max_cycles=max_cycles,
+    )
+    return await loop.run()
+
+
 class MainLoop:
+    """The daemon, complete once built: its store (open), breaker, broker session (not yet
+    connected) and commander. `run()` connects and cycles until stopped."""
+
     def __init__(
         self,
         cfg: Config,
         config_path: str | Path,
         secrets: Secrets,
         *,
+        store: Store,
+        gate_state: GateState,
+        provider: Provider,
+        instances: Sequence[InstanceConfig],
+        templates: Mapping[str, LoadedTemplate],
+        last_cycle_id: int = 0,
+        llm_client: Any = None,
         clock: Clock | None = None,
         max_cycles: int | None = None,
-        provider: Provider | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_path = str(config_path)
@@ -85,12 +180,41 @@ class MainLoop:
         self.phase = "starting"
         self.stop = asyncio.Event()
         self.cancel = asyncio.Event()
-        self.gate_state = GateState()
+        self.store = store
+        self.gate_state = gate_state
+        self.breaker = CircuitBreaker(self.data_dir, store)
+        self.broker = Broker(
+            cfg.broker,
+            cfg.mode,
+            secrets,
+            store,
+            source="main_loop",
+            intent_sources=("commander", "person"),
+            on_reject_streak=self._on_reject_streak,
+            on_execution=self._on_execution,
+            monotonic=self.clock.monotonic,
+        )
+        self.commander = Commander(
+            cfg=cfg,
+            store=store,
+            broker=self.broker,
+            breaker=self.breaker,
+            provider=provider,
+            instances=instances,
+            templates=templates,
+            gate_state=gate_state,
+            clock=self.clock,
+            watchdog_alive=self.watchdog_alive,
+            cancel=self.cancel,
+            phase=self._set_phase,
+            llm_client=llm_client,
+            stopping=self.stop.is_set,
+        )
         self._child: subprocess.Popen[bytes] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._cycle_task: asyncio.Task[Any] | None = None
-        self._last_cycle_id = 0
-        self._notifier: Notifier | None = None
+        self._last_cycle_id = last_cycle_id
+        self._notifier: Notifier | None = None  # started by run()
         self._account_lock: InstanceLock | None = None
 
     # --- helpers ---------------------------------------------------------------------------
@@ -218,70 +342,7 @@ class MainLoop:
     # --- lifecycle -------------------------------------------------------------------------------
     async def run(self) -> int:
         """Run until stopped; return the process exit code."""
-        refusals = [
-            r
-            for r in static_refusals(self.cfg, self.secrets)
-            if r != KEY_MISSING or self.provider is None
-        ]
-        if refusals:
-            for reason in refusals:
-                print(f"config: {reason}", file=sys.stderr)
-            return 2
-        try:
-            self.store = await asyncio.to_thread(
-                Store.open,
-                self.data_dir,
-                busy_timeout_ms=self.cfg.data.busy_timeout_ms,
-                name="main",
-            )
-            self._last_cycle_id = await self.store.run(
-                last_cycle_id, timeout=max(10.0, self.cfg.data.write_timeout_s)
-            )
-            # the gate's memory (daily count, rate windows, duplicate guard, throttle latch)
-            # survives restarts: rebuilt from what was stored
-            self.gate_state = await load_gate_state(
-                self.store,
-                self.cfg.risk,
-                monotonic_now=self.clock.monotonic(),
-                wall_now=dt.datetime.fromtimestamp(self.clock.wall(), dt.UTC),
-                sources=("commander", "person"),
-                client_id=self.cfg.broker.client_id,
-                timeout=max(10.0, self.cfg.data.write_timeout_s),
-            )
-        except StorageUnavailable as exc:
-            print(f"fatal: database unavailable: {exc}", file=sys.stderr)
-            return 2
-        self.breaker = CircuitBreaker(self.data_dir, self.store)
         self._notifier = start_notifier(self.cfg)  # alerts ([notify]); None without URLs
-        register_secret(self.secrets.anthropic_api_key)
-        limits = self.cfg.risk.model_dump()
-        try:
-            instances, templates = load_instances(
-                self.cfg.swarm.instances_dir, self.cfg.swarm.templates_dir, limits
-            )
-        except SwarmConfigError as exc:
-            print(exc, file=sys.stderr)
-            return 2
-        llm_client = None
-        if self.provider is None:
-            self.provider = (
-                AnthropicProvider(
-                    self.secrets.anthropic_api_key,
-                    self.secrets.anthropic_base_url,
-                    self.cfg.swarm.max_retries,
-                    self.cfg.swarm.call_timeout_s,
-                )
-                if self.cfg.swarm.provider == "anthropic"
-                else OfflineProvider()
-            )
-        if self.cfg.commander.mode == "llm":
-            from anthropic import AsyncAnthropic
-
-            llm_client = AsyncAnthropic(
-                api_key=self.secrets.anthropic_api_key,
-                base_url=self.secrets.anthropic_base_url,
-                max_retries=self.cfg.swarm.max_retries,
-            )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
@@ -289,38 +350,11 @@ class MainLoop:
         if self.cfg.watchdog.spawn:
             self._spawn_watchdog()
             self._tasks.append(loop.create_task(self._supervise_watchdog(), name="watchdog-sup"))
-        self.broker = Broker(
-            self.cfg.broker,
-            self.cfg.mode,
-            self.secrets,
-            self.store,
-            source="main_loop",
-            intent_sources=("commander", "person"),
-            on_reject_streak=self._on_reject_streak,
-            on_execution=self._on_execution,
-            monotonic=self.clock.monotonic,
-        )
         code = await self._connect()
         if code is not None:
             await self._shutdown()
             return code
         sd_notify("READY=1")
-        self.commander = Commander(
-            cfg=self.cfg,
-            store=self.store,
-            broker=self.broker,
-            breaker=self.breaker,
-            provider=self.provider,
-            instances=instances,
-            templates=templates,
-            gate_state=self.gate_state,
-            clock=self.clock,
-            watchdog_alive=self.watchdog_alive,
-            cancel=self.cancel,
-            phase=self._set_phase,
-            llm_client=llm_client,
-            stopping=self.stop.is_set,
-        )
         if self.cfg.watchdog.spawn:
             await self._wait_for_watchdog()
         await self._warm_up()
@@ -521,13 +555,11 @@ class MainLoop:
             if not task.done():
                 task.cancel()
                 await asyncio.wait({task}, timeout=5)
-        if hasattr(self, "broker"):
-            if self.cfg.loop.cancel_orders_on_stop and self.broker.ready:
-                await self._cancel_own_orders()
-            await self.broker.close()
-        if self.provider is not None:
-            with contextlib.suppress(Exception):
-                await self.provider.close()
+        if self.cfg.loop.cancel_orders_on_stop and self.broker.ready:
+            await self._cancel_own_orders()
+        await self.broker.close()
+        with contextlib.suppress(Exception):
+            await self.provider.close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -52,7 +52,7 @@ from .heartbeat import (
 )
 from .notify import start_notifier
 
-__all__ = ["Watchdog"]
+__all__ = ["Watchdog", "open_watchdog_store", "run_panic"]
 
 log = logging.getLogger("runtime.watchdog")
 WATCHDOG_BUSY_TIMEOUT_MS = 200
@@ -61,12 +61,38 @@ EVENT_REPEAT_S = 10.0  # the same repeated event is recorded at most this often
 ACCOUNT_SNAPSHOT_S = 30.0  # the watchdog records the account this often (status, charts)
 
 
+def open_watchdog_store(cfg: Config) -> Store:
+    """The watchdog's store: it watches at once; records queue until the database opens."""
+    return Store.open(
+        cfg.data_dir,
+        busy_timeout_ms=min(WATCHDOG_BUSY_TIMEOUT_MS, cfg.data.busy_timeout_ms),
+        open_timeout_s=None,
+        name="watchdog",
+    )
+
+
 class Watchdog:
-    def __init__(self, cfg: Config, secrets: Secrets, *, clock: Clock | None = None) -> None:
+    """The independent watchdog, complete once built: its store, breaker and broker session
+    (its own client id; not yet connected). `run()` watches; `panic()` is the kill switch."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        secrets: Secrets,
+        *,
+        store: Store,
+        broker: Broker,
+        clock: Clock | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.secrets = secrets
         self.clock = clock or SystemClock()
         self.data_dir = cfg.data_dir
+        self.store = store
+        self.broker = broker
+        self.breaker = CircuitBreaker(self.data_dir, store)
+        self.started = self.clock.monotonic()
         self.stop = asyncio.Event()
         self.phase = "starting"
         self.main_seen = False
@@ -86,7 +112,34 @@ class Watchdog:
         self._last_event: dict[tuple[str, str], float] = {}
         self._last_snapshot = -math.inf
         self._judged: Heartbeat | None = None  # the main heartbeat check_main last judged
-        self.progress: Callable[[str], None] = lambda line: None  # panic prints each step
+        self.progress: Callable[[str], None] = progress or (lambda line: None)  # panic's steps
+
+    @classmethod
+    def create(
+        cls,
+        cfg: Config,
+        secrets: Secrets,
+        store: Store,
+        *,
+        client_id: int | None = None,
+        source: str = "watchdog",
+        clock: Clock | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> Watchdog:
+        """A watchdog on `store` with its own broker session (the watchdog's client id unless
+        `client_id` is given: panic uses one of its own)."""
+        clock = clock or SystemClock()
+        broker = Broker(
+            cfg.broker,
+            cfg.mode,
+            secrets,
+            store,
+            client_id=cfg.broker.watchdog_client_id if client_id is None else client_id,
+            source=source,
+            intent_sources=("watchdog",),
+            monotonic=clock.monotonic,
+        )
+        return cls(cfg, secrets, store=store, broker=broker, clock=clock, progress=progress)
 
     # --- plumbing --------------------------------------------------------------------------
     def _event(
@@ -119,8 +172,7 @@ class Watchdog:
         now = self.clock.monotonic()
         polled = self.account_poll_mono
         fresh = polled is not None and now - polled <= self.cfg.watchdog.heartbeat_timeout_s
-        broker = getattr(self, "broker", None)
-        if broker is not None and broker.ready and fresh:
+        if self.broker.ready and fresh:
             return "connected"
         if polled is None and self._connect_failures == 0:
             return "connecting"
@@ -600,24 +652,11 @@ class Watchdog:
                 self._kill_frozen_main(reasons)
             await self._hold_flat(status, positions)
 
-    async def panic(self, by: str, reason: str, client_id: int) -> bool:
-        """The kill switch, usable without the daemon: trip HALTED, cancel all, go flat."""
-        self.store = await asyncio.to_thread(
-            Store.open, self.data_dir, busy_timeout_ms=self.cfg.data.busy_timeout_ms, name="panic"
-        )
-        self.breaker = CircuitBreaker(self.data_dir, self.store)
+    async def panic(self, by: str, reason: str) -> bool:
+        """The kill switch, usable without the daemon: trip HALTED, cancel all, go flat.
+        Closes the broker session and the store when done."""
         status = self.breaker.trip(BreakerState.HALTED, "person", f"panic by {by}: {reason}")
         self._event("panic", f"panic by {by}: {reason}", "critical")
-        self.broker = Broker(
-            self.cfg.broker,
-            self.cfg.mode,
-            self.secrets,
-            self.store,
-            client_id=client_id,
-            source="panic",
-            intent_sources=("watchdog",),
-            monotonic=self.clock.monotonic,
-        )
         try:
             await self.broker.connect()
             self.broker.global_cancel()
@@ -629,29 +668,11 @@ class Watchdog:
 
     # --- run -----------------------------------------------------------------------------------
     async def run(self) -> int:
-        # open_timeout_s=None: watch at once; records queue until the database opens
-        self.store = Store.open(
-            self.data_dir,
-            busy_timeout_ms=min(WATCHDOG_BUSY_TIMEOUT_MS, self.cfg.data.busy_timeout_ms),
-            open_timeout_s=None,
-            name="watchdog",
-        )
-        self.breaker = CircuitBreaker(self.data_dir, self.store)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         hb_task = loop.create_task(self._heartbeat_loop(), name="watchdog-heartbeat")
         notifier = start_notifier(self.cfg)  # alerts ([notify]); None without URLs
-        self.broker = Broker(
-            self.cfg.broker,
-            self.cfg.mode,
-            self.secrets,
-            self.store,
-            client_id=self.cfg.broker.watchdog_client_id,
-            source="watchdog",
-            intent_sources=("watchdog",),
-            monotonic=self.clock.monotonic,
-        )
         self.started = self.clock.monotonic()
         self.phase = "connecting"
         await self._connect()
@@ -681,3 +702,21 @@ class Watchdog:
             await asyncio.to_thread(notifier.stop)
         await asyncio.to_thread(self.store.close, 5.0)
         return 0
+
+
+async def run_panic(
+    cfg: Config,
+    secrets: Secrets,
+    by: str,
+    reason: str,
+    client_id: int,
+    progress: Callable[[str], None] | None = None,
+) -> bool:
+    """`panic`: open the store, build a watchdog on `client_id`, trip, cancel all, go flat."""
+    store = await asyncio.to_thread(
+        Store.open, cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="panic"
+    )
+    watchdog = Watchdog.create(
+        cfg, secrets, store, client_id=client_id, source="panic", progress=progress
+    )
+    return await watchdog.panic(by, reason)

@@ -39,11 +39,9 @@ def wd(tmp_path):
     data["watchdog"]["heartbeat_timeout_s"] = 5.0
     cfg = parse_config(data)
     clock = FakeClock()
-    w = Watchdog(cfg, Secrets({}), clock=clock)
-    w.store = Store.open(tmp_path)
-    w.started = clock.mono
-    w.clock = clock
-    return w
+    w = Watchdog.create(cfg, Secrets({}), Store.open(tmp_path), clock=clock)
+    yield w
+    w.store.close(10)
 
 
 def beat(w, pid=None, cycle=1, phase="idle"):
@@ -119,9 +117,7 @@ def test_gone_zombie_and_stopped_processes_are_faults(wd):
 
 
 def test_flatten_without_a_gateway_says_so_instead_of_confirming_flat(wd):
-    from runtime.broker import Broker
-
-    wd.broker = Broker(wd.cfg.broker, "paper", Secrets({}), wd.store, client_id=999)
+    assert wd.broker.client_id == 999  # the watchdog's own session, never connected here
     assert wd.broker.positions() == []  # a disconnected session knows no positions ...
     assert asyncio.run(wd.flatten(1)) is False  # ... which is not the same as flat
     kinds = [r["kind"] for r in rows(wd.store, "SELECT kind FROM safety_events")]

@@ -45,9 +45,7 @@ def wd(tmp_path):
     data["watchdog"]["kill_frozen_main"] = True
     cfg = parse_config(data)
     clock = FakeClock()
-    w = Watchdog(cfg, Secrets({}), clock=clock)
-    w.store = Store.open(tmp_path)
-    w.started = clock.mono
+    w = Watchdog.create(cfg, Secrets({}), Store.open(tmp_path), clock=clock)
     yield w
     w.store.close(10)
 
