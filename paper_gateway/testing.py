@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-__all__ = ["eventually"]
+__all__ = ["eventually", "eventually_async"]
 
 T = TypeVar("T")
 
@@ -33,3 +35,24 @@ def eventually(cond: Callable[[], T], timeout: float = 5.0, pump: Any = None, wh
                 pump.sleep(0.005)
         else:
             time.sleep(0.005)
+
+
+async def eventually_async(
+    cond: Callable[[], T | Awaitable[T]],
+    timeout: float = 5.0,
+    what: str = "",
+    interval: float = 0.01,
+) -> T:
+    """Return cond()'s first truthy value (awaited when cond is a coroutine function), polling
+    every `interval` seconds of the running event loop until `timeout` seconds pass; the
+    loop runs between polls. Raises AssertionError at the deadline, naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {what or cond}")
+        await asyncio.sleep(interval)

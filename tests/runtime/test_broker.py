@@ -1,6 +1,5 @@
 """The broker adapter against the paper gateway over TCP: orders, recording, reconnects."""
 
-import asyncio
 import time
 import tomllib
 from pathlib import Path
@@ -12,6 +11,7 @@ from lake import read, rows
 
 from data_lake import Contract, get_intent, insert_intent, query_safety_events, query_trades
 from paper_gateway import Gateway, GatewayConfig
+from paper_gateway.testing import eventually_async
 from runtime.broker import AccountModeError, Broker, BrokerNotReady, ClientIdInUse
 from runtime.config import Secrets, parse_config
 from skills.execution_gate import (
@@ -38,14 +38,6 @@ def make_config(port: int, **broker):
         }
     )
     return parse_config(data)
-
-
-async def until(cond, timeout=5.0, what=""):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -95,10 +87,10 @@ def req(symbol="AAPL", qty=10, order_type="MKT", price=None, tif="DAY", cycle=1,
 async def test_accepted_order_is_filled_and_recorded_once(broker, db, admin):
     verdict = await gate_order(broker, db, req())
     assert verdict.accepted, verdict.reasons
-    await until(
+    await eventually_async(
         lambda: read(db, get_intent, verdict.order_ref)["status"] == "filled", what="filled"
     )
-    await until(
+    await eventually_async(
         lambda: (
             read(db, query_trades, order_ref=verdict.order_ref)
             and read(db, query_trades, order_ref=verdict.order_ref)[0]["commission"]
@@ -184,10 +176,10 @@ async def test_gateway_restart_mid_order_leaves_it_accounted_for_without_duplica
     day = await gate_order(broker, db, req(order_type="LMT", price=226.0, cycle=1))
     gtc = await gate_order(broker, db, req(order_type="LMT", price=226.5, tif="GTC", cycle=2))
     assert day.accepted and gtc.accepted
-    await until(lambda: len(admin.call("state")["open_orders"]) == 2)
+    await eventually_async(lambda: len(admin.call("state")["open_orders"]) == 2)
     reconnects = broker.reconnects
     admin.call("restart", down_s=0.3)
-    await until(
+    await eventually_async(
         lambda: broker.reconnects > reconnects and broker.ready,
         timeout=10,
         what="reconnected and reconciled",
@@ -206,7 +198,7 @@ async def test_order_filled_while_disconnected_is_recorded_on_reconnect(gateway,
     first = Broker(cfg.broker, "paper", Secrets({}), db)
     await first.start()
     verdict = await gate_order(first, db, req(order_type="LMT", price=226.0, tif="GTC"))
-    await until(lambda: admin.call("state")["open_orders"])
+    await eventually_async(lambda: admin.call("state")["open_orders"])
     await first.close()
     admin.call("set_price", symbol="AAPL", price=225.0)  # fills while nobody listens
     assert admin.call("state")["executions"] == 1
@@ -254,13 +246,13 @@ async def test_intent_stored_but_never_sent_is_closed_not_resent(gateway, db, ad
 @pytest.mark.asyncio
 async def test_1100_stops_orders_until_connectivity_is_restored(broker, db, admin):
     admin.call("error", code=1100, msg="Connectivity between IB and TWS has been lost.")
-    await until(lambda: not broker.ready, what="1100 seen")
+    await eventually_async(lambda: not broker.ready, what="1100 seen")
     with pytest.raises(BrokerNotReady):
         broker.submit("x", req())
     refused = await gate_order(broker, db, req(cycle=5))
     assert not refused.accepted and "not connected" in refused.reasons[0]
     admin.call("error", code=1102, msg="Connectivity restored - data maintained.")
-    await until(lambda: broker.ready, what="1102 seen")
+    await eventually_async(lambda: broker.ready, what="1102 seen")
     ok = await gate_order(broker, db, req(cycle=6))
     assert ok.accepted
 
@@ -271,7 +263,7 @@ async def test_1101_resubscribes_market_data(broker, admin):
     await broker.quote(stock)
     before = admin.call("state")["market_data"]["1"]
     admin.call("error", code=1101, msg="Connectivity restored - data lost.")
-    await until(
+    await eventually_async(
         lambda: (
             (now := admin.call("state")["market_data"]["1"])
             and now != before
@@ -280,7 +272,9 @@ async def test_1101_resubscribes_market_data(broker, admin):
         what="old subscription replaced by a new one",
     )
     admin.call("set_price", symbol="MSFT", price=430.0)
-    await until(lambda: broker._tickers["MSFT"].last == 430.0, what="fresh data after 1101")
+    await eventually_async(
+        lambda: broker._tickers["MSFT"].last == 430.0, what="fresh data after 1101"
+    )
 
 
 @pytest.mark.asyncio
@@ -296,7 +290,7 @@ async def test_consecutive_rejects_are_reported_for_the_breaker(gateway, db, adm
             admin.call("reject_next", code=201)
             verdict = await gate_order(b, db, req(cycle=cycle, qty=cycle))
             assert verdict.accepted  # the gate sent it; the broker rejected it
-            await until(lambda c=cycle: len(streaks) >= c, what=f"reject {cycle}")
+            await eventually_async(lambda c=cycle: len(streaks) >= c, what=f"reject {cycle}")
         assert streaks == [1, 2, 3]
         assert len(read(db, query_safety_events, "order_reject")) == 3
     finally:
@@ -313,18 +307,24 @@ async def test_client_id_in_use_on_reconnect_is_retried(gateway, db, admin):
     b.ib.errorEvent += lambda r, code, m, c: codes.append(code)
     try:
         admin.call("restart", down_s=0.2)
-        await until(lambda: not b.ib.isConnected(), what="dropped")
-        deadline = time.monotonic() + 5
-        while not squatter.isConnected():  # take client id 1 as soon as the gateway is back
+        await eventually_async(lambda: not b.ib.isConnected(), what="dropped")
+
+        async def squat() -> bool:  # take client id 1 as soon as the gateway is back
             try:
                 await squatter.connectAsync("127.0.0.1", gateway.port, clientId=1, timeout=2)
             except (OSError, TimeoutError, ConnectionError):
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
-        await until(lambda: 326 in codes, timeout=5, what="the broker met 326 while reconnecting")
+                return False
+            return squatter.isConnected()
+
+        await eventually_async(squat, timeout=5, what="client id 1 taken", interval=0.02)
+        await eventually_async(
+            lambda: 326 in codes, timeout=5, what="the broker met 326 while reconnecting"
+        )
         assert not b.ready
         squatter.disconnect()
-        await until(lambda: b.ready, timeout=10, what="reconnected after the id was freed")
+        await eventually_async(
+            lambda: b.ready, timeout=10, what="reconnected after the id was freed"
+        )
     finally:
         squatter.disconnect()
         await b.close()
@@ -382,14 +382,18 @@ async def test_safety_counters_update_while_the_database_cannot_be_written(gatew
     try:
         admin.call("reject_next", code=201)
         b.submit("cnt-reject", req())
-        await until(lambda: streaks == [1], what="reject counted during the lock")
+        await eventually_async(lambda: streaks == [1], what="reject counted during the lock")
         b.submit("cnt-fill", req(cycle=2))
-        await until(lambda: len(executions) == 1, what="execution counted during the lock")
+        await eventually_async(
+            lambda: len(executions) == 1, what="execution counted during the lock"
+        )
         assert db.failing or db.backlog > 0  # the audit writes are still waiting
     finally:
         lock.release()
         await b.close()
-    await until(lambda: len(read(db, query_trades)) == 1, what="the fill stored after the lock")
+    await eventually_async(
+        lambda: len(read(db, query_trades)) == 1, what="the fill stored after the lock"
+    )
 
 
 @pytest.mark.asyncio
@@ -404,7 +408,7 @@ async def test_execution_catch_up_stores_each_missing_execution_once(gateway, db
     await mine.start()
     try:
         mine.submit("catch-1", req())
-        await until(lambda: admin.call("state")["executions"] == 1, what="filled")
+        await eventually_async(lambda: admin.call("state")["executions"] == 1, what="filled")
         # the other session never saw this fill (another client id): it catches it up, once
         assert read(other_store, query_trades) == []
         assert await other.catch_up_executions() == 1
@@ -426,20 +430,20 @@ async def test_write_recovery_triggers_a_catch_up_from_the_brokers_executions(
     lock = _Lock(db)
     try:
         b.submit("rec-mine", req())  # our fill: its write waits in the queue
-        await until(lambda: admin.call("state")["executions"] == 1, what="our fill")
-        await until(lambda: db.failing, what="a write failed during the lock")
+        await eventually_async(lambda: admin.call("state")["executions"] == 1, what="our fill")
+        await eventually_async(lambda: db.failing, what="a write failed during the lock")
         # a fill this session never hears about (another client), made during the failure
         from ib_insync import MarketOrder, Stock
 
         other = IB()
         await other.connectAsync("127.0.0.1", gateway.port, clientId=6, timeout=5)
         other.placeOrder(Stock("AAPL", "SMART", "USD"), MarketOrder("BUY", 3, orderRef="rec-x"))
-        await until(lambda: admin.call("state")["executions"] == 2, what="their fill")
+        await eventually_async(lambda: admin.call("state")["executions"] == 2, what="their fill")
         other.disconnect()
     finally:
         lock.release()
     try:
-        await until(
+        await eventually_async(
             lambda: sorted(t["order_ref"] for t in read(db, query_trades)) == ["rec-mine", "rec-x"],
             timeout=10,
             what="both fills stored after the recovery, without a reconnect",

@@ -1,6 +1,5 @@
 """The execution gate fed by the live broker session (paper gateway over TCP)."""
 
-import asyncio
 import time
 import tomllib
 from pathlib import Path
@@ -10,6 +9,7 @@ import pytest_asyncio
 from lake import read
 
 from data_lake import Contract, Store, get_intent, query_safety_events, query_trades
+from paper_gateway.testing import eventually_async
 from runtime.broker import Broker
 from runtime.config import Secrets, parse_config
 from runtime.gate_context import build_gate_context
@@ -23,13 +23,6 @@ def make_config(port, **risk):
     data["broker"].update(port=port, connect_timeout_s=3.0, request_timeout_s=3.0)
     data["risk"].update(risk)
     return parse_config(data)
-
-
-async def until(cond, timeout=5.0, what=""):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        await asyncio.sleep(0.01)
 
 
 @pytest_asyncio.fixture
@@ -75,7 +68,7 @@ async def test_collar_uses_the_live_quote(live, admin):
     assert not refused.accepted and "from the mid" in refused.reasons[0]
     accepted = await send(broker, db, cfg.risk, order(price=183.0, cycle=2))
     assert accepted.accepted
-    await until(lambda: read(db, get_intent, accepted.order_ref)["status"] == "filled")
+    await eventually_async(lambda: read(db, get_intent, accepted.order_ref)["status"] == "filled")
     assert admin.call("state")["executions"] == 1
 
 
@@ -87,7 +80,7 @@ async def test_frozen_gateway_means_a_stale_quote_and_a_refusal(live, admin, gat
     await broker.quote(contract)
     admin.call("freeze", seconds=1.0)
     t0 = time.monotonic()
-    await until(lambda: time.monotonic() - t0 > 0.3, what="quote ages past 0.2 s")
+    await eventually_async(lambda: time.monotonic() - t0 > 0.3, what="quote ages past 0.2 s")
     verdict = await send(broker, db, limits, order(symbol="AAPL"))
     assert not verdict.accepted and any("quote stale" in r for r in verdict.reasons)
     assert admin.call("state")["open_orders"] == []
@@ -107,7 +100,7 @@ async def test_unknown_symbol_is_refused_unqualified_with_no_quote(live, gateway
 async def test_position_limit_counts_live_positions(live, admin, gateway):
     broker, db, _ = live
     admin.call("set_position", symbol="NVDA", quantity=250, avg_cost=182.0)
-    await until(lambda: broker.positions(), what="position pushed")
+    await eventually_async(lambda: broker.positions(), what="position pushed")
     limits = make_config(gateway.port, max_position_notional=50_000.0).risk
     verdict = await send(broker, db, limits, order(qty=30))
     assert not verdict.accepted
@@ -138,10 +131,10 @@ async def test_cancel_and_global_cancel_through_the_adapter(live, admin, connect
     a = await send(broker, db, cfg.risk, order(symbol="AAPL", price=222.0))
     b = await send(broker, db, cfg.risk, order(symbol="MSFT", price=400.0, cycle=2))
     assert a.accepted and b.accepted
-    await until(lambda: len(admin.call("state")["open_orders"]) == 2)
+    await eventually_async(lambda: len(admin.call("state")["open_orders"]) == 2)
     assert broker.cancel(a.order_ref)
-    await until(lambda: read(db, get_intent, a.order_ref)["status"] == "cancelled")
+    await eventually_async(lambda: read(db, get_intent, a.order_ref)["status"] == "cancelled")
     broker.global_cancel()
-    await until(lambda: read(db, get_intent, b.order_ref)["status"] == "cancelled")
+    await eventually_async(lambda: read(db, get_intent, b.order_ref)["status"] == "cancelled")
     assert admin.call("state")["open_orders"] == [] and read(db, query_trades) == []
     assert broker.reject_streak == 0  # our own cancels are not rejects

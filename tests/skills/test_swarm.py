@@ -13,6 +13,7 @@ from anthropic_server import AnthropicStub, Reply
 from lake import rows as lake_rows
 
 from data_lake import insert_cycle, open_readonly, register_secret
+from paper_gateway.testing import eventually_async
 from runtime.config import parse_config
 from skills.swarm_core import (
     SwarmConfigError,
@@ -402,8 +403,7 @@ async def test_a_swarm_cut_with_its_cycle_records_every_call_that_reached_the_ap
 ):
     stub.latency_s = 5.0
     task = asyncio.create_task(run(swarm, provider, db=store))
-    while stub.max_in_flight < 3:
-        await asyncio.sleep(0.01)
+    await eventually_async(lambda: stub.max_in_flight >= 3, what="three calls in flight")
     task.cancel()  # the cycle is cut (max_cycle_s or a stop): the swarm does not finish
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -418,8 +418,7 @@ async def test_cancel_event_stops_in_flight_calls_promptly(swarm, stub, provider
     stub.latency_s = 5.0
     cancel = asyncio.Event()
     task = asyncio.create_task(run(swarm, provider, cancel=cancel))
-    while stub.max_in_flight < 3:
-        await asyncio.sleep(0.01)
+    await eventually_async(lambda: stub.max_in_flight >= 3, what="three calls in flight")
     t0 = time.monotonic()
     cancel.set()
     result = await asyncio.wait_for(task, 3.0)

@@ -8,8 +8,6 @@ seconds). IB's and RTS 6's expectation is that cancels go first.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import tomllib
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 import pytest_asyncio
 
 from data_lake import Contract
+from paper_gateway.testing import eventually_async
 from runtime.broker import Broker
 from runtime.config import Secrets, parse_config
 from skills.execution_gate import OrderRequest
@@ -35,15 +34,6 @@ async def broker(gateway, store):
     await b.close()
 
 
-async def _until(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not (value := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.01)
-    return value
-
-
 @pytest.mark.asyncio
 async def test_a_cancel_overtakes_messages_queued_before_it(broker, admin):
     price = admin.call("state")["prices"]["MSFT"]
@@ -60,10 +50,14 @@ async def test_a_cancel_overtakes_messages_queued_before_it(broker, admin):
     def order():
         return next((o for o in admin.call("ledger")["orders"] if o["order_ref"] == ref), None)
 
-    await _until(lambda: (o := order()) and o["status"] == "Submitted", 10, "order resting")
+    await eventually_async(
+        lambda: (o := order()) and o["status"] == "Submitted", 10, "order resting"
+    )
     for _ in range(150):  # 3 s of traffic at the client's 45 messages/s throttle
         broker.ib.client.reqCurrentTime()
     assert broker.cancel(ref)
-    await _until(lambda: order()["status"] == "Cancelled", 30, "the cancel at the gateway")
+    await eventually_async(
+        lambda: order()["status"] == "Cancelled", 30, "the cancel at the gateway"
+    )
     # cancels first: the cancel reached the gateway while the earlier traffic still queued
     assert len(broker.ib.client._msgQ) > 0
