@@ -39,7 +39,8 @@ def gateway_process(
         cwd=cwd,
     )
     try:
-        assert proc.stdout is not None
+        if proc.stdout is None:
+            raise RuntimeError("paper gateway started without a stdout pipe")
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError("paper gateway exited before it was ready")

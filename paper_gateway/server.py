@@ -475,7 +475,8 @@ class GatewayCore:
         self._account_dirty = True
 
     def what_if(self, session: Session, order_id: int, spec: OrderSpec) -> None:
-        assert session.client_id is not None
+        if session.client_id is None:
+            raise RuntimeError("what-if order before startApi: the session has no client id")
         init = self.engine.initial_margin(spec)
         order = Order(order_id, session.client_id, 0, spec, status="PreSubmitted")
         equity = self.account_values()["EquityWithLoanValue"]
@@ -498,12 +499,14 @@ class Gateway:
 
     @property
     def port(self) -> int:
-        assert self._core is not None, "gateway not started"
+        if self._core is None:
+            raise RuntimeError("gateway not started")
         return self._core.port
 
     @property
     def admin_port(self) -> int:
-        assert self._core is not None, "gateway not started"
+        if self._core is None:
+            raise RuntimeError("gateway not started")
         return self._core.admin_port
 
     def start(self, timeout: float = 10.0) -> Gateway:

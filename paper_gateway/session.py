@@ -305,7 +305,8 @@ class Session(MarketRequests, AccountRequests):
 
     # --- orders ----------------------------------------------------------------------------
     def _place_order(self, fields: list[str]) -> None:
-        assert self.client_id is not None
+        if self.client_id is None:
+            raise RuntimeError("order message before startApi: the session has no client id")
         req = parse_place_order(fields)
         if not req.contract.exchange:
             self.send(
@@ -346,7 +347,8 @@ class Session(MarketRequests, AccountRequests):
         engine.place(client_id, order_id, spec)
 
     def _cancel_order(self, fields: list[str]) -> None:
-        assert self.client_id is not None
+        if self.client_id is None:
+            raise RuntimeError("order message before startApi: the session has no client id")
         client_id, order_id, engine = self.client_id, req_id_of(fields, 2), self.core.engine
         if self.core.defer(lambda: engine.cancel(client_id, order_id)):
             return

@@ -438,10 +438,10 @@ def check_price_collar(e: _Eval) -> str | None:
         if spread > collar and e.r.source != WATCHDOG:
             return f"market order refused: spread {spread:.1%} wider than the collar {collar:.1%}"
         return None
-    if not _finite_positive(e.r.limit_price):
+    limit = e.r.limit_price
+    if limit is None or not _finite_positive(limit):
         return None  # check_fields refuses it
-    assert e.r.limit_price is not None
-    off = abs(e.r.limit_price - mid) / mid
+    off = abs(limit - mid) / mid
     if off > collar:
         return (
             f"limit {e.r.limit_price:g} is {off:.1%} from the mid {mid:.4g} (collar {collar:.1%})"
