@@ -43,7 +43,7 @@ from skills.swarm_providers import (
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the API server lives with the tests
-from anthropic_server import AnthropicStub, Reply  # type: ignore[import-not-found]  # noqa: E402
+from anthropic_server import AnthropicStub, Reply  # noqa: E402
 
 IV_RANK = {  # rich premium in some names, calm trends in others: the swarm has work to do
     "NVDA": 0.91,

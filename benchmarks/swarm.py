@@ -30,7 +30,7 @@ from skills.swarm_providers import AnthropicProvider, SwarmBudget
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the scripted API server lives with the tests
-from anthropic_server import AnthropicStub  # type: ignore[import-not-found]  # noqa: E402
+from anthropic_server import AnthropicStub  # noqa: E402
 
 CONTEXT = MarketContext(
     "2026-11-20T15:00:00Z",

@@ -7,14 +7,19 @@ import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 __all__ = ["eventually", "eventually_async"]
 
 T = TypeVar("T")
 
 
-def eventually(cond: Callable[[], T], timeout: float = 5.0, pump: Any = None, what: str = "") -> T:
+def eventually(
+    cond: Callable[[], T | Literal[False] | None],
+    timeout: float = 5.0,
+    pump: Any = None,
+    what: str = "",
+) -> T:
     """Return cond()'s first truthy value, polling until `timeout` seconds pass.
 
     `pump` is an ib_insync IB (or anything with `sleep(seconds)`) whose event loop must run
@@ -37,12 +42,30 @@ def eventually(cond: Callable[[], T], timeout: float = 5.0, pump: Any = None, wh
             time.sleep(0.005)
 
 
+@overload
 async def eventually_async(
-    cond: Callable[[], T | Awaitable[T]],
+    cond: Callable[[], Awaitable[T | Literal[False] | None]],
+    timeout: float = ...,
+    what: str = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+@overload
+async def eventually_async(
+    cond: Callable[[], T | Literal[False] | None],
+    timeout: float = ...,
+    what: str = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+async def eventually_async(
+    cond: Callable[[], Any],
     timeout: float = 5.0,
     what: str = "",
     interval: float = 0.01,
-) -> T:
+) -> Any:
     """Return cond()'s first truthy value (awaited when cond is a coroutine function), polling
     every `interval` seconds of the running event loop until `timeout` seconds pass; the
     loop runs between polls. Raises AssertionError at the deadline, naming `what`."""

@@ -47,7 +47,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 __all__ = ["CHARS_PER_TOKEN", "MIN_CACHEABLE_TOKENS", "AnthropicStub", "PromptCache", "Reply"]
 
@@ -410,7 +410,7 @@ class AnthropicStub:
             return self.default(body)
         return item(body) if callable(item) else item
 
-    def start(self) -> AnthropicStub:
+    def start(self) -> Self:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from ib_insync import IB
@@ -53,7 +55,7 @@ def connect(gateway: Gateway) -> Iterator[Callable[..., IB]]:
     """Return a function that connects a new ib_insync client; all are disconnected after."""
     clients: list[IB] = []
 
-    def _connect(client_id: int = 1, timeout: float = 5.0, **kwargs: object) -> IB:
+    def _connect(client_id: int = 1, timeout: float = 5.0, **kwargs: Any) -> IB:
         ib = IB()
         ib.connect("127.0.0.1", gateway.port, clientId=client_id, timeout=timeout, **kwargs)
         clients.append(ib)
@@ -70,7 +72,7 @@ def ib(connect: Callable[..., IB]) -> IB:
 
 
 @pytest.fixture
-def store(tmp_path) -> Iterator[Store]:
+def store(tmp_path: Path) -> Iterator[Store]:
     """A real data lake (SQLite file, writer thread) in the test's temp dir."""
     s = Store.open(tmp_path, busy_timeout_ms=200)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from data_lake import Store, open_readonly
+from data_lake import Store, get_intent, open_readonly
 
 T = TypeVar("T")
 
@@ -21,3 +21,11 @@ def rows(store: Store, sql: str, params: list[Any] | None = None) -> list[dict[s
     """Run an ad-hoc query for a test's assertion (tests may write SQL; packages may not)."""
     assert store.flush(10), f"store {store.name} did not drain: {store.last_error}"
     return list(open_readonly(store.data_dir).query(sql, params or []))
+
+
+def intent(store: Store, order_ref: str) -> dict[str, Any]:
+    """The stored intent with this orderRef, which must exist (AssertionError otherwise)."""
+    row = read(store, get_intent, order_ref)
+    if row is None:
+        raise AssertionError(f"no intent {order_ref} stored")
+    return row

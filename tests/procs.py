@@ -12,7 +12,7 @@ from typing import Any
 
 from paper_gateway.testing import eventually
 from runtime.demo import write_config as demo_config
-from runtime.heartbeat import read_heartbeat
+from runtime.heartbeat import Heartbeat, read_heartbeat
 
 ROOT = Path(__file__).resolve().parents[1]
 HB_TIMEOUT = 1.0
@@ -78,7 +78,7 @@ def data(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> int:
     """Signal a process and wait for it (killing it after 30 s)."""
     if proc.poll() is None:
         proc.send_signal(sig)
@@ -96,12 +96,17 @@ def stop_watchdog(tmp_path: Path) -> None:
         try:
             os.kill(hb.pid, signal.SIGTERM)
             eventually(
-                lambda: (
-                    read_heartbeat(data(tmp_path) / "heartbeat-watchdog.json").phase  # type: ignore[union-attr]
-                    == "stopped"
-                ),
+                lambda: heartbeat(data(tmp_path) / "heartbeat-watchdog.json").phase == "stopped",
                 timeout=15,
                 what="watchdog stopped",
             )
         except ProcessLookupError:
             pass
+
+
+def heartbeat(path: Path) -> Heartbeat:
+    """The heartbeat at `path`, which must exist (AssertionError naming the file otherwise)."""
+    hb = read_heartbeat(path)
+    if hb is None:
+        raise AssertionError(f"no heartbeat at {path}")
+    return hb

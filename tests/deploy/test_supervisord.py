@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 import pytest
+from procs import heartbeat
 
 from paper_gateway import GatewayConfig
 from paper_gateway.testing import eventually
@@ -82,7 +83,7 @@ class Supervisor:
     def running(self, *names: str) -> dict[str, int] | None:
         st = self.status()
         if all(st.get(n, ("", None))[0] == "RUNNING" for n in names):
-            return {n: st[n][1] for n in names}  # type: ignore[misc]
+            return {n: pid for n in names if (pid := st[n][1]) is not None}
         return None
 
     def close(self) -> None:
@@ -171,7 +172,7 @@ def test_supervisord_runs_both_programs_and_restarts_a_killed_main_loop(
 
         def halted() -> bool:
             try:
-                return json.loads((data / "breaker.json").read_text())["state"] == "HALTED"
+                return bool(json.loads((data / "breaker.json").read_text())["state"] == "HALTED")
             except FileNotFoundError:
                 return False
 
@@ -209,6 +210,6 @@ def test_supervisord_runs_both_programs_and_restarts_a_killed_main_loop(
 
         assert sup.ctl("shutdown").returncode == 0
         assert sup.proc.wait(60) == 0
-        assert read_heartbeat(data / "heartbeat-main.json").phase == "stopped"
+        assert heartbeat(data / "heartbeat-main.json").phase == "stopped"
     finally:
         sup.close()

@@ -28,9 +28,9 @@ from runtime.demo import write_config
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = sorted((ROOT / "deploy" / "systemd").glob("*.service"))
 INSTALLED_BIN = "/opt/ib-swarm/.venv/bin/ib-swarm"
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ""
 needs_systemd_analyze = pytest.mark.skipif(
-    SYSTEMD_ANALYZE is None,
+    not SYSTEMD_ANALYZE,
     reason="systemd-analyze not installed (not a Python dependency: apt-get install systemd)",
 )
 

@@ -12,7 +12,7 @@ import signal
 import pytest
 from anthropic_server import AnthropicStub, Reply, tool_answer
 from invariant import assert_books_balance
-from procs import cli, data, start, stop, stop_watchdog, write_config
+from procs import cli, data, heartbeat, start, stop, stop_watchdog, write_config
 
 from data_lake import open_readonly, query_safety_events
 from paper_gateway import GatewayConfig
@@ -91,7 +91,9 @@ def test_a_second_daemon_or_watchdog_is_refused_before_it_writes_anything(gatewa
         extra_watchdog = cli("watchdog", "--config", str(cfg))
         assert extra_watchdog.returncode != 0 and f"pid {wd.pid}" in extra_watchdog.stderr
 
-        assert _main_hb(tmp_path).pid == first.pid  # nobody else wrote the heartbeat
+        assert (
+            heartbeat(data(tmp_path) / "heartbeat-main.json").pid == first.pid
+        )  # nobody else wrote the heartbeat
         # nobody else connected (the daemon's own sessions may be reconnecting under load)
         assert set(admin.call("state")["clients"]) <= set(clients_before)
     finally:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from ib_insync import IB, LimitOrder, Stock
 from invariant import OUR_CLIENTS, assert_books_balance
-from procs import cli, data, start, stop, stop_watchdog, write_config
+from procs import cli, data, heartbeat, start, stop, stop_watchdog, write_config
 
 from data_lake import (
     DatabaseError,
@@ -29,7 +29,6 @@ from data_lake import (
 )
 from paper_gateway import GatewayConfig
 from paper_gateway.testing import eventually
-from runtime.heartbeat import read_heartbeat
 
 OTHER = 7  # the client id of "another daemon" (or a person's TWS session)
 STILL = 3600.0  # prices move only when a drill moves them: quotes are old, not stale
@@ -231,7 +230,7 @@ def test_fills_while_the_database_is_locked_are_stored_once_without_a_restart(
         eventually(lambda: _execs(admin), timeout=30, what="first clip filled")
         [order] = _orders(admin, 1)
         [resting] = admin.call("state")["open_orders"]
-        pid = read_heartbeat(data(tmp_path) / "heartbeat-main.json").pid
+        pid = heartbeat(data(tmp_path) / "heartbeat-main.json").pid
         locker = subprocess.Popen(
             [sys.executable, "-c", LOCKER, str(data(tmp_path) / "trading.sqlite3")],
             stdin=subprocess.PIPE,
@@ -255,7 +254,7 @@ def test_fills_while_the_database_is_locked_are_stored_once_without_a_restart(
             what="intent filled",
         )
         assert proc.poll() is None
-        assert read_heartbeat(data(tmp_path) / "heartbeat-main.json").pid == pid  # no restart
+        assert heartbeat(data(tmp_path) / "heartbeat-main.json").pid == pid  # no restart
     finally:
         if locker is not None and locker.poll() is None:
             locker.kill()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from invariant import assert_books_balance
-from procs import HB_TIMEOUT, cli, data, start, stop, stop_watchdog, write_config
+from procs import HB_TIMEOUT, cli, data, heartbeat, start, stop, stop_watchdog, write_config
 
 from data_lake import (
     DatabaseError,
@@ -69,7 +69,7 @@ def test_a_write_lock_held_longer_than_the_heartbeat_timeout_freezes_nothing(
             text=True,
         )
         assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
-        cycle_at_lock = read_heartbeat(hb_path).cycle
+        cycle_at_lock = heartbeat(hb_path).cycle
         # events produced while the database cannot be written
         admin.call("error", code=1100, msg="Connectivity between IB and TWS has been lost")
         admin.call("error", code=1102, msg="Connectivity restored - data maintained")
@@ -82,7 +82,7 @@ def test_a_write_lock_held_longer_than_the_heartbeat_timeout_freezes_nothing(
             time.sleep(0.02)
         assert locker.returncode == 0
         assert worst < HB_TIMEOUT, f"heartbeat went {worst:.2f}s stale during the lock"
-        assert read_heartbeat(hb_path).cycle > cycle_at_lock, "cycles stopped during the lock"
+        assert heartbeat(hb_path).cycle > cycle_at_lock, "cycles stopped during the lock"
         assert CircuitBreaker(data(tmp_path)).status().state is BreakerState.ACTIVE
         # nothing produced during the lock was dropped: both sessions' records land after it
         eventually(

@@ -4,13 +4,14 @@ import json
 import signal
 import subprocess
 import sys
+from typing import Any
 
 from ib_insync import IB
 
 from paper_gateway import AdminClient
 
 
-def _start(*args: str) -> tuple[subprocess.Popen[str], dict]:
+def _start(*args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "paper_gateway", "--port", "0", "--admin-port", "0", *args],
         stdout=subprocess.PIPE,

@@ -28,7 +28,11 @@ def test_error_broadcast_reaches_every_client(connect, admin, code):
         == 2
     )
     for ib in clients:
-        eventually(lambda ib=ib: code in seen[ib.client.clientId], pump=ib)
+
+        def told(ib: IB = ib) -> bool:
+            return code in seen[ib.client.clientId]
+
+        eventually(told, pump=ib)
 
 
 def test_restart_drops_sockets_refuses_connections_then_keeps_state(gateway, connect, admin):

@@ -44,7 +44,7 @@ EVENTS = (
 )
 
 
-class Recorder(EWrapper):
+class Recorder(EWrapper):  # type: ignore[misc]  # ibapi ships no types: EWrapper is Any
     """Record every callback of interest as (name, args)."""
 
     def __init__(self) -> None:
@@ -117,7 +117,11 @@ def test_ibapi_981_reads_every_reply_at_v157(client):
     c.reqMatchingSymbols(8, "MSFT")
     c.reqCompletedOrders(False)
     for name in ("positionEnd", "accountDownloadEnd", "pnlSingle", "headTimestamp"):
-        eventually(lambda name=name: w.of(name), what=name)
+
+        def answered(name: str = name) -> bool:
+            return bool(w.of(name))
+
+        eventually(answered, what=name)
     eventually(lambda: w.of("symbolSamples") and w.of("completedOrdersEnd"), what="samples")
     assert any(s == "Filled" for _, s, *_ in w.of("orderStatus"))
     assert w.of("pnlSingle")[0][1] == 10

@@ -5,6 +5,7 @@ pacing and fills during a 1100 outage. Time moves only by admin `advance_clock`.
 import asyncio
 import datetime as dt
 import socket
+from typing import Any
 
 import pytest
 from ib_insync import IB, LimitOrder, MarketOrder, Stock
@@ -17,12 +18,12 @@ BEFORE_RESTART = dt.datetime(2026, 11, 20, 4, 44, tzinfo=dt.UTC)
 FRIDAY_MORNING = dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC)
 
 
-def _config(now: dt.datetime = FRIDAY_MORNING, **kwargs: object) -> GatewayConfig:
+def _config(now: dt.datetime = FRIDAY_MORNING, **kwargs: Any) -> GatewayConfig:
     return GatewayConfig(
         tick_interval_s=0.0,
         account_push_interval_s=0.05,
         clock=lambda: now,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 

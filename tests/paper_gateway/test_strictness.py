@@ -64,7 +64,9 @@ def test_unsupported_requests_end_at_once_instead_of_hanging(ib):
     assert ib.reqHistoricalTicks(stock, "", end, 10, "TRADES", True) == []
     assert ib.reqHistogramData(stock, True, "1 week") == []
     assert not ib.reqFundamentalData(stock, "ReportSnapshot")
-    assert not ib.reqScannerData(ScannerSubscription("STK", "STK.US", "TOP_PERC_GAIN"))
+    assert not ib.reqScannerData(
+        ScannerSubscription(instrument="STK", locationCode="STK.US", scanCode="TOP_PERC_GAIN")
+    )
     assert not ib.reqHistoricalNews(265598, "BRFG", "", "", 10)
     assert ib.reqScannerParameters() == "<ScanParameterResponse/>"
     assert ib.reqMktDepthExchanges() == []

@@ -10,6 +10,7 @@ Requests are encoded by ib_insync's own unmodified `Client` at the negotiated ve
 
 from __future__ import annotations
 
+import builtins
 import re
 import socket
 import struct
@@ -70,11 +71,11 @@ class Reader:
         except ValueError as exc:
             raise LayoutError(f"field {self.pos - 1} of {self.fields[:3]}: {exc}") from exc
 
-    def size(self) -> float:
+    def size(self) -> builtins.float:
         """A size: an integer before FRACTIONAL_SIZE_SUPPORT, a decimal from it on."""
         return self.float() if self.version >= FRACTIONAL_SIZE_SUPPORT else self.int()
 
-    def skip(self, n: int) -> None:
+    def skip(self, n: builtins.int) -> None:
         for _ in range(n):
             self._next()
 
@@ -284,7 +285,7 @@ def _contract_data(r: Reader) -> dict[str, Any]:
 
 
 def _exec_details(r: Reader) -> dict[str, Any]:
-    out = {"reqId": r.int(), "orderId": r.int()}
+    out: dict[str, Any] = {"reqId": r.int(), "orderId": r.int()}
     out |= _contract11(r)
     out |= {"execId": r.str(), "time": r.str(), "acctNumber": r.str(), "execExchange": r.str()}
     out |= {"side": r.str(), "shares": r.float(), "price": r.float(), "permId": r.int()}
@@ -461,7 +462,7 @@ def decode(fields: list[str], version: int) -> Decoded:
     return Decoded(msg_id, values)
 
 
-class _Encoder(Client):  # type: ignore[misc]
+class _Encoder(Client):
     """ib_insync's request encoder at a given server version; messages are captured."""
 
     def __init__(self, version: int) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from ib_insync import IB
-from lake import read, rows
+from lake import intent, read, rows
 
-from data_lake import Contract, get_intent, insert_intent, query_safety_events, query_trades
+from data_lake import Contract, insert_intent, query_safety_events, query_trades
 from paper_gateway import Gateway, GatewayConfig
 from paper_gateway.testing import eventually_async
 from runtime.broker import AccountModeError, Broker, BrokerNotReady, ClientIdInUse
@@ -88,7 +88,7 @@ async def test_accepted_order_is_filled_and_recorded_once(broker, db, admin):
     verdict = await gate_order(broker, db, req())
     assert verdict.accepted, verdict.reasons
     await eventually_async(
-        lambda: read(db, get_intent, verdict.order_ref)["status"] == "filled", what="filled"
+        lambda: intent(db, verdict.order_ref)["status"] == "filled", what="filled"
     )
     await eventually_async(
         lambda: (
@@ -184,8 +184,8 @@ async def test_gateway_restart_mid_order_leaves_it_accounted_for_without_duplica
         timeout=10,
         what="reconnected and reconciled",
     )
-    assert read(db, get_intent, day.order_ref)["status"] == "cancelled"  # DAY order lapsed
-    assert read(db, get_intent, gtc.order_ref)["status"] == "submitted"
+    assert intent(db, day.order_ref)["status"] == "cancelled"  # DAY order lapsed
+    assert intent(db, gtc.order_ref)["status"] == "submitted"
     refs = [o["order_ref"] for o in admin.call("state")["open_orders"]]
     assert refs == [gtc.order_ref]  # nothing was re-sent
     again = await gate_order(broker, db, req(order_type="LMT", price=226.5, tif="GTC", cycle=2))
@@ -208,7 +208,7 @@ async def test_order_filled_while_disconnected_is_recorded_on_reconnect(gateway,
     try:
         [trade] = read(db, query_trades)
         assert (trade["order_ref"], trade["price"]) == (verdict.order_ref, 226.0)
-        assert read(db, get_intent, verdict.order_ref)["status"] == "filled"
+        assert intent(db, verdict.order_ref)["status"] == "filled"
     finally:
         await second.close()
 
@@ -233,7 +233,7 @@ async def test_intent_stored_but_never_sent_is_closed_not_resent(gateway, db, ad
     b = Broker(cfg.broker, "paper", Secrets({}), db)
     await b.start()
     try:
-        assert read(db, get_intent, "cmd-c9-crashed")["status"] == "not_sent"
+        assert intent(db, "cmd-c9-crashed")["status"] == "not_sent"
         assert any(
             e["order_ref"] == "cmd-c9-crashed" for e in read(db, query_safety_events, "reconcile")
         )
@@ -290,7 +290,11 @@ async def test_consecutive_rejects_are_reported_for_the_breaker(gateway, db, adm
             admin.call("reject_next", code=201)
             verdict = await gate_order(b, db, req(cycle=cycle, qty=cycle))
             assert verdict.accepted  # the gate sent it; the broker rejected it
-            await eventually_async(lambda c=cycle: len(streaks) >= c, what=f"reject {cycle}")
+
+            def counted(c: int = cycle) -> bool:
+                return len(streaks) >= c
+
+            await eventually_async(counted, what=f"reject {cycle}")
         assert streaks == [1, 2, 3]
         assert len(read(db, query_safety_events, "order_reject")) == 3
     finally:
@@ -356,18 +360,21 @@ class _Lock:
             stdout=subprocess.PIPE,
             text=True,
         )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.stdin = self.proc.stdin
         assert self.proc.stdout.readline().strip() == "locked"
 
     def release(self):
         if self.proc.poll() is None:
-            self.proc.stdin.write("go\n")
-            self.proc.stdin.flush()
+            self.stdin.write("go\n")
+            self.stdin.flush()
             assert self.proc.wait(10) == 0
 
 
 @pytest.mark.asyncio
 async def test_safety_counters_update_while_the_database_cannot_be_written(gateway, db, admin):
-    streaks, executions = [], []
+    streaks: list[int] = []
+    executions: list[float] = []
     cfg = make_config(gateway.port)
     b = Broker(
         cfg.broker,

@@ -2,6 +2,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,7 +11,7 @@ from runtime.config import ConfigError, Secrets, load_config, parse_config
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _paper() -> dict:
+def _paper() -> dict[str, Any]:
     return tomllib.loads((ROOT / "config" / "paper.toml").read_text())
 
 
@@ -25,7 +26,7 @@ def test_shipped_configs_are_valid(name):
 def test_config_is_frozen():
     cfg = parse_config(_paper())
     with pytest.raises(Exception, match="frozen"):
-        cfg.risk.max_order_quantity = 1e9  # type: ignore[misc]
+        cfg.risk.max_order_quantity = 1e9  # type: ignore[misc]  # the write the test expects refused
 
 
 def test_mode_has_no_default():

@@ -8,7 +8,7 @@ import time
 import pytest
 from anthropic_server import AnthropicStub, Reply
 from invariant import assert_books_balance
-from procs import HB_TIMEOUT, POLL, cli, data, start, stop, stop_watchdog, write_config
+from procs import HB_TIMEOUT, POLL, cli, data, heartbeat, start, stop, stop_watchdog, write_config
 
 from data_lake import open_readonly, query_safety_events, query_trades
 from paper_gateway import GatewayConfig
@@ -37,9 +37,9 @@ def test_full_cycle_from_market_data_to_a_recorded_fill(gateway, admin, tmp_path
     snap = json.loads(cli("snapshots", "--config", str(cfg), "--cycle", "1").stdout)
     assert snap["verdicts"][0]["accepted"] and snap["swarm"]["outcomes"][0]["prompt_hash"]
     assert "| MSFT |" in snap["swarm"]["outcomes"][0]["prompt"]
-    assert read_heartbeat(data(tmp_path) / "heartbeat-main.json").phase == "stopped"
+    assert heartbeat(data(tmp_path) / "heartbeat-main.json").phase == "stopped"
     eventually(
-        lambda: read_heartbeat(data(tmp_path) / "heartbeat-watchdog.json").phase == "stopped",
+        lambda: heartbeat(data(tmp_path) / "heartbeat-watchdog.json").phase == "stopped",
         timeout=15,
         what="watchdog child stopped with the main loop",
     )
@@ -145,9 +145,9 @@ def test_sigterm_exits_cleanly_with_nothing_unrecorded(gateway, admin, tmp_path)
     pending = list(db.query("SELECT order_ref, status FROM order_intents WHERE status = 'pending'"))
     assert pending == []
     assert all(c["finished_at"] for c in db.query("SELECT finished_at FROM cycles"))
-    assert read_heartbeat(data(tmp_path) / "heartbeat-main.json").phase == "stopped"
+    assert heartbeat(data(tmp_path) / "heartbeat-main.json").phase == "stopped"
     eventually(
-        lambda: read_heartbeat(data(tmp_path) / "heartbeat-watchdog.json").phase == "stopped",
+        lambda: heartbeat(data(tmp_path) / "heartbeat-watchdog.json").phase == "stopped",
         timeout=15,
     )
 
@@ -310,7 +310,7 @@ def test_dead_watchdog_is_restarted_by_the_main_loop(gateway, admin, tmp_path):
         assert proc.poll() is None
     finally:
         assert stop(proc) == 0
-    eventually(lambda: read_heartbeat(hb_path).phase == "stopped", timeout=15)
+    eventually(lambda: heartbeat(hb_path).phase == "stopped", timeout=15)
 
 
 def test_breaker_trip_cancels_in_flight_swarm_calls_promptly(gateway, admin, tmp_path, stub):
@@ -375,11 +375,10 @@ def test_watchdog_keeps_working_while_the_database_is_locked(gateway, admin, tmp
         )
         # no order without a stored intent: the position stays until the database frees up,
         # and the watchdog stays responsive meanwhile
-        polls = read_heartbeat(hb_wd).cycle
+        polls = heartbeat(hb_wd).cycle
         eventually(
             lambda: (
-                read_heartbeat(hb_wd).cycle >= polls + 3
-                and read_heartbeat(hb_wd).age(time.monotonic()) < 3.0
+                heartbeat(hb_wd).cycle >= polls + 3 and heartbeat(hb_wd).age(time.monotonic()) < 3.0
             ),
             timeout=15,
             what="watchdog still polling while the database is locked",

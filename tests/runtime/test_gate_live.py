@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from lake import read
+from lake import intent, read
 
-from data_lake import Contract, Store, get_intent, query_safety_events, query_trades
+from data_lake import Contract, Store, query_safety_events, query_trades
 from paper_gateway.testing import eventually_async
 from runtime.broker import Broker
 from runtime.config import Secrets, parse_config
@@ -68,7 +68,7 @@ async def test_collar_uses_the_live_quote(live, admin):
     assert not refused.accepted and "from the mid" in refused.reasons[0]
     accepted = await send(broker, db, cfg.risk, order(price=183.0, cycle=2))
     assert accepted.accepted
-    await eventually_async(lambda: read(db, get_intent, accepted.order_ref)["status"] == "filled")
+    await eventually_async(lambda: intent(db, accepted.order_ref)["status"] == "filled")
     assert admin.call("state")["executions"] == 1
 
 
@@ -133,8 +133,8 @@ async def test_cancel_and_global_cancel_through_the_adapter(live, admin, connect
     assert a.accepted and b.accepted
     await eventually_async(lambda: len(admin.call("state")["open_orders"]) == 2)
     assert broker.cancel(a.order_ref)
-    await eventually_async(lambda: read(db, get_intent, a.order_ref)["status"] == "cancelled")
+    await eventually_async(lambda: intent(db, a.order_ref)["status"] == "cancelled")
     broker.global_cancel()
-    await eventually_async(lambda: read(db, get_intent, b.order_ref)["status"] == "cancelled")
+    await eventually_async(lambda: intent(db, b.order_ref)["status"] == "cancelled")
     assert admin.call("state")["open_orders"] == [] and read(db, query_trades) == []
     assert broker.reject_streak == 0  # our own cancels are not rejects

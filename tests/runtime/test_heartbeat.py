@@ -3,6 +3,8 @@ import socket
 import subprocess
 import sys
 
+from procs import heartbeat
+
 from runtime.heartbeat import Clock, is_same_process, read_heartbeat, sd_notify, write_heartbeat
 
 
@@ -25,7 +27,7 @@ def test_heartbeat_round_trip_and_age_on_the_monotonic_clock(tmp_path):
     assert written.pid == os.getpid()
     clock.mono += 3.5
     clock.wall_s -= 3600  # an NTP step backwards changes nothing
-    assert read_heartbeat(path).age(clock.monotonic()) == 3.5
+    assert heartbeat(path).age(clock.monotonic()) == 3.5
     assert not list(tmp_path.glob(".*tmp"))  # the temp file was renamed, not left behind
 
 
@@ -80,6 +82,7 @@ def test_a_reused_pid_is_not_the_same_process(tmp_path):
         path = tmp_path / "hb.json"
         real = write_heartbeat(path, FakeClock(), 1, "idle", pid=sleeper.pid)
         assert is_same_process(real) is True
+        assert real.create_time is not None
         other = write_heartbeat(
             path, FakeClock(), 1, "idle", pid=sleeper.pid, create_time=real.create_time - 5
         )
@@ -94,6 +97,7 @@ def test_the_start_time_check_survives_a_wall_clock_step(tmp_path):
     import dataclasses
 
     hb = write_heartbeat(tmp_path / "hb.json", FakeClock(), 1, "idle")
+    assert hb.create_time is not None and hb.boot_time is not None
     # the wall clock (and so psutil's create_time and boot_time) stepped by 20 s since
     stepped = dataclasses.replace(hb, create_time=hb.create_time - 20, boot_time=hb.boot_time - 20)
     assert is_same_process(stepped) is True

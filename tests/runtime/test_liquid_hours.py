@@ -13,7 +13,7 @@ from runtime.broker import Broker
 from runtime.commander import Commander, Decision
 from runtime.config import Secrets, parse_config
 from runtime.heartbeat import SystemClock
-from skills.execution_gate import GateState
+from skills.execution_gate import GateState, GateVerdict
 from skills.swarm_core import load_instances
 from skills.swarm_providers import OfflineProvider
 
@@ -43,8 +43,12 @@ async def test_orders_only_inside_liquid_hours(gateway, tmp_path):
             cfg.swarm.instances_dir, cfg.swarm.templates_dir, cfg.risk.model_dump()
         )
         saturday, open_, evening = _moments()
-        verdicts = {}
+        verdicts: dict[str, GateVerdict] = {}
         for name, when in (("saturday", saturday), ("open", open_), ("evening", evening)):
+
+            def wall_now(at: dt.datetime = when) -> dt.datetime:
+                return at
+
             commander = Commander(
                 cfg=cfg,
                 store=db,
@@ -57,7 +61,7 @@ async def test_orders_only_inside_liquid_hours(gateway, tmp_path):
                 clock=SystemClock(),
                 watchdog_alive=lambda: True,
                 cancel=asyncio.Event(),
-                wall_now=lambda when=when: when,
+                wall_now=wall_now,
             )
             d = Decision(
                 contract=Contract.stock("MSFT"),

@@ -32,10 +32,15 @@ def tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
+class ClockedStub(AnthropicStub):
+    """The local API server on a clock the test moves by hand."""
+
+    now = 1000.0
+
+
 @pytest.fixture
 def stub():
-    s = AnthropicStub().start()
-    s.now = 1000.0
+    s = ClockedStub().start()
     s.clock = lambda: s.now
     yield s
     s.stop()

@@ -9,7 +9,7 @@ import datetime as _dt
 import os
 import time as _timemod
 
-_FILE = os.environ.get("WALLCLOCK_OFFSET_FILE")
+_FILE = os.environ.get("WALLCLOCK_OFFSET_FILE") or ""
 
 if _FILE:
     _real_time = _timemod.time
@@ -30,17 +30,17 @@ if _FILE:
 
     class _SteppedDateTime(_dt.datetime):
         @classmethod
-        def now(cls, tz=None):  # type: ignore[no-untyped-def,override]
+        def now(cls, tz: _dt.tzinfo | None = None) -> _dt.datetime:  # type: ignore[override]  # a plain datetime: this class stands in for datetime
             return _dt.datetime.fromtimestamp(_stepped(), tz)
 
         @classmethod
-        def utcnow(cls):  # type: ignore[no-untyped-def,override]
+        def utcnow(cls) -> _dt.datetime:  # type: ignore[override]  # a plain datetime: this class stands in for datetime
             return _dt.datetime.fromtimestamp(_stepped(), _dt.UTC).replace(tzinfo=None)
 
         @classmethod
-        def today(cls):  # type: ignore[no-untyped-def,override]
+        def today(cls) -> _dt.datetime:  # type: ignore[override]  # a plain datetime: this class stands in for datetime
             return _dt.datetime.fromtimestamp(_stepped())
 
-    _timemod.time = _stepped  # type: ignore[assignment]
-    _timemod.time_ns = _time_ns  # type: ignore[assignment]
-    _dt.datetime = _SteppedDateTime  # type: ignore[misc]
+    _timemod.time = _stepped
+    _timemod.time_ns = _time_ns
+    _dt.datetime = _SteppedDateTime  # type: ignore[misc]  # swapping the class is the point
