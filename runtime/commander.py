@@ -152,7 +152,7 @@ def decide_rules(
             continue
         mc = m.contract
         sym = context.symbol(mc.symbol)
-        opt = context.option(mc.symbol, mc.expiry, mc.strike, mc.right) if mc.is_option else None
+        opt = context.option(mc) if mc.is_option else None
         price = m.limit_price or (opt.mid if opt else (sym.ask if sym else 0.0))
         if not price or price <= 0:
             out.append(refuse("no price to size the order"))

@@ -245,7 +245,7 @@ def parse_signal(
         raise SignalRejected(f"quantity {s.quantity} exceeds {instance.id}'s maximum {max_qty:g}")
     contract = s.contract
     if contract.is_option:
-        option = context.option(contract.symbol, contract.expiry, contract.strike, contract.right)
+        option = context.option(contract)
         if option is None:
             raise SignalRejected(
                 f"option {contract.key} was not among the contracts offered this cycle"

@@ -102,15 +102,16 @@ class MarketContext:
     def symbol(self, name: str) -> SymbolView | None:
         return next((s for s in self.symbols if s.symbol == name), None)
 
-    def option(self, symbol: str, expiry: str, strike: float, right: str) -> OptionView | None:
+    def option(self, contract: Contract) -> OptionView | None:
+        """The option offered this cycle that is `contract` (None: not offered)."""
         return next(
             (
                 o
                 for o in self.options
-                if o.symbol == symbol
-                and o.expiry == expiry
-                and abs(o.strike - strike) < 1e-6
-                and o.right == right
+                if o.symbol == contract.symbol
+                and o.expiry == contract.expiry
+                and abs(o.strike - contract.strike) < 1e-6
+                and o.right == contract.right
             ),
             None,
         )
