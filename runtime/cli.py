@@ -230,6 +230,8 @@ def _live(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
     logging.getLogger("ib_insync").setLevel(logging.CRITICAL)  # we say it in one line below
     try:
         live = asyncio.run(probe_account(cfg.broker, cfg.mode, Secrets(), client_id, timeout))
+    except TimeoutError:  # connected but no answer: a frozen or restarting gateway
+        return {"reachable": False, "error": f"no answer from the gateway within {timeout:g}s"}
     except Exception as exc:  # unreachable, busy, refused: the database answers instead
         return {"reachable": False, "error": redact(f"{type(exc).__name__}: {exc}")}
     return {"reachable": True, **live}
