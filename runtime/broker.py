@@ -1136,6 +1136,9 @@ class Broker:
             self._renew.discard(key)  # a new cycle: ask again (IB may answer with data now)
             with contextlib.suppress(Exception):
                 self.ib.cancelMktData(ticker.contract or contract)
+            # ib_insync reuses the Ticker with the ended subscription's last prices: none of
+            # them is a quote until the new subscription has sent one
+            self._updated.pop(id(ticker), None)
             ticker = None
         if ticker is None:
             generic = "106" if contract.secType == "STK" else ""
@@ -1169,7 +1172,7 @@ class Broker:
         while True:
             if key in self._ended or self.conditions.refusal(key) is not None:
                 return None  # IB ended the subscription (354, 10197 ...): no quote flows
-            if _num(ticker.bid) and _num(ticker.ask):
+            if _num(ticker.bid) and _num(ticker.ask) and id(ticker) in self._updated:
                 break
             if self.monotonic() >= deadline:
                 return None
