@@ -312,6 +312,11 @@ async def probe_account(
         ib.disconnect()
 
 
+def _first_sentence(msg: str) -> str:
+    """IB's message up to its first full stop (its texts run on with advice)."""
+    return msg.split(".", 1)[0].strip()
+
+
 def _position_view(p: Any) -> PositionView:
     """Our view of one ib_insync Position."""
     c = p.contract
@@ -855,6 +860,9 @@ class Broker:
             self._on_farm(policy, msg)
         if 1100 in policy.clears:
             self._restored(code, msg)
+        for cleared in policy.clears:  # a refuse-all condition this code ends
+            if self.conditions.clear(cleared) is not None:
+                self._event("broker_refuse_all_cleared", f"{code}: {msg}", "warning")
         if policy.ends_request and key:
             self._end_subscription(key, req_id)
         if policy.action is Action.ORDER_REJECT:
@@ -870,6 +878,8 @@ class Broker:
         elif policy.action is Action.RECONNECT:
             self._reconnect(policy, msg)
         elif policy.action is Action.RESUBSCRIBE:
+            # 1101: the restore above resubscribes market data; 10182/10225 concern bar
+            # subscriptions, which the daemon does not keep (ib_insync renews 10225 itself)
             if code == 2100:
                 self._spawn(self._account_updates(), f"broker-account-updates-{self.client_id}")
         elif key and policy.severity is not Severity.INFO and self.conditions.note(code, key):
@@ -907,11 +917,18 @@ class Broker:
             self._ended.add(key)
 
     def _refuse_symbol(self, policy: ErrorPolicy, key: str, msg: str) -> None:
-        what = key or "a contract the error does not name"
-        if self.conditions.refuse(key, policy.code, f"{policy.meaning}: {msg}"):
+        if not key:  # cannot say which contract: recorded (once a cycle), nothing refused
+            if self.conditions.note(policy.code, ""):
+                self._event(
+                    "market_data_refused",
+                    f"a contract the error does not name: {policy.meaning} ({policy.code}: {msg})",
+                    "warning",
+                )
+            return
+        if self.conditions.refuse(key, policy.code, _first_sentence(msg) or policy.meaning):
             self._event(
                 "market_data_refused",
-                f"{what}: {policy.meaning} ({policy.code}: {msg}); other contracts keep trading",
+                f"{key}: {policy.meaning} ({policy.code}: {msg}); other contracts keep trading",
                 "warning",
             )
 
@@ -921,7 +938,7 @@ class Broker:
             self._event("connectivity", f"1100: {msg}; no orders until restored", "critical")
             return
         self._refuse_all_seq = self._sub_seq
-        if self.conditions.refuse_all(policy.code, policy.meaning):
+        if self.conditions.refuse_all(policy.code, _first_sentence(msg) or policy.meaning):
             self._event(
                 "broker_refuse_all",
                 f"{policy.meaning} ({policy.code}: {msg}): every new order is refused",
@@ -935,7 +952,14 @@ class Broker:
             "connectivity", f"{policy.code}: {msg}; dropping the session to reconnect", "critical"
         )
         if not self._closing:
-            asyncio.get_event_loop().call_soon(self.ib.disconnect)
+            asyncio.get_event_loop().call_soon(self._drop_session)
+
+    def _drop_session(self) -> None:
+        """Close the socket as a socket loss would: ib_insync clears its session state only
+        when the peer closes (a PnL subscription left registered would refuse the reconnect's
+        reqPnL), so clear it here too; the supervisor reconnects and reconciles."""
+        self.ib.disconnect()
+        self.ib.wrapper.reset()
 
     async def _account_updates(self) -> None:
         """2100: the account-data subscription ended; request it again."""

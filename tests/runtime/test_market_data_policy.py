@@ -13,14 +13,16 @@ from invariant import assert_books_balance
 from lake import read
 from procs import data, start, write_config
 
-from data_lake import open_readonly, query_safety_events, query_trades
+from data_lake import Store, open_readonly, query_safety_events, query_trades
 from paper_gateway import GatewayConfig
+from runtime.breaker import BreakerState, CircuitBreaker
 from runtime.broker import Broker
 from runtime.cli import main as cli_main
 from runtime.cli import status_dict
 from runtime.config import Secrets, load_config, parse_config
 from runtime.gate_context import build_gate_context
 from runtime.main_loop import MainLoop
+from runtime.watchdog import Watchdog
 from skills.execution_gate import (
     WATCHDOG,
     GateContext,
@@ -217,6 +219,16 @@ async def test_unknown_error_code_is_one_safety_event(session, store, admin):
     assert broker.ready and broker.refusing_all() is None  # logged, nothing else
 
 
+@pytest.mark.asyncio
+async def test_socket_port_reset_drops_the_session_and_reconnects(session, store, admin):
+    broker, _ = session
+    admin.call("error", code=1300, msg="TWS socket port has been reset")
+    await until(lambda: broker.reconnects == 1 and broker.ready, timeout=10, what="reconnect")
+    [event] = [e for e in events(store, "connectivity") if "1300" in e["reason"]]
+    assert event["severity"] == "critical"
+    assert events(store, "reconnected")
+
+
 def _ctx(quote: Quote, **more) -> GateContext:
     return GateContext(
         breaker="HALTED",
@@ -272,7 +284,9 @@ async def test_status_shows_a_competing_session_while_it_lasts(gateway, admin, t
             return [c for c in status_dict(cfg, live=False)["main"]["conditions"] if "10197" in c]
 
         [line] = await until(shown, timeout=10, what="status shows the 10197")
-        assert line.startswith("refusing all new orders: competing live session")
+        assert (
+            line == "refusing all new orders: No market data during competing live session (10197)"
+        )
         # the CLI's status command (in a thread: the daemon's loop keeps beating meanwhile)
         code = await asyncio.to_thread(cli_main, ["status", "--offline", "--config", str(cfg_path)])
         printed = capsys.readouterr().out
@@ -307,3 +321,56 @@ def test_354_on_one_symbol_while_another_trades_end_to_end(gateway, admin, tmp_p
     assert all("354" in e["reason"] for e in refused)
     assert query_safety_events(db, "breaker_trip") == []
     assert_books_balance(admin, data(tmp_path))
+
+
+@pytest.mark.asyncio
+async def test_the_watchdogs_session_follows_the_same_table(gateway, admin, tmp_path):
+    """1100: its session cannot verify the account; a farm flap changes nothing; a delayed
+    or suspect quote never prices its closing order (it goes to market instead)."""
+    cfg = make_config(gateway.port, market_data="delayed")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": str(tmp_path)})})
+    admin.call("entitlement", symbol="AAPL", level="delayed")
+    for symbol in ("AAPL", "MSFT"):
+        admin.call("set_position", symbol=symbol, quantity=10)
+    w = Watchdog(cfg, Secrets({}))
+    w.store = Store.open(tmp_path, busy_timeout_ms=200)
+    w.breaker = CircuitBreaker(tmp_path, w.store)
+    w.broker = Broker(
+        cfg.broker,
+        cfg.mode,
+        Secrets({}),
+        w.store,
+        client_id=cfg.broker.watchdog_client_id,
+        source="watchdog",
+        intent_sources=("watchdog",),
+    )
+    await w.broker.start()
+    try:
+        held = {p.symbol: p for p in await until(lambda: w.broker.positions())}
+        assert held.keys() == {"AAPL", "MSFT"}
+        assert await w._poll_account() is not None and w.session_state() == "connected"
+
+        async def close_type(symbol):
+            request, _ = await w._prepare_close(held[symbol], 1, 1)
+            return request.order_type
+
+        assert await close_type("MSFT") == "LMT"  # live quote: a marketable limit
+        assert await close_type("AAPL") == "MKT"  # delayed quote: never a price
+        admin.call("farm", farm="market", ok=False)
+        await until(lambda: w.broker.conditions.suspect("market"), what="2103")
+        assert await close_type("MSFT") == "MKT"  # suspect quote: never a price
+        assert await w._poll_account() is not None and w.session_state() == "connected"
+        admin.call("farm", farm="market", ok=True)
+        await until(lambda: not w.broker.conditions.suspect("market"), what="2104")
+        assert await close_type("MSFT") == "LMT"
+        admin.call("error", code=1100, msg="Connectivity between IB and TWS has been lost.")
+        await until(lambda: not w.broker.ready, what="1100 seen")
+        assert await w._poll_account() is None and w.session_state() == "unreachable"
+        admin.call("error", code=1102, msg="Connectivity restored - data maintained.")
+        await until(lambda: w.broker.ready, what="1102 seen")
+        assert await w._poll_account() is not None and w.session_state() == "connected"
+        assert w.breaker.status().state is BreakerState.ACTIVE
+        assert w.broker.reconnects == 0
+    finally:
+        await w.broker.close()
+        w.store.close(10)
