@@ -6,6 +6,11 @@ reconnecting with backoff and jitter after drops and gateway restarts, and recor
 order status and execution in the data lake exactly once (by execId). Orders go out only
 through `submit()`, which the execution gate calls; nothing else here places orders except
 `close_position()`, which is the watchdog's path and is also called through the gate.
+
+IB's error codes are acted on exactly as their row in `runtime/ib_errors.py` says; what they
+say now (contracts untradable this cycle, a refuse-all condition, broken data farms) lives in
+`Broker.conditions` and reaches the gate through `runtime/gate_context.py`. Other parts hook
+in with `add_error_listener()` (called with each error's row after the built-in handling).
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ __all__ = [
     "BrokerError",
     "BrokerNotReady",
     "ClientIdInUse",
+    "ErrorListener",
     "PositionView",
     "QuoteSnapshot",
     "ReconcileReport",
@@ -89,6 +95,10 @@ log = logging.getLogger("runtime.broker")
 # Live quotes only: marketDataType 2 (frozen), 3 (delayed) and 4 (delayed-frozen) never price
 # an order (the gate refuses them; see QuoteSnapshot.market_data_type).
 LIVE = 1
+
+
+# (policy row, request id, contract key or '', IB's message)
+ErrorListener = Callable[[ErrorPolicy, int, str, str], None]
 
 
 class BrokerError(TraderError):
@@ -394,6 +404,7 @@ class Broker:
         self._refuse_all_seq = 0  # _sub_seq when the last refuse-all condition was raised
         # what IB's error codes say now (per-contract refusals, refuse-all, broken farms)
         self.conditions = MarketConditions()
+        self._error_listeners: list[ErrorListener] = []
         self._updated: dict[int, float] = {}  # id(ticker) -> monotonic time of last update
         self._qualified: dict[str, Contract] = {}
         self._cancel_requested: set[str] = set()
@@ -830,9 +841,14 @@ class Broker:
 
     # --- IB errors: the policy table (runtime/ib_errors.py) decides --------------------------
     def _on_error(self, req_id: int, code: int, msg: str, contract: Any) -> None:
-        """Act on an IB error exactly as its row in the policy table says."""
         policy = policy_for(code)
         key = _key(contract) if contract is not None and contract.symbol else ""
+        self._apply_policy(policy, req_id, key, msg)
+        self._notify_listeners(policy, req_id, key, msg)
+
+    def _apply_policy(self, policy: ErrorPolicy, req_id: int, key: str, msg: str) -> None:
+        """Act on an IB error exactly as its row in the policy table says."""
+        code = policy.code
         if not policy.known:
             log.warning("broker %s: IB error %s (no policy row): %s", self.source, code, msg)
             if first_sighting(code):
@@ -886,6 +902,18 @@ class Broker:
             # INFO / DELAY warnings about one contract: recorded once per contract per cycle
             kind = "market_data_delayed" if code == 10167 else "broker_warning"
             self._event(kind, f"{key}: {policy.meaning} ({code}: {msg})", "warning")
+
+    def add_error_listener(self, listener: ErrorListener) -> None:
+        """Call `listener(policy, req_id, contract_key, msg)` for every IB error, after the
+        table's own action (e.g. request pacing on DELAY rows). Its exceptions are logged."""
+        self._error_listeners.append(listener)
+
+    def _notify_listeners(self, policy: ErrorPolicy, req_id: int, key: str, msg: str) -> None:
+        for listener in self._error_listeners:
+            try:
+                listener(policy, req_id, key, msg)
+            except Exception:
+                log.exception("error listener %r failed on %s", listener, policy.code)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_event_loop().create_task(coro, name=name)

@@ -21,6 +21,7 @@ from runtime.cli import main as cli_main
 from runtime.cli import status_dict
 from runtime.config import Secrets, load_config, parse_config
 from runtime.gate_context import build_gate_context
+from runtime.ib_errors import Action
 from runtime.main_loop import MainLoop
 from runtime.watchdog import Watchdog
 from skills.execution_gate import (
@@ -227,6 +228,24 @@ async def test_socket_port_reset_drops_the_session_and_reconnects(session, store
     [event] = [e for e in events(store, "connectivity") if "1300" in e["reason"]]
     assert event["severity"] == "critical"
     assert events(store, "reconnected")
+
+
+@pytest.mark.asyncio
+async def test_error_listeners_get_each_errors_row_after_the_tables_action(session, admin):
+    """The seam for request pacing and the like: DELAY rows reach a listener; pacing trips
+    nothing and leaves the session as it was."""
+    broker, _ = session
+    seen = []
+    broker.add_error_listener(lambda policy, req_id, key, msg: seen.append((policy, req_id)))
+    broker.add_error_listener(lambda *_: 1 / 0)  # a failing listener harms nothing
+    admin.call("error", code=100, msg="Max rate of messages per second has been exceeded")
+    admin.call("error", code=2104, msg="Market data farm connection is OK:usfarm")
+    await until(lambda: len(seen) == 2, what="both errors")
+    assert [(p.code, p.action, r) for p, r in seen] == [
+        (100, Action.DELAY, -1),
+        (2104, Action.INFO, -1),
+    ]
+    assert broker.ready and broker.reconnects == 0 and broker.refusing_all() is None
 
 
 def _ctx(quote: Quote, **more) -> GateContext:
