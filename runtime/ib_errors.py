@@ -93,9 +93,19 @@ def _row(
 
 _ROWS = (
     # --- pacing and request limits ---------------------------------------------------------
-    _row(100, W, True, A.DELAY, "max messages per second exceeded: the request is retried later"),
-    _row(101, W, True, A.DELAY, "max market-data lines reached: subscribe again later"),
-    _row(162, W, True, A.DELAY, "historical data service error or pacing violation: retry later"),
+    _row(
+        100, W, True, A.DELAY, "max messages per second exceeded: pacing, send later; never trips"
+    ),
+    _row(
+        101,
+        W,
+        True,
+        A.DELAY,
+        "max market-data lines reached: no quote this cycle, asked again next",
+    ),
+    _row(
+        162, W, True, A.DELAY, "historical data error or pacing violation: ask later; never trips"
+    ),
     _row(322, W, True, A.INFO, "error processing the request: the request fails, logged"),
     _row(366, IN, False, A.INFO, "no historical query for this id (a cancel after the end)"),
     _row(420, W, True, A.INFO, "invalid real-time bars query (no permission): the request fails"),
