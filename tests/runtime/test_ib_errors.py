@@ -140,3 +140,16 @@ def test_conditions_farm_flap_and_refuse_all(name):
     assert c.refuse_all(10197, "competing live session") is False
     assert c.lines() == ["refusing all new orders: competing live session (10197)"]
     assert c.clear(10197) is not None and c.refusing_all() is None and c.lines() == []
+
+
+def test_market_data_setting_is_validated_with_the_key_and_the_reason():
+    import tomllib
+
+    from runtime.config import ConfigError, parse_config
+
+    raw = tomllib.loads((ROOT / "config/paper.toml").read_text())
+    assert parse_config(raw).broker.market_data == "live"  # the documented default
+    raw["broker"]["market_data"] = "frozen"
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert "broker.market_data" in str(err.value) and "'live' or 'delayed'" in str(err.value)
