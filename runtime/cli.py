@@ -201,6 +201,9 @@ def _hb(cfg: Config, name: str, timeout: float) -> dict[str, Any]:
         "phase": hb.phase,
         "alive": running and hb.phase != "stopped" and age <= timeout,
     }
+    if name == MAIN_HEARTBEAT:
+        # what IB's error codes say now (10197 refusing all orders ...), while the loop lives
+        out["conditions"] = list(hb.conditions) if out["alive"] else []
     if name == WATCHDOG_HEARTBEAT:
         # alive also needs a broker session that polled the account within the timeout
         poll_age = hb.account_poll_age(now)
@@ -302,6 +305,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"(heartbeat {h['age_s']:.1f}s ago, cycle {h['cycle']}, {h['phase']}"
                 f"{session}{'' if h['running'] else ', process gone'})"
             )
+            for line in h.get("conditions", []):
+                print(f"{'':9} broker: {line}")
         else:
             print(f"{name:9} no heartbeat")
     live = st["live"]
