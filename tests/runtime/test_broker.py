@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from ib_insync import IB
+from ib_client import IB
+from ib_client import NAME as IB_CLIENT_LIBRARY
 from lake import read, rows
 
 from data_lake import get_intent, insert_intent, query_safety_events, query_trades
@@ -34,6 +35,7 @@ def make_config(port: int, **broker):
             "request_timeout_s": 3.0,
             "reconnect_initial_s": 0.05,
             "reconnect_max_s": 0.2,
+            "client_library": IB_CLIENT_LIBRARY,
             **broker,
         }
     )
@@ -430,7 +432,7 @@ async def test_write_recovery_triggers_a_catch_up_from_the_brokers_executions(
         await until(lambda: admin.call("state")["executions"] == 1, what="our fill")
         await until(lambda: db.failing, what="a write failed during the lock")
         # a fill this session never hears about (another client), made during the failure
-        from ib_insync import MarketOrder, Stock
+        from ib_client import MarketOrder, Stock
 
         other = IB()
         await other.connectAsync("127.0.0.1", gateway.port, clientId=6, timeout=5)

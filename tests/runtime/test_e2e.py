@@ -169,7 +169,7 @@ def test_watchdog_alone_trips_on_an_exposure_breach(gateway, admin, tmp_path):
 def test_panic_command_trips_cancels_and_flattens(gateway, admin, tmp_path, connect):
     cfg = write_config(tmp_path, gateway.port)
     admin.call("set_position", symbol="NVDA", quantity=10, avg_cost=180.0)
-    from ib_insync import LimitOrder, Stock
+    from ib_client import LimitOrder, Stock
 
     ib = connect(1)
     c = Stock("AAPL", "SMART", "USD")
