@@ -28,3 +28,9 @@ Stock = lib.Stock
 StopLimitOrder = lib.StopLimitOrder
 StopOrder = lib.StopOrder
 Trade = lib.Trade
+
+
+def qualified(result: list) -> list:  # type: ignore[type-arg]
+    """The contracts a qualifyContracts call qualified: ib_insync leaves a failure out of its
+    answer, ib_async 2.x puts None (or, with returnAll, a list of candidates) in its place."""
+    return [c for c in result if c is not None and not isinstance(c, list)]

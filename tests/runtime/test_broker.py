@@ -124,6 +124,53 @@ async def test_accepted_order_is_filled_and_recorded_once(broker, db, admin):
 
 
 @pytest.mark.asyncio
+async def test_the_broker_runs_on_the_configured_client_library(broker):
+    assert broker.lib.__name__ == IB_CLIENT_LIBRARY
+    assert type(broker.ib).__module__.split(".")[0] == IB_CLIENT_LIBRARY
+
+
+@pytest.mark.asyncio
+async def test_execution_and_commission_events_fired_again_are_recorded_once(gateway, db, admin):
+    """ib_async (and ib_insync) may emit execDetailsEvent / commissionReportEvent more than once
+    for one execId: the execution is counted and stored once, its commission stays right, and
+    every number that reaches the lake and the gate is a float."""
+    executions = []
+    cfg = make_config(gateway.port)
+    b = Broker(cfg.broker, "paper", Secrets({}), db, on_execution=executions.append)
+    await b.start()
+    try:
+        b.submit("dup-1", req(qty=7))
+        await until(lambda: len(executions) == 1, what="the fill counted")
+        await until(
+            lambda: [t["commission"] for t in read(db, query_trades, order_ref="dup-1")] == [1.0],
+            what="fill and commission stored",
+        )
+        [trade] = [t for t in b.ib.trades() if t.order.orderRef == "dup-1"]
+        [fill] = trade.fills
+        for _ in range(2):  # the library fires both events again for the same execution
+            b.ib.execDetailsEvent.emit(trade, fill)
+            b.ib.commissionReportEvent.emit(trade, fill, fill.commissionReport)
+        b.ib.orderStatusEvent.emit(trade)  # and the final status once more
+        assert (await b.reconcile()).executions_new == 0  # a reqExecutions replay on top
+        assert await b.catch_up_executions() == 0
+        await until(lambda: not db.backlog, what="queued writes done")
+        [row] = read(db, query_trades, order_ref="dup-1")
+        assert (row["shares"], row["commission"]) == (7.0, 1.0)
+        assert all(isinstance(row[k], float) for k in ("shares", "price", "commission"))
+        assert executions == executions[:1]  # counted once
+        assert admin.call("state")["executions"] == 1
+        [order] = rows(db, "SELECT status, filled FROM orders WHERE order_ref = ?", ["dup-1"])
+        assert (order["status"], order["filled"]) == ("Filled", 7.0)
+        [position] = b.positions()
+        assert type(position.quantity) is float and position.quantity == 7.0
+        assert type(position.avg_cost) is float
+        [holding] = (await b.holdings(quote_wait_s=1.0)).values()
+        assert type(holding.quantity) is float
+    finally:
+        await b.close()
+
+
+@pytest.mark.asyncio
 async def test_quotes_iv_rank_option_chain_and_hours(broker):
     stock = await broker.qualify("NVDA")
     q = await broker.quote(stock)
@@ -304,6 +351,27 @@ async def test_consecutive_rejects_are_reported_for_the_breaker(gateway, db, adm
         assert len(read(db, query_safety_events, "order_reject")) == 3
     finally:
         await b.close()
+
+
+@pytest.mark.asyncio
+async def test_an_order_refused_with_321_is_rejected_and_never_counted_as_working(
+    broker, db, admin
+):
+    """ib_async calls 321 a warning: it sets the order's local status to ValidationError (a
+    status IB never sends) and fires orderStatusEvent; ib_insync cancels the order locally.
+    Either way the intent is rejected with the code, no ValidationError is stored as a broker
+    status, and the gate does not count the order as working."""
+    admin.call("reject_next", code=321)
+    verdict = await gate_order(broker, db, req(order_type="LMT", price=226.0, tif="GTC"))
+    assert verdict.accepted  # the gate sent it; the broker refused it
+    await until(
+        lambda: read(db, get_intent, verdict.order_ref)["status"] == "rejected", what="rejected"
+    )
+    assert read(db, get_intent, verdict.order_ref)["last_error"].startswith("321: ")
+    statuses = rows(db, "SELECT status FROM order_events WHERE order_ref = ?", [verdict.order_ref])
+    assert "ValidationError" not in [r["status"] for r in statuses]
+    assert await broker.working_orders() == ()
+    assert admin.call("state")["open_orders"] == []
 
 
 @pytest.mark.asyncio
