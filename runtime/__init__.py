@@ -1,6 +1,7 @@
 """Processes and orchestration. Public modules (import them by name):
 
-- `config`: the frozen, typed Config. `broker`: the only ib_insync importer.
+- `config`: the frozen, typed Config. `broker`: the only importer of the IB client library
+  (ib_insync or ib_async).
 - `breaker`: the latched circuit breaker. `heartbeat`: heartbeat files and sd_notify.
 - `commander` (with `sense`, `gate_context`, `llm_commander`): one cycle.
 - `main_loop`, `watchdog`: the two processes. `cli`, `demo`: the command line.

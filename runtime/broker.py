@@ -504,7 +504,14 @@ class Broker:
         except BaseException:
             self.ib.disconnect()
             raise
-        log.info("broker %s ready: client %s account %s", self.source, self.client_id, self.account)
+        log.info(
+            "broker %s ready on %s %s: client %s account %s",
+            self.source,
+            self.lib.__name__,
+            getattr(self.lib, "__version__", "?"),
+            self.client_id,
+            self.account,
+        )
 
     async def _open_session(self) -> None:
         await open_session(self.ib, self.cfg, self.client_id, self.mode, self.secrets)
