@@ -22,6 +22,7 @@ from typing import Any
 
 from data_lake import (
     DONE_BROKER_STATES,
+    RefuseToStart,
     StorageUnavailable,
     Store,
     insert_cycle,
@@ -35,7 +36,7 @@ from skills.swarm_models import InstanceConfig
 from skills.swarm_providers import AnthropicProvider, OfflineProvider, Provider
 
 from .breaker import BreakerState, CircuitBreaker
-from .broker import AccountModeError, Broker, ClientIdInUse
+from .broker import AccountModeError, Broker, BrokerNotReady, ClientIdInUse
 from .commander import Commander
 from .config import Config, Secrets
 from .gate_context import THROTTLE_LATCHED, load_gate_state
@@ -59,9 +60,20 @@ from .instance_lock import (
 from .notify import Notifier, start_notifier
 from .preflight import KEY_MISSING, static_refusals
 
-__all__ = ["MAIN_HEARTBEAT", "WATCHDOG_HEARTBEAT", "MainLoop", "run_main_loop"]
+__all__ = [
+    "MAIN_HEARTBEAT",
+    "WATCHDOG_HEARTBEAT",
+    "MainLoop",
+    "StartRefused",
+    "open_main_loop",
+    "run_main_loop",
+]
 
 log = logging.getLogger("runtime.main_loop")
+
+
+class StartRefused(RefuseToStart):
+    """The main loop cannot be built: a config refusal, the database, or the swarm's files."""
 
 
 async def run_main_loop(
@@ -73,21 +85,39 @@ async def run_main_loop(
     max_cycles: int | None = None,
     provider: Provider | None = None,
 ) -> int:
-    """Check the config, open the store, rebuild the gate's memory, load the swarm, build the
-    main loop and run it until stopped; return the process exit code."""
+    """Build the main loop (`open_main_loop`) and run it until stopped; return the process
+    exit code (2 when it cannot be built, with the reason on stderr)."""
+    try:
+        loop = await open_main_loop(
+            cfg, config_path, secrets, clock=clock, max_cycles=max_cycles, provider=provider
+        )
+    except StartRefused as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return await loop.run()
+
+
+async def open_main_loop(
+    cfg: Config,
+    config_path: str | Path,
+    secrets: Secrets,
+    *,
+    clock: Clock | None = None,
+    max_cycles: int | None = None,
+    provider: Provider | None = None,
+) -> MainLoop:
+    """Check the config, open the store, rebuild the gate's memory, load the swarm and build
+    the main loop; raise StartRefused (with every reason) when any of it fails."""
     clock = clock or SystemClock()
     refusals = [r for r in static_refusals(cfg, secrets) if r != KEY_MISSING or provider is None]
     if refusals:
-        for reason in refusals:
-            print(f"config: {reason}", file=sys.stderr)
-        return 2
+        raise StartRefused("\n".join(f"config: {reason}" for reason in refusals))
     try:
         store = await asyncio.to_thread(
             Store.open, cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="main"
         )
     except StorageUnavailable as exc:
-        print(f"fatal: database unavailable: {exc}", file=sys.stderr)
-        return 2
+        raise StartRefused(f"fatal: database unavailable: {exc}") from exc
     try:
         timeout = max(10.0, cfg.data.write_timeout_s)
         last_cycle = await store.run(last_cycle_id, timeout=timeout)
@@ -106,10 +136,9 @@ async def run_main_loop(
             cfg.swarm.instances_dir, cfg.swarm.templates_dir, cfg.risk.model_dump()
         )
     except (StorageUnavailable, SwarmConfigError) as exc:
-        what = "fatal: database unavailable: " if isinstance(exc, StorageUnavailable) else ""
-        print(f"{what}{exc}", file=sys.stderr)
         await asyncio.to_thread(store.close, 5.0)
-        return 2
+        what = "fatal: database unavailable: " if isinstance(exc, StorageUnavailable) else ""
+        raise StartRefused(f"{what}{exc}") from exc
     register_secret(secrets.anthropic_api_key)
     if provider is None:
         provider = (
@@ -131,7 +160,7 @@ async def run_main_loop(
             base_url=secrets.anthropic_base_url,
             max_retries=cfg.swarm.max_retries,
         )
-    loop = MainLoop(
+    return MainLoop(
         cfg,
         config_path,
         secrets,
@@ -145,7 +174,6 @@ async def run_main_loop(
         clock=clock,
         max_cycles=max_cycles,
     )
-    return await loop.run()
 
 
 class MainLoop:
@@ -223,7 +251,13 @@ class MainLoop:
 
     def _beat(self) -> None:
         try:
-            write_heartbeat(self.data_dir / MAIN_HEARTBEAT, self.clock, self.cycle, self.phase)
+            write_heartbeat(
+                self.data_dir / MAIN_HEARTBEAT,
+                self.clock,
+                self.cycle,
+                self.phase,
+                conditions=tuple(self.broker.conditions.lines()),
+            )
         except OSError as exc:  # disk full: the watchdog will see a stale heartbeat; say why
             log.error("heartbeat not written: %s", exc)
 
@@ -427,6 +461,27 @@ class MainLoop:
             "warning" if left else "info",
         )
 
+    async def _final_reconcile(self) -> None:
+        """Before the session closes: store every fill the broker has booked for us and bring
+        the intents to the broker's word (a fill racing the stop is recorded now, not at the
+        next start)."""
+        if not self.broker.ready:
+            return
+        try:
+            report = await asyncio.wait_for(
+                self.broker.reconcile(), self.cfg.loop.stop_timeout_s / 4
+            )
+        except (TimeoutError, ConnectionError, BrokerNotReady) as exc:
+            self._event(
+                "stop_reconcile",
+                f"stop: final reconcile not finished ({type(exc).__name__}: {exc}); the next "
+                "start reconciles",
+                "warning",
+            )
+            return
+        if report.executions_new:
+            log.warning("stop: %d fills recorded by the final reconcile", report.executions_new)
+
     async def _connect(self) -> int | None:
         self._set_phase("connecting")
         delay = self.cfg.broker.reconnect_initial_s
@@ -557,6 +612,7 @@ class MainLoop:
                 await asyncio.wait({task}, timeout=5)
         if self.cfg.loop.cancel_orders_on_stop and self.broker.ready:
             await self._cancel_own_orders()
+        await self._final_reconcile()
         await self.broker.close()
         with contextlib.suppress(Exception):
             await self.provider.close()

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from typing import Any
 
-from ib_insync import IB
+from ib_client import IB
 
 from paper_gateway import AdminClient
 

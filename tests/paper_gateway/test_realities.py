@@ -8,7 +8,7 @@ import socket
 from typing import Any
 
 import pytest
-from ib_insync import IB, LimitOrder, MarketOrder, Stock
+from ib_client import IB, LimitOrder, MarketOrder, Stock
 
 from paper_gateway import GatewayConfig
 from paper_gateway.testing import eventually

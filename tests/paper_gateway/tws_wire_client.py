@@ -4,8 +4,9 @@ type. It knows the layouts from the client libraries' decoders (IB's 9.81 `ibapi
 ib_insync/ib_async for later versions); the thresholds are written out here, not imported
 from the gateway, so a wrong threshold in the gateway cannot be mirrored.
 
-Requests are encoded by ib_insync's own unmodified `Client` at the negotiated version (its
-`sendMsg` is captured instead of written to its socket).
+Requests are encoded by the client library's own unmodified `Client` (ib_insync's, or
+ib_async's with IB_CLIENT_LIBRARY=ib_async) at the negotiated version (its `sendMsg` is captured
+instead of written to its socket).
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ib_insync.client import Client
+from ib_client import lib
+
+if TYPE_CHECKING:  # typed against ib_insync; at run time the library of this test run
+    from ib_insync.client import Client
+else:
+    Client = lib.client.Client
 
 __all__ = ["Decoded", "LayoutError", "RawSession", "decode"]
 
@@ -463,7 +469,7 @@ def decode(fields: list[str], version: int) -> Decoded:
 
 
 class _Encoder(Client):
-    """ib_insync's request encoder at a given server version; messages are captured."""
+    """The client library's request encoder at a given server version; messages are captured."""
 
     def __init__(self, version: int) -> None:
         super().__init__(wrapper=None)
@@ -524,7 +530,7 @@ class RawSession:
         self.sock.sendall(struct.pack(">I", len(payload)) + payload)
 
     def request(self, method: str, *args: Any) -> None:
-        """Encode a request with ib_insync's Client.<method> at this version and send it."""
+        """Encode a request with the library's Client.<method> at this version and send it."""
         getattr(self.encoder, method)(*args)
         for msg in self.encoder.out:
             data = msg.encode()
