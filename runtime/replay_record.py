@@ -20,7 +20,6 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from data_lake import redact
 from skills.execution_gate import (
@@ -54,22 +53,8 @@ _SECRET_WORDS = frozenset(
     {"key", "apikey", "token", "secret", "password", "passwd", "credential", "credentials"}
 )
 MASK = "[REDACTED]"
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-
-
-def _scrub_url(value: str) -> str:
-    """A URL's user and password (Apprise-style credentials) replaced by the mask."""
-    if not _URL.match(value):
-        return value
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return MASK
-    if parts.username is None and parts.password is None:
-        return value
-    host = parts.hostname or ""
-    netloc = f"{MASK}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+# scheme://user:password@host -> scheme://[REDACTED]@host (Apprise-style credentials)
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^@/?#\s]+@")
 
 
 def _scrub(obj: Any, key: str = "") -> Any:
@@ -80,7 +65,7 @@ def _scrub(obj: Any, key: str = "") -> Any:
     if isinstance(obj, (list, tuple)):
         return [_scrub(v) for v in obj]
     if isinstance(obj, str):
-        return _scrub_url(obj)
+        return _USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", obj)
     return obj
 
 
@@ -88,7 +73,7 @@ def stored_config(cfg: Config) -> dict[str, Any]:
     """Return the config as a snapshot stores it: JSON values, every registered secret
     redacted (API key, notification URLs and their tokens), keys named like a secret masked,
     and credentials removed from any URL."""
-    return dict(_scrub(redact(cfg.model_dump(mode="json"))))
+    return dict(redact(_scrub(cfg.model_dump(mode="json"))))
 
 
 def config_hash(stored: Mapping[str, Any]) -> str:
