@@ -128,7 +128,12 @@ def missing_pieces(doc: Mapping[str, Any]) -> list[str]:
         ]
     missing = [p for p in ("config", "config_hash", "replay.gate_calls") if _get(doc, p) is None]
     if doc.get("decisions") is None:
-        return missing  # nothing was decided (a skipped cycle): nothing more is needed
+        if _get(doc, "replay.sensed") is not None:  # it sensed, then stopped before the end
+            missing.append(
+                f"decisions (the cycle ended {doc.get('status')}: {doc.get('skipped')} before "
+                "its decisions reached the snapshot)"
+            )
+        return missing  # otherwise nothing was decided (skipped before Sense): nothing to do
     needed = ["account", "positions", "context", "swarm.merged", "replay.sensed"]
     if doc.get("mode") == "llm":
         needed.append("llm_transcript")

@@ -317,3 +317,16 @@ def test_llm_commander_cycle_replays_from_its_transcript(gateway, admin, tmp_pat
     shutil.rmtree(data(tmp_path) / "snapshots")
     code, doc = replay("1", "--config", str(cfg))
     assert code == 2 and "gone" in doc["error"]
+
+
+def test_replay_refuses_bad_arguments_and_a_missing_data_dir_with_one_line(tmp_path):
+    cfg = write_config(tmp_path, 1)
+    code, doc = replay("1", "--config", str(cfg))
+    assert code == 2 and "does not exist" in doc["error"]
+    assert not data(tmp_path).exists()  # read-only: nothing created
+    code, doc = replay("--config", str(cfg))
+    assert code == 2 and "give a CYCLE, or --from DATE and --to DATE" in doc["error"]
+    code, doc = replay("1")
+    assert code == 2 and "--data-dir" in doc["error"]
+    code, doc = replay("--from", "yesterday", "--to", "2026-11-20", "--config", str(cfg))
+    assert code == 2 and "--from 'yesterday'" in doc["error"]
