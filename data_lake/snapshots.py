@@ -5,7 +5,7 @@ full disk never blocks the event loop; a failed write is retried like any audit 
 
 A snapshot document says which format it is (`schema_version`; absent in the first format,
 which `replay` cannot reproduce) and which configuration made it (`config_hash`); both are
-copied to the index row (schema version 3 of the database; NULL in older rows).
+copied to the index row (schema version 4 of the database; NULL in older rows).
 """
 
 from __future__ import annotations

@@ -169,10 +169,10 @@ def test_range_summary_counts_refusals_by_reason(recorded):
 
 
 def _old_database(directory: Path, doc: dict[str, Any]) -> None:
-    """A database at schema version 2 (before replay) holding one old-format snapshot."""
+    """A database at schema version 3 (before replay) holding one old-format snapshot."""
     directory.mkdir()
     conn = connect(directory / "trading.sqlite3")
-    for version, step in MIGRATIONS[:2]:
+    for version, step in MIGRATIONS[:3]:  # the last version before replay (4)
         step(conn)
         conn.execute(f"PRAGMA user_version = {version}")
     body = json.dumps(doc, sort_keys=True, indent=1).encode()
@@ -201,7 +201,7 @@ def test_snapshots_without_the_replay_fields_are_refused_naming_what_is_missing(
     assert code == 2
     assert "snapshot schema version 2" in out["missing"][0] and "replay.gate_calls" in out["error"]
     # an old database stays readable (read-only, never migrated by a reader)
-    assert open_readonly(tmp_path / "old").conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert open_readonly(tmp_path / "old").conn.execute("PRAGMA user_version").fetchone()[0] == 3
     # a current snapshot with a piece missing: named
     broken = json.loads(json.dumps(doc))
     del broken["replay"]["decide"]
