@@ -202,6 +202,12 @@ def test_snapshots_without_the_replay_fields_are_refused_naming_what_is_missing(
     assert "snapshot schema version 2" in out["missing"][0] and "replay.gate_calls" in out["error"]
     # an old database stays readable (read-only, never migrated by a reader)
     assert open_readonly(tmp_path / "old").conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    Store.open(tmp_path / "old").close()  # a daemon upgrades it: the old row stays old
+    [row] = open_readonly(tmp_path / "old").query(
+        "SELECT schema_version, config_hash FROM snapshots"
+    )
+    assert row == {"schema_version": None, "config_hash": None}
+    assert replay("1", "--data-dir", str(tmp_path / "old"))[0] == 2
     # a current snapshot with a piece missing: named
     broken = json.loads(json.dumps(doc))
     del broken["replay"]["decide"]
