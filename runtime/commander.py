@@ -355,6 +355,7 @@ class Commander:
         self.phase("decide")
         if self.cfg.commander.mode == "llm":
             llm = LlmCommander(self)
+            doc["replay"]["llm_turns"] = llm.turns
             decisions, verdicts, transcript = await llm.run(
                 report.cycle_id, swarm, context, holdings, values
             )

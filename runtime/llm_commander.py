@@ -199,6 +199,7 @@ class LlmCommander:
                 "'anthropic' and ANTHROPIC_API_KEY)"
             )
         self.client = commander.llm_client
+        self.turns: list[dict[str, Any]] = []  # each call's model and usage (for replay)
 
     async def run(
         self,
@@ -238,6 +239,7 @@ class LlmCommander:
                 timeout=cfg.swarm.call_timeout_s,
             )
             usage = usage_from(msg.usage)
+            self.turns.append({"model": cfg.commander.model, "usage": dataclasses.asdict(usage)})
             cost = cost_usd(cfg.commander.model, usage, cfg.swarm.prices)
             spent += cost
             self._record(cycle_id, usage, cost, (time.perf_counter() - t0) * 1000, msg.stop_reason)

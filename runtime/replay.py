@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from data_lake import SNAPSHOT_SCHEMA_VERSION
 from skills.execution_gate import GateVerdict
+from skills.swarm_providers import Usage, cost_usd
 
 from .commander import decide_rules
 from .config import Config, ConfigError, parse_config
@@ -422,6 +423,7 @@ def _replay_llm(
             )
         )
     turns = [m for m in messages if m.get("role") == "assistant"]
+    turns = turns[: _turns_within_budget(doc, cfg, out, len(turns))]
     if len(turns) > cfg.commander.max_turns:
         out.differences.append(
             Difference(
@@ -498,6 +500,38 @@ def _replay_llm(
                         reason_key=key or f"llm: {name} result changed",
                     )
                 )
+    for call in calls[placed:]:  # recorded orders the replayed turns never placed
+        _compare_verdict(out, call["request"], call.get("verdict"), None)
+
+
+def _turns_within_budget(doc: Mapping[str, Any], cfg: Config, out: CycleReplay, n: int) -> int:
+    """How many of the recorded turns this config's per-cycle budget would have allowed
+    (each turn priced with this config's price table)."""
+    recorded = _get(doc, "replay.llm_turns")
+    if not isinstance(recorded, list):
+        out.notes.append("no per-turn usage recorded: the per-cycle budget is not replayed")
+        return n
+    models = {str(t.get("model")) for t in recorded}
+    if models != {cfg.commander.model}:
+        out.notes.append(
+            f"the recorded answers came from {sorted(models)}; this config asks "
+            f"{cfg.commander.model!r} (the answers are replayed as recorded)"
+        )
+    spent = 0.0
+    for i, t in enumerate(recorded[:n]):
+        if spent >= cfg.swarm.max_usd_per_cycle:
+            out.differences.append(
+                Difference(
+                    where="commander budget",
+                    kind="turns",
+                    recorded=n,
+                    replayed=i,
+                    reason_key="llm: per-cycle budget spent",
+                )
+            )
+            return i
+        spent += cost_usd(str(t.get("model")), Usage(**t["usage"]), cfg.swarm.prices)
+    return n
 
 
 def _as_gate_verdict(v: ReplayedVerdict) -> GateVerdict:

@@ -317,6 +317,14 @@ def test_llm_commander_cycle_replays_from_its_transcript(gateway, admin, tmp_pat
     assert "exceeds the maximum 1,000" in order["replayed"]["content"]["reasons"][0]
     assert order["reason_key"] == "gate: max_notional"
     assert any(d["kind"] == "prompt" for d in doc["differences"])  # the model saw the limits
+    # a per-cycle budget the first answer already spends: the later turns never happen
+    poor = variant(cfg, "poor.toml", swarm__max_usd_per_cycle="0.000001")
+    code, doc = replay("1", "--config", str(poor))
+    assert code == 1
+    [budget] = [d for d in doc["differences"] if d["kind"] == "turns"]
+    assert (budget["recorded"], budget["replayed"]) == (3, 1)
+    assert [t["tool"] for t in doc["tools"]] == ["get_swarm_signals", "kelly_size"]
+    assert len([d for d in doc["differences"] if d["kind"] == "not_sent"]) == 2
     assert_books_balance(admin, data(tmp_path))
     raw = b"".join(p.read_bytes() for p in data(tmp_path).rglob("*") if p.is_file())
     assert API_KEY.encode() not in raw
