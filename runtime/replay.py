@@ -230,11 +230,40 @@ def replay_cycle(
             "(intent not stored, broker refused) cannot be told apart"
         )
     gate = GateReplayer(use.risk, recorded_limits)
+    _swarm_under(doc, use, recorded_cfg, out)
     if out.mode == "llm":
         _replay_llm(doc, use, recorded_cfg, gate, out)
     else:
         _replay_rules(doc, use, gate, out)
     return out
+
+
+def _swarm_under(
+    doc: Mapping[str, Any], cfg: Config, recorded: Config | None, out: CycleReplay
+) -> None:
+    """What the swarm's answers would have met under this config. They are replayed as
+    recorded (Think is not re-run); a signal the parse would now reject is reported."""
+    if recorded is not None and recorded.risk != cfg.risk:
+        out.notes.append(
+            "the swarm's prompts carry the [risk] limits: under this config they would differ "
+            "(the recorded answers are replayed)"
+        )
+    limit = cfg.risk.max_order_quantity
+    for o in _get(doc, "swarm.outcomes") or []:
+        for sig in o.get("signals") or []:
+            qty = sig.get("quantity")
+            if qty is not None and qty > limit:
+                out.differences.append(
+                    Difference(
+                        where=f"swarm {o.get('instance')} {_label(sig)}",
+                        kind="signal",
+                        recorded=f"quantity {qty:g} accepted",
+                        replayed=f"quantity {qty:g} exceeds max_order_quantity {limit:g}: the "
+                        "parse would reject the answer (the instance abstains); Decide still "
+                        "uses the recorded signals",
+                        reason_key="swarm: quantity above max_order_quantity",
+                    )
+                )
 
 
 def _compare_decision(
@@ -551,13 +580,12 @@ def summarise(replays: list[CycleReplay], refused: list[dict[str, Any]]) -> dict
                 "refused",
                 "resized",
                 "accepted",
-                "not_sent",
                 "unjudged",
                 "tool_result",
+                "turns",
+                "signal",
             ):
-                continue
-            if d.kind == "not_sent":  # counted with its decision's refusal
-                continue
+                continue  # not_sent is counted with its decision's refusal
             key = d.reason_key or d.kind
             counts[key] += 1
             changed.append(
