@@ -344,3 +344,18 @@ def test_replay_refuses_bad_arguments_and_a_missing_data_dir_with_one_line(tmp_p
     assert code == 2 and "--data-dir" in doc["error"]
     code, doc = replay("--from", "yesterday", "--to", "2026-11-20", "--config", str(cfg))
     assert code == 2 and "--from 'yesterday'" in doc["error"]
+
+
+def test_a_skipped_cycle_has_nothing_to_replay_and_a_cut_one_cannot_be(recorded):
+    from runtime.replay import CannotReplay, replay_cycle
+
+    doc = load_snapshot(open_readonly(recorded["data"]), recorded["data"], cycle_id=1)
+    skipped = {
+        k: doc[k] for k in ("schema_version", "cycle_id", "mode", "config", "config_hash")
+    } | {"replay": {"gate_calls": []}, "status": "skipped", "skipped": "every instrument is closed"}
+    result = replay_cycle(skipped)
+    assert result.identical and "made no decision" in result.notes[0]
+    cut = {k: v for k, v in doc.items() if k not in ("decisions", "verdicts")}
+    cut["status"], cut["skipped"] = "timeout", "cancelled at max_cycle_s"
+    with pytest.raises(CannotReplay, match=r"decisions \(the cycle ended timeout"):
+        replay_cycle(cut)
