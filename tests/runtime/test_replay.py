@@ -7,11 +7,13 @@ against the local Anthropic server records a tool-use transcript.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import io
 import json
 import shutil
+import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -21,14 +23,29 @@ from anthropic_server import AnthropicStub, Reply
 from invariant import assert_books_balance
 from procs import cli, data, start, write_config
 
-from data_lake import SNAPSHOT_SCHEMA_VERSION, Store, cycle_rows, load_snapshot, open_readonly
+from data_lake import (
+    SNAPSHOT_SCHEMA_VERSION,
+    Store,
+    cycle_rows,
+    insert_cycle,
+    load_snapshot,
+    open_readonly,
+)
 from data_lake.db import MIGRATIONS, connect
 from data_lake.snapshots import save_snapshot
 from paper_gateway import AdminClient, Gateway, GatewayConfig
+from runtime.breaker import CircuitBreaker
+from runtime.broker import Broker
 from runtime.cli import main
-from runtime.config import load_config
+from runtime.commander import Commander, Decision
+from runtime.config import Secrets, load_config
 from runtime.demo import GATE_CHECK
+from runtime.heartbeat import Clock
+from runtime.market_hours import exchange_day
 from runtime.replay_record import stored_config
+from skills.execution_gate import GateState
+from skills.swarm_core import load_instances
+from skills.swarm_providers import OfflineProvider
 
 API_KEY = "sk-ant-replay-secret-0123456789"
 URL_PASSWORD = "Hunter2replay9"
@@ -359,3 +376,70 @@ def test_a_skipped_cycle_has_nothing_to_replay_and_a_cut_one_cannot_be(recorded)
     cut["status"], cut["skipped"] = "timeout", "cancelled at max_cycle_s"
     with pytest.raises(CannotReplay, match=r"decisions \(the cycle ended timeout"):
         replay_cycle(cut)
+
+
+class _WallAt(Clock):
+    """The wall clock pinned to one moment (monotonic stays the system's: quotes age on it)."""
+
+    def __init__(self, at: dt.datetime) -> None:
+        self.at = at
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return self.at.timestamp()
+
+
+@pytest.mark.asyncio
+async def test_the_gate_path_reads_the_injected_clock_and_records_what_it_read(gateway, tmp_path):
+    """No hidden wall-clock read between Decide and the gate: liquid hours and the exchange
+    day come from the clock the commander was given, and the recorded gate call says so."""
+    cfg = load_config(write_config(tmp_path, gateway.port, trade_outside_liquid_hours=False))
+    today = dt.datetime.now(dt.UTC).date()
+    saturday = today + dt.timedelta(days=(5 - today.weekday()) % 7)
+    weekday = today if today.weekday() < 5 else today + dt.timedelta(days=7 - today.weekday())
+    moments = {
+        "saturday": dt.datetime(saturday.year, saturday.month, saturday.day, 16, tzinfo=dt.UTC),
+        "open": dt.datetime(weekday.year, weekday.month, weekday.day, 15, 30, tzinfo=dt.UTC),
+    }
+    db = Store.open(data(tmp_path))
+    broker = Broker(cfg.broker, "paper", Secrets({}), db)
+    await broker.start()
+    try:
+        instances, templates = load_instances(
+            cfg.swarm.instances_dir, cfg.swarm.templates_dir, cfg.risk.model_dump()
+        )
+        for cycle_id, (name, when) in enumerate(moments.items(), start=1):
+            commander = Commander(
+                cfg=cfg,
+                store=db,
+                broker=broker,
+                breaker=CircuitBreaker(data(tmp_path), db),
+                provider=OfflineProvider(),
+                instances=instances,
+                templates=templates,
+                gate_state=GateState(),
+                clock=_WallAt(when),  # and no wall_now: the clock is the only source
+                watchdog_alive=lambda: True,
+                cancel=asyncio.Event(),
+            )
+            d = Decision(
+                symbol="MSFT",
+                action="BUY",
+                sec_type="STK",
+                order_type="LMT",
+                quantity=1,
+                accepted=True,
+                reason="test",
+                limit_price=415.0,
+            )
+            db.post(insert_cycle, cycle_id)
+            verdict = await commander.act(d, cycle_id)
+            [call] = commander._gate_calls  # what a snapshot stores for replay
+            assert call["wall"] == when.isoformat() and call["day"] == exchange_day(when)
+            assert call["context"]["market_open"] is (name == "open")
+            assert verdict.accepted is (name == "open"), verdict.reasons
+    finally:
+        await broker.close()
+        db.close()
