@@ -144,8 +144,11 @@ def test_tighter_order_notional_reports_the_refusals_it_would_have_made(recorded
     gate = {g["request"]["symbol"]: g for g in doc["gate"]}
     assert gate["NVDA"]["replayed"]["accepted"] and gate["AMD"]["replayed"]["accepted"]
     assert "maximum 5,000" in gate["GS"]["replayed"]["reasons"][0]
-    proc = cli("replay", "1", "--config", str(tight))
-    assert proc.returncode == 1 and "≠ BUY 20 MSFT" in proc.stdout
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["replay", "1", "--config", str(tight)]) == 1
+    row = next(line for line in out.getvalue().splitlines() if "BUY 20 MSFT" in line)
+    assert row.startswith(" ≠") and "accepted cmd-c1-" in row and "REFUSED: order value" in row
     # --recorded-config: the same file locates the data, the recording's config decides
     code, doc = replay("1", "--config", str(tight), "--recorded-config")
     assert code == 0 and doc["identical"]
