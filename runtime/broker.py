@@ -6,6 +6,11 @@ reconnecting with backoff and jitter after drops and gateway restarts, and recor
 order status and execution in the data lake exactly once (by execId). Orders go out only
 through `submit()`, which the execution gate calls; nothing else here places orders except
 `close_position()`, which is the watchdog's path and is also called through the gate.
+
+IB's error codes are acted on exactly as their row in `runtime/ib_errors.py` says; what they
+say now (contracts untradable this cycle, a refuse-all condition, broken data farms) lives in
+`Broker.conditions` and reaches the gate through `runtime/gate_context.py`. Other parts hook
+in with `add_error_listener()` (called with each error's row after the built-in handling).
 """
 
 from __future__ import annotations
@@ -56,6 +61,16 @@ from skills.contracts import contract_key
 from skills.execution_gate import Holding, OrderRequest, WorkingOrder
 
 from .config import BrokerConfig, Secrets
+from .ib_conditions import MarketConditions
+from .ib_errors import (
+    ORDER_ENDING_CODES,
+    REJECT_CODES,
+    Action,
+    ErrorPolicy,
+    Severity,
+    first_sighting,
+    policy_for,
+)
 from .market_hours import is_open
 
 __all__ = [
@@ -64,6 +79,7 @@ __all__ = [
     "BrokerError",
     "BrokerNotReady",
     "ClientIdInUse",
+    "ErrorListener",
     "PositionView",
     "QuoteSnapshot",
     "ReconcileReport",
@@ -76,12 +92,13 @@ __all__ = [
 
 log = logging.getLogger("runtime.broker")
 
-REJECT_CODES = frozenset({201, 203, 10147})  # counted towards the consecutive-reject trip
-ORDER_ERROR_CODES = frozenset(
-    {103, 104, 105, 110, 135, 161, 200, 201, 202, 203, 321, 387, 399, 10147, 10148}
-)
-# Errors that end the order they name: its intent becomes `rejected` with the code.
-ORDER_ENDING_CODES = frozenset({103, 104, 105, 110, 135, 161, 200, 201, 203, 321, 387})
+# Live quotes only: marketDataType 2 (frozen), 3 (delayed) and 4 (delayed-frozen) never price
+# an order (the gate refuses them; see QuoteSnapshot.market_data_type).
+LIVE = 1
+
+
+# (policy row, request id, contract key or '', IB's message)
+ErrorListener = Callable[[ErrorPolicy, int, str, str], None]
 
 
 class BrokerError(TraderError):
@@ -116,6 +133,9 @@ class QuoteSnapshot:
     vega: float | None = None
     theta: float | None = None
     underlying_price: float | None = None
+    # IB's marketDataType of the subscription: 1 live, 2 frozen, 3 delayed, 4 delayed-frozen
+    market_data_type: int = LIVE
+    suspect: str = ""  # why the quote cannot be trusted now ('' = it can), e.g. a broken farm
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +322,11 @@ async def probe_account(
         ib.disconnect()
 
 
+def _first_sentence(msg: str) -> str:
+    """IB's message up to its first full stop (its texts run on with advice)."""
+    return msg.split(".", 1)[0].strip()
+
+
 def _position_view(p: Any) -> PositionView:
     """Our view of one ib_insync Position."""
     c = p.contract
@@ -372,6 +397,14 @@ class Broker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._tickers: dict[str, Ticker] = {}
+        self._ended: set[str] = set()  # subscriptions an error ended (no quotes this cycle)
+        self._renew: set[str] = set()  # ended in an earlier cycle: requested on next use
+        self._sub_seq = 0  # market-data requests sent so far
+        self._seq_of: dict[str, int] = {}  # contract key -> sequence number of its request
+        self._refuse_all_seq = 0  # _sub_seq when the last refuse-all condition was raised
+        # what IB's error codes say now (per-contract refusals, refuse-all, broken farms)
+        self.conditions = MarketConditions()
+        self._error_listeners: list[ErrorListener] = []
         self._updated: dict[int, float] = {}  # id(ticker) -> monotonic time of last update
         self._qualified: dict[str, Contract] = {}
         self._cancel_requested: set[str] = set()
@@ -402,6 +435,9 @@ class Broker:
         try:
             self._check_account()
             self.connected_to_ib = True
+            if self.cfg.market_data == "delayed":
+                # live where subscribed, delayed elsewhere (the gate never prices on delayed)
+                self.ib.reqMarketDataType(3)
             await self.reconcile()
             self._pnl = self.ib.reqPnL(self.account)
             await self._resubscribe()
@@ -803,53 +839,202 @@ class Broker:
         except Exception:
             log.exception("could not record the status of order %s", trade.order.orderRef)
 
+    # --- IB errors: the policy table (runtime/ib_errors.py) decides --------------------------
     def _on_error(self, req_id: int, code: int, msg: str, contract: Any) -> None:
-        if code == 1100:
+        policy = policy_for(code)
+        key = _key(contract) if contract is not None and contract.symbol else ""
+        self._apply_policy(policy, req_id, key, msg)
+        self._notify_listeners(policy, req_id, key, msg)
+
+    def _apply_policy(self, policy: ErrorPolicy, req_id: int, key: str, msg: str) -> None:
+        """Act on an IB error exactly as its row in the policy table says."""
+        code = policy.code
+        if not policy.known:
+            log.warning("broker %s: IB error %s (no policy row): %s", self.source, code, msg)
+            if first_sighting(code):
+                self._event(
+                    "unknown_error_code",
+                    f"IB error {code} has no row in the policy table: {msg} (logged; "
+                    "recorded once per process)",
+                    "warning",
+                )
+            return
+        level = {Severity.INFO: logging.INFO, Severity.WARNING: logging.WARNING}.get(
+            policy.severity, logging.ERROR
+        )
+        log.log(
+            level,
+            "broker %s: IB %s %s (req %s%s): %s",
+            self.source,
+            policy.severity,
+            code,
+            req_id,
+            f", {key}" if key else "",
+            msg,
+        )
+        if policy.farm:
+            self._on_farm(policy, msg)
+        if 1100 in policy.clears:
+            self._restored(code, msg)
+        for cleared in policy.clears:  # a refuse-all condition this code ends
+            if self.conditions.clear(cleared) is not None:
+                self._event("broker_refuse_all_cleared", f"{code}: {msg}", "warning")
+        if policy.ends_request and key:
+            self._end_subscription(key, req_id)
+        if policy.action is Action.ORDER_REJECT:
+            if req_id > 0:
+                self._on_order_error(req_id, code, msg)
+        elif policy.action is Action.REFUSE_SYMBOL:
+            self._refuse_symbol(policy, key, msg)
+        elif policy.action is Action.REFUSE_ALL:
+            self._refuse_all(policy, msg)
+        elif policy.action is Action.TRIP_BREAKER:
+            # no row uses it today; fail closed rather than ignore it
+            self._refuse_all(policy, msg)
+        elif policy.action is Action.RECONNECT:
+            self._reconnect(policy, msg)
+        elif policy.action is Action.RESUBSCRIBE:
+            # 1101: the restore above resubscribes market data; 10182/10225 concern bar
+            # subscriptions, which the daemon does not keep (ib_insync renews 10225 itself)
+            if code == 2100:
+                self._spawn(self._account_updates(), f"broker-account-updates-{self.client_id}")
+        elif key and policy.severity is not Severity.INFO and self.conditions.note(code, key):
+            # INFO / DELAY warnings about one contract: recorded once per contract per cycle
+            kind = "market_data_delayed" if code == 10167 else "broker_warning"
+            self._event(kind, f"{key}: {policy.meaning} ({code}: {msg})", "warning")
+
+    def add_error_listener(self, listener: ErrorListener) -> None:
+        """Call `listener(policy, req_id, contract_key, msg)` for every IB error, after the
+        table's own action (e.g. request pacing on DELAY rows). Its exceptions are logged."""
+        self._error_listeners.append(listener)
+
+    def _notify_listeners(self, policy: ErrorPolicy, req_id: int, key: str, msg: str) -> None:
+        for listener in self._error_listeners:
+            try:
+                listener(policy, req_id, key, msg)
+            except Exception:
+                log.exception("error listener %r failed on %s", listener, policy.code)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_event_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _restored(self, code: int, msg: str) -> None:
+        """1101/1102: IB connectivity is back (1101 also lost the market data)."""
+        self.connected_to_ib = True
+        self._event("connectivity", f"{code}: {msg}", "warning")
+        self._spawn(self._after_restore(code), f"broker-restore-{code}")
+
+    def _on_farm(self, policy: ErrorPolicy, msg: str) -> None:
+        """Farm status: broken marks that farm's data suspect (not an outage); OK ends it."""
+        name = msg.rsplit(":", 1)[-1].strip() if ":" in msg else ""
+        if policy.clears:
+            if self.conditions.farm_ok(policy.farm, name):
+                self._event(
+                    "data_farm", f"{policy.farm} data farm OK again ({policy.code}: {msg})", "info"
+                )
+        elif self.conditions.farm_broken(policy.farm, name, policy.code, msg):
+            self._event("data_farm", f"{policy.meaning} ({policy.code}: {msg})", "warning")
+
+    def _end_subscription(self, key: str, req_id: int) -> None:
+        """An error ended this contract's market-data subscription: no quotes flow for it
+        until it is requested again (at the next cycle)."""
+        ticker = self._tickers.get(key)
+        if ticker is not None and self.ib.wrapper.reqId2Ticker.get(req_id) is ticker:
+            self._ended.add(key)
+
+    def _refuse_symbol(self, policy: ErrorPolicy, key: str, msg: str) -> None:
+        if not key:  # cannot say which contract: recorded (once a cycle), nothing refused
+            if self.conditions.note(policy.code, ""):
+                self._event(
+                    "market_data_refused",
+                    f"a contract the error does not name: {policy.meaning} ({policy.code}: {msg})",
+                    "warning",
+                )
+            return
+        if self.conditions.refuse(key, policy.code, _first_sentence(msg) or policy.meaning):
+            self._event(
+                "market_data_refused",
+                f"{key}: {policy.meaning} ({policy.code}: {msg}); other contracts keep trading",
+                "warning",
+            )
+
+    def _refuse_all(self, policy: ErrorPolicy, msg: str) -> None:
+        if policy.code == 1100:  # the IB link itself: `ready` is False until 1101/1102
             self.connected_to_ib = False
             self._event("connectivity", f"1100: {msg}; no orders until restored", "critical")
-        elif code in (1101, 1102):
-            self.connected_to_ib = True
-            self._event("connectivity", f"{code}: {msg}", "warning")
-            task = asyncio.get_event_loop().create_task(
-                self._after_restore(code), name=f"broker-restore-{code}"
+            return
+        self._refuse_all_seq = self._sub_seq
+        if self.conditions.refuse_all(policy.code, _first_sentence(msg) or policy.meaning):
+            self._event(
+                "broker_refuse_all",
+                f"{policy.meaning} ({policy.code}: {msg}): every new order is refused",
+                "critical",
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        elif code in ORDER_ERROR_CODES and req_id > 0:
-            trade = next(  # our own order: other clients' ids (seen in reconcile) may clash
-                (
-                    t
-                    for t in self.ib.trades()
-                    if t.order.orderId == req_id and t.order.clientId == self.client_id
-                ),
-                None,
+
+    def _reconnect(self, policy: ErrorPolicy, msg: str) -> None:
+        if policy.code == 326:  # at connect: open_session raises ClientIdInUse (retried)
+            return
+        self._event(
+            "connectivity", f"{policy.code}: {msg}; dropping the session to reconnect", "critical"
+        )
+        if not self._closing:
+            asyncio.get_event_loop().call_soon(self._drop_session)
+
+    def _drop_session(self) -> None:
+        """Close the socket as a socket loss would: ib_insync clears its session state only
+        when the peer closes (a PnL subscription left registered would refuse the reconnect's
+        reqPnL), so clear it here too; the supervisor reconnects and reconciles."""
+        self.ib.disconnect()
+        self.ib.wrapper.reset()
+
+    async def _account_updates(self) -> None:
+        """2100: the account-data subscription ended; request it again."""
+        try:
+            await asyncio.wait_for(
+                self.ib.reqAccountUpdatesAsync(self.account), self.cfg.request_timeout_s
             )
-            ref = trade.order.orderRef if trade else None
-            cancelled_by_us = code == 202 and ref in self._cancel_requested
-            counted = code in REJECT_CODES or (code == 202 and not cancelled_by_us)
-            if counted:  # the safety counter first, independent of the audit writes
-                self.reject_streak += 1
-                if self.on_reject_streak is not None:
-                    try:
-                        self.on_reject_streak(self.reject_streak, f"{code}: {msg}")
-                    except Exception:
-                        log.exception("reject counter failed")
-            try:
-                self.store.post(
-                    record_order_event,
-                    order_ref=ref,
-                    perm_id=None,
-                    order_id=req_id,
-                    client_id=self.client_id,
-                    status=None,
-                    error_code=code,
-                    message=msg,
-                    rejected=code in ORDER_ENDING_CODES,
-                )
-                if counted:
-                    self._event("order_reject", f"{code}: {msg}", "warning", order_ref=ref)
-            except Exception:
-                log.exception("order error %s for %s not queued for storage", code, ref)
+        except (TimeoutError, ConnectionError) as exc:
+            log.error("broker %s: account updates not renewed: %s", self.source, exc)
+
+    def _on_order_error(self, req_id: int, code: int, msg: str) -> None:
+        """The reject accounting (ORDER_REJECT rows): stored on the order; ending codes reject
+        its intent; counted codes (and 202s the daemon did not ask for) feed the trip."""
+        trade = next(  # our own order: other clients' ids (seen in reconcile) may clash
+            (
+                t
+                for t in self.ib.trades()
+                if t.order.orderId == req_id and t.order.clientId == self.client_id
+            ),
+            None,
+        )
+        ref = trade.order.orderRef if trade else None
+        cancelled_by_us = code == 202 and ref in self._cancel_requested
+        counted = code in REJECT_CODES or (code == 202 and not cancelled_by_us)
+        if counted:  # the safety counter first, independent of the audit writes
+            self.reject_streak += 1
+            if self.on_reject_streak is not None:
+                try:
+                    self.on_reject_streak(self.reject_streak, f"{code}: {msg}")
+                except Exception:
+                    log.exception("reject counter failed")
+        try:
+            self.store.post(
+                record_order_event,
+                order_ref=ref,
+                perm_id=None,
+                order_id=req_id,
+                client_id=self.client_id,
+                status=None,
+                error_code=code,
+                message=msg,
+                rejected=code in ORDER_ENDING_CODES,
+            )
+            if counted:
+                self._event("order_reject", f"{code}: {msg}", "warning", order_ref=ref)
+        except Exception:
+            log.exception("order error %s for %s not queued for storage", code, ref)
 
     async def _after_restore(self, code: int) -> None:
         try:
@@ -960,12 +1145,57 @@ class Broker:
         now = self.monotonic()
         for t in tickers:
             self._updated[id(t)] = now
+        raised = self.conditions.refusing_all()
+        if raised is not None and raised.code == 10197:
+            # live data on a subscription requested after the 10197: the competing session
+            # is over (ticks sent before the error share its read, hence the sequence check)
+            for t in tickers:
+                key = _key(t.contract) if t.contract is not None else ""
+                if (
+                    self._seq_of.get(key, 0) > self._refuse_all_seq
+                    and t.marketDataType == LIVE
+                    and _num(t.bid)
+                    and _num(t.ask)
+                ):
+                    self.conditions.clear(10197)
+                    self._event(
+                        "broker_refuse_all_cleared",
+                        f"live market data flows again ({key}): 10197 cleared, orders allowed",
+                        "warning",
+                    )
+                    break
+
+    def begin_cycle(self, cycle_id: int) -> None:
+        """A new cycle: per-contract refusals of the last one end, and every subscription an
+        error ended is requested again on its next use."""
+        self.conditions.begin_cycle(cycle_id)
+        self._renew |= self._ended
+        self._ended.clear()
+
+    def market_data_refusals(self) -> dict[str, str]:
+        """Contract keys untradable this cycle (354, 10089, 10168) -> why."""
+        return {k: f"{c.reason} ({c.code})" for k, c in self.conditions.refusals().items() if k}
+
+    def refusing_all(self) -> str | None:
+        """Why every new order is refused now (10197 ...), or None."""
+        c = self.conditions.refusing_all()
+        return None if c is None else f"{c.reason} ({c.code})"
 
     async def subscribe(self, contract: Contract) -> Ticker:
         key = _key(contract)
         ticker = self._tickers.get(key)
+        if ticker is not None and key in self._renew and self.conditions.refusal(key) is None:
+            self._renew.discard(key)  # a new cycle: ask again (IB may answer with data now)
+            with contextlib.suppress(Exception):
+                self.ib.cancelMktData(ticker.contract or contract)
+            # ib_insync reuses the Ticker with the ended subscription's last prices: none of
+            # them is a quote until the new subscription has sent one
+            self._updated.pop(id(ticker), None)
+            ticker = None
         if ticker is None:
             generic = "106" if contract.secType == "STK" else ""
+            self._sub_seq += 1
+            self._seq_of[key] = self._sub_seq
             ticker = self.ib.reqMktData(contract, generic, False, False)
             self._tickers[key] = ticker
         return ticker
@@ -973,6 +1203,8 @@ class Broker:
     async def _resubscribe(self) -> None:
         old = list(self._tickers.values())
         self._tickers.clear()
+        self._ended.clear()
+        self._renew.clear()
         for t in old:
             if t.contract is None:
                 continue
@@ -985,10 +1217,15 @@ class Broker:
     ) -> QuoteSnapshot | None:
         """Return the latest streaming quote, waiting up to max_wait_s for a first one."""
         ticker = await self.subscribe(contract)
+        key = _key(contract)
         deadline = self.monotonic() + (
             self.cfg.request_timeout_s if max_wait_s is None else max_wait_s
         )
-        while not (_num(ticker.bid) and _num(ticker.ask)):
+        while True:
+            if key in self._ended or self.conditions.refusal(key) is not None:
+                return None  # IB ended the subscription (354, 10197 ...): no quote flows
+            if _num(ticker.bid) and _num(ticker.ask) and id(ticker) in self._updated:
+                break
             if self.monotonic() >= deadline:
                 return None
             await asyncio.sleep(0.01)
@@ -1013,6 +1250,8 @@ class Broker:
             vega=_num(greeks.vega) if greeks else None,
             theta=_num(greeks.theta) if greeks else None,
             underlying_price=_num(greeks.undPrice) if greeks else None,
+            market_data_type=int(ticker.marketDataType or LIVE),
+            suspect=self.conditions.suspect("market"),
         )
 
     async def iv_rank(self, contract: Contract) -> tuple[float, float] | None:

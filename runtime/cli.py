@@ -201,6 +201,9 @@ def _hb(cfg: Config, name: str, timeout: float) -> dict[str, Any]:
         "phase": hb.phase,
         "alive": running and hb.phase != "stopped" and age <= timeout,
     }
+    if name == MAIN_HEARTBEAT:
+        # what IB's error codes say now (10197 refusing all orders ...), while the loop lives
+        out["conditions"] = list(hb.conditions) if out["alive"] else []
     if name == WATCHDOG_HEARTBEAT:
         # alive also needs a broker session that polled the account within the timeout
         poll_age = hb.account_poll_age(now)
@@ -230,6 +233,8 @@ def _live(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
     logging.getLogger("ib_insync").setLevel(logging.CRITICAL)  # we say it in one line below
     try:
         live = asyncio.run(probe_account(cfg.broker, cfg.mode, Secrets(), client_id, timeout))
+    except TimeoutError:  # connected but no answer: a frozen or restarting gateway
+        return {"reachable": False, "error": f"no answer from the gateway within {timeout:g}s"}
     except Exception as exc:  # unreachable, busy, refused: the database answers instead
         return {"reachable": False, "error": redact(f"{type(exc).__name__}: {exc}")}
     return {"reachable": True, **live}
@@ -300,6 +305,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"(heartbeat {h['age_s']:.1f}s ago, cycle {h['cycle']}, {h['phase']}"
                 f"{session}{'' if h['running'] else ', process gone'})"
             )
+            for line in h.get("conditions", []):
+                print(f"{'':9} broker: {line}")
         else:
             print(f"{name:9} no heartbeat")
     live = st["live"]

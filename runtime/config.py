@@ -76,6 +76,10 @@ class BrokerConfig(_Section):
     request_timeout_s: float = Field(10.0, gt=0, le=120)
     reconnect_initial_s: float = Field(1.0, gt=0, le=60)
     reconnect_max_s: float = Field(30.0, gt=0, le=600)
+    # "live": real-time quotes only (unsubscribed contracts get 354 and are untradable for the
+    # cycle); "delayed": delayed quotes where not subscribed (reqMarketDataType 3), for the
+    # swarm's view only: the gate never prices an order on a delayed or frozen quote
+    market_data: Literal["live", "delayed"] = "live"
 
     @model_validator(mode="after")
     def _distinct_ids(self) -> BrokerConfig:

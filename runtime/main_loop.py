@@ -99,7 +99,14 @@ class MainLoop:
 
     def _beat(self) -> None:
         try:
-            write_heartbeat(self.data_dir / MAIN_HEARTBEAT, self.clock, self.cycle, self.phase)
+            broker = getattr(self, "broker", None)
+            write_heartbeat(
+                self.data_dir / MAIN_HEARTBEAT,
+                self.clock,
+                self.cycle,
+                self.phase,
+                conditions=tuple(broker.conditions.lines()) if broker is not None else (),
+            )
         except OSError as exc:  # disk full: the watchdog will see a stale heartbeat; say why
             log.error("heartbeat not written: %s", exc)
 
