@@ -255,8 +255,6 @@ class Commander:
         self.spec = sense_spec(self.instances)
         self._open_cache: dict[str, tuple[str, bool]] = {}
         self._deadline = float("inf")  # monotonic end of the running cycle (order pacing)
-        self._config = stored_config(cfg)  # secrets removed (registered and by key name)
-        self._config_hash = config_hash(self._config)
         self._gate_calls: list[dict[str, Any]] = []  # this cycle's gate inputs (for replay)
 
     async def run_cycle(self, cycle_id: int) -> CycleReport:
@@ -264,13 +262,14 @@ class Commander:
         report = CycleReport(cycle_id)
         t0 = self.clock.monotonic()
         self._gate_calls = []
+        config = stored_config(self.cfg)  # every cycle: a secret registered late is redacted too
         doc: dict[str, Any] = {
             "schema_version": SNAPSHOT_SCHEMA_VERSION,
             "cycle_id": cycle_id,
             "started_at": self.wall_now().isoformat(),
             "mode": self.cfg.commander.mode,
-            "config_hash": self._config_hash,
-            "config": self._config,
+            "config_hash": config_hash(config),
+            "config": config,
             "replay": {"gate_calls": self._gate_calls},
         }
         try:
