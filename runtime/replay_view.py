@@ -3,6 +3,7 @@ every difference, and a range's summary."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +34,14 @@ def _verdict(v: Mapping[str, Any] | None) -> str:
     return "REFUSED: " + "; ".join(v.get("reasons") or [])
 
 
+def _tool_text(content: Any) -> str:
+    if isinstance(content, Mapping) and "accepted" in content:
+        return _verdict(content)
+    if isinstance(content, Mapping) and "error" in content:
+        return f"error: {content['error']}"
+    return json.dumps(content, separators=(",", ":"), default=str)
+
+
 def _what(d: Mapping[str, Any]) -> str:
     what = f"{d.get('action')} {d.get('symbol')}"
     if d.get("sec_type") == "OPT":
@@ -43,7 +52,7 @@ def _what(d: Mapping[str, Any]) -> str:
 
 def _row(label: str, left: str, right: str) -> str:
     mark = " " if left == right else "≠"
-    return f" {mark} {_cut(label, 24):24} {_cut(left):{WIDTH}} {_cut(right)}"
+    return f" {mark} {_cut(label, 24):24} {_cut(left):{WIDTH}} {right}"
 
 
 def render_replay(r: CycleReplay) -> str:
@@ -79,8 +88,8 @@ def render_replay(r: CycleReplay) -> str:
             lines.append(
                 _row(
                     f"{t['turn']}: {t['tool']}",
-                    "-" if rec is None else str(rec["content"]),
-                    str(rep["content"]),
+                    "-" if rec is None else _tool_text(rec["content"]),
+                    _tool_text(rep["content"]),
                 )
             )
     lines.append("")

@@ -337,6 +337,12 @@ def test_llm_commander_cycle_replays_from_its_transcript(gateway, admin, tmp_pat
     assert "exceeds the maximum 1,000" in order["replayed"]["content"]["reasons"][0]
     assert order["reason_key"] == "gate: max_notional"
     assert any(d["kind"] == "prompt" for d in doc["differences"])  # the model saw the limits
+    text = io.StringIO()
+    with redirect_stdout(text):
+        assert main(["replay", "1", "--config", str(tight)]) == 1
+    row = next(x for x in text.getvalue().splitlines() if "2: place_guarded_order" in x)
+    assert row.startswith(" ≠") and "exceeds the maximum 1,000" in row
+    assert "might have answered differently" in text.getvalue()
     # a per-cycle budget the first answer already spends: the later turns never happen
     poor = variant(cfg, "poor.toml", swarm__max_usd_per_cycle="0.000001")
     code, doc = replay("1", "--config", str(poor))
