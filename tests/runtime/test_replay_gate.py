@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from runtime.replay_gate import GateReplayer
 from runtime.replay_record import context_doc, state_doc
 from skills.execution_gate import (
@@ -46,7 +49,9 @@ def _context(now: float) -> GateContext:
     )
 
 
-def _record(state: GateState, r: OrderRequest, now: float) -> dict[str, object]:
+def _record(
+    state: GateState, r: OrderRequest, now: float, limits: RiskConfig = LIMITS, lag: float = 0.01
+) -> dict[str, object]:
     """What the commander records for one gate call (and what the gate does with it)."""
     ctx = _context(now)
     call: dict[str, object] = {
@@ -55,10 +60,10 @@ def _record(state: GateState, r: OrderRequest, now: float) -> dict[str, object]:
         "context": context_doc(ctx),
         "state": state_doc(state),
     }
-    reasons = evaluate(r, ctx, state, LIMITS, "20261120")
+    reasons = evaluate(r, ctx, state, limits, "20261120")
     if not reasons:
-        call["sent_at"] = now + 0.01
-        state.record_sent(r, now + 0.01, "20261120")
+        call["sent_at"] = now + lag
+        state.record_sent(r, now + lag, "20261120")
     call["verdict"] = {"accepted": not reasons, "order_ref": order_ref_for(r), "reasons": reasons}
     return call
 
@@ -106,3 +111,46 @@ def test_a_refusal_after_the_checks_is_kept_as_the_worlds_answer():
     assert verdict.reasons == (
         "broker did not accept the order for sending: ConnectionError: gone",
     )
+
+
+_orders = st.lists(
+    st.tuples(
+        st.sampled_from(["MSFT", "GS", "AMD"]),
+        st.sampled_from([5, 10, 300]),
+        st.floats(0.0, 2.0),  # seconds since the previous order
+    ),
+    min_size=1,
+    max_size=12,
+)
+_limits = st.builds(
+    RiskConfig,
+    max_orders_per_second=st.integers(1, 3),
+    max_orders_per_minute=st.integers(2, 6),
+    max_order_notional=st.sampled_from([800.0, 5_000.0, 25_000.0]),
+    duplicate_window_s=st.sampled_from([0.0, 1.0, 60.0]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(orders=_orders, recorded_limits=_limits, other_limits=_limits)
+def test_replaying_under_other_limits_equals_running_under_them(
+    orders, recorded_limits, other_limits
+):
+    """A cycle recorded under one set of limits and replayed under another gets the verdicts
+    a run under the other limits would have got (same world, orders counted at their view)."""
+    now, timeline = 1000.0, []
+    for i, (symbol, qty, gap) in enumerate(orders):
+        now += gap
+        timeline.append((dataclasses.replace(_request(symbol, i), quantity=qty), now))
+    recording, state = [], GateState()
+    for r, at in timeline:
+        recording.append(_record(state, r, at, recorded_limits, lag=0.0))
+    direct, state = [], GateState()
+    for r, at in timeline:
+        direct.append(_record(state, r, at, other_limits, lag=0.0)["verdict"])
+    gate = GateReplayer(other_limits, recorded_limits)
+    replayed = [
+        gate.judge(r, call).public() for (r, _), call in zip(timeline, recording, strict=True)
+    ]
+    assert [v["accepted"] for v in replayed] == [v["accepted"] for v in direct]  # type: ignore[index]
+    assert [list(v["reasons"]) for v in replayed] == [v["reasons"] for v in direct]  # type: ignore[index]
