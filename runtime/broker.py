@@ -25,19 +25,11 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from ib_insync import (
-    IB,
-    Contract,
-    Fill,
-    LimitOrder,
-    MarketOrder,
-    Option,
-    Stock,
-    Ticker,
-    Trade,
-)
+if TYPE_CHECKING:  # typed against ib_insync; at run time the configured library (client_library)
+    from ib_insync import IB, Contract, Fill, Ticker, Trade
 
 from data_lake import (
     DONE_BROKER_STATES,
@@ -60,7 +52,7 @@ from data_lake import (
 from skills.contracts import contract_key
 from skills.execution_gate import Holding, OrderRequest, WorkingOrder
 
-from .config import BrokerConfig, Secrets
+from .config import CLIENT_LIBRARIES, BrokerConfig, ConfigError, Secrets
 from .ib_conditions import MarketConditions
 from .ib_errors import (
     ORDER_ENDING_CODES,
@@ -84,6 +76,7 @@ __all__ = [
     "QuoteSnapshot",
     "ReconcileReport",
     "account_for",
+    "client_library",
     "open_session",
     "probe_account",
     "probe_gateway",
@@ -99,6 +92,7 @@ LIVE = 1
 
 # (policy row, request id, contract key or '', IB's message)
 ErrorListener = Callable[[ErrorPolicy, int, str, str], None]
+VALIDATION_ERROR = "ValidationError"  # ib_async's local status for an order warning (see below)
 
 
 class BrokerError(TraderError):
@@ -163,12 +157,105 @@ class ReconcileReport:
     unknown_broker_orders: tuple[str, ...]
 
 
+# --- the client library: ib_insync 0.9.86 or ib_async 2.1.0 ------------------------------------
+# One adapter runs on either (`[broker] client_library`); it is typed against ib_insync and loads
+# the configured module when a Broker (or a probe) is built, so importing this module needs
+# neither. What ib_async 2.x does differently, read in its source, and how this module handles it:
+#  1. qualifyContractsAsync returns one entry per contract, None for an unknown or ambiguous one
+#     (with its own secType filter of ambiguous answers; returnAll=True would give lists):
+#     `_qualified_one` takes only a real Contract with a conId, and a failure is never cached.
+#  2. Ticker and cancelMktData look contracts up by hash(contract) (ib_insync: by id), which
+#     raises ValueError for a contract without a conId: `subscribe` qualifies such a contract
+#     first, so market data is only ever requested for qualified contracts.
+#  3. A bid/ask update with size 0 sets the price to IBDefaults.emptyPrice (-1) instead of the
+#     price sent: a quote needs bid > 0 and ask > 0 (`_price`), with either library.
+#  4. Error codes 105, 110 (not PendingSubmit), 321, 329, 399, 404, 434, 492, 10167 on an order
+#     are "warnings" that set the trade's local status to "ValidationError" and emit
+#     orderStatusEvent; IB never sends that status. It is not recorded as a broker status
+#     (`_on_status`; the error itself is, by `_on_error`), and a session's own order in that
+#     state counts as working only when the broker lists it (`_open_trades`).
+#  5. Error 202 is an error, not a warning: the trade is set Cancelled locally and
+#     orderStatusEvent fires before IB's own Cancelled status arrives, so a cancel can be
+#     reported twice. Order events are appended; the orders row and the intent are upserts, and
+#     the intent's final status is never overwritten (data_lake.record_order_event).
+#  6. OrderStatus.DoneStates includes "Inactive", so openTrades() leaves Inactive orders out
+#     (ib_insync lists them): working orders come from trades() filtered by
+#     DONE_BROKER_STATES (`_working`), the same set with both libraries.
+#  7. Order, OrderStatus, Position and Execution fields are annotated float | Decimal (prices,
+#     quantities); 2.1.0's decoder still parses them to float, but every number crosses this
+#     boundary through float() (`_qty`, `_num`), so a Decimal never reaches the gate or the lake.
+#  8. execDetailsEvent and commissionReportEvent can fire more than once for one execId (a
+#     reqExecutions replay re-sends commission reports; a report updates the fill in place):
+#     executions are counted once per execId in memory (`_seen_exec`) and stored once by execId
+#     (log_trade); commissions are an idempotent update. tests/runtime/test_broker.py
+#     replays both events to prove it.
+#  9. IB.disconnect() resets the wrapper (trades, fills, positions, tickers) at once, not at the
+#     next connect: nothing here reads the session's caches after disconnecting it.
+# 10. The client offers versions 157..178 (ib_insync 157..176); at 177+ faProfile leaves
+#     placeOrder/openOrder. The paper gateway negotiates 176 with both.
+# 11. Logs go to "ib_async.*" loggers (the CLI quiets both names); eventkit comes from the
+#     aeventkit distribution, which installs the same `eventkit` package as ib_insync's
+#     eventkit 1.0.3 (both libraries use only Event and Op from it: either copy serves both).
+# Unchanged and relied on: the events' signatures, connectAsync's startup sync (fetchFields
+# defaults to everything), RequestTimeout, client._msgQ (the outgoing throttle queue) and
+# errorEvent's (reqId, code, message, contract).
+
+
+@functools.cache
+def client_library(name: str) -> ModuleType:
+    """Import the IB client library `name` (ib_insync or ib_async): this module is the only
+    importer of either. Raise ConfigError naming the key when it is not one or not installed."""
+    try:
+        lib: ModuleType
+        if name == "ib_async":
+            import ib_async
+
+            lib = ib_async
+            return lib
+        if name == "ib_insync":
+            import ib_insync
+
+            lib = ib_insync
+            return lib
+    except ImportError as exc:
+        raise ConfigError(f"broker.client_library: {name} cannot be imported: {exc}") from None
+    raise ConfigError(
+        f"broker.client_library: {name!r} is not one of {', '.join(CLIENT_LIBRARIES)}"
+    )
+
+
+def _new_ib(cfg: BrokerConfig, timeout: float | None = None) -> IB:
+    ib: IB = client_library(cfg.library).IB()
+    ib.RequestTimeout = cfg.request_timeout_s if timeout is None else timeout
+    return ib
+
+
 def _num(x: Any) -> float | None:
     try:
         v = float(x)
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) and v != 1.7976931348623157e308 else None
+
+
+def _qty(x: Any) -> float:
+    """A size, position or amount from the library as a float (ib_async may hold Decimal)."""
+    return _num(x) or 0.0
+
+
+def _price(x: Any) -> float | None:
+    """A quoted price, or None when there is none (NaN, unset, or IB's -1 / 0 for no quote)."""
+    v = _num(x)
+    return v if v is not None and v > 0 else None
+
+
+def _qualified_one(found: list[Any]) -> Contract | None:
+    """The one qualified contract of a qualifyContractsAsync answer, or None: ib_insync leaves
+    a failure out, ib_async puts None (or a list of candidates) in its place."""
+    first = found[0] if found else None
+    if first is None or isinstance(first, list) or not getattr(first, "conId", 0):
+        return None
+    return first  # type: ignore[no-any-return]
 
 
 async def open_session(
@@ -244,8 +331,7 @@ def account_for(accounts: list[str], cfg: BrokerConfig, mode: str) -> str:
 async def probe_gateway(cfg: BrokerConfig, mode: str, secrets: Secrets, client_id: int) -> str:
     """Connect with `client_id`, check the account against the mode, disconnect; return the
     account. Records nothing (`python -m runtime check`)."""
-    ib = IB()
-    ib.RequestTimeout = cfg.request_timeout_s
+    ib = _new_ib(cfg)
     await open_session(ib, cfg, client_id, mode, secrets)
     try:
         return account_for(ib.managedAccounts(), cfg, mode)
@@ -258,14 +344,15 @@ async def probe_positions(
 ) -> dict[str, float]:
     """Ask the broker itself (a fresh session and a reqPositions round trip, no cache) for
     the account's positions: {contract key: quantity}, flat ones left out."""
-    ib = IB()
-    ib.RequestTimeout = cfg.request_timeout_s
+    ib = _new_ib(cfg)
     await open_session(ib, cfg, client_id, mode, secrets)
     try:
         account = account_for(ib.managedAccounts(), cfg, mode)
         rows = await asyncio.wait_for(ib.reqPositionsAsync(), cfg.request_timeout_s)
         return {
-            _key(p.contract): float(p.position) for p in rows if p.account == account and p.position
+            _key(p.contract): _qty(p.position)
+            for p in rows
+            if p.account == account and _qty(p.position)
         }
     finally:
         ib.disconnect()
@@ -276,8 +363,7 @@ async def probe_account(
 ) -> dict[str, Any]:
     """The account as the broker sees it now (a short session of its own, read only): values,
     daily PnL, positions, and the open orders of every client id."""
-    ib = IB()
-    ib.RequestTimeout = timeout
+    ib = _new_ib(cfg, timeout)
     short = cfg.model_copy(update={"connect_timeout_s": timeout})
     await open_session(ib, short, client_id, mode, secrets)
     try:
@@ -300,9 +386,13 @@ async def probe_account(
             "unrealized_pnl": values.get("UnrealizedPnL"),
             "realized_pnl": values.get("RealizedPnL"),
             "positions": [
-                {"contract": _key(p.contract), "quantity": float(p.position), "avg_cost": p.avgCost}
+                {
+                    "contract": _key(p.contract),
+                    "quantity": _qty(p.position),
+                    "avg_cost": _qty(p.avgCost),
+                }
                 for p in positions
-                if p.account == account and p.position
+                if p.account == account and _qty(p.position)
             ],
             "open_orders": [
                 {
@@ -310,7 +400,7 @@ async def probe_account(
                     "client_id": t.order.clientId,
                     "contract": _key(t.contract),
                     "action": t.order.action,
-                    "quantity": float(t.order.totalQuantity),
+                    "quantity": _qty(t.order.totalQuantity),
                     "order_type": t.order.orderType,
                     "limit_price": _num(t.order.lmtPrice),
                     "status": t.orderStatus.status,
@@ -328,27 +418,33 @@ def _first_sentence(msg: str) -> str:
 
 
 def _position_view(p: Any) -> PositionView:
-    """Our view of one ib_insync Position."""
+    """Our view of one library Position (numbers as floats)."""
     c = p.contract
     return PositionView(
         c.conId,
         c.symbol,
         c.secType,
-        p.position,
-        p.avgCost,
+        _qty(p.position),
+        _qty(p.avgCost),
         float(c.multiplier or 1),
         c.lastTradeDateOrContractMonth,
-        c.strike,
+        _qty(c.strike),
         c.right,
     )
 
 
 def contract_for(
-    symbol: str, sec_type: str, expiry: str = "", strike: float = 0.0, right: str = ""
+    lib: ModuleType,
+    symbol: str,
+    sec_type: str,
+    expiry: str = "",
+    strike: float = 0.0,
+    right: str = "",
 ) -> Contract:
+    """An unqualified SMART/USD stock or option contract of the client library `lib`."""
     if sec_type == "OPT":
-        return Option(symbol, expiry, strike, right, "SMART", currency="USD")
-    return Stock(symbol, "SMART", "USD")
+        return lib.Option(symbol, expiry, strike, right, "SMART", currency="USD")  # type: ignore[no-any-return]
+    return lib.Stock(symbol, "SMART", "USD")  # type: ignore[no-any-return]
 
 
 def _key(c: Contract) -> str:
@@ -385,8 +481,8 @@ class Broker:
         self.on_reject_streak = on_reject_streak
         self.on_execution = on_execution
         self.intent_sources = intent_sources  # reconcile only these intents (None: all)
-        self.ib = IB()
-        self.ib.RequestTimeout = cfg.request_timeout_s
+        self.lib = client_library(cfg.library)
+        self.ib = _new_ib(cfg)
         self.account = ""
         self.connected_to_ib = False  # False between 1100 and 1101/1102
         self.reconciled = False
@@ -444,7 +540,14 @@ class Broker:
         except BaseException:
             self.ib.disconnect()
             raise
-        log.info("broker %s ready: client %s account %s", self.source, self.client_id, self.account)
+        log.info(
+            "broker %s ready on %s %s: client %s account %s",
+            self.source,
+            self.lib.__name__,
+            getattr(self.lib, "__version__", "?"),
+            self.client_id,
+            self.account,
+        )
 
     async def _open_session(self) -> None:
         await open_session(self.ib, self.cfg, self.client_id, self.mode, self.secrets)
@@ -589,7 +692,11 @@ class Broker:
                 self.ib.reqAllOpenOrdersAsync(), self.cfg.request_timeout_s
             )
         out: dict[tuple[int, int, int], Trade] = {}
-        own = [t for t in self.ib.openTrades() if t.order.clientId == self.client_id]
+        own = [  # a client-side ValidationError is not a broker state: the broker decides
+            t
+            for t in self._working()
+            if t.order.clientId == self.client_id and t.orderStatus.status != VALIDATION_ERROR
+        ]
         for t in [*own, *fresh]:
             o = t.order
             key = (o.clientId, o.orderId, o.permId if o.orderId <= 0 else 0)
@@ -606,7 +713,7 @@ class Broker:
             o, s, c = t.order, t.orderStatus, t.contract
             remaining = _num(s.remaining) or 0.0
             if remaining <= 0:
-                remaining = max(0.0, float(o.totalQuantity) - (_num(s.filled) or 0.0))
+                remaining = max(0.0, _qty(o.totalQuantity) - _qty(s.filled))
             if remaining <= 0:
                 continue
             signed = remaining if o.action == "BUY" else -remaining
@@ -634,7 +741,7 @@ class Broker:
         filled_by_ref: dict[str, float] = {}
         for f in fills:
             ref = f.execution.orderRef
-            filled_by_ref[ref] = filled_by_ref.get(ref, 0.0) + f.execution.shares
+            filled_by_ref[ref] = filled_by_ref.get(ref, 0.0) + _qty(f.execution.shares)
         intents = await self.store.run(
             intents_to_reconcile, self.intent_sources, timeout=self.db_timeout_s
         )
@@ -769,17 +876,17 @@ class Broker:
             "con_id": c.conId,
             "multiplier": float(c.multiplier or 1),
             "side": e.side,
-            "shares": e.shares,
-            "price": e.price,
+            "shares": _qty(e.shares),
+            "price": _qty(e.price),
             "exec_time": e.time.isoformat() if e.time else "",
         }
         self.store.post(log_trade, row)  # queued and retried: a busy disk never loses it
 
     def _record_commission(self, fill: Fill) -> None:
         report = fill.commissionReport
-        if report and report.execId and report.commission:
+        if report and report.execId and _num(report.commission):
             self.store.post(
-                set_commission, report.execId, report.commission, _num(report.realizedPNL)
+                set_commission, report.execId, _qty(report.commission), _num(report.realizedPNL)
             )
 
     def _on_exec(self, trade: Trade, fill: Fill) -> None:
@@ -802,9 +909,9 @@ class Broker:
                 "execution %s %s %g %s @ %g ref=%s",
                 fill.execution.execId,
                 fill.execution.side,
-                fill.execution.shares,
+                _qty(fill.execution.shares),
                 _key(fill.contract),
-                fill.execution.price,
+                _qty(fill.execution.price),
                 fill.execution.orderRef,
             )
 
@@ -820,20 +927,25 @@ class Broker:
             order_id=o.orderId,
             client_id=o.clientId or self.client_id,
             status=s.status,
-            filled=s.filled,
-            remaining=s.remaining,
-            avg_fill_price=s.avgFillPrice or None,
+            filled=_qty(s.filled),
+            remaining=_qty(s.remaining),
+            avg_fill_price=_num(s.avgFillPrice) or None,
             order={
                 "symbol": c.symbol,
                 "sec_type": c.secType,
                 "action": o.action,
-                "quantity": o.totalQuantity,
+                "quantity": _qty(o.totalQuantity),
                 "order_type": o.orderType,
                 "limit_price": _num(o.lmtPrice),
             },
         )
 
     def _on_status(self, trade: Trade) -> None:
+        if trade.orderStatus.status == VALIDATION_ERROR:
+            # ib_async's own status for an order warning; IB never sends it. The error event
+            # that follows records the code (and, for an order-ending code, the rejection).
+            log.warning("order %s: validation warning from the broker", trade.order.orderRef)
+            return
         try:
             self._record_status(trade)
         except Exception:
@@ -1086,7 +1198,7 @@ class Broker:
         return out
 
     def positions(self) -> list[PositionView]:
-        return [_position_view(p) for p in self.ib.positions(self.account) if p.position]
+        return [_position_view(p) for p in self.ib.positions(self.account) if _qty(p.position)]
 
     async def fresh_positions(self, timeout_s: float | None = None) -> list[PositionView]:
         """Ask the broker now (a reqPositions round trip), not ib_insync's cached view: the
@@ -1100,24 +1212,25 @@ class Broker:
         for p in fresh:  # one answer per contract; a later line for the same conId wins
             if not self.account or p.account == self.account:
                 latest[p.contract.conId] = p
-        return [_position_view(p) for p in latest.values() if p.position]
+        return [_position_view(p) for p in latest.values() if _qty(p.position)]
 
     async def holdings(self, quote_wait_s: float = 2.0) -> dict[str, Holding]:
         """Positions marked to the latest quotes (options with model delta), by contract key."""
         out: dict[str, Holding] = {}
         for p in self.ib.positions(self.account):
-            if not p.position:
+            quantity = _qty(p.position)
+            if not quantity:
                 continue
             c = p.contract
             mult = float(c.multiplier or 1)
             snap = await self.quote(c, max_wait_s=quote_wait_s) if c.conId else None
-            mark = snap.bid * 0.5 + snap.ask * 0.5 if snap else p.avgCost / mult
+            mark = snap.bid * 0.5 + snap.ask * 0.5 if snap else _qty(p.avgCost) / mult
             delta: float | None = 1.0
             und = 0.0
             if c.secType == "OPT":
                 delta = snap.delta if snap else None  # unknown: the gate refuses, not 0
                 und = (snap.underlying_price or 0.0) if snap else 0.0
-            out[_key(c)] = Holding(c.symbol, p.position, mark, mult, delta, und)
+            out[_key(c)] = Holding(c.symbol, quantity, mark, mult, delta, und)
         return out
 
     # --- market data -----------------------------------------------------------------------------
@@ -1129,17 +1242,18 @@ class Broker:
         strike: float = 0.0,
         right: str = "",
     ) -> Contract | None:
-        contract = contract_for(symbol, sec_type, expiry, strike, right)
+        contract = contract_for(self.lib, symbol, sec_type, expiry, strike, right)
         key = _key(contract)
         if key in self._qualified:
             return self._qualified[key]
         found = await asyncio.wait_for(
             self.ib.qualifyContractsAsync(contract), self.cfg.request_timeout_s
         )
-        if not found:
+        qualified = _qualified_one(list(found))
+        if qualified is None:  # unknown or ambiguous: not cached, asked again next time
             return None
-        self._qualified[key] = found[0]
-        return found[0]
+        self._qualified[key] = qualified
+        return qualified
 
     def _on_tickers(self, tickers: set[Ticker]) -> None:
         now = self.monotonic()
@@ -1182,6 +1296,9 @@ class Broker:
         return None if c is None else f"{c.reason} ({c.code})"
 
     async def subscribe(self, contract: Contract) -> Ticker:
+        """Stream quotes for `contract` (one subscription per contract key). A contract without
+        a conId is qualified first (ib_async cannot key a ticker without one); BrokerError
+        when it cannot be."""
         key = _key(contract)
         ticker = self._tickers.get(key)
         if ticker is not None and key in self._renew and self.conditions.refusal(key) is None:
@@ -1192,6 +1309,14 @@ class Broker:
             # them is a quote until the new subscription has sent one
             self._updated.pop(id(ticker), None)
             ticker = None
+        if ticker is None and not contract.conId:
+            c = contract
+            found = await self.qualify(
+                c.symbol, c.secType, c.lastTradeDateOrContractMonth, _qty(c.strike), c.right
+            )
+            if found is None:
+                raise BrokerError(f"{key}: not a single known contract at the broker: no quotes")
+            contract = found
         if ticker is None:
             generic = "106" if contract.secType == "STK" else ""
             self._sub_seq += 1
@@ -1224,7 +1349,7 @@ class Broker:
         while True:
             if key in self._ended or self.conditions.refusal(key) is not None:
                 return None  # IB ended the subscription (354, 10197 ...): no quote flows
-            if _num(ticker.bid) and _num(ticker.ask) and id(ticker) in self._updated:
+            if _price(ticker.bid) and _price(ticker.ask) and id(ticker) in self._updated:
                 break
             if self.monotonic() >= deadline:
                 return None
@@ -1304,14 +1429,19 @@ class Broker:
                 f"ib_link={self.connected_to_ib})"
             )
         contract = self._qualified.get(request.key) or contract_for(
-            request.symbol, request.sec_type, request.expiry, request.strike, request.right
+            self.lib,
+            request.symbol,
+            request.sec_type,
+            request.expiry,
+            request.strike,
+            request.right,
         )
         order: Any
         if request.order_type == "LMT":
             assert request.limit_price is not None
-            order = LimitOrder(request.action, request.quantity, request.limit_price)
+            order = self.lib.LimitOrder(request.action, request.quantity, request.limit_price)
         else:
-            order = MarketOrder(request.action, request.quantity)
+            order = self.lib.MarketOrder(request.action, request.quantity)
         order.orderRef = order_ref
         order.tif = request.tif
         order.account = self.account
@@ -1329,12 +1459,17 @@ class Broker:
 
     def cancel(self, order_ref: str) -> bool:
         """Cancel this session's own working order with this orderRef (False: none)."""
-        for trade in self.ib.openTrades():
+        for trade in self._working():
             if trade.order.orderRef == order_ref and trade.order.clientId == self.client_id:
                 self._remember_cancel([order_ref])
                 self._first(functools.partial(self.ib.cancelOrder, trade.order))
                 return True
         return False
+
+    def _working(self) -> list[Trade]:
+        """This session's trades not in a final broker state (DONE_BROKER_STATES: the same set
+        with both libraries; ib_async's openTrades() also leaves out Inactive)."""
+        return [t for t in self.ib.trades() if t.orderStatus.status not in DONE_BROKER_STATES]
 
     def _first(self, send: Callable[[], Any]) -> None:
         """Send a cancel ahead of every request the client's own throttle (about 45 messages
@@ -1356,7 +1491,7 @@ class Broker:
     def cancel_own_orders(self) -> list[str]:
         """Cancel every working order this session placed; return their orderRefs."""
         refs = []
-        for trade in self.ib.openTrades():
+        for trade in self._working():
             if trade.order.clientId == self.client_id and trade.order.orderRef:
                 refs.append(trade.order.orderRef)
                 self._remember_cancel([trade.order.orderRef])
@@ -1367,7 +1502,7 @@ class Broker:
         """Cancel every open order at the broker, whoever placed it (reqGlobalCancel)."""
         if not self.ib.isConnected():
             raise BrokerNotReady("not connected: global cancel not sent")
-        self._remember_cancel(t.order.orderRef for t in self.ib.openTrades())
+        self._remember_cancel(t.order.orderRef for t in self._working())
         self._first(self.ib.reqGlobalCancel)
         log.warning("broker %s: global cancel sent", self.source)
 

@@ -76,7 +76,8 @@ def _setup_logging(level: str, role: str, log_file: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = handlers
     root.setLevel(level.upper())
-    logging.getLogger("ib_insync").setLevel(logging.WARNING)
+    for name in ("ib_insync", "ib_async"):  # whichever [broker] client_library loads
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
@@ -118,7 +119,8 @@ def _gateway_account(cfg: Config) -> str:
     when the gateway cannot be reached now (the main loop checks again once connected)."""
     from .broker import ClientIdInUse, probe_gateway
 
-    logging.getLogger("ib_insync").setLevel(logging.CRITICAL)
+    for name in ("ib_insync", "ib_async"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         return asyncio.run(probe_gateway(cfg.broker, cfg.mode, Secrets(), cfg.broker.client_id))
     except ClientIdInUse as exc:
