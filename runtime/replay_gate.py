@@ -1,12 +1,12 @@
 """The execution gate run again on one cycle's recorded inputs (no broker, no database).
 
 Each order the cycle sent to the gate was recorded with the gate's view of the world and its
-counters right before the check. A replayed order is judged on that view, with the counters
-corrected for what the replay decided differently earlier in the same cycle (an order the
-recording sent and the replay refuses is taken out of the rate windows, the daily count and
-the duplicate guard; one the replay sends and the recording did not is counted at the time
-of its gate view). With the recorded config, nothing is corrected and the verdicts are the
-recorded ones, exactly.
+counters right before the check. A replayed order is judged on that view. Within a cycle only
+the cycle's own sends change the send counters (rate windows, daily count, duplicate guard),
+so those are rebuilt from the counters before the cycle's first order plus the orders the
+replay sent (at their recorded send time, or at their gate view's time when the recording did
+not send them); the rest (executions, the throttle latch) is taken as recorded at each order.
+With the recorded config the rebuilt counters are the recorded ones and so are the verdicts.
 
 What happened after the checks passed (the intent could not be stored, the broker refused to
 send) is the world's answer, not the gate's: a replay whose checks pass keeps it.
@@ -14,7 +14,6 @@ send) is the world's answer, not the gate's: a replay whose checks pass keeps it
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,29 +61,29 @@ class GateReplayer:
 
     limits: RiskConfig
     recorded_limits: RiskConfig | None
-    _done: list[tuple[Mapping[str, Any], _Sent | None]] = field(default_factory=list)
+    _first: Mapping[str, Any] | None = None  # the counters before the cycle's first order
+    _sent: list[_Sent] = field(default_factory=list)  # what the replay sent so far
 
     def judge(self, request: OrderRequest, call: Mapping[str, Any]) -> ReplayedVerdict:
         """Judge `request` on the recorded gate call `call` (the one for the same decision)."""
         ref = order_ref_for(request)
         if "suppressed" in call:  # the cycle was cut before the gate: the same again
-            self._done.append((call, None))
             reason = str(call["suppressed"])
             return ReplayedVerdict(
                 accepted=False, order_ref=None, reasons=(reason,), stage="suppressed"
             )
         if "unavailable" in call:  # the broker could not be asked: the same again
-            self._done.append((call, None))
             reason = str(call["unavailable"])
             return ReplayedVerdict(
                 accepted=False, order_ref=ref, reasons=(reason,), stage="unavailable"
             )
         ctx = context_from(call["context"])
         day = str(call["day"])
+        if self._first is None:
+            self._first = call["state"]
         state = self._state(call)
         checks = tuple(evaluate_named(request, ctx, state, self.limits, day))
         if checks:
-            self._done.append((call, None))
             return ReplayedVerdict(
                 accepted=False,
                 order_ref=ref,
@@ -93,7 +92,7 @@ class GateReplayer:
             )
         recorded = call.get("verdict") or {}
         if not recorded.get("accepted", True) and self._refused_after_checks(call):
-            self._done.append((call, None))  # the intent or the broker said no: the same
+            # the intent or the broker said no: the same (nothing sent)
             return ReplayedVerdict(
                 accepted=False,
                 order_ref=ref,
@@ -101,12 +100,13 @@ class GateReplayer:
                 stage="after_checks",
             )
         at = float(call.get("sent_at", ctx.now))
-        self._done.append((call, _Sent(request, at, day)))
+        self._sent.append(_Sent(request, at, day))
         return ReplayedVerdict(accepted=True, order_ref=ref)
 
     def skip(self, call: Mapping[str, Any]) -> None:
         """The replay does not send this recorded order to the gate (refused at Decide)."""
-        self._done.append((call, None))
+        if self._first is None and "state" in call:
+            self._first = call["state"]
 
     def _refused_after_checks(self, call: Mapping[str, Any]) -> bool:
         if self.recorded_limits is None or "sent_at" in call:
@@ -117,24 +117,17 @@ class GateReplayer:
         return not evaluate(original, ctx, state, self.recorded_limits, str(call["day"]))
 
     def _state(self, call: Mapping[str, Any]) -> GateState:
-        """The recorded counters, corrected for the earlier orders of this cycle that the
-        replay sent and the recording did not, or the other way round."""
+        """The recorded counters, with the send counters rebuilt from the cycle's start and
+        the replay's own sends."""
         state = state_from(call["state"])
-        for earlier, replayed in self._done:
-            recorded_at = earlier.get("sent_at")
-            recorded = request_from(earlier["request"])
-            if recorded_at is not None and (replayed is None or replayed.request != recorded):
-                _unsend(state, recorded, float(recorded_at), str(earlier["day"]))
-            if replayed is not None and (recorded_at is None or replayed.request != recorded):
-                state.record_sent(replayed.request, replayed.at, replayed.day)
+        assert self._first is not None
+        sends = state_from(self._first)
+        for o in self._sent:
+            sends.record_sent(o.request, o.at, o.day)
+        state.sent, state.day, state.sent_today, state.recent = (
+            sends.sent,
+            sends.day,
+            sends.sent_today,
+            sends.recent,
+        )
         return state
-
-
-def _unsend(state: GateState, r: OrderRequest, at: float, day: str) -> None:
-    """Take one recorded send out of the counters (the replay did not send it)."""
-    with contextlib.suppress(ValueError):
-        state.sent.remove(at)
-    if state.day == day and state.sent_today > 0:
-        state.sent_today -= 1
-    if state.recent.get((r.key, r.action, r.quantity)) == at:
-        del state.recent[(r.key, r.action, r.quantity)]
