@@ -19,7 +19,7 @@ from .alerts import (
     schema_ready,
 )
 from .breaker_log import breaker_history, record_breaker_transition
-from .contract import Contract, flat_dict
+from .contract import Contract, flat_dict, from_flat_dict
 from .db import (
     DB_FILENAME,
     SCHEMA_VERSION,
@@ -63,7 +63,14 @@ from .reports import (
     working_orders,
 )
 from .retention import backup_database, compress_snapshots, prune_snapshots
-from .snapshots import SnapshotError, list_snapshots, load_snapshot, save_snapshot
+from .snapshots import (
+    SNAPSHOT_SCHEMA_VERSION,
+    SnapshotError,
+    list_snapshots,
+    load_snapshot,
+    save_snapshot,
+    snapshots_between,
+)
 from .store import StorageUnavailable, Store
 from .trail import (
     finish_cycle,
@@ -80,6 +87,7 @@ __all__ = [
     "DB_FILENAME",
     "DONE_BROKER_STATES",
     "SCHEMA_VERSION",
+    "SNAPSHOT_SCHEMA_VERSION",
     "Contract",
     "DataLakeMissing",
     "Database",
@@ -105,6 +113,7 @@ __all__ = [
     "demo_summary",
     "finish_cycle",
     "flat_dict",
+    "from_flat_dict",
     "get_intent",
     "insert_cycle",
     "insert_intent",
@@ -146,6 +155,7 @@ __all__ = [
     "save_snapshot",
     "schema_ready",
     "set_commission",
+    "snapshots_between",
     "spent_since",
     "stamped",
     "status_summary",

@@ -10,11 +10,13 @@ client library. The type lives in the lowest package so that every package may u
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["Contract", "flat_dict", "with_contract_columns"]
+T = TypeVar("T")
+
+__all__ = ["Contract", "flat_dict", "from_flat_dict", "with_contract_columns"]
 
 
 CONTRACT_FIELDS = ("symbol", "sec_type", "expiry", "strike", "right")
@@ -102,3 +104,27 @@ def flat_dict(obj: Any, fields: tuple[str, ...] = CONTRACT_FIELDS) -> dict[str, 
         else:
             out[name] = value
     return out
+
+
+def from_flat_dict(cls: type[T], doc: Mapping[str, Any], **more: Any) -> T:
+    """Rebuild a dataclass `cls` (with a `contract` field) from what `flat_dict` wrote: the loose
+    contract fields become its Contract; entries that are not fields of `cls` (a rendered
+    `key`) are left out. A record that carries only a `key` and a symbol (written before the
+    contract type) reads its option fields from the key."""
+    names = set(getattr(cls, "__dataclass_fields__", {}))
+    build: Callable[..., T] = cls
+    loose = {f: doc[f] for f in CONTRACT_FIELDS if f in doc}
+    key = str(doc.get("key") or "")
+    if "sec_type" not in loose and " " in key:  # "AMD 20261218 100C"
+        symbol, expiry, strike_right = key.split()
+        loose = {"symbol": symbol, "sec_type": "OPT", "expiry": expiry}
+        loose |= {"strike": float(strike_right[:-1]), "right": strike_right[-1]}
+    contract = Contract(
+        symbol=loose["symbol"],
+        sec_type=loose.get("sec_type") or "STK",
+        expiry=loose.get("expiry") or "",
+        strike=float(loose.get("strike") or 0.0),
+        right=loose.get("right") or "",
+    )
+    fields = {k: v for k, v in doc.items() if k in names and k not in CONTRACT_FIELDS}
+    return build(contract=contract, **fields, **more)
