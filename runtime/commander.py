@@ -30,8 +30,10 @@ from data_lake import (
     utc_now,
     working_orders,
 )
+from skills.brackets import Protection, place_bracket_with_guard, reference_price, with_children
 from skills.contracts import contract_key
 from skills.execution_gate import (
+    GateContext,
     GateState,
     GateVerdict,
     Holding,
@@ -433,10 +435,42 @@ class Commander:
                 return True
         return False
 
+    def protection_for(self, sources: Sequence[str]) -> Protection | None:
+        """The protective orders an opening order carries: the global `[commander]` keys, or
+        the tightest override of the instances behind the decision (None: no protection)."""
+        by_id = {i.id: i for i in self.instances}
+        picked = [by_id[s] for s in sources if s in by_id]
+
+        def tightest(key: str, default: float | None) -> float | None:
+            found = [v for i in picked if (v := i.protection_override(key)) is not None]
+            return min(found) if found else default
+
+        c = self.cfg.commander
+        stop = tightest("stop_loss_pct", c.stop_loss_pct or None)
+        if stop is None:
+            return None
+        return Protection(
+            stop_loss_pct=stop,
+            take_profit_pct=tightest("take_profit_pct", c.take_profit_pct or None),
+        )
+
     async def act(self, d: Decision, cycle_id: int, decision_id: int | None = None) -> GateVerdict:
-        """Send one decision through the gate (checking the breaker right before)."""
-        request = d.request(cycle_id, decision_id)
-        if self.cancel.is_set():  # a stop or a breaker trip: nothing new goes out
+        """Send one decision through the gate (checking the breaker right before); an opening
+        order carries its protective children when protection is configured."""
+        return await self.send(d.request(cycle_id, decision_id), self.protection_for(d.sources))
+
+    async def send(
+        self,
+        request: OrderRequest,
+        protection: Protection | None = None,
+        *,
+        closing: bool = False,
+    ) -> GateVerdict:
+        """Send one request through the gate, as a bracket when `protection` is given and the
+        request opens (or increases) a position. `closing`: a close of an unprotected
+        position (runtime.protection) goes out even while the cycle is being cancelled."""
+        cycle_id = request.cycle_id
+        if self.cancel.is_set() and not closing:  # a stop or a breaker trip: nothing new
             reason = "cycle cancelled (stop or breaker trip): no new orders"
             self.store.post(
                 log_safety_event,
@@ -475,6 +509,20 @@ class Commander:
                 cycle_id=cycle_id,
             )
             return GateVerdict(False, ref, (reason,))
+        if protection is not None and _opens(request, ctx):
+            q = ctx.quote
+            ref_price = reference_price(request, q.bid, q.ask) if q else None
+            return await place_bracket_with_guard(
+                with_children(request, ref_price or 0.0, protection),
+                ctx,
+                self.gate_state,
+                self.cfg.risk,
+                self.store,
+                self.broker,
+                exchange_day(self.wall_now()),
+                intent_timeout_s=self.cfg.data.write_timeout_s,
+                clock=self.clock.monotonic,
+            )
         return await place_order_with_guard(
             request,
             ctx,
@@ -552,6 +600,13 @@ class Commander:
             n_decisions=len(report.decisions),
             n_orders=report.orders,
         )
+
+
+def _opens(request: OrderRequest, ctx: GateContext) -> bool:
+    """The request opens a position or adds to one (it does not reduce what is held)."""
+    held = ctx.holdings.get(request.key)
+    qty = held.quantity if held else 0.0
+    return qty == 0 or (qty > 0) == (request.action == "BUY")
 
 
 def _swarm_doc(swarm: SwarmResult) -> dict[str, Any]:
