@@ -54,7 +54,7 @@ from skills.swarm_providers import Provider, SwarmBudget
 
 from .breaker import BreakerState, CircuitBreaker
 from .broker import Broker
-from .config import Config
+from .config import CommanderConfig, Config
 from .decision import Decision, decision_row
 from .gate_context import THROTTLE_REENABLED, build_gate_context
 from .heartbeat import Clock
@@ -62,7 +62,7 @@ from .llm_commander import LlmCommander
 from .market_hours import exchange_day, exchange_day_start
 from .sense import MarketSensor, SenseSpec
 
-__all__ = ["Commander", "CycleReport", "Decision", "decide_rules"]
+__all__ = ["Commander", "CycleReport", "Decision", "decide_rules", "protection_for"]
 
 log = logging.getLogger("runtime.commander")
 
@@ -436,23 +436,7 @@ class Commander:
         return False
 
     def protection_for(self, sources: Sequence[str]) -> Protection | None:
-        """The protective orders an opening order carries: the global `[commander]` keys, or
-        the tightest override of the instances behind the decision (None: no protection)."""
-        by_id = {i.id: i for i in self.instances}
-        picked = [by_id[s] for s in sources if s in by_id]
-
-        def tightest(key: str, default: float | None) -> float | None:
-            found = [v for i in picked if (v := i.protection_override(key)) is not None]
-            return min(found) if found else default
-
-        c = self.cfg.commander
-        stop = tightest("stop_loss_pct", c.stop_loss_pct or None)
-        if stop is None:
-            return None
-        return Protection(
-            stop_loss_pct=stop,
-            take_profit_pct=tightest("take_profit_pct", c.take_profit_pct or None),
-        )
+        return protection_for(self.cfg.commander, self.instances, sources)
 
     async def act(self, d: Decision, cycle_id: int, decision_id: int | None = None) -> GateVerdict:
         """Send one decision through the gate (checking the breaker right before); an opening
@@ -600,6 +584,26 @@ class Commander:
             n_decisions=len(report.decisions),
             n_orders=report.orders,
         )
+
+
+def protection_for(
+    c: CommanderConfig, instances: Sequence[InstanceConfig], sources: Sequence[str]
+) -> Protection | None:
+    """The protective orders an opening order carries: the global `[commander]` keys, or the
+    tightest override of the instances behind the decision (None: no protection)."""
+    by_id = {i.id: i for i in instances}
+    picked = [by_id[s] for s in sources if s in by_id]
+
+    def tightest(key: str, default: float | None) -> float | None:
+        found = [v for i in picked if (v := i.protection_override(key)) is not None]
+        return min(found) if found else default
+
+    stop = tightest("stop_loss_pct", c.stop_loss_pct or None)
+    if stop is None:
+        return None
+    return Protection(
+        stop_loss_pct=stop, take_profit_pct=tightest("take_profit_pct", c.take_profit_pct or None)
+    )
 
 
 def _opens(request: OrderRequest, ctx: GateContext) -> bool:
