@@ -148,6 +148,7 @@ class SentOrder:
     quantity: float
     age_s: float  # seconds before now (wall clock at rebuild)
     day: str  # YYYYMMDD it was sent on
+    protective: bool = False  # a bracket's child: rate windows only, not the duplicate guard
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -240,7 +241,8 @@ class GateState:
             at = now - o.age_s
             if o.age_s <= 86_400:
                 state.sent.append(at)
-                state.recent[(o.key, o.action, o.quantity)] = at
+                if not o.protective:
+                    state.recent[(o.key, o.action, o.quantity)] = at
             if o.day == day:
                 state.sent_today += 1
         for age in sorted((a for a in execution_ages if math.isfinite(a)), reverse=True):

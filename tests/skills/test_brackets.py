@@ -199,3 +199,15 @@ async def test_children_count_in_the_order_rate_but_not_in_the_duplicate_guard(s
     await place_bracket_with_guard(b, ctx(), state, LIMITS, store, BracketSubmitter())
     assert state.sent_today == 3
     assert list(state.recent) == [(b.parent.key, "BUY", 10)]
+
+
+def test_a_restart_rebuilds_children_into_the_rate_windows_but_not_the_duplicate_guard():
+    from skills.execution_gate import SentOrder
+
+    sent = [
+        SentOrder("NVDA", "BUY", 10, 5.0, "d"),
+        SentOrder("NVDA", "SELL", 10, 5.0, "d", protective=True),
+    ]
+    state = GateState.rebuild(sent, [], latched=False, now=1000.0, day="d", limits=LIMITS)
+    assert state.sent_today == 2 and len(state.sent) == 2
+    assert list(state.recent) == [("NVDA", "BUY", 10)]
