@@ -81,10 +81,16 @@ def _v3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _v4(conn: sqlite3.Connection) -> None:
+    for statement in _statements(_SCHEMA.with_name("schema_v4.sql").read_text(encoding="utf-8")):
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
     (1, _v1),
     (2, _v2),
     (3, _v3),
+    (4, _v4),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
