@@ -82,7 +82,13 @@ def _v3(conn: sqlite3.Connection) -> None:
 
 
 def _v4(conn: sqlite3.Connection) -> None:
+    # a column already there (a file whose user_version was set back) is not added twice
+    have = {row[1] for row in conn.execute("PRAGMA table_info(order_intents)")}
     for statement in _statements(_SCHEMA.with_name("schema_v4.sql").read_text(encoding="utf-8")):
+        code = "\n".join(x for x in statement.splitlines() if not x.lstrip().startswith("--"))
+        words = code.split()
+        if words[:3] == ["ALTER", "TABLE", "order_intents"] and words[5] in have:
+            continue
         conn.execute(statement)
 
 
