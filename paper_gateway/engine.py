@@ -230,8 +230,8 @@ class Engine:
     def cancel_day_orders(self) -> None:
         """Drop DAY and IOC orders, as the nightly reset does; GTC orders stay working."""
         for order in list(self.orders.values()):
-            if not order.is_done and order.spec.tif != "GTC":
-                self._finish(order, "Cancelled", "Cancelled at gateway restart (DAY order)")
+            if not order.is_done and order.spec.tif != "GTC":  # its held children go with it
+                self._cancel_tree(order, "Cancelled at gateway restart (DAY order)")
 
     def on_market(self) -> None:
         """Re-check every working order after a price change."""

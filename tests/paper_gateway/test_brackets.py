@@ -148,6 +148,10 @@ class TestRestart:
         admin.call("set_price", symbol="TSLA", price=250.0)
         trades = [ib.placeOrder(c, o) for o in bracket(ib, "BUY", 4, 255.0, 240.0)]
         eventually(lambda: trades[1].orderStatus.status == "PreSubmitted", pump=ib)
+        # a DAY parent still resting lapses at the restart, and its held GTC child with it
+        waiting = [ib.placeOrder(c, o) for o in bracket(ib, "BUY", 1, 200.0, 190.0, ref="b2")]
+        eventually(lambda: waiting[1].orderStatus.status == "PreSubmitted", pump=ib)
+        assert len(admin.call("state")["open_orders"]) == 3
         lost = []
         ib.disconnectedEvent += lambda: lost.append(True)
         admin.call("restart", down_s=0.3)
