@@ -30,7 +30,13 @@ from data_lake import (
     utc_now,
     working_orders,
 )
-from skills.brackets import Protection, place_bracket_with_guard, reference_price, with_children
+from skills.brackets import (
+    Protection,
+    is_protective_ref,
+    place_bracket_with_guard,
+    reference_price,
+    with_children,
+)
 from skills.contracts import contract_key
 from skills.execution_gate import (
     GateContext,
@@ -97,10 +103,12 @@ def decide_rules(
     holdings: Mapping[str, Holding],
     context: MarketContext,
     working: frozenset[tuple[str, str]] = frozenset(),
+    protected: frozenset[str] = frozenset(),
 ) -> list[Decision]:
     """Turn merged signals into sized decisions (or refusals with reasons). Pure.
 
-    `working` holds (contract key, action) pairs that already have an order working."""
+    `working` holds (contract key, action) pairs that already have an order working;
+    `protected` the contract keys whose position a protective order of ours guards."""
     c = cfg.commander
     out: list[Decision] = []
     delta_now = sum(h.dollar_delta for h in holdings.values())
@@ -142,6 +150,15 @@ def decide_rules(
             continue
         held = holdings.get(m.key)
         signed = 1 if m.action == "BUY" else -1
+        if held is not None and held.quantity * signed < 0 and m.key in protected:
+            out.append(
+                refuse(
+                    "the position is guarded by a resting protective order (stop-loss): a close "
+                    "by signal while it rests is not supported (it could oversell); it exits "
+                    "through its stop, its take-profit or the watchdog"
+                )
+            )
+            continue
         if held is not None and held.quantity * signed < 0:  # closing: no Kelly needed
             qty = float(min(abs(held.quantity), m.quantity or abs(held.quantity)))
             out.append(
@@ -358,7 +375,7 @@ class Commander:
                 values.get("NetLiquidation", 0.0),
                 holdings,
                 context,
-                await self._working(),
+                *await self._working(),
             )
             report.decisions = decisions
             ids = await self.store.run(
@@ -410,17 +427,21 @@ class Commander:
         if wait > 0 and self.clock.monotonic() + wait < self._deadline:
             await asyncio.sleep(wait + 0.001)
 
-    async def _working(self) -> frozenset[tuple[str, str]]:
-        """(contract key, action) of the commander's working orders (after queued writes)."""
+    async def _working(self) -> tuple[frozenset[tuple[str, str]], frozenset[str]]:
+        """(contract key, action) of the commander's working orders, and the contract keys
+        its protective orders guard (after queued writes)."""
         rows = await self.store.run(
             working_orders, "commander", timeout=self.cfg.data.write_timeout_s
         )
-        return frozenset(
-            (
-                contract_key(r["symbol"], r["sec_type"], r["expiry"], r["strike"], r["opt_right"]),
-                r["action"],
+
+        def key(r: Mapping[str, Any]) -> str:
+            return contract_key(
+                r["symbol"], r["sec_type"], r["expiry"], r["strike"], r["opt_right"]
             )
-            for r in rows
+
+        return (
+            frozenset((key(r), r["action"]) for r in rows if not is_protective_ref(r["order_ref"])),
+            frozenset(key(r) for r in rows if is_protective_ref(r["order_ref"])),
         )
 
     async def _anything_open(self) -> bool:

@@ -110,6 +110,18 @@ def test_closing_signal_reduces_the_holding_without_kelly():
     assert d.accepted and d.quantity == 30 and d.reason == "reduces the 30 held"
 
 
+def test_a_close_by_signal_of_a_position_guarded_by_a_stop_is_refused_with_the_reason():
+    held = {"MSFT": Holding("MSFT", 30, 415.0)}
+    [d] = decide_rules(
+        [merged(action="SELL", quantity=30)], CFG, 1_000, held, CTX, protected=frozenset({"MSFT"})
+    )
+    assert not d.accepted and "guarded by a resting protective order" in d.reason
+    [d] = decide_rules(
+        [merged(quantity=5)], CFG, 1_000_000, held, CTX, protected=frozenset({"MSFT"})
+    )
+    assert d.accepted  # adding to it is not a close
+
+
 def test_portfolio_delta_limit_refuses_adding_delta():
     held = {"AMD": Holding("AMD", 900, 100.0)}  # +90,000 dollar delta already
     [d] = decide_rules([merged()], CFG, 1_000_000, held, CTX)  # +8,301: still under 100,000
