@@ -1215,6 +1215,13 @@ class Broker:
                 return str(trade.orderStatus.status)
         return None
 
+    def owns_working(self, order_ref: str) -> bool:
+        """True when this session placed a still-working order with this orderRef."""
+        return any(
+            t.order.orderRef == order_ref and t.order.clientId == self.client_id
+            for t in self.ib.openTrades()
+        )
+
     def order_filled(self, order_ref: str) -> float:
         """How much of this session's order with this orderRef has filled (0: none or unknown)."""
         for trade in self.ib.trades():

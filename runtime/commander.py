@@ -44,8 +44,10 @@ from skills.execution_gate import (
     GateVerdict,
     Holding,
     OrderRequest,
+    evaluate,
     order_ref_for,
     place_order_with_guard,
+    refuse,
 )
 from skills.math_core import MathInputError, kelly_criterion
 from skills.swarm_core import (
@@ -66,6 +68,7 @@ from .gate_context import THROTTLE_REENABLED, build_gate_context
 from .heartbeat import Clock
 from .llm_commander import LlmCommander
 from .market_hours import exchange_day, exchange_day_start
+from .protection import lift_protection, protective_guards
 from .sense import MarketSensor, SenseSpec
 
 __all__ = ["Commander", "CycleReport", "Decision", "decide_rules", "protection_for"]
@@ -150,22 +153,22 @@ def decide_rules(
             continue
         held = holdings.get(m.key)
         signed = 1 if m.action == "BUY" else -1
-        if held is not None and held.quantity * signed < 0 and m.key in protected:
-            out.append(
-                refuse(
-                    "the position is guarded by a resting protective order (stop-loss): a close "
-                    "by signal while it rests is not supported (it could oversell); it exits "
-                    "through its stop, its take-profit or the watchdog"
-                )
-            )
-            continue
         if held is not None and held.quantity * signed < 0:  # closing: no Kelly needed
             qty = float(min(abs(held.quantity), m.quantity or abs(held.quantity)))
+            if m.key in protected and qty < abs(held.quantity):
+                out.append(
+                    refuse(
+                        f"a partial close ({qty:g} of {held.quantity:g}) of a position guarded by "
+                        "a protective stop is not supported: the stop covers the whole position"
+                    )
+                )
+                continue
             out.append(
                 Decision(
                     quantity=qty,
                     accepted=True,
-                    reason=f"reduces the {held.quantity:g} held",
+                    reason=f"reduces the {held.quantity:g} held"
+                    + ("; its protective orders are cancelled first" if m.key in protected else ""),
                     **base,
                 )
             )
@@ -489,9 +492,86 @@ class Commander:
             return GateVerdict(False, None, (reason,))
         await self._pace()
         blocked = await self._blocked()
+        ctx = await self._context(request, blocked)
+        if isinstance(ctx, GateVerdict):
+            return ctx
+        guards = protective_guards(request, ctx)
+        if guards:  # a close of a protected position: its children go first, never beside it
+            refused = await lift_protection(
+                self.broker,
+                request,
+                ctx,
+                guards,
+                lambda r, c: evaluate(
+                    r, c, self.gate_state, self.cfg.risk, exchange_day(self.wall_now())
+                ),
+                timeout=self.cfg.broker.request_timeout_s,
+                clock=self.clock,
+            )
+            if refused is not None:
+                ref = order_ref_for(request)
+                refuse(self.store, request, ref, [refused])
+                return GateVerdict(False, ref, (refused,))
+            ctx = await self._context(request, blocked)
+            if isinstance(ctx, GateVerdict):
+                self._unprotected(request, guards, ctx.reasons)
+                return ctx
+        if protection is not None and _opens(request, ctx):
+            q = ctx.quote
+            ref_price = reference_price(request, q.bid, q.ask) if q else None
+            return await place_bracket_with_guard(
+                with_children(request, ref_price or 0.0, protection),
+                ctx,
+                self.gate_state,
+                self.cfg.risk,
+                self.store,
+                self.broker,
+                exchange_day(self.wall_now()),
+                intent_timeout_s=self.cfg.data.write_timeout_s,
+                clock=self.clock.monotonic,
+            )
+        verdict = await place_order_with_guard(
+            request,
+            ctx,
+            self.gate_state,
+            self.cfg.risk,
+            self.store,
+            self.broker,
+            exchange_day(self.wall_now()),
+            intent_timeout_s=self.cfg.data.write_timeout_s,
+            clock=self.clock.monotonic,
+        )
+        if guards and not verdict.accepted:
+            self._unprotected(request, guards, verdict.reasons)
+        return verdict
+
+    def _unprotected(
+        self, request: OrderRequest, guards: Sequence[str], why: Sequence[str]
+    ) -> None:
+        """The protective orders were cancelled for a close that then did not go out."""
+        reason = (
+            f"{request.key}: protective orders {', '.join(guards)} were cancelled for a close "
+            f"that was then refused ({'; '.join(why)}): the position is UNPROTECTED until it is "
+            "closed (the watchdog's limits still apply)"
+        )
+        log.critical(reason)
+        self.store.post(
+            log_safety_event,
+            "commander",
+            "protection_lifted",
+            reason,
+            "critical",
+            order_ref=order_ref_for(request),
+            cycle_id=request.cycle_id,
+        )
+
+    async def _context(
+        self, request: OrderRequest, blocked: frozenset[str]
+    ) -> GateContext | GateVerdict:
+        """The gate's view for this request, or a refusal when the broker cannot show it."""
         try:
             market_open = await self._market_open(request)
-            ctx = await build_gate_context(
+            return await build_gate_context(
                 self.broker,
                 request,
                 breaker=self.breaker.status().state.value,
@@ -511,34 +591,9 @@ class Commander:
                 reason,
                 "warning",
                 order_ref=ref,
-                cycle_id=cycle_id,
+                cycle_id=request.cycle_id,
             )
             return GateVerdict(False, ref, (reason,))
-        if protection is not None and _opens(request, ctx):
-            q = ctx.quote
-            ref_price = reference_price(request, q.bid, q.ask) if q else None
-            return await place_bracket_with_guard(
-                with_children(request, ref_price or 0.0, protection),
-                ctx,
-                self.gate_state,
-                self.cfg.risk,
-                self.store,
-                self.broker,
-                exchange_day(self.wall_now()),
-                intent_timeout_s=self.cfg.data.write_timeout_s,
-                clock=self.clock.monotonic,
-            )
-        return await place_order_with_guard(
-            request,
-            ctx,
-            self.gate_state,
-            self.cfg.risk,
-            self.store,
-            self.broker,
-            exchange_day(self.wall_now()),
-            intent_timeout_s=self.cfg.data.write_timeout_s,
-            clock=self.clock.monotonic,
-        )
 
     async def _market_open(self, r: OrderRequest) -> bool:
         if self.cfg.loop.trade_outside_liquid_hours:

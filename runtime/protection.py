@@ -9,18 +9,26 @@ would not); each step is a safety event. Nothing here bypasses the gate.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from data_lake import DONE_BROKER_STATES, Store, get_intent, log_safety_event
-from skills.brackets import STOP_SUFFIX, TAKE_PROFIT_SUFFIX, Protection, parent_ref_of
-from skills.execution_gate import GateVerdict, OrderRequest
+from skills.brackets import (
+    STOP_SUFFIX,
+    TAKE_PROFIT_SUFFIX,
+    Protection,
+    is_protective_ref,
+    parent_ref_of,
+)
+from skills.execution_gate import GateContext, GateVerdict, OrderRequest
 
 from .broker import Broker
 from .config import Config
 from .heartbeat import Clock
 
-__all__ = ["ProtectionGuard"]
+__all__ = ["ProtectionGuard", "lift_protection", "protective_guards"]
 
 log = logging.getLogger("runtime.protection")
 
@@ -148,3 +156,66 @@ class ProtectionGuard:
     def _event(self, kind: str, reason: str, severity: str, ref: str | None) -> None:
         log.log(logging.CRITICAL if severity == "critical" else logging.WARNING, reason)
         self.store.post(log_safety_event, "commander", kind, reason, severity, order_ref=ref)
+
+
+def protective_guards(request: OrderRequest, ctx: GateContext) -> tuple[str, ...]:
+    """The orderRefs of the protective orders resting on the contract of a request that
+    reduces the position they guard (empty: the request opens, or nothing guards it)."""
+    held = ctx.holdings.get(request.key)
+    if held is None or held.quantity == 0 or (held.quantity > 0) == (request.action == "BUY"):
+        return ()
+    return tuple(
+        w.order_ref
+        for w in ctx.working
+        if w.key == request.key
+        and is_protective_ref(w.order_ref)
+        and (w.signed_quantity > 0) == (request.action == "BUY")
+    )
+
+
+async def lift_protection(
+    broker: Broker,
+    request: OrderRequest,
+    ctx: GateContext,
+    guards: Sequence[str],
+    check: Callable[[OrderRequest, GateContext], list[str]],
+    *,
+    timeout: float,
+    clock: Clock,
+) -> str | None:
+    """Cancel the protective orders guarding a position before a close by signal (a close
+    beside a resting stop could oversell); return why not (they then stay), or None once every
+    one of them is confirmed cancelled. Only a close of the whole position lifts them, and only
+    when the gate would accept the close without them."""
+    held = ctx.holdings[request.key].quantity
+    if request.quantity != abs(held):
+        return (
+            f"a partial close ({request.quantity:g} of {held:g}) of a position guarded by "
+            f"protective orders {', '.join(guards)} is not supported: the stop covers it all"
+        )
+    without = dataclasses.replace(
+        ctx, working=tuple(w for w in ctx.working if w.order_ref not in guards)
+    )
+    reasons = check(request, without)
+    if reasons:
+        return "; ".join(reasons) + " (its protective orders stay)"
+    foreign = [r for r in guards if not broker.owns_working(r)]
+    if foreign:
+        return f"protective orders {', '.join(foreign)} are not this session's: not cancelled"
+    for ref in guards:
+        broker.cancel(ref)
+    deadline = clock.monotonic() + timeout
+    while clock.monotonic() < deadline and any(
+        broker.order_status(r) not in DONE_BROKER_STATES for r in guards
+    ):
+        await asyncio.sleep(POLL_S)
+    filled = [r for r in guards if broker.order_status(r) == "Filled"]
+    if filled:
+        return f"protective order {', '.join(filled)} filled meanwhile: nothing left to close"
+    pending = [r for r in guards if broker.order_status(r) not in DONE_BROKER_STATES]
+    if pending:
+        return (
+            f"protective orders {', '.join(pending)} not confirmed cancelled within "
+            f"{timeout:g}s: the close is not sent beside them"
+        )
+    return None

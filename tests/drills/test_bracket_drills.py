@@ -182,3 +182,42 @@ def test_a_refused_stop_closes_its_parents_position_with_a_safety_event(gateway,
         stop(proc)
         stop_watchdog(tmp_path)
     assert_books_balance(admin, data(tmp_path))
+
+
+def test_a_close_by_signal_cancels_the_stop_first_and_leaves_nothing_behind(
+    gateway, admin, tmp_path
+):
+    cfg = write_config(tmp_path, gateway.port, stop_loss_pct=0.3, quote_max_age_s=STILL)
+    proc = start("run", cfg)
+    try:
+        stop_order = eventually(lambda: _resting_stop(admin), timeout=30, what="a stop rests")
+        ref, symbol = stop_order["order_ref"], stop_order["symbol"]
+        eventually(lambda: (_intent(tmp_path, ref) or {}).get("status") == "submitted")
+        entry = stop_order["aux_price"] / 0.7
+        # below its 20-day average (the trend follower exits) but above the stop
+        admin.call("set_price", symbol=symbol, price=round(entry * 0.85, 2))
+        eventually(
+            lambda: (_intent(tmp_path, ref) or {}).get("status") == "cancelled",
+            timeout=30,
+            what="the stop cancelled before the close",
+        )
+        eventually(
+            lambda: not any(p["symbol"] == symbol for p in admin.call("state")["positions"]),
+            timeout=30,
+            what="the position closed by the signal",
+        )
+        assert _execs_of(tmp_path, ref) == []  # the stop never fired
+        reasons = _read(
+            tmp_path, lambda db: [r["reason"] for r in db.query("SELECT * FROM decisions")]
+        )
+        assert any(r.endswith("its protective orders are cancelled first") for r in reasons)
+        closes = [
+            e
+            for e in admin.call("ledger")["executions"]
+            if e["symbol"] == symbol and e["side"] == "SLD"
+        ]
+        assert len(closes) >= 1 and not any(e["order_ref"].endswith("-sl") for e in closes)
+    finally:
+        stop(proc)
+        stop_watchdog(tmp_path)
+    assert_books_balance(admin, data(tmp_path))

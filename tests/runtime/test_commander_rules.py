@@ -110,15 +110,18 @@ def test_closing_signal_reduces_the_holding_without_kelly():
     assert d.accepted and d.quantity == 30 and d.reason == "reduces the 30 held"
 
 
-def test_a_close_by_signal_of_a_position_guarded_by_a_stop_is_refused_with_the_reason():
+def test_a_protected_position_closes_whole_by_signal_but_never_in_part():
     held = {"MSFT": Holding("MSFT", 30, 415.0)}
+    guarded = frozenset({"MSFT"})
     [d] = decide_rules(
-        [merged(action="SELL", quantity=30)], CFG, 1_000, held, CTX, protected=frozenset({"MSFT"})
+        [merged(action="SELL", quantity=30)], CFG, 1_000, held, CTX, protected=guarded
     )
-    assert not d.accepted and "guarded by a resting protective order" in d.reason
+    assert d.accepted and d.reason.endswith("its protective orders are cancelled first")
     [d] = decide_rules(
-        [merged(quantity=5)], CFG, 1_000_000, held, CTX, protected=frozenset({"MSFT"})
+        [merged(action="SELL", quantity=10)], CFG, 1_000, held, CTX, protected=guarded
     )
+    assert not d.accepted and "partial close (10 of 30)" in d.reason
+    [d] = decide_rules([merged(quantity=5)], CFG, 1_000_000, held, CTX, protected=guarded)
     assert d.accepted  # adding to it is not a close
 
 
