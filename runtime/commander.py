@@ -495,8 +495,11 @@ class Commander:
         ctx = await self._context(request, blocked)
         if isinstance(ctx, GateVerdict):
             return ctx
-        guards = protective_guards(request, ctx)
-        if guards:  # a close of a protected position: its children go first, never beside it
+        # a close by signal of a protected position: its children go first, never beside it
+        # (a close of an unprotected part, `closing`, goes beside the other parts' stops: the
+        # gate counts them, and together they never exceed the position)
+        guards = () if closing else protective_guards(request, ctx)
+        if guards:
             refused = await lift_protection(
                 self.broker,
                 request,
