@@ -43,8 +43,10 @@ async def build_gate_context(
     unknown daily PnL, option delta or quote time reaches the gate as None (it refuses).
 
     `blocked` holds the contract keys with an unresolved intent (read from the store by the
-    caller). The watchdog's closing orders skip the resting-orders request: it cancels every
-    order before it closes, and its closes must not wait on one more broker round trip."""
+    caller); the contracts IB's error codes made untradable this cycle, and a refuse-all
+    condition (10197), come from the broker. The watchdog's closing orders skip the
+    resting-orders request: it cancels every order before it closes, and its closes must not
+    wait on one more broker round trip."""
     contract = await broker.qualify(
         request.symbol, request.sec_type, request.expiry, request.strike, request.right
     )
@@ -60,6 +62,8 @@ async def build_gate_context(
                 snap.multiplier,
                 snap.delta if is_opt else 1.0,
                 (snap.underlying_price or 0.0) if is_opt else 0.0,
+                market_data_type=snap.market_data_type,
+                suspect=snap.suspect,
             )
     holdings = await broker.holdings(quote_wait_s)
     working = () if request.source == WATCHDOG else await broker.working_orders()
@@ -75,6 +79,8 @@ async def build_gate_context(
         qualified=contract is not None,
         working=working,
         blocked=blocked,
+        untradable=broker.market_data_refusals(),
+        refuse_all=broker.refusing_all(),
     )
 
 

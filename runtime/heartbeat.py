@@ -77,6 +77,9 @@ class Heartbeat:
     boot_time: float | None = None  # psutil boot_time() that create_time was computed with
     session: str | None = None  # watchdog: connecting / connected / unreachable
     account_poll_mono: float | None = None  # watchdog: last successful account poll
+    # main loop: what IB's error codes say now (refusing all orders, broken farms, contracts
+    # untradable this cycle), one line each; shown by `status` while they last
+    conditions: tuple[str, ...] = ()
 
     def age(self, now_mono: float) -> float:
         return now_mono - self.mono_ts
@@ -134,6 +137,7 @@ def write_heartbeat(
     create_time: float | None = None,
     session: str | None = None,
     account_poll_mono: float | None = None,
+    conditions: tuple[str, ...] = (),
 ) -> Heartbeat:
     """Atomically replace the heartbeat file; return what was written. The writer's start
     time is recorded (for `pid`, default this process) unless `create_time` is given."""
@@ -152,6 +156,7 @@ def write_heartbeat(
         boot,
         session,
         account_poll_mono,
+        tuple(conditions),
     )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -182,6 +187,7 @@ def read_heartbeat(path: Path) -> Heartbeat | None:
             opt("boot_time"),
             None if session is None else str(session),
             opt("account_poll_mono"),
+            tuple(str(c) for c in raw.get("conditions") or ()),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
