@@ -3,7 +3,7 @@ PreSubmitted until they trigger, brackets that are not live until their last chi
 transmitted, OCA groups (ocaType 1 cancels, 2/3 reduce), GTC stops across a restart."""
 
 import pytest
-from ib_insync import IB, LimitOrder, Option, Stock, StopOrder
+from ib_client import IB, LimitOrder, Option, Stock, StopOrder
 
 from paper_gateway import GatewayConfig
 from paper_gateway.testing import eventually
