@@ -1,6 +1,8 @@
--- Schema version 4: protective children (stop-loss, take-profit) of a bracket.
+-- Schema version 4: a decision snapshot's index row says which snapshot format it is and which
+-- configuration made it (the sha256 of the stored, secret-free config), so `replay` can tell
+-- a replayable snapshot from an older one without opening it. Old rows keep NULL (format 1).
 -- Applied by data_lake.db.migrate() after version 3; never edited once shipped.
 
-ALTER TABLE order_intents ADD COLUMN aux_price REAL;    -- a stop's trigger price
-ALTER TABLE order_intents ADD COLUMN parent_ref TEXT;   -- a child's parent orderRef
-CREATE INDEX IF NOT EXISTS order_intents_parent ON order_intents(parent_ref);
+ALTER TABLE snapshots ADD COLUMN schema_version INTEGER;
+ALTER TABLE snapshots ADD COLUMN config_hash TEXT;
+CREATE INDEX IF NOT EXISTS snapshots_at ON snapshots(at);

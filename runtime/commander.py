@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data_lake import (
+    SNAPSHOT_SCHEMA_VERSION,
     StorageUnavailable,
     Store,
     finish_cycle,
@@ -27,7 +28,6 @@ from data_lake import (
     redact,
     save_snapshot,
     unresolved_intents,
-    utc_now,
     working_orders,
 )
 from skills.brackets import (
@@ -64,11 +64,12 @@ from .breaker import BreakerState, CircuitBreaker
 from .broker import Broker
 from .config import CommanderConfig, Config
 from .decision import Decision, decision_row
-from .gate_context import THROTTLE_REENABLED, build_gate_context
+from .gate_context import THROTTLE_REENABLED, build_gate_context, inputs_unavailable
 from .heartbeat import Clock
 from .llm_commander import LlmCommander
 from .market_hours import exchange_day, exchange_day_start
 from .protection import lift_protection, protective_guards
+from .replay_record import config_hash, context_doc, state_doc, stored_config
 from .sense import MarketSensor, SenseSpec
 
 __all__ = ["Commander", "CycleReport", "Decision", "decide_rules", "protection_for"]
@@ -251,7 +252,7 @@ class Commander:
         watchdog_alive: Callable[[], bool],
         cancel: asyncio.Event,
         phase: Callable[[str], None] = lambda p: None,
-        wall_now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        wall_now: Callable[[], dt.datetime] | None = None,
         llm_client: Any = None,
         stopping: Callable[[], bool] = lambda: False,
     ) -> None:
@@ -267,22 +268,31 @@ class Commander:
         self.watchdog_alive = watchdog_alive
         self.cancel = cancel
         self.phase = phase
-        self.wall_now = wall_now
+        # the wall clock comes from the injected clock too (exchange day, market hours,
+        # snapshot times): a replay reads the recorded values instead
+        self.wall_now = wall_now or (lambda: dt.datetime.fromtimestamp(clock.wall(), dt.UTC))
         self.llm_client = llm_client
         self.stopping = stopping
         self.sensor = MarketSensor(broker)
         self.spec = sense_spec(self.instances)
         self._open_cache: dict[str, tuple[str, bool]] = {}
         self._deadline = float("inf")  # monotonic end of the running cycle (order pacing)
+        self._gate_calls: list[dict[str, Any]] = []  # this cycle's gate inputs (for replay)
 
     async def run_cycle(self, cycle_id: int) -> CycleReport:
         self._deadline = self.clock.monotonic() + self.cfg.loop.max_cycle_s
         report = CycleReport(cycle_id)
         t0 = self.clock.monotonic()
+        self._gate_calls = []
+        config = stored_config(self.cfg)  # every cycle: a secret registered late is redacted too
         doc: dict[str, Any] = {
+            "schema_version": SNAPSHOT_SCHEMA_VERSION,
             "cycle_id": cycle_id,
-            "started_at": utc_now(),
+            "started_at": self.wall_now().isoformat(),
             "mode": self.cfg.commander.mode,
+            "config_hash": config_hash(config),
+            "config": config,
+            "replay": {"gate_calls": self._gate_calls},
         }
         try:
             await self._cycle(report, doc)
@@ -300,7 +310,7 @@ class Commander:
         finally:
             if report.status == "ok" and self.stopping():
                 report.status, report.skipped = "interrupted", "a stop arrived during the cycle"
-            doc["finished_at"] = utc_now()
+            doc["finished_at"] = self.wall_now().isoformat()
             doc["status"] = report.status
             doc["skipped"] = report.skipped
             self._persist(report, doc)
@@ -336,6 +346,7 @@ class Commander:
         doc["account"] = values
         doc["positions"] = {k: dataclasses.asdict(h) for k, h in holdings.items()}
         doc["context"] = dataclasses.asdict(context)
+        doc["replay"]["sensed"] = {"wall": now.isoformat(), "monotonic": self.clock.monotonic()}
         self.phase("think")
         budget = SwarmBudget(
             self.cfg.swarm.max_tokens_per_cycle,
@@ -367,6 +378,7 @@ class Commander:
         self.phase("decide")
         if self.cfg.commander.mode == "llm":
             llm = LlmCommander(self)
+            doc["replay"]["llm_turns"] = llm.turns
             decisions, verdicts, transcript = await llm.run(
                 report.cycle_id, swarm, context, holdings, values
             )
@@ -374,13 +386,15 @@ class Commander:
             report.recorded = len(decisions)  # LLM mode records each decision before acting
             doc["llm_transcript"] = transcript
         else:
+            net_liq = values.get("NetLiquidation", 0.0)
+            working, protected = await self._working()
+            doc["replay"]["decide"] = {
+                "net_liquidation": net_liq,
+                "working": sorted([key, action] for key, action in working),
+                "protected": sorted(protected),
+            }
             decisions = decide_rules(
-                swarm.merged,
-                self.cfg,
-                values.get("NetLiquidation", 0.0),
-                holdings,
-                context,
-                *await self._working(),
+                swarm.merged, self.cfg, net_liq, holdings, context, working, protected
             )
             report.decisions = decisions
             ids = await self.store.run(
@@ -389,6 +403,7 @@ class Commander:
                 [decision_row(d) for d in decisions],
                 timeout=self.cfg.data.write_timeout_s,
             )
+            doc["replay"]["decision_ids"] = list(ids)
             report.recorded = len(decisions)
             self.phase("act")
             for d, decision_id in zip(decisions, ids, strict=True):
@@ -480,8 +495,18 @@ class Commander:
         request opens (or increases) a position. `closing`: a close of an unprotected
         position (runtime.protection) goes out even while the cycle is being cancelled."""
         cycle_id = request.cycle_id
+        wall = self.wall_now()
+        record: dict[str, Any] = {
+            "request": dataclasses.asdict(request),
+            "wall": wall.isoformat(),
+            "day": exchange_day(wall),
+        }
+        if protection is not None:
+            record["protection"] = dataclasses.asdict(protection)
+        self._gate_calls.append(record)  # what the gate read, for replay
         if self.cancel.is_set() and not closing:  # a stop or a breaker trip: nothing new
             reason = "cycle cancelled (stop or breaker trip): no new orders"
+            record["suppressed"] = reason
             self.store.post(
                 log_safety_event,
                 "commander",
@@ -494,7 +519,7 @@ class Commander:
             return GateVerdict(False, None, (reason,))
         await self._pace()
         blocked = await self._blocked()
-        ctx = await self._context(request, blocked)
+        ctx = await self._context(request, blocked, record)
         if isinstance(ctx, GateVerdict):
             return ctx
         # a close by signal of a protected position: its children go first, never beside it
@@ -507,47 +532,56 @@ class Commander:
                 request,
                 ctx,
                 guards,
-                lambda r, c: evaluate(
-                    r, c, self.gate_state, self.cfg.risk, exchange_day(self.wall_now())
-                ),
+                lambda r, c: evaluate(r, c, self.gate_state, self.cfg.risk, record["day"]),
                 timeout=self.cfg.broker.request_timeout_s,
                 clock=self.clock,
             )
             if refused is not None:
                 ref = order_ref_for(request)
                 refuse(self.store, request, ref, [refused])
+                record["protection_kept"] = refused
                 return GateVerdict(False, ref, (refused,))
-            ctx = await self._context(request, blocked)
+            record["protection_lifted"] = list(guards)
+            ctx = await self._context(request, blocked, record)
             if isinstance(ctx, GateVerdict):
                 self._unprotected(request, guards, ctx.reasons)
                 return ctx
+        record["context"] = context_doc(ctx)
+        record["state"] = state_doc(self.gate_state)
+
+        def send_clock() -> float:  # the moment the order was counted as sent
+            record["sent_at"] = now = self.clock.monotonic()
+            return now
+
         if protection is not None and _opens(request, ctx):
             q = ctx.quote
             ref_price = reference_price(request, q.bid, q.ask) if q else None
-            return await place_bracket_with_guard(
+            verdict = await place_bracket_with_guard(
                 with_children(request, ref_price or 0.0, protection),
                 ctx,
                 self.gate_state,
                 self.cfg.risk,
                 self.store,
                 self.broker,
-                exchange_day(self.wall_now()),
+                record["day"],
                 intent_timeout_s=self.cfg.data.write_timeout_s,
-                clock=self.clock.monotonic,
+                clock=send_clock,
             )
-        verdict = await place_order_with_guard(
-            request,
-            ctx,
-            self.gate_state,
-            self.cfg.risk,
-            self.store,
-            self.broker,
-            exchange_day(self.wall_now()),
-            intent_timeout_s=self.cfg.data.write_timeout_s,
-            clock=self.clock.monotonic,
-        )
-        if guards and not verdict.accepted:
-            self._unprotected(request, guards, verdict.reasons)
+        else:
+            verdict = await place_order_with_guard(
+                request,
+                ctx,
+                self.gate_state,
+                self.cfg.risk,
+                self.store,
+                self.broker,
+                record["day"],
+                intent_timeout_s=self.cfg.data.write_timeout_s,
+                clock=send_clock,
+            )
+            if guards and not verdict.accepted:
+                self._unprotected(request, guards, verdict.reasons)
+        record["verdict"] = dataclasses.asdict(verdict)
         return verdict
 
     def _unprotected(
@@ -571,7 +605,7 @@ class Commander:
         )
 
     async def _context(
-        self, request: OrderRequest, blocked: frozenset[str]
+        self, request: OrderRequest, blocked: frozenset[str], record: dict[str, Any]
     ) -> GateContext | GateVerdict:
         """The gate's view for this request, or a refusal when the broker cannot show it."""
         try:
@@ -586,19 +620,9 @@ class Commander:
                 blocked=blocked,
             )
         except (TimeoutError, ConnectionError) as exc:  # the world cannot be seen: no order
-            ref = order_ref_for(request)
-            reason = f"gate inputs unavailable from the broker ({exc!r}): failing closed"
-            log.warning("order %s refused: %s", ref, reason)
-            self.store.post(
-                log_safety_event,
-                "gate",
-                "gate_refusal",
-                reason,
-                "warning",
-                order_ref=ref,
-                cycle_id=request.cycle_id,
-            )
-            return GateVerdict(False, ref, (reason,))
+            verdict = inputs_unavailable(self.store, request, exc, request.cycle_id)
+            record["unavailable"] = verdict.reasons[0]
+            return verdict
 
     async def _market_open(self, r: OrderRequest) -> bool:
         if self.cfg.loop.trade_outside_liquid_hours:
