@@ -8,8 +8,11 @@ outcome, then the accounting invariant (which also refuses an orphan protective 
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from data_lake import (
 )
 from paper_gateway import GatewayConfig
 from paper_gateway.testing import eventually
+from runtime.cli import main
 from runtime.heartbeat import read_heartbeat
 
 STILL = 3600.0  # prices move only when a drill moves them: quotes are old, not stale
@@ -221,3 +225,18 @@ def test_a_close_by_signal_cancels_the_stop_first_and_leaves_nothing_behind(
         stop(proc)
         stop_watchdog(tmp_path)
     assert_books_balance(admin, data(tmp_path))
+    # the cycles that sent the bracket and lifted its stop replay identically
+    ok = _read(tmp_path, lambda db: [r["id"] for r in db.query("SELECT * FROM cycles")])
+    ok = [c for c in ok if _read(tmp_path, _cycle_status, c) == "ok"]
+    assert ok
+    for cycle in ok:
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(["replay", str(cycle), "--config", str(cfg), "--json"])
+        doc = json.loads(out.getvalue())
+        assert code == 0 and doc["identical"], doc["differences"]
+
+
+def _cycle_status(db: Any, cycle: int) -> str:
+    [row] = list(db.query("SELECT status FROM cycles WHERE id = ?", [cycle]))
+    return str(row["status"])
