@@ -18,7 +18,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,7 @@ from skills.execution_gate import Holding, OrderRequest, WorkingOrder
 
 from .config import BrokerConfig, Secrets
 from .market_hours import is_open
+from .pacing import Backoff, HistoryPacer, LineBook
 
 __all__ = [
     "AccountModeError",
@@ -64,6 +65,7 @@ __all__ = [
     "BrokerError",
     "BrokerNotReady",
     "ClientIdInUse",
+    "MarketDataLinesFull",
     "PositionView",
     "QuoteSnapshot",
     "ReconcileReport",
@@ -82,6 +84,10 @@ ORDER_ERROR_CODES = frozenset(
 )
 # Errors that end the order they name: its intent becomes `rejected` with the code.
 ORDER_ENDING_CODES = frozenset({103, 104, 105, 110, 135, 161, 200, 201, 203, 321, 387})
+# Pacing refusals: never a fault, the request waits and is retried (runtime/pacing.py).
+MAX_TICKERS = 101  # "Max number of tickers has been reached"
+HISTORICAL_PACING = 162  # "... Historical data request pacing violation" (162 has other texts)
+HISTORY_ATTEMPTS = 6  # a historical request refused for pacing this often gives up
 
 
 class BrokerError(TraderError):
@@ -100,6 +106,10 @@ class BrokerNotReady(BrokerError, RetryLater):
     """Not connected, not reconciled, or connectivity to IB lost (1100): no orders."""
 
 
+class MarketDataLinesFull(BrokerError, RetryLater):
+    """Every market-data line streams a held position: a new subscription must wait."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuoteSnapshot:
     symbol: str
@@ -116,6 +126,8 @@ class QuoteSnapshot:
     vega: float | None = None
     theta: float | None = None
     underlying_price: float | None = None
+    # no update since the last reconnect or connectivity restore: stale by definition
+    pre_outage: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +359,7 @@ class Broker:
         on_reject_streak: Callable[[int, str], None] | None = None,
         on_execution: Callable[[float], None] | None = None,
         intent_sources: tuple[str, ...] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.cfg = cfg
         self.mode = mode
@@ -360,6 +373,7 @@ class Broker:
         self.on_reject_streak = on_reject_streak
         self.on_execution = on_execution
         self.intent_sources = intent_sources  # reconcile only these intents (None: all)
+        self.sleep = sleep  # waits of the pacing and the data proof (tests step time)
         self.ib = IB()
         self.ib.RequestTimeout = cfg.request_timeout_s
         self.account = ""
@@ -379,6 +393,18 @@ class Broker:
         self._seen_exec: set[str] = set()  # execIds already counted (memory, not the database)
         self._orders_lock = asyncio.Lock()  # one open/completed-orders request at a time
         self._loop: asyncio.AbstractEventLoop | None = None
+        # pacing (runtime/pacing.py): market-data lines and historical requests
+        self._lines = LineBook(cfg.max_market_data_lines)
+        self._lines_lock = asyncio.Lock()
+        self._lines_blocked_until = 0.0  # monotonic; after a 101, new lines wait until then
+        self._line_backoff = Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s, self.rng)
+        self._history = HistoryPacer(monotonic)
+        self._history_lock = asyncio.Lock()
+        self._history_refusals = 0  # 162 pacing refusals seen (the request in flight retries)
+        # data proof after a reconnect: ticks older than the epoch are stale by definition
+        self._data_epoch = float("-inf")
+        self._proving = False
+        self._proof_task: asyncio.Task[None] | None = None
         store.on_recovered.append(self._on_store_recovered)
         ib = self.ib
         ib.execDetailsEvent += self._on_exec
@@ -402,12 +428,14 @@ class Broker:
         try:
             self._check_account()
             self.connected_to_ib = True
+            self._mark_data_stale()
             await self.reconcile()
             self._pnl = self.ib.reqPnL(self.account)
             await self._resubscribe()
         except BaseException:
             self.ib.disconnect()
             raise
+        self._start_proof()
         log.info("broker %s ready: client %s account %s", self.source, self.client_id, self.account)
 
     async def _open_session(self) -> None:
@@ -478,7 +506,11 @@ class Broker:
             self.store.on_recovered.remove(self._on_store_recovered)
         self._closing = True
         self._wake.set()
-        tasks = [*self._tasks, *([self._supervisor] if self._supervisor else [])]
+        tasks = [
+            *self._tasks,
+            *([self._supervisor] if self._supervisor else []),
+            *([self._proof_task] if self._proof_task else []),
+        ]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -487,6 +519,7 @@ class Broker:
 
     def _on_disconnected(self) -> None:
         self.reconciled = False
+        self._mark_data_stale()
         if not self._closing:
             log.error(
                 "broker %s: socket to the gateway lost; no orders until reconnected", self.source
@@ -539,7 +572,8 @@ class Broker:
                 self._seen_exec.add(f.execution.execId)
                 continue
             new += 1
-            self._record_fill(f)
+            if self._record_fill(f) and f.execution.clientId == self.client_id:
+                self._count_execution()  # ours, caught up, never seen live: it counts all the same
             self._record_commission(f)
         if new:
             log.warning("broker %s: %d executions caught up from the broker", self.source, new)
@@ -751,12 +785,7 @@ class Broker:
         new = fill.execution.execId not in self._seen_exec
         self._seen_exec.add(fill.execution.execId)
         if new:
-            self.reject_streak = 0
-            if self.on_execution is not None:
-                try:
-                    self.on_execution(self.monotonic())
-                except Exception:
-                    log.exception("execution counter failed")
+            self._count_execution()
         try:
             self._post_fill(fill)
         except Exception:  # the catch-up from the broker's executions will store it
@@ -771,6 +800,16 @@ class Broker:
                 fill.execution.price,
                 fill.execution.orderRef,
             )
+
+    def _count_execution(self) -> None:
+        """An execution this session had not seen: the gate's execution counters (and the
+        repeated-execution throttle) count it now, whenever the broker delivered it."""
+        self.reject_streak = 0
+        if self.on_execution is not None:
+            try:
+                self.on_execution(self.monotonic())
+            except Exception:
+                log.exception("execution counter failed")
 
     def _on_commission(self, trade: Trade, fill: Fill, report: Any) -> None:
         self._record_commission(fill)
@@ -805,16 +844,13 @@ class Broker:
 
     def _on_error(self, req_id: int, code: int, msg: str, contract: Any) -> None:
         if code == 1100:
-            self.connected_to_ib = False
+            self.on_connectivity_lost()
             self._event("connectivity", f"1100: {msg}; no orders until restored", "critical")
         elif code in (1101, 1102):
-            self.connected_to_ib = True
             self._event("connectivity", f"{code}: {msg}", "warning")
-            task = asyncio.get_event_loop().create_task(
-                self._after_restore(code), name=f"broker-restore-{code}"
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.on_connectivity_restored(code)
+        elif code in (MAX_TICKERS, HISTORICAL_PACING):
+            self.on_pacing_refusal(req_id, code, msg, contract)
         elif code in ORDER_ERROR_CODES and req_id > 0:
             trade = next(  # our own order: other clients' ids (seen in reconcile) may clash
                 (
@@ -851,13 +887,121 @@ class Broker:
             except Exception:
                 log.exception("order error %s for %s not queued for storage", code, ref)
 
+    def on_connectivity_lost(self) -> None:
+        """1100: no orders until restored; every quote held now is stale from here on."""
+        self.connected_to_ib = False
+        self._mark_data_stale()
+
+    def on_connectivity_restored(self, code: int) -> None:
+        """1101/1102: resubscribe every stream, reconcile (fills delivered after the outage
+        are recorded once by execId), then prove that data flows again before new orders."""
+        self.connected_to_ib = True
+        self._mark_data_stale()
+        task = asyncio.get_event_loop().create_task(
+            self._after_restore(code), name=f"broker-restore-{code}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _after_restore(self, code: int) -> None:
         try:
-            if code == 1101:
-                await self._resubscribe()  # market data was lost
+            # 1101: the data was lost; 1102 says it was kept, but a stream is believed only
+            # once it ticks again, and a fresh subscription ticks at once
+            await self._resubscribe()
+            self._start_proof()
             await self.reconcile()
         except Exception as exc:
             log.error("after connectivity restore: %s", exc)
+
+    def on_pacing_refusal(self, req_id: int, code: int, msg: str, contract: Any) -> None:
+        """101 (market-data lines full) or 162 (historical pacing): nothing trips; the
+        request waits and is retried with backoff."""
+        if code == HISTORICAL_PACING:
+            if "pacing violation" in msg.lower():
+                self._history_refusals += 1  # the request in flight sees it and retries
+            return
+        now = self.monotonic()
+        key = _key(contract) if isinstance(contract, Contract) else None
+        ticker = self._tickers.get(key) if key else None
+        if key is not None and ticker is not None:
+            self._unsubscribe(key)  # ib_insync's side of the refused line
+        elif key is not None:
+            self._lines.drop(key)
+        self._lines.lower_cap()  # the account's lines are shared: use no more than held now
+        wait = self._line_backoff.next()
+        self._lines_blocked_until = max(self._lines_blocked_until, now + wait)
+        log.warning(
+            "broker %s: market-data line refused (101) for %s; %d lines held, new ones wait "
+            "%.1fs and the least recently used is given up for them",
+            self.source,
+            key or f"request {req_id}",
+            len(self._lines),
+            wait,
+        )
+
+    # --- data proof after a reconnect --------------------------------------------------------
+    def _mark_data_stale(self) -> None:
+        self._data_epoch = self.monotonic()
+
+    def _fresh(self, ticker: Ticker) -> bool:
+        """The ticker updated after the last reconnect or restore."""
+        return self._updated.get(id(ticker), float("-inf")) > self._data_epoch
+
+    @property
+    def proving_data(self) -> bool:
+        """A reconnect's data proof is running: no new orders until it ends."""
+        return self._proving
+
+    def data_pause_reason(self) -> str | None:
+        """Why new orders must wait for market data (None: they need not)."""
+        if self._proving:
+            return (
+                "market data not yet proven after a reconnect: no new orders until every "
+                "subscribed contract has a fresh tick"
+            )
+        return None
+
+    def stale_contracts(self) -> list[str]:
+        """Subscribed contracts with no tick since the last reconnect (untradable)."""
+        return sorted(k for k, t in self._tickers.items() if not self._fresh(t))
+
+    def _start_proof(self) -> None:
+        if self._proof_task is not None and not self._proof_task.done():
+            self._proof_task.cancel()
+        self._proving = True
+        self._proof_task = asyncio.get_event_loop().create_task(
+            self._prove_data(), name=f"broker-data-proof-{self.client_id}"
+        )
+
+    async def _prove_data(self) -> None:
+        """Wait for a fresh tick of every subscribed contract, up to fresh_data_timeout_s;
+        a contract still silent then is named in a critical safety event and stays
+        untradable (its quotes are pre-outage) until it ticks."""
+        bound = self.cfg.fresh_data_timeout_s
+        deadline = self.monotonic() + bound
+        try:
+            while True:
+                stale = self.stale_contracts()
+                if not stale:
+                    if self._tickers:
+                        self._event(
+                            "market_data_proven",
+                            f"fresh data for all {len(self._tickers)} subscriptions after the "
+                            "reconnect",
+                            "info",
+                        )
+                    break
+                if self.monotonic() >= deadline:
+                    self._event(
+                        "market_data_missing",
+                        f"no fresh tick within {bound:g}s after the reconnect for "
+                        f"{', '.join(stale)}: untradable until their data comes back",
+                        "critical",
+                    )
+                    break
+                await self.sleep(0.02)
+        finally:
+            self._proving = False
 
     def _event(self, kind: str, reason: str, severity: str, order_ref: str | None = None) -> None:
         self.store.post(log_safety_event, self.source, kind, reason, severity, order_ref=order_ref)
@@ -962,17 +1106,58 @@ class Broker:
             self._updated[id(t)] = now
 
     async def subscribe(self, contract: Contract) -> Ticker:
+        """Stream `contract`'s market data. Beyond `max_market_data_lines` (or fewer, after a
+        101 says the account's lines are full) the least recently used subscription of a
+        contract not held is given up first; when every line streams a held position this
+        waits up to request_timeout_s, then raises MarketDataLinesFull. Never sends the
+        request that would exceed the lines."""
         key = _key(contract)
         ticker = self._tickers.get(key)
         if ticker is None:
-            generic = "106" if contract.secType == "STK" else ""
-            ticker = self.ib.reqMktData(contract, generic, False, False)
-            self._tickers[key] = ticker
+            async with self._lines_lock:
+                ticker = self._tickers.get(key)
+                if ticker is None:
+                    await self._free_line(key)
+                    generic = "106" if contract.secType == "STK" else ""
+                    ticker = self.ib.reqMktData(contract, generic, False, False)
+                    self._tickers[key] = ticker
+        self._lines.touch(key, self.monotonic())
         return ticker
+
+    async def _free_line(self, key: str) -> None:
+        deadline = self.monotonic() + self.cfg.request_timeout_s
+        while True:
+            now = self.monotonic()
+            blocked = self._lines_blocked_until - now
+            if blocked <= 0 and not self._lines.full:
+                return
+            if blocked <= 0:
+                held = {_key(p.contract) for p in self.ib.positions(self.account) if p.position}
+                victim = self._lines.victim(held | {key})
+                if victim is not None:
+                    self._unsubscribe(victim)
+                    log.info("market data for %s given up for %s (lines full)", victim, key)
+                    continue
+            if now >= deadline:
+                raise MarketDataLinesFull(
+                    f"no market-data line for {key}: {len(self._lines)} lines in use "
+                    f"(max {self._lines.cap}), each streaming a held position"
+                )
+            await self.sleep(min(max(blocked, 0.05), deadline - now))
+
+    def _unsubscribe(self, key: str) -> None:
+        ticker = self._tickers.pop(key, None)
+        self._lines.drop(key)
+        if ticker is not None and ticker.contract is not None:
+            with contextlib.suppress(Exception):
+                self.ib.cancelMktData(ticker.contract)
 
     async def _resubscribe(self) -> None:
         old = list(self._tickers.values())
         self._tickers.clear()
+        self._lines = LineBook(self.cfg.max_market_data_lines)  # a new session: every line
+        self._lines_blocked_until = 0.0
+        self._line_backoff.reset()
         for t in old:
             if t.contract is None:
                 continue
@@ -983,15 +1168,27 @@ class Broker:
     async def quote(
         self, contract: Contract, max_wait_s: float | None = None
     ) -> QuoteSnapshot | None:
-        """Return the latest streaming quote, waiting up to max_wait_s for a first one."""
-        ticker = await self.subscribe(contract)
+        """Return the latest streaming quote, waiting up to max_wait_s for a first one (and,
+        after a reconnect, for a fresh one: a quote from before is marked `pre_outage`)."""
+        key = _key(contract)
         deadline = self.monotonic() + (
             self.cfg.request_timeout_s if max_wait_s is None else max_wait_s
         )
-        while not (_num(ticker.bid) and _num(ticker.ask)):
-            if self.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(0.01)
+        try:
+            ticker = await self.subscribe(contract)
+            while not (_num(ticker.bid) and _num(ticker.ask) and self._fresh(ticker)):
+                if self.monotonic() >= deadline:
+                    if _num(ticker.bid) and _num(ticker.ask):
+                        break  # only a stale one: returned marked, the gate refuses it
+                    return None
+                await asyncio.sleep(0.01)
+                if self._tickers.get(key) is not ticker:  # its line was refused (101): retry
+                    ticker = await self.subscribe(contract)
+        except MarketDataLinesFull as exc:
+            log.warning("no quote: %s", exc)
+            return None
+        if self.monotonic() >= self._lines_blocked_until:
+            self._line_backoff.reset()
         greeks = ticker.modelGreeks
         iv = (
             _num(ticker.impliedVolatility)
@@ -1013,15 +1210,13 @@ class Broker:
             vega=_num(greeks.vega) if greeks else None,
             theta=_num(greeks.theta) if greeks else None,
             underlying_price=_num(greeks.undPrice) if greeks else None,
+            pre_outage=not self._fresh(ticker),
         )
 
     async def iv_rank(self, contract: Contract) -> tuple[float, float] | None:
         """Return (current IV, IV rank 0..1) from a year of daily implied-vol bars."""
-        bars = await asyncio.wait_for(
-            self.ib.reqHistoricalDataAsync(
-                contract, "", "1 Y", "1 day", "OPTION_IMPLIED_VOLATILITY", True
-            ),
-            self.cfg.request_timeout_s,
+        bars = await self.historical_bars(
+            contract, "", "1 Y", "1 day", "OPTION_IMPLIED_VOLATILITY", True
         )
         closes = [b.close for b in bars if _num(b.close)]
         if len(closes) < 20:
@@ -1031,11 +1226,54 @@ class Broker:
 
     async def daily_closes(self, contract: Contract, duration: str = "1 M") -> list[float]:
         """Return daily closing trade prices over `duration` (IB duration string), oldest first."""
-        bars = await asyncio.wait_for(
-            self.ib.reqHistoricalDataAsync(contract, "", duration, "1 day", "TRADES", True),
-            self.cfg.request_timeout_s,
-        )
+        bars = await self.historical_bars(contract, "", duration, "1 day", "TRADES", True)
         return [float(b.close) for b in bars if _num(b.close) is not None]
+
+    async def historical_bars(
+        self,
+        contract: Contract,
+        end: str,
+        duration: str,
+        bar_size: str,
+        what: str,
+        use_rth: bool,
+    ) -> list[Any]:
+        """Historical bars, paced under IB's rules (queue, not error): one request at a time;
+        an identical request within 15 s is answered from the last answer; beyond 60 in 10
+        minutes (or 5 for one contract in 2 s) it waits; a 162 pacing refusal that comes
+        anyway is retried with backoff (TimeoutError after HISTORY_ATTEMPTS refusals)."""
+        ident: Hashable = contract.conId or _key(contract)
+        key = (ident, what, end, duration, bar_size, use_rth)
+        burst = (ident, what)
+        async with self._history_lock:
+            cached = self._history.cached(key)
+            if cached is not None:
+                return list(cached)
+            backoff = Backoff(1.0, 60.0, self.rng)
+            for _ in range(HISTORY_ATTEMPTS):
+                wait = self._history.wait_s(key, burst)
+                if wait > 0:
+                    log.info("historical request for %s waits %.1fs (pacing)", _key(contract), wait)
+                    await self.sleep(wait)
+                refused = self._history_refusals
+                self._history.record_sent(key, burst)
+                request = self.ib.reqHistoricalDataAsync(
+                    contract, end, duration, bar_size, what, use_rth
+                )
+                bars = await asyncio.wait_for(request, self.cfg.request_timeout_s)
+                if self._history_refusals == refused:
+                    self._history.record_answer(key, list(bars))
+                    return list(bars)
+                delay = backoff.next()
+                log.warning(
+                    "historical request for %s refused for pacing (162); retry in %.1fs",
+                    _key(contract),
+                    delay,
+                )
+                await self.sleep(delay)
+        raise TimeoutError(
+            f"historical data for {_key(contract)} refused for pacing {HISTORY_ATTEMPTS} times"
+        )
 
     async def option_chain(self, contract: Contract) -> tuple[list[str], list[float]]:
         chains = await asyncio.wait_for(

@@ -201,6 +201,8 @@ def _hb(cfg: Config, name: str, timeout: float) -> dict[str, Any]:
         "phase": hb.phase,
         "alive": running and hb.phase != "stopped" and age <= timeout,
     }
+    if name == MAIN_HEARTBEAT:
+        out["waiting"] = hb.waiting if out["alive"] else None
     if name == WATCHDOG_HEARTBEAT:
         # alive also needs a broker session that polled the account within the timeout
         poll_age = hb.account_poll_age(now)
@@ -302,6 +304,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         else:
             print(f"{name:9} no heartbeat")
+    if st["main"].get("waiting"):
+        print(st["main"]["waiting"])
     live = st["live"]
     if live["reachable"]:
         daily = live["daily_pnl"]

@@ -58,7 +58,9 @@ from .gate_context import THROTTLE_REENABLED, build_gate_context
 from .heartbeat import Clock
 from .llm_commander import LlmCommander
 from .market_hours import exchange_day, exchange_day_start
+from .restart_window import RestartWindow
 from .sense import MarketSensor, SenseSpec
+from .trading_pause import TradingPause
 
 __all__ = ["Commander", "CycleReport", "Decision", "decide_rules"]
 
@@ -252,6 +254,9 @@ class Commander:
         self.spec = sense_spec(self.instances)
         self._open_cache: dict[str, tuple[str, bool]] = {}
         self._deadline = float("inf")  # monotonic end of the running cycle (order pacing)
+        self.pause = TradingPause(
+            RestartWindow.from_config(cfg.broker), broker, lambda: self.wall_now(), store
+        )
 
     async def run_cycle(self, cycle_id: int) -> CycleReport:
         self._deadline = self.clock.monotonic() + self.cfg.loop.max_cycle_s
@@ -299,6 +304,11 @@ class Commander:
             return
         if not self.broker.ready:
             report.status, report.skipped = "skipped", "broker not connected and reconciled"
+            return
+        paused = self.pause.reasons()  # restart window; data not yet proven after a reconnect
+        self.pause.record(paused)
+        if paused:
+            report.status, report.skipped = "skipped", "; ".join(paused)
             return
         if not await self._anything_open():  # no LLM spend when nothing can be traded
             report.status, report.skipped = "skipped", "every instrument is closed"
@@ -460,6 +470,7 @@ class Commander:
                 market_open=market_open,
                 now=self.clock.monotonic(),
                 blocked=blocked,
+                paused=self.pause.reasons(),
             )
         except (TimeoutError, ConnectionError) as exc:  # the world cannot be seen: no order
             ref = order_ref_for(request)

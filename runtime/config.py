@@ -18,10 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from data_lake import RefuseToStart
 from skills.risk import RiskConfig
+
+from .restart_window import parse_hh_mm, zone_named
 
 __all__ = [
     "DEFAULT_INSTANCES_DIR",
@@ -76,6 +78,28 @@ class BrokerConfig(_Section):
     request_timeout_s: float = Field(10.0, gt=0, le=120)
     reconnect_initial_s: float = Field(1.0, gt=0, le=60)
     reconnect_max_s: float = Field(30.0, gt=0, le=600)
+    # the gateway's daily restart (IBC's restart time): no new orders from restart_guard_min
+    # before to restart_guard_min after it; "" = no restart window
+    daily_restart: str = ""
+    daily_restart_tz: str = "America/New_York"
+    restart_guard_min: int = Field(5, ge=0, le=120)
+    # after any reconnect, every subscribed contract must tick within this before new orders
+    fresh_data_timeout_s: float = Field(30.0, gt=0, le=600)
+    # simultaneous streaming subscriptions of this session (IB's account default is 100)
+    max_market_data_lines: int = Field(100, ge=1, le=10_000)
+
+    @field_validator("daily_restart")
+    @classmethod
+    def _hh_mm(cls, value: str) -> str:
+        if value:
+            parse_hh_mm(value)  # raises ValueError with the reason
+        return value
+
+    @field_validator("daily_restart_tz")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone_named(value)
+        return value
 
     @model_validator(mode="after")
     def _distinct_ids(self) -> BrokerConfig:

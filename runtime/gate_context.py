@@ -37,14 +37,17 @@ async def build_gate_context(
     now: float,
     quote_wait_s: float = 2.0,
     blocked: frozenset[str] = frozenset(),
+    paused: tuple[str, ...] = (),
 ) -> GateContext:
     """Qualify the contract, take its latest quote, the marked positions and the orders
     resting at the broker (every client id), right now. Nothing missing is defaulted: an
     unknown daily PnL, option delta or quote time reaches the gate as None (it refuses).
 
     `blocked` holds the contract keys with an unresolved intent (read from the store by the
-    caller). The watchdog's closing orders skip the resting-orders request: it cancels every
-    order before it closes, and its closes must not wait on one more broker round trip."""
+    caller); `paused` the reasons no new order may go now (restart window, data not yet
+    proven after a reconnect). The watchdog's closing orders skip the resting-orders request:
+    it cancels every order before it closes, and its closes must not wait on one more broker
+    round trip."""
     contract = await broker.qualify(
         request.symbol, request.sec_type, request.expiry, request.strike, request.right
     )
@@ -60,6 +63,7 @@ async def build_gate_context(
                 snap.multiplier,
                 snap.delta if is_opt else 1.0,
                 (snap.underlying_price or 0.0) if is_opt else 0.0,
+                pre_outage=snap.pre_outage,
             )
     holdings = await broker.holdings(quote_wait_s)
     working = () if request.source == WATCHDOG else await broker.working_orders()
@@ -75,6 +79,7 @@ async def build_gate_context(
         qualified=contract is not None,
         working=working,
         blocked=blocked,
+        paused=paused,
     )
 
 

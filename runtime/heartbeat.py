@@ -77,6 +77,7 @@ class Heartbeat:
     boot_time: float | None = None  # psutil boot_time() that create_time was computed with
     session: str | None = None  # watchdog: connecting / connected / unreachable
     account_poll_mono: float | None = None  # watchdog: last successful account poll
+    waiting: str | None = None  # main: "waiting for gateway restart (HH:MM, until HH:MM)"
 
     def age(self, now_mono: float) -> float:
         return now_mono - self.mono_ts
@@ -134,6 +135,7 @@ def write_heartbeat(
     create_time: float | None = None,
     session: str | None = None,
     account_poll_mono: float | None = None,
+    waiting: str | None = None,
 ) -> Heartbeat:
     """Atomically replace the heartbeat file; return what was written. The writer's start
     time is recorded (for `pid`, default this process) unless `create_time` is given."""
@@ -152,6 +154,7 @@ def write_heartbeat(
         boot,
         session,
         account_poll_mono,
+        waiting,
     )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -182,6 +185,7 @@ def read_heartbeat(path: Path) -> Heartbeat | None:
             opt("boot_time"),
             None if session is None else str(session),
             opt("account_poll_mono"),
+            None if raw.get("waiting") is None else str(raw["waiting"]),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
