@@ -941,7 +941,9 @@ class Broker:
 
     # --- data proof after a reconnect --------------------------------------------------------
     def _mark_data_stale(self) -> None:
+        """Quotes held now are stale; no new orders until a proof after the restore ends."""
         self._data_epoch = self.monotonic()
+        self._proving = True
 
     def _fresh(self, ticker: Ticker) -> bool:
         """The ticker updated after the last reconnect or restore."""
@@ -974,34 +976,39 @@ class Broker:
         )
 
     async def _prove_data(self) -> None:
+        try:
+            await self._await_fresh_data()
+        except asyncio.CancelledError:
+            raise  # a newer reconnect's proof took over (or the broker closes)
+        else:
+            self._proving = False
+
+    async def _await_fresh_data(self) -> None:
         """Wait for a fresh tick of every subscribed contract, up to fresh_data_timeout_s;
         a contract still silent then is named in a critical safety event and stays
         untradable (its quotes are pre-outage) until it ticks."""
         bound = self.cfg.fresh_data_timeout_s
         deadline = self.monotonic() + bound
-        try:
-            while True:
-                stale = self.stale_contracts()
-                if not stale:
-                    if self._tickers:
-                        self._event(
-                            "market_data_proven",
-                            f"fresh data for all {len(self._tickers)} subscriptions after the "
-                            "reconnect",
-                            "info",
-                        )
-                    break
-                if self.monotonic() >= deadline:
+        while True:
+            stale = self.stale_contracts()
+            if not stale:
+                if self._tickers:
                     self._event(
-                        "market_data_missing",
-                        f"no fresh tick within {bound:g}s after the reconnect for "
-                        f"{', '.join(stale)}: untradable until their data comes back",
-                        "critical",
+                        "market_data_proven",
+                        f"fresh data for all {len(self._tickers)} subscriptions after the "
+                        "reconnect",
+                        "info",
                     )
-                    break
-                await self.sleep(0.02)
-        finally:
-            self._proving = False
+                break
+            if self.monotonic() >= deadline:
+                self._event(
+                    "market_data_missing",
+                    f"no fresh tick within {bound:g}s after the reconnect for "
+                    f"{', '.join(stale)}: untradable until their data comes back",
+                    "critical",
+                )
+                break
+            await asyncio.sleep(0.02)  # ticks arrive on this loop; the bound is the clock's
 
     def _event(self, kind: str, reason: str, severity: str, order_ref: str | None = None) -> None:
         self.store.post(log_safety_event, self.source, kind, reason, severity, order_ref=order_ref)

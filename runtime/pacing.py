@@ -87,12 +87,14 @@ class HistoryPacer:
         window = self.window_s + self.margin_s
         if len(self._sent) >= self.max_in_window:
             waits.append(self._sent[-self.max_in_window][0] + window - now)
-        burst = [at for at, _, c in self._sent if c == contract and now - at < self.burst_s]
+        burst_s = self.burst_s + self.margin_s
+        burst = [at for at, _, c in self._sent if c == contract and now - at < burst_s]
         if len(burst) >= self.burst_max:
-            waits.append(burst[-self.burst_max] + self.burst_s + self.margin_s - now)
-        same = [at for at, k, _ in self._sent if k == key and now - at < self.identical_s]
+            waits.append(burst[-self.burst_max] + burst_s - now)
+        identical_s = self.identical_s + self.margin_s
+        same = [at for at, k, _ in self._sent if k == key and now - at < identical_s]
         if same:
-            waits.append(same[-1] + self.identical_s + self.margin_s - now)
+            waits.append(same[-1] + identical_s - now)
         return max(waits)
 
     def record_sent(self, key: Hashable, contract: Hashable) -> None:
