@@ -202,6 +202,7 @@ def _hb(cfg: Config, name: str, timeout: float) -> dict[str, Any]:
         "alive": running and hb.phase != "stopped" and age <= timeout,
     }
     if name == MAIN_HEARTBEAT:
+        out["broker_session"] = hb.session if out["alive"] else None
         out["waiting"] = hb.waiting if out["alive"] else None
     if name == WATCHDOG_HEARTBEAT:
         # alive also needs a broker session that polled the account within the timeout
@@ -297,6 +298,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 session = f", broker session {h['session']}, last account poll " + (
                     f"{poll:.1f}s ago" if poll is not None else "never"
                 )
+            elif h.get("broker_session"):
+                session = f", broker session {h['broker_session']}"
             print(
                 f"{name:9} pid {h['pid']} {'alive' if h['alive'] else 'NOT ALIVE'} "
                 f"(heartbeat {h['age_s']:.1f}s ago, cycle {h['cycle']}, {h['phase']}"

@@ -107,10 +107,22 @@ class MainLoop:
                 self.clock,
                 self.cycle,
                 self.phase,
+                session=self._session(),
                 waiting=self._waiting(),
             )
         except OSError as exc:  # disk full: the watchdog will see a stale heartbeat; say why
             log.error("heartbeat not written: %s", exc)
+
+    def _session(self) -> str:
+        """The main loop's broker session, for `status`: connecting (before the first
+        connect), reconnecting, proving data (reconnected, waiting for fresh ticks), or
+        connected."""
+        broker = getattr(self, "broker", None)
+        if broker is None:
+            return "connecting"
+        if not broker.ready:
+            return "reconnecting"
+        return "proving data" if broker.data_pause_reason() else "connected"
 
     def _waiting(self) -> str | None:
         """What `status` shows about the gateway's daily restart: its window while "now"
@@ -120,8 +132,7 @@ class MainLoop:
         if window is None:
             return None
         now = dt.datetime.fromtimestamp(self.clock.wall(), dt.UTC)
-        broker = getattr(self, "broker", None)
-        back = broker is not None and broker.ready and broker.data_pause_reason() is None
+        back = self._session() == "connected"
         if back:
             self._down_since = None
         elif self._down_since is None:
