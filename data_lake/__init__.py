@@ -7,6 +7,7 @@ watchdog write and read; `open_readonly` is how the CLI reads. The repository mo
 SQL statement of the project behind named functions.
 """
 
+from . import _lean  # noqa: F401  (first: sqlite_utils without numpy; see _lean)
 from .alerts import (
     alert_cursor,
     breaker_transitions_after,

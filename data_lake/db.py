@@ -76,9 +76,15 @@ def _v2(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _v3(conn: sqlite3.Connection) -> None:
+    for statement in _statements(_SCHEMA.with_name("schema_v3.sql").read_text(encoding="utf-8")):
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
     (1, _v1),
     (2, _v2),
+    (3, _v3),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -198,10 +198,9 @@ def trade_chain(db: Database, order_ref: str) -> dict[str, Any]:
     if decision:
         signals = list(
             db.query(
-                "SELECT s.* FROM signals s, json_each(?) j WHERE s.cycle_id = ? "
-                "AND s.instance_id = j.value AND s.status = 'valid' AND s.symbol = ? "
-                "AND s.action = ? ORDER BY s.id",
-                [decision["sources"], decision["cycle_id"], decision["symbol"], decision["action"]],
+                "SELECT s.* FROM decision_signals ds JOIN signals s ON s.id = ds.signal_id "
+                "WHERE ds.decision_id = ? ORDER BY s.id",
+                [decision["id"]],
             )
         )
     return {

@@ -143,7 +143,28 @@ def record_decisions(
                 json.dumps(dict(d.get("inputs") or {}), default=str),
             ),
         )
-        ids.append(int(cur.lastrowid or 0))
+        decision_id = int(cur.lastrowid or 0)
+        # the signals behind it, as foreign keys: its source instances' valid signals of
+        # this cycle for the same contract and side (stored before the decision)
+        db.conn.execute(
+            "INSERT OR IGNORE INTO decision_signals (decision_id, signal_id) "
+            "SELECT ?, s.id FROM signals s, json_each(?) j WHERE s.cycle_id = ? "
+            "AND s.instance_id = j.value AND s.status = 'valid' AND s.symbol = ? "
+            "AND s.action = ? AND s.sec_type = ? AND COALESCE(s.expiry, '') = ? "
+            "AND COALESCE(s.strike, 0) = ? AND COALESCE(s.opt_right, '') = ?",
+            (
+                decision_id,
+                json.dumps(list(d.get("sources", ()))),
+                cycle_id,
+                d["symbol"],
+                d["action"],
+                d["sec_type"],
+                d.get("expiry") or "",
+                d.get("strike") or 0,
+                d.get("right") or "",
+            ),
+        )
+        ids.append(decision_id)
     return ids
 
 

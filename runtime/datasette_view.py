@@ -55,6 +55,10 @@ TABLES: dict[str, dict[str, Any]] = {
             "sources": "JSON list of the swarm instances behind it",
         },
     },
+    "decision_signals": {
+        "description": "Which signals each decision was made from (foreign keys).",
+        "columns": {"decision_id": "decisions.id", "signal_id": "signals.id"},
+    },
     "signals": {
         "description": "Every instance's parsed signal or abstention, with the hashes of "
         "the template, parameters and rendered prompt that produced it."

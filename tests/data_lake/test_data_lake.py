@@ -14,6 +14,7 @@ from data_lake import (
     StorageUnavailable,
     Store,
     get_intent,
+    insert_cycle,
     insert_intent,
     list_snapshots,
     load_snapshot,
@@ -23,7 +24,9 @@ from data_lake import (
     open_readonly,
     query_safety_events,
     query_trades,
+    record_decisions,
     record_order_event,
+    record_signals,
     register_secret,
     save_snapshot,
 )
@@ -347,3 +350,77 @@ def test_readonly_open_never_creates_a_directory_or_database(tmp_path):
     afile.write_text("x")
     with pytest.raises(DataLakeMissing, match="not a directory"):
         open_readonly(afile)
+
+
+def _signal(instance: str, symbol: str, action: str = "BUY", status: str = "valid"):
+    return {
+        "cycle_id": 1,
+        "instance_id": instance,
+        "provider": "offline",
+        "status": status,
+        "symbol": symbol,
+        "action": action,
+        "sec_type": "STK",
+    }
+
+
+def _decision(symbol: str, sources: list[str]):
+    return {
+        "symbol": symbol,
+        "action": "BUY",
+        "sec_type": "STK",
+        "order_type": "LMT",
+        "limit_price": 10.0,
+        "quantity": 1,
+        "reason": "test",
+        "sources": sources,
+    }
+
+
+def _linked(db):
+    return sorted(
+        (r["decision_id"], r["instance_id"], r["symbol"])
+        for r in db.query(
+            "SELECT ds.decision_id, s.instance_id, s.symbol FROM decision_signals ds "
+            "JOIN signals s ON s.id = ds.signal_id"
+        )
+    )
+
+
+def test_decisions_carry_their_signals_as_foreign_keys(store):
+    store.call(insert_cycle, 1, timeout=5)
+    store.call(
+        record_signals,
+        [
+            _signal("a", "MSFT"),
+            _signal("b", "MSFT"),
+            _signal("c", "MSFT"),  # not a source of the decision
+            _signal("a", "NVDA"),  # another contract
+            _signal("b", "MSFT", status="abstain"),
+            _signal("a", "MSFT", action="SELL"),  # the other side
+        ],
+        timeout=5,
+    )
+    [msft, nvda] = store.call(
+        record_decisions, 1, [_decision("MSFT", ["a", "b"]), _decision("NVDA", ["a"])], timeout=5
+    )
+    assert _read(store, _linked) == [(msft, "a", "MSFT"), (msft, "b", "MSFT"), (nvda, "a", "NVDA")]
+
+
+def test_a_version_2_database_gets_its_decisions_linked_on_upgrade(tmp_path):
+    s = Store.open(tmp_path)
+    s.call(insert_cycle, 1, timeout=5)
+    s.call(record_signals, [_signal("a", "MSFT"), _signal("c", "MSFT")], timeout=5)
+    [decision] = s.call(record_decisions, 1, [_decision("MSFT", ["a"])], timeout=5)
+
+    def downgrade(db):  # the file as version 2 wrote it: no link table
+        db.conn.execute("DROP TABLE decision_signals")
+        db.conn.execute("PRAGMA user_version = 2")
+
+    s.call(downgrade, timeout=5)
+    s.close()
+    upgraded = Store.open(tmp_path)
+    try:
+        assert _read(upgraded, _linked) == [(decision, "a", "MSFT")]
+    finally:
+        upgraded.close()
