@@ -908,10 +908,13 @@ class Broker:
             # 1101: the data was lost; 1102 says it was kept, but a stream is believed only
             # once it ticks again, and a fresh subscription ticks at once
             await self._resubscribe()
-            self._start_proof()
+        except Exception as exc:  # what is not subscribed again is named by the proof
+            log.error("resubscribe after connectivity restore: %s", exc)
+        self._start_proof()
+        try:
             await self.reconcile()
         except Exception as exc:
-            log.error("after connectivity restore: %s", exc)
+            log.error("reconcile after connectivity restore: %s", exc)
 
     def on_pacing_refusal(self, req_id: int, code: int, msg: str, contract: Any) -> None:
         """101 (market-data lines full) or 162 (historical pacing): nothing trips; the
