@@ -967,8 +967,12 @@ class Broker:
         return None
 
     def stale_contracts(self) -> list[str]:
-        """Subscribed contracts with no tick since the last reconnect (untradable)."""
-        return sorted(k for k, t in self._tickers.items() if not self._fresh(t))
+        """Subscribed contracts that had data but no tick since the last reconnect
+        (untradable until they tick). One that never had data is not waited for: it has
+        no quote to trade on anyway."""
+        return sorted(
+            k for k, t in self._tickers.items() if id(t) in self._updated and not self._fresh(t)
+        )
 
     def _start_proof(self) -> None:
         if self._proof_task is not None and not self._proof_task.done():

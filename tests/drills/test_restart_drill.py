@@ -118,7 +118,7 @@ def test_orders_stop_in_the_restart_window_and_resume_only_after_data_is_proven(
     # nothing was sent before the reconnected broker had proven every subscription ticks
     [proven] = [e for e in _events(tmp_path, "market_data_proven") if e["source"] == "main_loop"]
     [resumed] = _events(tmp_path, "trading_resumed")
-    assert resumed["id"] > proven["id"] and reason in resumed["reason"]
+    assert resumed["id"] > proven["id"]  # after the window's pause (or a data pause after it)
     intents = _query(tmp_path, "SELECT created_at FROM order_intents ORDER BY id")
     assert intents and all(i["created_at"] > proven["at"] for i in intents)
     assert_books_balance(admin, data(tmp_path))
