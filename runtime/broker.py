@@ -952,11 +952,6 @@ class Broker:
         """The ticker updated after the last reconnect or restore."""
         return self._updated.get(id(ticker), float("-inf")) > self._data_epoch
 
-    @property
-    def proving_data(self) -> bool:
-        """A reconnect's data proof is running: no new orders until it ends."""
-        return self._proving
-
     def data_pause_reason(self) -> str | None:
         """Why new orders must wait for market data (None: they need not)."""
         if self._proving:
@@ -1153,9 +1148,14 @@ class Broker:
                     log.info("market data for %s given up for %s (lines full)", victim, key)
                     continue
             if now >= deadline:
+                why = (
+                    "the broker refused a line (101) and new ones still wait"
+                    if blocked > 0
+                    else "each streams a held position"
+                )
                 raise MarketDataLinesFull(
                     f"no market-data line for {key}: {len(self._lines)} lines in use "
-                    f"(max {self._lines.cap}), each streaming a held position"
+                    f"(max {self._lines.cap}); {why}"
                 )
             await self.sleep(min(max(blocked, 0.05), deadline - now))
 

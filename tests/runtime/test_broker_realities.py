@@ -235,3 +235,18 @@ async def test_a_fill_delivered_after_a_1100_outage_is_recorded_once_and_counts_
     assert any("daily loss" in r for r in reasons), reasons
     await b.close()
     assert_books_balance(admin, tmp_path)
+
+
+@pytest.mark.asyncio
+async def test_a_held_positions_line_is_never_given_up_a_new_subscription_waits_instead(
+    gateway, db, admin, started
+):
+    admin.call("set_position", symbol="AAPL", quantity=10, avg_cost=100.0)
+    cfg = make_config(gateway.port, max_market_data_lines=1, request_timeout_s=0.5)
+    b = await started(cfg, db)
+    await until(lambda: b.positions(), what="the position reported")
+    aapl, msft = await b.qualify("AAPL"), await b.qualify("MSFT")
+    assert await b.quote(aapl)
+    assert await b.quote(msft, max_wait_s=0.2) is None  # no line: no quote, no 101
+    assert sorted(b._tickers) == ["AAPL"]
+    assert admin.call("state")["market_data_lines"] == 1
