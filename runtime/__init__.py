@@ -1,6 +1,8 @@
 """Processes and orchestration. Public modules (import them by name):
 
-- `config`: the frozen, typed Config. `broker`: the only ib_insync importer.
+- `config`: the frozen, typed Config. `broker`: the only importer of the IB client library
+  (ib_insync or ib_async).
+- `ib_errors`: IB's error codes as one policy table; `ib_conditions`: what they say now.
 - `breaker`: the latched circuit breaker. `heartbeat`: heartbeat files and sd_notify.
 - `commander` (with `sense`, `gate_context`, `llm_commander`): one cycle.
 - `main_loop`, `watchdog`: the two processes. `cli`, `demo`: the command line.
@@ -15,6 +17,8 @@ __all__ = [
     "demo",
     "gate_context",
     "heartbeat",
+    "ib_conditions",
+    "ib_errors",
     "llm_commander",
     "main_loop",
     "market_hours",

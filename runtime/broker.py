@@ -6,6 +6,11 @@ reconnecting with backoff and jitter after drops and gateway restarts, and recor
 order status and execution in the data lake exactly once (by execId). Orders go out only
 through `submit()`, which the execution gate calls; nothing else here places orders except
 `close_position()`, which is the watchdog's path and is also called through the gate.
+
+IB's error codes are acted on exactly as their row in `runtime/ib_errors.py` says; what they
+say now (contracts untradable this cycle, a refuse-all condition, broken data farms) lives in
+`Broker.conditions` and reaches the gate through `runtime/gate_context.py`. Other parts hook
+in with `add_error_listener()` (called with each error's row after the built-in handling).
 """
 
 from __future__ import annotations
@@ -20,19 +25,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from ib_insync import (
-    IB,
-    Contract,
-    Fill,
-    LimitOrder,
-    MarketOrder,
-    Option,
-    Stock,
-    Ticker,
-    Trade,
-)
+if TYPE_CHECKING:  # typed against ib_insync; at run time the configured library (client_library)
+    from ib_insync import IB, Contract, Fill, Ticker, Trade
 
 from data_lake import (
     DONE_BROKER_STATES,
@@ -55,7 +52,17 @@ from data_lake import (
 from skills.contracts import contract_key
 from skills.execution_gate import Holding, OrderRequest, WorkingOrder
 
-from .config import BrokerConfig, Secrets
+from .config import CLIENT_LIBRARIES, BrokerConfig, ConfigError, Secrets
+from .ib_conditions import MarketConditions
+from .ib_errors import (
+    ORDER_ENDING_CODES,
+    REJECT_CODES,
+    Action,
+    ErrorPolicy,
+    Severity,
+    first_sighting,
+    policy_for,
+)
 from .market_hours import is_open
 from .pacing import Backoff, HistoryPacer, LineBook
 
@@ -65,11 +72,13 @@ __all__ = [
     "BrokerError",
     "BrokerNotReady",
     "ClientIdInUse",
+    "ErrorListener",
     "MarketDataLinesFull",
     "PositionView",
     "QuoteSnapshot",
     "ReconcileReport",
     "account_for",
+    "client_library",
     "open_session",
     "probe_account",
     "probe_gateway",
@@ -78,12 +87,14 @@ __all__ = [
 
 log = logging.getLogger("runtime.broker")
 
-REJECT_CODES = frozenset({201, 203, 10147})  # counted towards the consecutive-reject trip
-ORDER_ERROR_CODES = frozenset(
-    {103, 104, 105, 110, 135, 161, 200, 201, 202, 203, 321, 387, 399, 10147, 10148}
-)
-# Errors that end the order they name: its intent becomes `rejected` with the code.
-ORDER_ENDING_CODES = frozenset({103, 104, 105, 110, 135, 161, 200, 201, 203, 321, 387})
+# Live quotes only: marketDataType 2 (frozen), 3 (delayed) and 4 (delayed-frozen) never price
+# an order (the gate refuses them; see QuoteSnapshot.market_data_type).
+LIVE = 1
+
+
+# (policy row, request id, contract key or '', IB's message)
+ErrorListener = Callable[[ErrorPolicy, int, str, str], None]
+VALIDATION_ERROR = "ValidationError"  # ib_async's local status for an order warning (see below)
 # Pacing refusals: never a fault, the request waits and is retried (runtime/pacing.py).
 MAX_TICKERS = 101  # "Max number of tickers has been reached"
 HISTORICAL_PACING = 162  # "... Historical data request pacing violation" (162 has other texts)
@@ -128,6 +139,9 @@ class QuoteSnapshot:
     underlying_price: float | None = None
     # no update since the last reconnect or connectivity restore: stale by definition
     pre_outage: bool = False
+    # IB's marketDataType of the subscription: 1 live, 2 frozen, 3 delayed, 4 delayed-frozen
+    market_data_type: int = LIVE
+    suspect: str = ""  # why the quote cannot be trusted now ('' = it can), e.g. a broken farm
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,12 +169,105 @@ class ReconcileReport:
     unknown_broker_orders: tuple[str, ...]
 
 
+# --- the client library: ib_insync 0.9.86 or ib_async 2.1.0 ------------------------------------
+# One adapter runs on either (`[broker] client_library`); it is typed against ib_insync and loads
+# the configured module when a Broker (or a probe) is built, so importing this module needs
+# neither. What ib_async 2.x does differently, read in its source, and how this module handles it:
+#  1. qualifyContractsAsync returns one entry per contract, None for an unknown or ambiguous one
+#     (with its own secType filter of ambiguous answers; returnAll=True would give lists):
+#     `_qualified_one` takes only a real Contract with a conId, and a failure is never cached.
+#  2. Ticker and cancelMktData look contracts up by hash(contract) (ib_insync: by id), which
+#     raises ValueError for a contract without a conId: `subscribe` qualifies such a contract
+#     first, so market data is only ever requested for qualified contracts.
+#  3. A bid/ask update with size 0 sets the price to IBDefaults.emptyPrice (-1) instead of the
+#     price sent: a quote needs bid > 0 and ask > 0 (`_price`), with either library.
+#  4. Error codes 105, 110 (not PendingSubmit), 321, 329, 399, 404, 434, 492, 10167 on an order
+#     are "warnings" that set the trade's local status to "ValidationError" and emit
+#     orderStatusEvent; IB never sends that status. It is not recorded as a broker status
+#     (`_on_status`; the error itself is, by `_on_error`), and a session's own order in that
+#     state counts as working only when the broker lists it (`_open_trades`).
+#  5. Error 202 is an error, not a warning: the trade is set Cancelled locally and
+#     orderStatusEvent fires before IB's own Cancelled status arrives, so a cancel can be
+#     reported twice. Order events are appended; the orders row and the intent are upserts, and
+#     the intent's final status is never overwritten (data_lake.record_order_event).
+#  6. OrderStatus.DoneStates includes "Inactive", so openTrades() leaves Inactive orders out
+#     (ib_insync lists them): working orders come from trades() filtered by
+#     DONE_BROKER_STATES (`_working`), the same set with both libraries.
+#  7. Order, OrderStatus, Position and Execution fields are annotated float | Decimal (prices,
+#     quantities); 2.1.0's decoder still parses them to float, but every number crosses this
+#     boundary through float() (`_qty`, `_num`), so a Decimal never reaches the gate or the lake.
+#  8. execDetailsEvent and commissionReportEvent can fire more than once for one execId (a
+#     reqExecutions replay re-sends commission reports; a report updates the fill in place):
+#     executions are counted once per execId in memory (`_seen_exec`) and stored once by execId
+#     (log_trade); commissions are an idempotent update. tests/runtime/test_broker.py
+#     replays both events to prove it.
+#  9. IB.disconnect() resets the wrapper (trades, fills, positions, tickers) at once, not at the
+#     next connect: nothing here reads the session's caches after disconnecting it.
+# 10. The client offers versions 157..178 (ib_insync 157..176); at 177+ faProfile leaves
+#     placeOrder/openOrder. The paper gateway negotiates 176 with both.
+# 11. Logs go to "ib_async.*" loggers (the CLI quiets both names); eventkit comes from the
+#     aeventkit distribution, which installs the same `eventkit` package as ib_insync's
+#     eventkit 1.0.3 (both libraries use only Event and Op from it: either copy serves both).
+# Unchanged and relied on: the events' signatures, connectAsync's startup sync (fetchFields
+# defaults to everything), RequestTimeout, client._msgQ (the outgoing throttle queue) and
+# errorEvent's (reqId, code, message, contract).
+
+
+@functools.cache
+def client_library(name: str) -> ModuleType:
+    """Import the IB client library `name` (ib_insync or ib_async): this module is the only
+    importer of either. Raise ConfigError naming the key when it is not one or not installed."""
+    try:
+        lib: ModuleType
+        if name == "ib_async":
+            import ib_async
+
+            lib = ib_async
+            return lib
+        if name == "ib_insync":
+            import ib_insync
+
+            lib = ib_insync
+            return lib
+    except ImportError as exc:
+        raise ConfigError(f"broker.client_library: {name} cannot be imported: {exc}") from None
+    raise ConfigError(
+        f"broker.client_library: {name!r} is not one of {', '.join(CLIENT_LIBRARIES)}"
+    )
+
+
+def _new_ib(cfg: BrokerConfig, timeout: float | None = None) -> IB:
+    ib: IB = client_library(cfg.library).IB()
+    ib.RequestTimeout = cfg.request_timeout_s if timeout is None else timeout
+    return ib
+
+
 def _num(x: Any) -> float | None:
     try:
         v = float(x)
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) and v != 1.7976931348623157e308 else None
+
+
+def _qty(x: Any) -> float:
+    """A size, position or amount from the library as a float (ib_async may hold Decimal)."""
+    return _num(x) or 0.0
+
+
+def _price(x: Any) -> float | None:
+    """A quoted price, or None when there is none (NaN, unset, or IB's -1 / 0 for no quote)."""
+    v = _num(x)
+    return v if v is not None and v > 0 else None
+
+
+def _qualified_one(found: list[Any]) -> Contract | None:
+    """The one qualified contract of a qualifyContractsAsync answer, or None: ib_insync leaves
+    a failure out, ib_async puts None (or a list of candidates) in its place."""
+    first = found[0] if found else None
+    if first is None or isinstance(first, list) or not getattr(first, "conId", 0):
+        return None
+    return first  # type: ignore[no-any-return]
 
 
 async def open_session(
@@ -236,8 +343,7 @@ def account_for(accounts: list[str], cfg: BrokerConfig, mode: str) -> str:
 async def probe_gateway(cfg: BrokerConfig, mode: str, secrets: Secrets, client_id: int) -> str:
     """Connect with `client_id`, check the account against the mode, disconnect; return the
     account. Records nothing (`python -m runtime check`)."""
-    ib = IB()
-    ib.RequestTimeout = cfg.request_timeout_s
+    ib = _new_ib(cfg)
     await open_session(ib, cfg, client_id, mode, secrets)
     try:
         return account_for(ib.managedAccounts(), cfg, mode)
@@ -250,14 +356,15 @@ async def probe_positions(
 ) -> dict[str, float]:
     """Ask the broker itself (a fresh session and a reqPositions round trip, no cache) for
     the account's positions: {contract key: quantity}, flat ones left out."""
-    ib = IB()
-    ib.RequestTimeout = cfg.request_timeout_s
+    ib = _new_ib(cfg)
     await open_session(ib, cfg, client_id, mode, secrets)
     try:
         account = account_for(ib.managedAccounts(), cfg, mode)
         rows = await asyncio.wait_for(ib.reqPositionsAsync(), cfg.request_timeout_s)
         return {
-            _key(p.contract): float(p.position) for p in rows if p.account == account and p.position
+            _key(p.contract): _qty(p.position)
+            for p in rows
+            if p.account == account and _qty(p.position)
         }
     finally:
         ib.disconnect()
@@ -268,8 +375,7 @@ async def probe_account(
 ) -> dict[str, Any]:
     """The account as the broker sees it now (a short session of its own, read only): values,
     daily PnL, positions, and the open orders of every client id."""
-    ib = IB()
-    ib.RequestTimeout = timeout
+    ib = _new_ib(cfg, timeout)
     short = cfg.model_copy(update={"connect_timeout_s": timeout})
     await open_session(ib, short, client_id, mode, secrets)
     try:
@@ -292,9 +398,13 @@ async def probe_account(
             "unrealized_pnl": values.get("UnrealizedPnL"),
             "realized_pnl": values.get("RealizedPnL"),
             "positions": [
-                {"contract": _key(p.contract), "quantity": float(p.position), "avg_cost": p.avgCost}
+                {
+                    "contract": _key(p.contract),
+                    "quantity": _qty(p.position),
+                    "avg_cost": _qty(p.avgCost),
+                }
                 for p in positions
-                if p.account == account and p.position
+                if p.account == account and _qty(p.position)
             ],
             "open_orders": [
                 {
@@ -302,7 +412,7 @@ async def probe_account(
                     "client_id": t.order.clientId,
                     "contract": _key(t.contract),
                     "action": t.order.action,
-                    "quantity": float(t.order.totalQuantity),
+                    "quantity": _qty(t.order.totalQuantity),
                     "order_type": t.order.orderType,
                     "limit_price": _num(t.order.lmtPrice),
                     "status": t.orderStatus.status,
@@ -314,28 +424,39 @@ async def probe_account(
         ib.disconnect()
 
 
+def _first_sentence(msg: str) -> str:
+    """IB's message up to its first full stop (its texts run on with advice)."""
+    return msg.split(".", 1)[0].strip()
+
+
 def _position_view(p: Any) -> PositionView:
-    """Our view of one ib_insync Position."""
+    """Our view of one library Position (numbers as floats)."""
     c = p.contract
     return PositionView(
         c.conId,
         c.symbol,
         c.secType,
-        p.position,
-        p.avgCost,
+        _qty(p.position),
+        _qty(p.avgCost),
         float(c.multiplier or 1),
         c.lastTradeDateOrContractMonth,
-        c.strike,
+        _qty(c.strike),
         c.right,
     )
 
 
 def contract_for(
-    symbol: str, sec_type: str, expiry: str = "", strike: float = 0.0, right: str = ""
+    lib: ModuleType,
+    symbol: str,
+    sec_type: str,
+    expiry: str = "",
+    strike: float = 0.0,
+    right: str = "",
 ) -> Contract:
+    """An unqualified SMART/USD stock or option contract of the client library `lib`."""
     if sec_type == "OPT":
-        return Option(symbol, expiry, strike, right, "SMART", currency="USD")
-    return Stock(symbol, "SMART", "USD")
+        return lib.Option(symbol, expiry, strike, right, "SMART", currency="USD")  # type: ignore[no-any-return]
+    return lib.Stock(symbol, "SMART", "USD")  # type: ignore[no-any-return]
 
 
 def _key(c: Contract) -> str:
@@ -374,8 +495,8 @@ class Broker:
         self.on_execution = on_execution
         self.intent_sources = intent_sources  # reconcile only these intents (None: all)
         self.sleep = sleep  # waits of the pacing and the data proof (tests step time)
-        self.ib = IB()
-        self.ib.RequestTimeout = cfg.request_timeout_s
+        self.lib = client_library(cfg.library)
+        self.ib = _new_ib(cfg)
         self.account = ""
         self.connected_to_ib = False  # False between 1100 and 1101/1102
         self.reconciled = False
@@ -386,6 +507,14 @@ class Broker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._tickers: dict[str, Ticker] = {}
+        self._ended: set[str] = set()  # subscriptions an error ended (no quotes this cycle)
+        self._renew: set[str] = set()  # ended in an earlier cycle: requested on next use
+        self._sub_seq = 0  # market-data requests sent so far
+        self._seq_of: dict[str, int] = {}  # contract key -> sequence number of its request
+        self._refuse_all_seq = 0  # _sub_seq when the last refuse-all condition was raised
+        # what IB's error codes say now (per-contract refusals, refuse-all, broken farms)
+        self.conditions = MarketConditions()
+        self._error_listeners: list[ErrorListener] = []
         self._updated: dict[int, float] = {}  # id(ticker) -> monotonic time of last update
         self._qualified: dict[str, Contract] = {}
         self._cancel_requested: set[str] = set()
@@ -405,6 +534,7 @@ class Broker:
         self._data_epoch = float("-inf")
         self._proving = False
         self._proof_task: asyncio.Task[None] | None = None
+        self.add_error_listener(self._on_pacing_error)  # 101 and 162: queue, never error
         store.on_recovered.append(self._on_store_recovered)
         ib = self.ib
         ib.execDetailsEvent += self._on_exec
@@ -429,6 +559,9 @@ class Broker:
             self._check_account()
             self.connected_to_ib = True
             self._mark_data_stale()
+            if self.cfg.market_data == "delayed":
+                # live where subscribed, delayed elsewhere (the gate never prices on delayed)
+                self.ib.reqMarketDataType(3)
             await self.reconcile()
             self._pnl = self.ib.reqPnL(self.account)
             await self._resubscribe()
@@ -436,7 +569,14 @@ class Broker:
             self.ib.disconnect()
             raise
         self._start_proof()
-        log.info("broker %s ready: client %s account %s", self.source, self.client_id, self.account)
+        log.info(
+            "broker %s ready on %s %s: client %s account %s",
+            self.source,
+            self.lib.__name__,
+            getattr(self.lib, "__version__", "?"),
+            self.client_id,
+            self.account,
+        )
 
     async def _open_session(self) -> None:
         await open_session(self.ib, self.cfg, self.client_id, self.mode, self.secrets)
@@ -587,7 +727,11 @@ class Broker:
                 self.ib.reqAllOpenOrdersAsync(), self.cfg.request_timeout_s
             )
         out: dict[tuple[int, int, int], Trade] = {}
-        own = [t for t in self.ib.openTrades() if t.order.clientId == self.client_id]
+        own = [  # a client-side ValidationError is not a broker state: the broker decides
+            t
+            for t in self._working()
+            if t.order.clientId == self.client_id and t.orderStatus.status != VALIDATION_ERROR
+        ]
         for t in [*own, *fresh]:
             o = t.order
             key = (o.clientId, o.orderId, o.permId if o.orderId <= 0 else 0)
@@ -604,7 +748,7 @@ class Broker:
             o, s, c = t.order, t.orderStatus, t.contract
             remaining = _num(s.remaining) or 0.0
             if remaining <= 0:
-                remaining = max(0.0, float(o.totalQuantity) - (_num(s.filled) or 0.0))
+                remaining = max(0.0, _qty(o.totalQuantity) - _qty(s.filled))
             if remaining <= 0:
                 continue
             signed = remaining if o.action == "BUY" else -remaining
@@ -632,7 +776,7 @@ class Broker:
         filled_by_ref: dict[str, float] = {}
         for f in fills:
             ref = f.execution.orderRef
-            filled_by_ref[ref] = filled_by_ref.get(ref, 0.0) + f.execution.shares
+            filled_by_ref[ref] = filled_by_ref.get(ref, 0.0) + _qty(f.execution.shares)
         intents = await self.store.run(
             intents_to_reconcile, self.intent_sources, timeout=self.db_timeout_s
         )
@@ -767,17 +911,17 @@ class Broker:
             "con_id": c.conId,
             "multiplier": float(c.multiplier or 1),
             "side": e.side,
-            "shares": e.shares,
-            "price": e.price,
+            "shares": _qty(e.shares),
+            "price": _qty(e.price),
             "exec_time": e.time.isoformat() if e.time else "",
         }
         self.store.post(log_trade, row)  # queued and retried: a busy disk never loses it
 
     def _record_commission(self, fill: Fill) -> None:
         report = fill.commissionReport
-        if report and report.execId and report.commission:
+        if report and report.execId and _num(report.commission):
             self.store.post(
-                set_commission, report.execId, report.commission, _num(report.realizedPNL)
+                set_commission, report.execId, _qty(report.commission), _num(report.realizedPNL)
             )
 
     def _on_exec(self, trade: Trade, fill: Fill) -> None:
@@ -795,9 +939,9 @@ class Broker:
                 "execution %s %s %g %s @ %g ref=%s",
                 fill.execution.execId,
                 fill.execution.side,
-                fill.execution.shares,
+                _qty(fill.execution.shares),
                 _key(fill.contract),
-                fill.execution.price,
+                _qty(fill.execution.price),
                 fill.execution.orderRef,
             )
 
@@ -823,69 +967,225 @@ class Broker:
             order_id=o.orderId,
             client_id=o.clientId or self.client_id,
             status=s.status,
-            filled=s.filled,
-            remaining=s.remaining,
-            avg_fill_price=s.avgFillPrice or None,
+            filled=_qty(s.filled),
+            remaining=_qty(s.remaining),
+            avg_fill_price=_num(s.avgFillPrice) or None,
             order={
                 "symbol": c.symbol,
                 "sec_type": c.secType,
                 "action": o.action,
-                "quantity": o.totalQuantity,
+                "quantity": _qty(o.totalQuantity),
                 "order_type": o.orderType,
                 "limit_price": _num(o.lmtPrice),
             },
         )
 
     def _on_status(self, trade: Trade) -> None:
+        if trade.orderStatus.status == VALIDATION_ERROR:
+            # ib_async's own status for an order warning; IB never sends it. The error event
+            # that follows records the code (and, for an order-ending code, the rejection).
+            log.warning("order %s: validation warning from the broker", trade.order.orderRef)
+            return
         try:
             self._record_status(trade)
         except Exception:
             log.exception("could not record the status of order %s", trade.order.orderRef)
 
+    # --- IB errors: the policy table (runtime/ib_errors.py) decides --------------------------
     def _on_error(self, req_id: int, code: int, msg: str, contract: Any) -> None:
-        if code == 1100:
+        policy = policy_for(code)
+        key = _key(contract) if contract is not None and contract.symbol else ""
+        self._apply_policy(policy, req_id, key, msg)
+        self._notify_listeners(policy, req_id, key, msg)
+
+    def _apply_policy(self, policy: ErrorPolicy, req_id: int, key: str, msg: str) -> None:
+        """Act on an IB error exactly as its row in the policy table says."""
+        code = policy.code
+        if not policy.known:
+            log.warning("broker %s: IB error %s (no policy row): %s", self.source, code, msg)
+            if first_sighting(code):
+                self._event(
+                    "unknown_error_code",
+                    f"IB error {code} has no row in the policy table: {msg} (logged; "
+                    "recorded once per process)",
+                    "warning",
+                )
+            return
+        level = {Severity.INFO: logging.INFO, Severity.WARNING: logging.WARNING}.get(
+            policy.severity, logging.ERROR
+        )
+        log.log(
+            level,
+            "broker %s: IB %s %s (req %s%s): %s",
+            self.source,
+            policy.severity,
+            code,
+            req_id,
+            f", {key}" if key else "",
+            msg,
+        )
+        if policy.farm:
+            self._on_farm(policy, msg)
+        if 1100 in policy.clears:
+            self._restored(code, msg)
+        for cleared in policy.clears:  # a refuse-all condition this code ends
+            if self.conditions.clear(cleared) is not None:
+                self._event("broker_refuse_all_cleared", f"{code}: {msg}", "warning")
+        if policy.ends_request and key:
+            self._end_subscription(key, req_id)
+        if policy.action is Action.ORDER_REJECT:
+            if req_id > 0:
+                self._on_order_error(req_id, code, msg)
+        elif policy.action is Action.REFUSE_SYMBOL:
+            self._refuse_symbol(policy, key, msg)
+        elif policy.action is Action.REFUSE_ALL:
+            self._refuse_all(policy, msg)
+        elif policy.action is Action.TRIP_BREAKER:
+            # no row uses it today; fail closed rather than ignore it
+            self._refuse_all(policy, msg)
+        elif policy.action is Action.RECONNECT:
+            self._reconnect(policy, msg)
+        elif policy.action is Action.RESUBSCRIBE:
+            # 1101: the restore above resubscribes market data; 10182/10225 concern bar
+            # subscriptions, which the daemon does not keep (ib_insync renews 10225 itself)
+            if code == 2100:
+                self._spawn(self._account_updates(), f"broker-account-updates-{self.client_id}")
+        elif key and policy.severity is not Severity.INFO and self.conditions.note(code, key):
+            # INFO / DELAY warnings about one contract: recorded once per contract per cycle
+            kind = "market_data_delayed" if code == 10167 else "broker_warning"
+            self._event(kind, f"{key}: {policy.meaning} ({code}: {msg})", "warning")
+
+    def add_error_listener(self, listener: ErrorListener) -> None:
+        """Call `listener(policy, req_id, contract_key, msg)` for every IB error, after the
+        table's own action (e.g. request pacing on DELAY rows). Its exceptions are logged."""
+        self._error_listeners.append(listener)
+
+    def _notify_listeners(self, policy: ErrorPolicy, req_id: int, key: str, msg: str) -> None:
+        for listener in self._error_listeners:
+            try:
+                listener(policy, req_id, key, msg)
+            except Exception:
+                log.exception("error listener %r failed on %s", listener, policy.code)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_event_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _restored(self, code: int, msg: str) -> None:
+        """1101/1102: IB connectivity is back (1101 also lost the market data)."""
+        self._event("connectivity", f"{code}: {msg}", "warning")
+        self.on_connectivity_restored(code)
+
+    def _on_farm(self, policy: ErrorPolicy, msg: str) -> None:
+        """Farm status: broken marks that farm's data suspect (not an outage); OK ends it."""
+        name = msg.rsplit(":", 1)[-1].strip() if ":" in msg else ""
+        if policy.clears:
+            if self.conditions.farm_ok(policy.farm, name):
+                self._event(
+                    "data_farm", f"{policy.farm} data farm OK again ({policy.code}: {msg})", "info"
+                )
+        elif self.conditions.farm_broken(policy.farm, name, policy.code, msg):
+            self._event("data_farm", f"{policy.meaning} ({policy.code}: {msg})", "warning")
+
+    def _end_subscription(self, key: str, req_id: int) -> None:
+        """An error ended this contract's market-data subscription: no quotes flow for it
+        until it is requested again (at the next cycle)."""
+        ticker = self._tickers.get(key)
+        if ticker is not None and self.ib.wrapper.reqId2Ticker.get(req_id) is ticker:
+            self._ended.add(key)
+
+    def _refuse_symbol(self, policy: ErrorPolicy, key: str, msg: str) -> None:
+        if not key:  # cannot say which contract: recorded (once a cycle), nothing refused
+            if self.conditions.note(policy.code, ""):
+                self._event(
+                    "market_data_refused",
+                    f"a contract the error does not name: {policy.meaning} ({policy.code}: {msg})",
+                    "warning",
+                )
+            return
+        if self.conditions.refuse(key, policy.code, _first_sentence(msg) or policy.meaning):
+            self._event(
+                "market_data_refused",
+                f"{key}: {policy.meaning} ({policy.code}: {msg}); other contracts keep trading",
+                "warning",
+            )
+
+    def _refuse_all(self, policy: ErrorPolicy, msg: str) -> None:
+        if policy.code == 1100:  # the IB link itself: `ready` is False until 1101/1102
             self.on_connectivity_lost()
             self._event("connectivity", f"1100: {msg}; no orders until restored", "critical")
-        elif code in (1101, 1102):
-            self._event("connectivity", f"{code}: {msg}", "warning")
-            self.on_connectivity_restored(code)
-        elif code in (MAX_TICKERS, HISTORICAL_PACING):
-            self.on_pacing_refusal(req_id, code, msg, contract)
-        elif code in ORDER_ERROR_CODES and req_id > 0:
-            trade = next(  # our own order: other clients' ids (seen in reconcile) may clash
-                (
-                    t
-                    for t in self.ib.trades()
-                    if t.order.orderId == req_id and t.order.clientId == self.client_id
-                ),
-                None,
+            return
+        self._refuse_all_seq = self._sub_seq
+        if self.conditions.refuse_all(policy.code, _first_sentence(msg) or policy.meaning):
+            self._event(
+                "broker_refuse_all",
+                f"{policy.meaning} ({policy.code}: {msg}): every new order is refused",
+                "critical",
             )
-            ref = trade.order.orderRef if trade else None
-            cancelled_by_us = code == 202 and ref in self._cancel_requested
-            counted = code in REJECT_CODES or (code == 202 and not cancelled_by_us)
-            if counted:  # the safety counter first, independent of the audit writes
-                self.reject_streak += 1
-                if self.on_reject_streak is not None:
-                    try:
-                        self.on_reject_streak(self.reject_streak, f"{code}: {msg}")
-                    except Exception:
-                        log.exception("reject counter failed")
-            try:
-                self.store.post(
-                    record_order_event,
-                    order_ref=ref,
-                    perm_id=None,
-                    order_id=req_id,
-                    client_id=self.client_id,
-                    status=None,
-                    error_code=code,
-                    message=msg,
-                    rejected=code in ORDER_ENDING_CODES,
-                )
-                if counted:
-                    self._event("order_reject", f"{code}: {msg}", "warning", order_ref=ref)
-            except Exception:
-                log.exception("order error %s for %s not queued for storage", code, ref)
+
+    def _reconnect(self, policy: ErrorPolicy, msg: str) -> None:
+        if policy.code == 326:  # at connect: open_session raises ClientIdInUse (retried)
+            return
+        self._event(
+            "connectivity", f"{policy.code}: {msg}; dropping the session to reconnect", "critical"
+        )
+        if not self._closing:
+            asyncio.get_event_loop().call_soon(self._drop_session)
+
+    def _drop_session(self) -> None:
+        """Close the socket as a socket loss would: ib_insync clears its session state only
+        when the peer closes (a PnL subscription left registered would refuse the reconnect's
+        reqPnL), so clear it here too; the supervisor reconnects and reconciles."""
+        self.ib.disconnect()
+        self.ib.wrapper.reset()
+
+    async def _account_updates(self) -> None:
+        """2100: the account-data subscription ended; request it again."""
+        try:
+            await asyncio.wait_for(
+                self.ib.reqAccountUpdatesAsync(self.account), self.cfg.request_timeout_s
+            )
+        except (TimeoutError, ConnectionError) as exc:
+            log.error("broker %s: account updates not renewed: %s", self.source, exc)
+
+    def _on_order_error(self, req_id: int, code: int, msg: str) -> None:
+        """The reject accounting (ORDER_REJECT rows): stored on the order; ending codes reject
+        its intent; counted codes (and 202s the daemon did not ask for) feed the trip."""
+        trade = next(  # our own order: other clients' ids (seen in reconcile) may clash
+            (
+                t
+                for t in self.ib.trades()
+                if t.order.orderId == req_id and t.order.clientId == self.client_id
+            ),
+            None,
+        )
+        ref = trade.order.orderRef if trade else None
+        cancelled_by_us = code == 202 and ref in self._cancel_requested
+        counted = code in REJECT_CODES or (code == 202 and not cancelled_by_us)
+        if counted:  # the safety counter first, independent of the audit writes
+            self.reject_streak += 1
+            if self.on_reject_streak is not None:
+                try:
+                    self.on_reject_streak(self.reject_streak, f"{code}: {msg}")
+                except Exception:
+                    log.exception("reject counter failed")
+        try:
+            self.store.post(
+                record_order_event,
+                order_ref=ref,
+                perm_id=None,
+                order_id=req_id,
+                client_id=self.client_id,
+                status=None,
+                error_code=code,
+                message=msg,
+                rejected=code in ORDER_ENDING_CODES,
+            )
+            if counted:
+                self._event("order_reject", f"{code}: {msg}", "warning", order_ref=ref)
+        except Exception:
+            log.exception("order error %s for %s not queued for storage", code, ref)
 
     def on_connectivity_lost(self) -> None:
         """1100: no orders until restored; every quote held now is stale from here on."""
@@ -897,11 +1197,7 @@ class Broker:
         are recorded once by execId), then prove that data flows again before new orders."""
         self.connected_to_ib = True
         self._mark_data_stale()
-        task = asyncio.get_event_loop().create_task(
-            self._after_restore(code), name=f"broker-restore-{code}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._after_restore(code), f"broker-restore-{code}")
 
     async def _after_restore(self, code: int) -> None:
         try:
@@ -916,19 +1212,23 @@ class Broker:
         except Exception as exc:
             log.error("reconcile after connectivity restore: %s", exc)
 
-    def on_pacing_refusal(self, req_id: int, code: int, msg: str, contract: Any) -> None:
+    def _on_pacing_error(self, policy: ErrorPolicy, req_id: int, key: str, msg: str) -> None:
+        """The error listener for the pacing rows (after the table's own action)."""
+        if policy.code in (MAX_TICKERS, HISTORICAL_PACING):
+            self.on_pacing_refusal(req_id, policy.code, msg, key)
+
+    def on_pacing_refusal(self, req_id: int, code: int, msg: str, key: str) -> None:
         """101 (market-data lines full) or 162 (historical pacing): nothing trips; the
-        request waits and is retried with backoff."""
+        request waits and is retried with backoff (`key`: the contract, '' if unknown)."""
         if code == HISTORICAL_PACING:
             if "pacing violation" in msg.lower():
                 self._history_refusals += 1  # the request in flight sees it and retries
             return
         now = self.monotonic()
-        key = _key(contract) if isinstance(contract, Contract) else None
-        ticker = self._tickers.get(key) if key else None
-        if key is not None and ticker is not None:
+        if key and key in self._tickers:
             self._unsubscribe(key)  # ib_insync's side of the refused line
-        elif key is not None:
+            self._ended.discard(key)  # not over for this cycle: asked again after the backoff
+        elif key:
             self._lines.drop(key)
         self._lines.lower_cap()  # the account's lines are shared: use no more than held now
         wait = self._line_backoff.next()
@@ -1054,7 +1354,7 @@ class Broker:
         return out
 
     def positions(self) -> list[PositionView]:
-        return [_position_view(p) for p in self.ib.positions(self.account) if p.position]
+        return [_position_view(p) for p in self.ib.positions(self.account) if _qty(p.position)]
 
     async def fresh_positions(self, timeout_s: float | None = None) -> list[PositionView]:
         """Ask the broker now (a reqPositions round trip), not ib_insync's cached view: the
@@ -1068,24 +1368,25 @@ class Broker:
         for p in fresh:  # one answer per contract; a later line for the same conId wins
             if not self.account or p.account == self.account:
                 latest[p.contract.conId] = p
-        return [_position_view(p) for p in latest.values() if p.position]
+        return [_position_view(p) for p in latest.values() if _qty(p.position)]
 
     async def holdings(self, quote_wait_s: float = 2.0) -> dict[str, Holding]:
         """Positions marked to the latest quotes (options with model delta), by contract key."""
         out: dict[str, Holding] = {}
         for p in self.ib.positions(self.account):
-            if not p.position:
+            quantity = _qty(p.position)
+            if not quantity:
                 continue
             c = p.contract
             mult = float(c.multiplier or 1)
             snap = await self.quote(c, max_wait_s=quote_wait_s) if c.conId else None
-            mark = snap.bid * 0.5 + snap.ask * 0.5 if snap else p.avgCost / mult
+            mark = snap.bid * 0.5 + snap.ask * 0.5 if snap else _qty(p.avgCost) / mult
             delta: float | None = 1.0
             und = 0.0
             if c.secType == "OPT":
                 delta = snap.delta if snap else None  # unknown: the gate refuses, not 0
                 und = (snap.underlying_price or 0.0) if snap else 0.0
-            out[_key(c)] = Holding(c.symbol, p.position, mark, mult, delta, und)
+            out[_key(c)] = Holding(c.symbol, quantity, mark, mult, delta, und)
         return out
 
     # --- market data -----------------------------------------------------------------------------
@@ -1097,37 +1398,94 @@ class Broker:
         strike: float = 0.0,
         right: str = "",
     ) -> Contract | None:
-        contract = contract_for(symbol, sec_type, expiry, strike, right)
+        contract = contract_for(self.lib, symbol, sec_type, expiry, strike, right)
         key = _key(contract)
         if key in self._qualified:
             return self._qualified[key]
         found = await asyncio.wait_for(
             self.ib.qualifyContractsAsync(contract), self.cfg.request_timeout_s
         )
-        if not found:
+        qualified = _qualified_one(list(found))
+        if qualified is None:  # unknown or ambiguous: not cached, asked again next time
             return None
-        self._qualified[key] = found[0]
-        return found[0]
+        self._qualified[key] = qualified
+        return qualified
 
     def _on_tickers(self, tickers: set[Ticker]) -> None:
         now = self.monotonic()
         for t in tickers:
             self._updated[id(t)] = now
+        raised = self.conditions.refusing_all()
+        if raised is not None and raised.code == 10197:
+            # live data on a subscription requested after the 10197: the competing session
+            # is over (ticks sent before the error share its read, hence the sequence check)
+            for t in tickers:
+                key = _key(t.contract) if t.contract is not None else ""
+                if (
+                    self._seq_of.get(key, 0) > self._refuse_all_seq
+                    and t.marketDataType == LIVE
+                    and _num(t.bid)
+                    and _num(t.ask)
+                ):
+                    self.conditions.clear(10197)
+                    self._event(
+                        "broker_refuse_all_cleared",
+                        f"live market data flows again ({key}): 10197 cleared, orders allowed",
+                        "warning",
+                    )
+                    break
+
+    def begin_cycle(self, cycle_id: int) -> None:
+        """A new cycle: per-contract refusals of the last one end, and every subscription an
+        error ended is requested again on its next use."""
+        self.conditions.begin_cycle(cycle_id)
+        self._renew |= self._ended
+        self._ended.clear()
+
+    def market_data_refusals(self) -> dict[str, str]:
+        """Contract keys untradable this cycle (354, 10089, 10168) -> why."""
+        return {k: f"{c.reason} ({c.code})" for k, c in self.conditions.refusals().items() if k}
+
+    def refusing_all(self) -> str | None:
+        """Why every new order is refused now (10197 ...), or None."""
+        c = self.conditions.refusing_all()
+        return None if c is None else f"{c.reason} ({c.code})"
 
     async def subscribe(self, contract: Contract) -> Ticker:
-        """Stream `contract`'s market data. Beyond `max_market_data_lines` (or fewer, after a
-        101 says the account's lines are full) the least recently used subscription of a
-        contract not held is given up first; when every line streams a held position this
-        waits up to request_timeout_s, then raises MarketDataLinesFull. Never sends the
-        request that would exceed the lines."""
+        """Stream quotes for `contract` (one subscription per contract key). A contract without
+        a conId is qualified first (ib_async cannot key a ticker without one); BrokerError
+        when it cannot be. Beyond `max_market_data_lines` (or fewer, after a 101 said the
+        account's lines are full) the least recently used subscription of a contract not held
+        is given up first; when every line streams a held position this waits up to
+        request_timeout_s, then raises MarketDataLinesFull. Never sends the request that
+        would exceed the lines."""
         key = _key(contract)
         ticker = self._tickers.get(key)
+        if ticker is not None and key in self._renew and self.conditions.refusal(key) is None:
+            self._renew.discard(key)  # a new cycle: ask again (IB may answer with data now)
+            with contextlib.suppress(Exception):
+                self.ib.cancelMktData(ticker.contract or contract)
+            # ib_insync reuses the Ticker with the ended subscription's last prices: none of
+            # them is a quote until the new subscription has sent one
+            self._updated.pop(id(ticker), None)
+            self._tickers.pop(key, None)  # requested again below (its line is kept)
+            ticker = None
+        if ticker is None and not contract.conId:
+            c = contract
+            found = await self.qualify(
+                c.symbol, c.secType, c.lastTradeDateOrContractMonth, _qty(c.strike), c.right
+            )
+            if found is None:
+                raise BrokerError(f"{key}: not a single known contract at the broker: no quotes")
+            contract = found
         if ticker is None:
             async with self._lines_lock:
                 ticker = self._tickers.get(key)
                 if ticker is None:
                     await self._free_line(key)
                     generic = "106" if contract.secType == "STK" else ""
+                    self._sub_seq += 1
+                    self._seq_of[key] = self._sub_seq
                     ticker = self.ib.reqMktData(contract, generic, False, False)
                     self._tickers[key] = ticker
         self._lines.touch(key, self.monotonic())
@@ -1172,6 +1530,8 @@ class Broker:
         self._lines = LineBook(self.cfg.max_market_data_lines)  # a new session: every line
         self._lines_blocked_until = 0.0
         self._line_backoff.reset()
+        self._ended.clear()
+        self._renew.clear()
         for t in old:
             if t.contract is None:
                 continue
@@ -1190,9 +1550,16 @@ class Broker:
         )
         try:
             ticker = await self.subscribe(contract)
-            while not (_num(ticker.bid) and _num(ticker.ask) and self._fresh(ticker)):
+            while True:
+                if key in self._ended or self.conditions.refusal(key) is not None:
+                    return None  # IB ended the subscription (354, 10197 ...): no quote flows
+                priced = (
+                    bool(_price(ticker.bid) and _price(ticker.ask)) and id(ticker) in self._updated
+                )
+                if priced and self._fresh(ticker):
+                    break
                 if self.monotonic() >= deadline:
-                    if _num(ticker.bid) and _num(ticker.ask):
+                    if priced:
                         break  # only a stale one: returned marked, the gate refuses it
                     return None
                 await asyncio.sleep(0.01)
@@ -1225,6 +1592,8 @@ class Broker:
             theta=_num(greeks.theta) if greeks else None,
             underlying_price=_num(greeks.undPrice) if greeks else None,
             pre_outage=not self._fresh(ticker),
+            market_data_type=int(ticker.marketDataType or LIVE),
+            suspect=self.conditions.suspect("market"),
         )
 
     async def iv_rank(self, contract: Contract) -> tuple[float, float] | None:
@@ -1317,14 +1686,19 @@ class Broker:
                 f"ib_link={self.connected_to_ib})"
             )
         contract = self._qualified.get(request.key) or contract_for(
-            request.symbol, request.sec_type, request.expiry, request.strike, request.right
+            self.lib,
+            request.symbol,
+            request.sec_type,
+            request.expiry,
+            request.strike,
+            request.right,
         )
         order: Any
         if request.order_type == "LMT":
             assert request.limit_price is not None
-            order = LimitOrder(request.action, request.quantity, request.limit_price)
+            order = self.lib.LimitOrder(request.action, request.quantity, request.limit_price)
         else:
-            order = MarketOrder(request.action, request.quantity)
+            order = self.lib.MarketOrder(request.action, request.quantity)
         order.orderRef = order_ref
         order.tif = request.tif
         order.account = self.account
@@ -1342,12 +1716,17 @@ class Broker:
 
     def cancel(self, order_ref: str) -> bool:
         """Cancel this session's own working order with this orderRef (False: none)."""
-        for trade in self.ib.openTrades():
+        for trade in self._working():
             if trade.order.orderRef == order_ref and trade.order.clientId == self.client_id:
                 self._remember_cancel([order_ref])
                 self._first(functools.partial(self.ib.cancelOrder, trade.order))
                 return True
         return False
+
+    def _working(self) -> list[Trade]:
+        """This session's trades not in a final broker state (DONE_BROKER_STATES: the same set
+        with both libraries; ib_async's openTrades() also leaves out Inactive)."""
+        return [t for t in self.ib.trades() if t.orderStatus.status not in DONE_BROKER_STATES]
 
     def _first(self, send: Callable[[], Any]) -> None:
         """Send a cancel ahead of every request the client's own throttle (about 45 messages
@@ -1369,7 +1748,7 @@ class Broker:
     def cancel_own_orders(self) -> list[str]:
         """Cancel every working order this session placed; return their orderRefs."""
         refs = []
-        for trade in self.ib.openTrades():
+        for trade in self._working():
             if trade.order.clientId == self.client_id and trade.order.orderRef:
                 refs.append(trade.order.orderRef)
                 self._remember_cancel([trade.order.orderRef])
@@ -1380,7 +1759,7 @@ class Broker:
         """Cancel every open order at the broker, whoever placed it (reqGlobalCancel)."""
         if not self.ib.isConnected():
             raise BrokerNotReady("not connected: global cancel not sent")
-        self._remember_cancel(t.order.orderRef for t in self.ib.openTrades())
+        self._remember_cancel(t.order.orderRef for t in self._working())
         self._first(self.ib.reqGlobalCancel)
         log.warning("broker %s: global cancel sent", self.source)
 

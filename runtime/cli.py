@@ -76,7 +76,8 @@ def _setup_logging(level: str, role: str, log_file: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = handlers
     root.setLevel(level.upper())
-    logging.getLogger("ib_insync").setLevel(logging.WARNING)
+    for name in ("ib_insync", "ib_async"):  # whichever [broker] client_library loads
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
@@ -118,7 +119,8 @@ def _gateway_account(cfg: Config) -> str:
     when the gateway cannot be reached now (the main loop checks again once connected)."""
     from .broker import ClientIdInUse, probe_gateway
 
-    logging.getLogger("ib_insync").setLevel(logging.CRITICAL)
+    for name in ("ib_insync", "ib_async"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         return asyncio.run(probe_gateway(cfg.broker, cfg.mode, Secrets(), cfg.broker.client_id))
     except ClientIdInUse as exc:
@@ -204,6 +206,8 @@ def _hb(cfg: Config, name: str, timeout: float) -> dict[str, Any]:
     if name == MAIN_HEARTBEAT:
         out["broker_session"] = hb.session if out["alive"] else None
         out["waiting"] = hb.waiting if out["alive"] else None
+        # what IB's error codes say now (10197 refusing all orders ...), while the loop lives
+        out["conditions"] = list(hb.conditions) if out["alive"] else []
     if name == WATCHDOG_HEARTBEAT:
         # alive also needs a broker session that polled the account within the timeout
         poll_age = hb.account_poll_age(now)
@@ -233,6 +237,8 @@ def _live(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
     logging.getLogger("ib_insync").setLevel(logging.CRITICAL)  # we say it in one line below
     try:
         live = asyncio.run(probe_account(cfg.broker, cfg.mode, Secrets(), client_id, timeout))
+    except TimeoutError:  # connected but no answer: a frozen or restarting gateway
+        return {"reachable": False, "error": f"no answer from the gateway within {timeout:g}s"}
     except Exception as exc:  # unreachable, busy, refused: the database answers instead
         return {"reachable": False, "error": redact(f"{type(exc).__name__}: {exc}")}
     return {"reachable": True, **live}
@@ -305,6 +311,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"(heartbeat {h['age_s']:.1f}s ago, cycle {h['cycle']}, {h['phase']}"
                 f"{session}{'' if h['running'] else ', process gone'})"
             )
+            for line in h.get("conditions", []):
+                print(f"{'':9} broker: {line}")
         else:
             print(f"{name:9} no heartbeat")
     if st["main"].get("waiting"):

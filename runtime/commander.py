@@ -291,6 +291,8 @@ class Commander:
         return report
 
     async def _cycle(self, report: CycleReport, doc: dict[str, Any]) -> None:
+        # contracts IB refused market data for in the last cycle (354 ...) are tried again
+        self.broker.begin_cycle(report.cycle_id)
         status = self.breaker.status()
         doc["breaker"] = {"state": status.state.value, "reason": status.reason}
         if self.broker.ready:  # even when HALTED: intents follow the broker every cycle

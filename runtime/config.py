@@ -12,13 +12,22 @@ repository root in a checkout and site-packages once installed).
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from data_lake import RefuseToStart
 from skills.risk import RiskConfig
@@ -26,6 +35,7 @@ from skills.risk import RiskConfig
 from .restart_window import parse_hh_mm, zone_named
 
 __all__ = [
+    "CLIENT_LIBRARIES",
     "DEFAULT_INSTANCES_DIR",
     "DEFAULT_TEMPLATES_DIR",
     "PACKAGE_ROOT",
@@ -41,6 +51,8 @@ __all__ = [
     "Secrets",
     "SwarmConfig",
     "WatchdogConfig",
+    "client_library_installed",
+    "default_client_library",
     "example_config",
     "load_config",
     "parse_config",
@@ -66,6 +78,24 @@ class ConfigError(RefuseToStart, ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+CLIENT_LIBRARIES = ("ib_insync", "ib_async")  # the IB API client libraries the adapter runs on
+
+
+def client_library_installed(name: str) -> bool:
+    """Whether the IB client library `name` can be imported here (without importing it)."""
+    if name in sys.modules:
+        return sys.modules[name] is not None  # None: marked unavailable
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def default_client_library() -> str | None:
+    """ib_insync if it is installed, else ib_async if it is; None when neither is."""
+    return next((n for n in CLIENT_LIBRARIES if client_library_installed(n)), None)
 
 
 class BrokerConfig(_Section):
@@ -100,6 +130,34 @@ class BrokerConfig(_Section):
     def _zone(cls, value: str) -> str:
         zone_named(value)
         return value
+
+    # "live": real-time quotes only (unsubscribed contracts get 354 and are untradable for the
+    # cycle); "delayed": delayed quotes where not subscribed (reqMarketDataType 3), for the
+    # swarm's view only: the gate never prices an order on a delayed or frozen quote
+    market_data: Literal["live", "delayed"] = "live"
+    client_library: Literal["", "ib_insync", "ib_async"] = Field(
+        "", description="'' = ib_insync if installed, else ib_async"
+    )
+
+    @field_validator("client_library")
+    @classmethod
+    def _installed(cls, name: str) -> str:
+        if name and not client_library_installed(name):
+            others = [n for n in CLIENT_LIBRARIES if n != name and client_library_installed(n)]
+            raise ValueError(
+                f"{name} is not installed (pip install {name}"
+                + (f", or set it to {others[0]!r} which is installed" if others else "")
+                + ")"
+            )
+        return name
+
+    @property
+    def library(self) -> str:
+        """The client library to load: the configured one, else the installed default."""
+        name = self.client_library or default_client_library()
+        if name is None:
+            raise ConfigError("broker.client_library: neither ib_insync nor ib_async is installed")
+        return name
 
     @model_validator(mode="after")
     def _distinct_ids(self) -> BrokerConfig:
@@ -240,6 +298,11 @@ class Config(_Section):
             )
         if self.data.write_timeout_s >= self.loop.max_cycle_s:
             raise ValueError("data.write_timeout_s must be below loop.max_cycle_s")
+        if not self.broker.client_library and default_client_library() is None:
+            raise ValueError(
+                "broker.client_library: neither ib_insync nor ib_async is installed "
+                "(pip install -r requirements.txt)"
+            )
         if self.mode == "paper" and self.broker.port in (4001, 7496):
             raise ValueError("broker.port 4001/7496 are IB's live ports; paper mode uses 4002/7497")
         return self

@@ -44,10 +44,11 @@ async def build_gate_context(
     unknown daily PnL, option delta or quote time reaches the gate as None (it refuses).
 
     `blocked` holds the contract keys with an unresolved intent (read from the store by the
-    caller); `paused` the reasons no new order may go now (restart window, data not yet
-    proven after a reconnect). The watchdog's closing orders skip the resting-orders request:
-    it cancels every order before it closes, and its closes must not wait on one more broker
-    round trip."""
+    caller); the contracts IB's error codes made untradable this cycle, and a refuse-all
+    condition (10197), come from the broker; `paused` holds the reasons no new order may go
+    now (the gateway's restart window, market data not yet proven after a reconnect). The
+    watchdog's closing orders skip the resting-orders request: it cancels every order before
+    it closes, and its closes must not wait on one more broker round trip."""
     contract = await broker.qualify(
         request.symbol, request.sec_type, request.expiry, request.strike, request.right
     )
@@ -64,6 +65,8 @@ async def build_gate_context(
                 snap.delta if is_opt else 1.0,
                 (snap.underlying_price or 0.0) if is_opt else 0.0,
                 pre_outage=snap.pre_outage,
+                market_data_type=snap.market_data_type,
+                suspect=snap.suspect,
             )
     holdings = await broker.holdings(quote_wait_s)
     working = () if request.source == WATCHDOG else await broker.working_orders()
@@ -80,6 +83,8 @@ async def build_gate_context(
         working=working,
         blocked=blocked,
         paused=paused,
+        untradable=broker.market_data_refusals(),
+        refuse_all=broker.refusing_all(),
     )
 
 

@@ -78,6 +78,9 @@ class Heartbeat:
     session: str | None = None  # watchdog: connecting / connected / unreachable
     account_poll_mono: float | None = None  # watchdog: last successful account poll
     waiting: str | None = None  # main: "waiting for gateway restart (HH:MM, until HH:MM)"
+    # main loop: what IB's error codes say now (refusing all orders, broken farms, contracts
+    # untradable this cycle), one line each; shown by `status` while they last
+    conditions: tuple[str, ...] = ()
 
     def age(self, now_mono: float) -> float:
         return now_mono - self.mono_ts
@@ -136,6 +139,7 @@ def write_heartbeat(
     session: str | None = None,
     account_poll_mono: float | None = None,
     waiting: str | None = None,
+    conditions: tuple[str, ...] = (),
 ) -> Heartbeat:
     """Atomically replace the heartbeat file; return what was written. The writer's start
     time is recorded (for `pid`, default this process) unless `create_time` is given."""
@@ -155,6 +159,7 @@ def write_heartbeat(
         session,
         account_poll_mono,
         waiting,
+        tuple(conditions),
     )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -186,6 +191,7 @@ def read_heartbeat(path: Path) -> Heartbeat | None:
             None if session is None else str(session),
             opt("account_poll_mono"),
             None if raw.get("waiting") is None else str(raw["waiting"]),
+            tuple(str(c) for c in raw.get("conditions") or ()),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

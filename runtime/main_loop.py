@@ -33,7 +33,7 @@ from skills.swarm_core import SwarmConfigError, load_instances
 from skills.swarm_providers import AnthropicProvider, OfflineProvider, Provider
 
 from .breaker import BreakerState, CircuitBreaker
-from .broker import AccountModeError, Broker, ClientIdInUse
+from .broker import AccountModeError, Broker, BrokerNotReady, ClientIdInUse
 from .commander import Commander
 from .config import Config, Secrets
 from .gate_context import THROTTLE_LATCHED, load_gate_state
@@ -102,6 +102,7 @@ class MainLoop:
 
     def _beat(self) -> None:
         try:
+            broker = getattr(self, "broker", None)
             write_heartbeat(
                 self.data_dir / MAIN_HEARTBEAT,
                 self.clock,
@@ -109,6 +110,7 @@ class MainLoop:
                 self.phase,
                 session=self._session(),
                 waiting=self._waiting(),
+                conditions=tuple(broker.conditions.lines()) if broker is not None else (),
             )
         except OSError as exc:  # disk full: the watchdog will see a stale heartbeat; say why
             log.error("heartbeat not written: %s", exc)
@@ -434,6 +436,27 @@ class MainLoop:
             "warning" if left else "info",
         )
 
+    async def _final_reconcile(self) -> None:
+        """Before the session closes: store every fill the broker has booked for us and bring
+        the intents to the broker's word (a fill racing the stop is recorded now, not at the
+        next start)."""
+        if not self.broker.ready:
+            return
+        try:
+            report = await asyncio.wait_for(
+                self.broker.reconcile(), self.cfg.loop.stop_timeout_s / 4
+            )
+        except (TimeoutError, ConnectionError, BrokerNotReady) as exc:
+            self._event(
+                "stop_reconcile",
+                f"stop: final reconcile not finished ({type(exc).__name__}: {exc}); the next "
+                "start reconciles",
+                "warning",
+            )
+            return
+        if report.executions_new:
+            log.warning("stop: %d fills recorded by the final reconcile", report.executions_new)
+
     async def _connect(self) -> int | None:
         self._set_phase("connecting")
         delay = self.cfg.broker.reconnect_initial_s
@@ -565,6 +588,7 @@ class MainLoop:
         if hasattr(self, "broker"):
             if self.cfg.loop.cancel_orders_on_stop and self.broker.ready:
                 await self._cancel_own_orders()
+            await self._final_reconcile()
             await self.broker.close()
         if self.provider is not None:
             with contextlib.suppress(Exception):

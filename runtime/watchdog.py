@@ -85,6 +85,8 @@ class Watchdog:
         self._close_seq = 0
         self._last_event: dict[tuple[str, str], float] = {}
         self._last_snapshot = -math.inf
+        self._data_cycle_at = -math.inf  # when the session's per-cycle refusals last ended
+        self._data_cycles = 0
         self._judged: Heartbeat | None = None  # the main heartbeat check_main last judged
         self.progress: Callable[[str], None] = lambda line: None  # panic prints each step
 
@@ -382,7 +384,14 @@ class Watchdog:
         if attempt < w.max_close_attempts and attempt <= 2:
             contract = await self.broker.qualify(p.symbol, p.sec_type, p.expiry, p.strike, p.right)
             q = await self.broker.quote(contract, max_wait_s=0.5) if contract else None
-            if q is not None and q.bid > 0 and q.ask > 0:
+            # only a live, trusted quote prices a close; otherwise straight to market
+            if (
+                q is not None
+                and q.bid > 0
+                and q.ask > 0
+                and q.market_data_type == 1
+                and not (q.suspect)
+            ):
                 raw = (
                     q.bid * (1 - w.close_collar_pct)
                     if p.quantity > 0
@@ -588,8 +597,20 @@ class Watchdog:
         except BrokerNotReady as exc:
             self._event_repeated("global_cancel_failed", str(exc))
 
+    def _begin_data_cycle(self) -> None:
+        """The watchdog's session follows the same error policy as the main loop's (one
+        Broker class, one table): 1100 makes it not ready (no account verification, its
+        heartbeat stops saying connected); contracts refused market data (354 ...) are tried
+        again once per main-loop cycle interval, as the main loop does every cycle."""
+        now = self.clock.monotonic()
+        if now - self._data_cycle_at >= self.cfg.loop.cycle_interval_s:
+            self._data_cycle_at = now
+            self._data_cycles += 1
+            self.broker.begin_cycle(self._data_cycles)
+
     async def poll_once(self) -> None:
         self.polls += 1
+        self._begin_data_cycle()
         status = self.breaker.status()  # also retries writing a trip that was not persisted
         self._note_breaker(status)
         positions = await self._poll_account()

@@ -101,6 +101,9 @@ class Quote:
     underlying_price: float = 0.0  # for options; for stock the mid is used
     # received before the last reconnect or connectivity restore: stale whatever its age
     pre_outage: bool = False
+    # IB's marketDataType: 1 live, 2 frozen, 3 delayed, 4 delayed-frozen (only 1 prices orders)
+    market_data_type: int = 1
+    suspect: str = ""  # why the quote cannot be trusted now, e.g. a broken data farm
 
     @property
     def mid(self) -> float:
@@ -168,6 +171,10 @@ class GateContext:
     # why no new orders may go now (the gateway's restart window, market data not yet
     # proven after a reconnect); the watchdog's closing orders are exempt
     paused: tuple[str, ...] = ()
+    # from IB's error codes (runtime/ib_errors.py): contract key -> why it is untradable this
+    # cycle (354, 10089, 10168); and why every new order is refused now (10197), or None
+    untradable: Mapping[str, str] = field(default_factory=dict)
+    refuse_all: str | None = None
 
 
 @dataclass
@@ -388,6 +395,24 @@ def check_blocked(e: _Eval) -> str | None:
     )
 
 
+def check_market_data(e: _Eval) -> str | None:
+    """The broker's error codes: no market data for this contract (or none at all) means no
+    new orders; the watchdog's closes are exempt (they may go to market without a quote)."""
+    if _exempt(e):
+        return None
+    if e.ctx.refuse_all is not None:
+        return f"broker refuses all new orders: {e.ctx.refuse_all}"
+    stock = contract_key(e.r.symbol, "STK")
+    for key in dict.fromkeys((e.r.key, stock)):
+        why = e.ctx.untradable.get(key)
+        if why is not None:
+            return f"{key} untradable this cycle: {why}"
+    return None
+
+
+_NOT_LIVE = {2: "frozen", 3: "delayed", 4: "delayed-frozen"}
+
+
 def check_finite_inputs(e: _Eval) -> str | None:
     if _exempt(e):
         return None
@@ -442,6 +467,15 @@ def check_price_collar(e: _Eval) -> str | None:
     q = e.ctx.quote
     if q is None or not (_finite_positive(q.bid) and _finite_positive(q.ask)):
         return None  # check_quote already refused (or the watchdog's market close)
+    if not (_exempt(e) and e.r.order_type == "MKT"):  # a watchdog market close needs no price
+        if q.market_data_type != 1:
+            kind = _NOT_LIVE.get(q.market_data_type, f"type {q.market_data_type!r}")
+            return (
+                f"quote is {kind} data (marketDataType {q.market_data_type}): never used to "
+                "price an order"
+            )
+        if q.suspect:
+            return f"quote is suspect ({q.suspect}): not used to price an order"
     collar = e.limits.price_collar_pct
     mid = q.mid
     if e.r.order_type == "MKT":
@@ -681,6 +715,7 @@ CHECKS: tuple[Check, ...] = (
     check_allow_list,
     check_qualified,
     check_blocked,
+    check_market_data,
     check_watchdog,
     check_market_open,
     check_finite_inputs,

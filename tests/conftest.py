@@ -1,4 +1,5 @@
-"""Shared fixtures: a paper gateway on free loopback ports, its admin channel, ib_insync clients."""
+"""Shared fixtures: a paper gateway on free loopback ports, its admin channel, IB API clients
+(ib_insync, or ib_async with IB_CLIENT_LIBRARY=ib_async: tests/ib_client.py)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,18 @@ import logging
 from collections.abc import Callable, Iterator
 
 import pytest
-from ib_insync import IB
+from ib_client import IB
 
 from data_lake import Store
 from paper_gateway import AdminClient, Gateway, GatewayConfig
 
 logging.getLogger("ib_insync").setLevel(logging.CRITICAL)
+logging.getLogger("ib_async").setLevel(logging.CRITICAL)
 
 
 @pytest.fixture(autouse=True)
 def _current_loop_for_sync_clients(request: pytest.FixtureRequest) -> None:
-    """ib_insync's sync API runs on the thread's current event loop; an async test before
+    """The client library's sync API runs on the thread's current event loop; an async test before
     this one may have left none. Async tests get theirs from pytest-asyncio."""
     if asyncio.iscoroutinefunction(request.function):
         return
@@ -50,7 +52,8 @@ def admin(gateway: Gateway) -> Iterator[AdminClient]:
 
 @pytest.fixture
 def connect(gateway: Gateway) -> Iterator[Callable[..., IB]]:
-    """Return a function that connects a new ib_insync client; all are disconnected after."""
+    """Return a function that connects a new client of the run's library (ib_client.NAME); all
+    are disconnected after."""
     clients: list[IB] = []
 
     def _connect(client_id: int = 1, timeout: float = 5.0, **kwargs: object) -> IB:

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ib_client import NAME as IB_CLIENT_LIBRARY
+
 from paper_gateway.testing import eventually
 from runtime.demo import write_config as demo_config
 from runtime.heartbeat import read_heartbeat
@@ -40,6 +42,7 @@ def write_config(
         "close_wait_s": 2.0,
         "connect_timeout_s": 3.0,
         "request_timeout_s": 3.0,
+        "client_library": IB_CLIENT_LIBRARY,
         **overrides,
     }
     # a swarm never outlives its cycle; an order never waits longer than a cycle for its intent

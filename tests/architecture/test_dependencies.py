@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -149,3 +151,16 @@ def test_no_production_module_imports_test_helpers():
         if mod.split(".")[0] in helpers and not name.startswith("benchmarks")
     )
     assert wrong == []
+
+
+def test_importing_the_broker_adapter_loads_no_client_library():
+    """broker.py imports the configured library when a Broker is built, so a machine with only
+    one of them installed imports it (and every module above it) without the other."""
+    code = (
+        "import sys; sys.modules['ib_async'] = None; import runtime.main_loop, runtime.broker; "
+        "assert 'ib_insync' not in sys.modules, 'ib_insync loaded at import'"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -5,7 +5,7 @@ import signal
 import subprocess
 import sys
 
-from ib_insync import IB
+from ib_client import IB
 
 from paper_gateway import AdminClient
 

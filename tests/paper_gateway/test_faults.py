@@ -4,7 +4,7 @@ import socket
 import time
 
 import pytest
-from ib_insync import IB, LimitOrder, MarketOrder, Stock
+from ib_client import IB, LimitOrder, MarketOrder, Stock
 
 from paper_gateway.testing import eventually
 

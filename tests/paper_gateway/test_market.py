@@ -1,9 +1,9 @@
-"""Contracts, quotes, streaming, IV, history and options, as ib_insync sees them."""
+"""Contracts, quotes, streaming, IV, history and options, as the IB client library sees them."""
 
 import math
 
 import pytest
-from ib_insync import Option, Stock
+from ib_client import Option, Stock, qualified
 
 from paper_gateway import Gateway, GatewayConfig
 from paper_gateway.instruments import STOCKS
@@ -15,7 +15,7 @@ STRATEGY_SYMBOLS = ["NVDA", "AMD", "TSLA", "AAPL", "MSFT", "SPY", "JPM", "BAC", 
 
 def test_strategy_symbols_qualify_with_real_looking_details(ib):
     contracts = [Stock(s, "SMART", "USD") for s in STRATEGY_SYMBOLS]
-    assert len(ib.qualifyContracts(*contracts)) == len(STRATEGY_SYMBOLS)
+    assert len(qualified(ib.qualifyContracts(*contracts))) == len(STRATEGY_SYMBOLS)
     [details] = ib.reqContractDetails(Stock("NVDA", "SMART", "USD"))
     assert details.contract.conId == 4815747
     assert details.contract.primaryExchange == "NASDAQ"
@@ -29,7 +29,7 @@ def test_strategy_symbols_qualify_with_real_looking_details(ib):
 def test_unknown_symbol_is_error_200_and_does_not_qualify(ib):
     codes = []
     ib.errorEvent += lambda req_id, code, msg, contract: codes.append(code)
-    assert ib.qualifyContracts(Stock("NOPE", "SMART", "USD")) == []
+    assert qualified(ib.qualifyContracts(Stock("NOPE", "SMART", "USD"))) == []
     assert 200 in codes
 
 
@@ -44,7 +44,7 @@ def test_snapshot_quote_has_a_spread_around_the_last_price(ib):
 
 def test_same_seed_gives_the_same_market_and_another_seed_does_not():
     def history(seed):
-        from ib_insync import IB
+        from ib_client import IB
 
         with Gateway(GatewayConfig(tick_interval_s=0.0, seed=seed)) as gw:
             ib = IB()
@@ -132,7 +132,7 @@ def _listed_option(ib, symbol, right="C", offset=0):
     strike = min(chain.strikes, key=lambda k: abs(k - t.last))
     strike = chain.strikes[chain.strikes.index(strike) + offset]
     opt = Option(symbol, chain.expirations[2], strike, right, "SMART")
-    assert ib.qualifyContracts(opt) == [opt]
+    assert qualified(ib.qualifyContracts(opt)) == [opt]
     return opt, t.last
 
 
@@ -169,12 +169,12 @@ def test_unlisted_strike_is_error_200(ib):
     codes = []
     ib.errorEvent += lambda req_id, code, msg, contract: codes.append(code)
     opt = Option("AAPL", "20990101", 228.0, "C", "SMART")
-    assert ib.qualifyContracts(opt) == []
+    assert qualified(ib.qualifyContracts(opt)) == []
     assert 200 in codes
 
 
 def test_options_trade_like_stocks_with_multiplier_100(ib, admin):
-    from ib_insync import MarketOrder
+    from ib_client import MarketOrder
 
     opt, _ = _listed_option(ib, "MSFT", "P", offset=-2)
     [t] = ib.reqTickers(opt)

@@ -1,7 +1,7 @@
 """Order types, fills at the touch, resting limits, cancels, rejects, brackets, partial fills."""
 
 import pytest
-from ib_insync import LimitOrder, MarketOrder, Order, Stock, StopLimitOrder, StopOrder
+from ib_client import LimitOrder, MarketOrder, Order, Stock, StopLimitOrder, StopOrder
 
 from paper_gateway import GatewayConfig
 from paper_gateway.testing import eventually
@@ -329,7 +329,7 @@ def test_pnl_subscription_is_pushed_on_changes(ib, admin):
 
 
 def test_master_client_receives_order_events_of_other_clients(gateway_config):
-    from ib_insync import IB
+    from ib_client import IB
 
     from paper_gateway import Gateway
 

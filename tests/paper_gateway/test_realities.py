@@ -7,7 +7,7 @@ import datetime as dt
 import socket
 
 import pytest
-from ib_insync import IB, LimitOrder, MarketOrder, Stock
+from ib_client import IB, LimitOrder, MarketOrder, Stock
 
 from paper_gateway import GatewayConfig
 from paper_gateway.testing import eventually

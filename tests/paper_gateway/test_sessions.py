@@ -4,7 +4,7 @@ import socket
 import struct
 
 import pytest
-from ib_insync import IB, Stock
+from ib_client import IB, Stock
 
 from paper_gateway import Gateway, GatewayConfig
 from paper_gateway.testing import eventually

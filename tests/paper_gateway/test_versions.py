@@ -1,8 +1,7 @@
 """Negotiated versions: our strict test client reads every reply field by field at v157..v176."""
 
 import pytest
-from ib_insync import LimitOrder, MarketOrder, Option, Stock
-from ib_insync.objects import ExecutionFilter
+from ib_client import ExecutionFilter, LimitOrder, MarketOrder, Option, Stock
 from tws_wire_client import (
     BAR_TIME_NO_ZONE,
     BAR_TIME_WITH_ZONE,

@@ -4,8 +4,9 @@ type. It knows the layouts from the client libraries' decoders (IB's 9.81 `ibapi
 ib_insync/ib_async for later versions); the thresholds are written out here, not imported
 from the gateway, so a wrong threshold in the gateway cannot be mirrored.
 
-Requests are encoded by ib_insync's own unmodified `Client` at the negotiated version (its
-`sendMsg` is captured instead of written to its socket).
+Requests are encoded by the client library's own unmodified `Client` (ib_insync's, or
+ib_async's with IB_CLIENT_LIBRARY=ib_async) at the negotiated version (its `sendMsg` is captured
+instead of written to its socket).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ib_insync.client import Client
+from ib_client import lib
+
+Client = lib.client.Client
 
 __all__ = ["Decoded", "LayoutError", "RawSession", "decode"]
 
@@ -462,7 +465,7 @@ def decode(fields: list[str], version: int) -> Decoded:
 
 
 class _Encoder(Client):  # type: ignore[misc]
-    """ib_insync's request encoder at a given server version; messages are captured."""
+    """The client library's request encoder at a given server version; messages are captured."""
 
     def __init__(self, version: int) -> None:
         super().__init__(wrapper=None)
@@ -523,7 +526,7 @@ class RawSession:
         self.sock.sendall(struct.pack(">I", len(payload)) + payload)
 
     def request(self, method: str, *args: Any) -> None:
-        """Encode a request with ib_insync's Client.<method> at this version and send it."""
+        """Encode a request with the library's Client.<method> at this version and send it."""
         getattr(self.encoder, method)(*args)
         for msg in self.encoder.out:
             data = msg.encode()

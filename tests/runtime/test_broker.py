@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from ib_insync import IB
+from ib_client import IB
+from ib_client import NAME as IB_CLIENT_LIBRARY
 from lake import read, rows
 
 from data_lake import get_intent, insert_intent, query_safety_events, query_trades
@@ -34,6 +35,7 @@ def make_config(port: int, **broker):
             "request_timeout_s": 3.0,
             "reconnect_initial_s": 0.05,
             "reconnect_max_s": 0.2,
+            "client_library": IB_CLIENT_LIBRARY,
             **broker,
         }
     )
@@ -119,6 +121,53 @@ async def test_accepted_order_is_filled_and_recorded_once(broker, db, admin):
         )
     ]
     assert statuses[-1] == "Filled"
+
+
+@pytest.mark.asyncio
+async def test_the_broker_runs_on_the_configured_client_library(broker):
+    assert broker.lib.__name__ == IB_CLIENT_LIBRARY
+    assert type(broker.ib).__module__.split(".")[0] == IB_CLIENT_LIBRARY
+
+
+@pytest.mark.asyncio
+async def test_execution_and_commission_events_fired_again_are_recorded_once(gateway, db, admin):
+    """ib_async (and ib_insync) may emit execDetailsEvent / commissionReportEvent more than once
+    for one execId: the execution is counted and stored once, its commission stays right, and
+    every number that reaches the lake and the gate is a float."""
+    executions = []
+    cfg = make_config(gateway.port)
+    b = Broker(cfg.broker, "paper", Secrets({}), db, on_execution=executions.append)
+    await b.start()
+    try:
+        b.submit("dup-1", req(qty=7))
+        await until(lambda: len(executions) == 1, what="the fill counted")
+        await until(
+            lambda: [t["commission"] for t in read(db, query_trades, order_ref="dup-1")] == [1.0],
+            what="fill and commission stored",
+        )
+        [trade] = [t for t in b.ib.trades() if t.order.orderRef == "dup-1"]
+        [fill] = trade.fills
+        for _ in range(2):  # the library fires both events again for the same execution
+            b.ib.execDetailsEvent.emit(trade, fill)
+            b.ib.commissionReportEvent.emit(trade, fill, fill.commissionReport)
+        b.ib.orderStatusEvent.emit(trade)  # and the final status once more
+        assert (await b.reconcile()).executions_new == 0  # a reqExecutions replay on top
+        assert await b.catch_up_executions() == 0
+        await until(lambda: not db.backlog, what="queued writes done")
+        [row] = read(db, query_trades, order_ref="dup-1")
+        assert (row["shares"], row["commission"]) == (7.0, 1.0)
+        assert all(isinstance(row[k], float) for k in ("shares", "price", "commission"))
+        assert executions == executions[:1]  # counted once
+        assert admin.call("state")["executions"] == 1
+        [order] = rows(db, "SELECT status, filled FROM orders WHERE order_ref = ?", ["dup-1"])
+        assert (order["status"], order["filled"]) == ("Filled", 7.0)
+        [position] = b.positions()
+        assert type(position.quantity) is float and position.quantity == 7.0
+        assert type(position.avg_cost) is float
+        [holding] = (await b.holdings(quote_wait_s=1.0)).values()
+        assert type(holding.quantity) is float
+    finally:
+        await b.close()
 
 
 @pytest.mark.asyncio
@@ -305,6 +354,27 @@ async def test_consecutive_rejects_are_reported_for_the_breaker(gateway, db, adm
 
 
 @pytest.mark.asyncio
+async def test_an_order_refused_with_321_is_rejected_and_never_counted_as_working(
+    broker, db, admin
+):
+    """ib_async calls 321 a warning: it sets the order's local status to ValidationError (a
+    status IB never sends) and fires orderStatusEvent; ib_insync cancels the order locally.
+    Either way the intent is rejected with the code, no ValidationError is stored as a broker
+    status, and the gate does not count the order as working."""
+    admin.call("reject_next", code=321)
+    verdict = await gate_order(broker, db, req(order_type="LMT", price=226.0, tif="GTC"))
+    assert verdict.accepted  # the gate sent it; the broker refused it
+    await until(
+        lambda: read(db, get_intent, verdict.order_ref)["status"] == "rejected", what="rejected"
+    )
+    assert read(db, get_intent, verdict.order_ref)["last_error"].startswith("321: ")
+    statuses = rows(db, "SELECT status FROM order_events WHERE order_ref = ?", [verdict.order_ref])
+    assert "ValidationError" not in [r["status"] for r in statuses]
+    assert await broker.working_orders() == ()
+    assert admin.call("state")["open_orders"] == []
+
+
+@pytest.mark.asyncio
 async def test_client_id_in_use_on_reconnect_is_retried(gateway, db, admin):
     cfg = make_config(gateway.port, reconnect_initial_s=0.5, reconnect_max_s=0.5)
     b = Broker(cfg.broker, "paper", Secrets({}), db)
@@ -430,7 +500,7 @@ async def test_write_recovery_triggers_a_catch_up_from_the_brokers_executions(
         await until(lambda: admin.call("state")["executions"] == 1, what="our fill")
         await until(lambda: db.failing, what="a write failed during the lock")
         # a fill this session never hears about (another client), made during the failure
-        from ib_insync import MarketOrder, Stock
+        from ib_client import MarketOrder, Stock
 
         other = IB()
         await other.connectAsync("127.0.0.1", gateway.port, clientId=6, timeout=5)

@@ -166,3 +166,36 @@ def test_minimal_config_needs_only_mode_and_takes_documented_defaults():
     )
     with pytest.raises(ConfigError, match="allowed_symbols must list at least one symbol"):
         parse_config({"mode": "paper", "risk": {"allowed_symbols": []}})
+
+
+def _with_library(name: str) -> dict:
+    data = _paper()
+    data["broker"]["client_library"] = name
+    return data
+
+
+def test_client_library_must_be_one_the_adapter_knows():
+    with pytest.raises(
+        ConfigError, match=r"broker\.client_library: Input should be '', 'ib_insync' or 'ib_async'"
+    ):
+        parse_config(_with_library("ibapi"))
+
+
+def test_client_library_named_but_not_installed_is_a_config_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ib_async", None)  # Python's own "not importable" mark
+    with pytest.raises(ConfigError) as info:
+        parse_config(_with_library("ib_async"))
+    assert "broker.client_library: ib_async is not installed" in str(info.value)
+    assert "set it to 'ib_insync' which is installed" in str(info.value)
+    assert parse_config(_with_library("ib_insync")).broker.library == "ib_insync"
+
+
+def test_client_library_defaults_to_ib_insync_then_ib_async(monkeypatch):
+    assert parse_config(_paper()).broker.library == "ib_insync"
+    monkeypatch.setitem(sys.modules, "ib_insync", None)
+    assert parse_config(_paper()).broker.library == "ib_async"
+    monkeypatch.setitem(sys.modules, "ib_async", None)
+    with pytest.raises(
+        ConfigError, match=r"broker\.client_library: neither ib_insync nor ib_async is installed"
+    ):
+        parse_config(_paper())

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from anthropic_server import AnthropicStub, Reply
+from ib_client import NAME as IB_CLIENT_LIBRARY
 from invariant import assert_books_balance
 from procs import HB_TIMEOUT, POLL, cli, data, start, stop, stop_watchdog, write_config
 
@@ -27,6 +28,7 @@ def test_full_cycle_from_market_data_to_a_recorded_fill(gateway, admin, tmp_path
     proc = start("run", cfg, "--max-cycles", "2")
     out = proc.communicate(timeout=90)[0].decode()
     assert proc.returncode == 0, out[-3000:]
+    assert f"broker main_loop ready on {IB_CLIENT_LIBRARY} " in out  # the configured library
     db = open_readonly(data(tmp_path))
     [trade] = query_trades(db)  # index_trend buys MSFT (trend up, IV rank low)
     assert (trade["symbol"], trade["side"], trade["shares"]) == ("MSFT", "BOT", 20)
@@ -169,7 +171,7 @@ def test_watchdog_alone_trips_on_an_exposure_breach(gateway, admin, tmp_path):
 def test_panic_command_trips_cancels_and_flattens(gateway, admin, tmp_path, connect):
     cfg = write_config(tmp_path, gateway.port)
     admin.call("set_position", symbol="NVDA", quantity=10, avg_cost=180.0)
-    from ib_insync import LimitOrder, Stock
+    from ib_client import LimitOrder, Stock
 
     ib = connect(1)
     c = Stock("AAPL", "SMART", "USD")

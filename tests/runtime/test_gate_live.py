@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from ib_client import NAME as IB_CLIENT_LIBRARY
 from lake import read
 
 from data_lake import Store, get_intent, query_safety_events, query_trades
@@ -20,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def make_config(port, **risk):
     data = tomllib.loads((ROOT / "config/paper.toml").read_text())
-    data["broker"].update(port=port, connect_timeout_s=3.0, request_timeout_s=3.0)
+    data["broker"].update(
+        port=port, connect_timeout_s=3.0, request_timeout_s=3.0, client_library=IB_CLIENT_LIBRARY
+    )
     data["risk"].update(risk)
     return parse_config(data)
 

@@ -132,3 +132,22 @@ def test_a_person_trips_the_breaker_with_a_name_and_a_reason(tmp_path):
     assert reset.returncode == 0 and CircuitBreaker(data(tmp_path)).status().state is (
         BreakerState.ACTIVE
     )
+
+
+def test_status_is_live_from_the_broker_and_says_why_not_when_the_gateway_is_frozen(
+    gateway, admin, tmp_path
+):
+    cfg = write_config(tmp_path, gateway.port)
+    Store.open(data(tmp_path)).close(5)  # a data directory where nothing has traded yet
+    up = cli("status", "--config", str(cfg))
+    assert up.returncode == 0, up.stderr
+    assert "(live from the broker): net liq 1,000,000.00" in up.stdout
+    admin.call("freeze", seconds=8)
+    frozen = _json("status", "--config", str(cfg))
+    assert frozen["live"] == {
+        "reachable": False,
+        "error": "no answer from the gateway within 2s",
+    }
+    text = cli("status", "--config", str(cfg))
+    assert text.returncode == 0
+    assert "broker not reachable (no answer from the gateway" in text.stdout
