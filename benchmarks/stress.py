@@ -44,7 +44,7 @@ from paper_gateway.process import gateway_process
 from runtime.broker import Broker
 from runtime.config import Secrets, load_config
 from runtime.demo import write_config
-from runtime.gate_context import build_gate_context
+from runtime.gate_context import build_gate_context, inputs_unavailable
 from runtime.heartbeat import SystemClock, write_heartbeat
 from skills.execution_gate import GateState, OrderRequest, place_order_with_guard
 
@@ -61,8 +61,9 @@ class Timed:
         self.sent: list[float] = []
 
     def submit(self, order_ref: str, request: OrderRequest) -> int:
+        handed = time.monotonic()  # the moment it is handed to the client, as the gate counts
         order_id = self.broker.submit(order_ref, request)
-        self.sent.append(time.monotonic())
+        self.sent.append(handed)
         return order_id
 
 
@@ -158,15 +159,22 @@ class Stress:
                 cycle_id=cycle_id,
                 decision_id=i,
             )
-            ctx = await build_gate_context(
-                broker,
-                request,
-                breaker="ACTIVE",
-                watchdog_alive=True,
-                market_open=True,
-                now=self.clock.monotonic(),
-                quote_wait_s=0.5,
-            )
+            try:
+                ctx = await build_gate_context(
+                    broker,
+                    request,
+                    breaker="ACTIVE",
+                    watchdog_alive=True,
+                    market_open=True,
+                    now=self.clock.monotonic(),
+                    quote_wait_s=0.5,
+                )
+            except (TimeoutError, ConnectionError) as exc:  # as the commander: fail closed
+                verdict = inputs_unavailable(store, request, exc, cycle_id)
+                self.verdicts.append(
+                    (time.monotonic(), verdict.accepted, verdict.order_ref, verdict.reasons)
+                )
+                continue
             verdict = await place_order_with_guard(
                 request,
                 ctx,
@@ -292,7 +300,7 @@ class Stress:
             "max_sent_in_any_60s": max_60s,
             "max_gate_counted_in_any_1s": gate_1s,
             "max_arrived_at_gateway_in_any_1s": wire_1s,
-            "throttles_hold": max_1s <= r.max_orders_per_second
+            "throttles_hold": max(max_1s, wire_1s) <= r.max_orders_per_second
             and max_60s <= r.max_orders_per_minute,
             "refusal_reasons": dict(reasons),
             "refusals_unrecorded": len(unrecorded),

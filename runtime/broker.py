@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # typed against ib_insync; at run time the configured library (client_library)
     from ib_insync import IB, Contract, Fill, Ticker, Trade
@@ -85,6 +85,7 @@ __all__ = [
     "probe_positions",
 ]
 
+T = TypeVar("T")
 log = logging.getLogger("runtime.broker")
 
 # Live quotes only: marketDataType 2 (frozen), 3 (delayed) and 4 (delayed-frozen) never price
@@ -518,6 +519,7 @@ class Broker:
         self._updated: dict[int, float] = {}  # id(ticker) -> monotonic time of last update
         self._qualified: dict[str, Contract] = {}
         self._cancel_requested: set[str] = set()
+        self._urgent: set[int] = set()  # ids of urgent messages still queued (see _first)
         self._pnl: Any = None
         self._seen_exec: set[str] = set()  # execIds already counted (memory, not the database)
         self._orders_lock = asyncio.Lock()  # one open/completed-orders request at a time
@@ -699,7 +701,9 @@ class Broker:
         """Store every broker execution not stored yet (each execId once); return how many."""
         if not self.ib.isConnected():
             return 0  # the reconcile after the reconnect catches up
-        fills = await asyncio.wait_for(self.ib.reqExecutionsAsync(), self.cfg.request_timeout_s)
+        fills = await asyncio.wait_for(
+            self._first(self.ib.reqExecutionsAsync), self.cfg.request_timeout_s
+        )
         return await self._store_new_fills(fills)
 
     async def _store_new_fills(self, fills: list[Fill]) -> int:
@@ -724,7 +728,7 @@ class Broker:
         (its just-sent orders may not be acknowledged yet)."""
         async with self._orders_lock:
             fresh = await asyncio.wait_for(
-                self.ib.reqAllOpenOrdersAsync(), self.cfg.request_timeout_s
+                self._first(self.ib.reqAllOpenOrdersAsync), self.cfg.request_timeout_s
             )
         out: dict[tuple[int, int, int], Trade] = {}
         own = [  # a client-side ValidationError is not a broker state: the broker decides
@@ -1363,7 +1367,7 @@ class Broker:
         if not self.ready:
             raise BrokerNotReady(f"broker {self.source} not ready: positions not verifiable")
         timeout = self.cfg.request_timeout_s if timeout_s is None else timeout_s
-        fresh = await asyncio.wait_for(self.ib.reqPositionsAsync(), timeout)
+        fresh = await asyncio.wait_for(self._first(self.ib.reqPositionsAsync), timeout)
         latest: dict[int, Any] = {}
         for p in fresh:  # one answer per contract; a later line for the same conId wins
             if not self.account or p.account == self.account:
@@ -1702,7 +1706,7 @@ class Broker:
         order.orderRef = order_ref
         order.tif = request.tif
         order.account = self.account
-        trade = self.ib.placeOrder(contract, order)
+        trade = self._first(functools.partial(self.ib.placeOrder, contract, order))
         log.info(
             "sent %s %s %g %s ref=%s (order id %s)",
             request.order_type,
@@ -1728,16 +1732,24 @@ class Broker:
         with both libraries; ib_async's openTrades() also leaves out Inactive)."""
         return [t for t in self.ib.trades() if t.orderStatus.status not in DONE_BROKER_STATES]
 
-    def _first(self, send: Callable[[], Any]) -> None:
-        """Send a cancel ahead of every request the client's own throttle (about 45 messages
-        a second) still holds: cancels go first. ib_insync queues in FIFO order; the message
-        this call adds is moved to the front of that queue."""
+    def _first(self, send: Callable[[], T]) -> T:
+        """Send an order, a cancel, or a read the safety checks need (open orders, positions,
+        executions) ahead of every other request the client's own throttle (about 45
+        messages a second) still holds. The library queues in FIFO order; the messages this
+        call adds move to the end of the block of such urgent messages at the front of that
+        queue, so urgent messages keep their own order (a cancel is never overtaken by a
+        later order). Returns what `send` returned."""
         queue = self.ib.client._msgQ
         before = len(queue)
-        send()
-        added = len(queue) - before
-        if before and added > 0:
-            queue.rotate(added)
+        out = send()
+        added = [queue.pop() for _ in range(max(0, len(queue) - before))][::-1]
+        ahead = 0  # the urgent block at the front (messages sent through here, not yet out)
+        while ahead < len(queue) and id(queue[ahead]) in self._urgent:
+            ahead += 1
+        for i, msg in enumerate(added):
+            queue.insert(ahead + i, msg)
+        self._urgent = {id(queue[i]) for i in range(ahead + len(added))}
+        return out
 
     def _remember_cancel(self, refs: Iterable[str]) -> None:
         """Remember our own cancels (their 202s are not rejects); bounded."""

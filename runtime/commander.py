@@ -36,7 +36,6 @@ from skills.execution_gate import (
     GateVerdict,
     Holding,
     OrderRequest,
-    order_ref_for,
     place_order_with_guard,
 )
 from skills.math_core import MathInputError, kelly_criterion
@@ -54,7 +53,7 @@ from .breaker import BreakerState, CircuitBreaker
 from .broker import Broker
 from .config import Config
 from .decision import Decision, decision_row
-from .gate_context import THROTTLE_REENABLED, build_gate_context
+from .gate_context import THROTTLE_REENABLED, build_gate_context, inputs_unavailable
 from .heartbeat import Clock
 from .llm_commander import LlmCommander
 from .market_hours import exchange_day, exchange_day_start
@@ -475,19 +474,7 @@ class Commander:
                 paused=self.pause.reasons(),
             )
         except (TimeoutError, ConnectionError) as exc:  # the world cannot be seen: no order
-            ref = order_ref_for(request)
-            reason = f"gate inputs unavailable from the broker ({exc!r}): failing closed"
-            log.warning("order %s refused: %s", ref, reason)
-            self.store.post(
-                log_safety_event,
-                "gate",
-                "gate_refusal",
-                reason,
-                "warning",
-                order_ref=ref,
-                cycle_id=cycle_id,
-            )
-            return GateVerdict(False, ref, (reason,))
+            return inputs_unavailable(self.store, request, exc, cycle_id)
         return await place_order_with_guard(
             request,
             ctx,

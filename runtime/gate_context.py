@@ -3,28 +3,65 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
-from data_lake import Store, intents_sent_since, last_safety_event, query_trades
+from data_lake import (
+    Store,
+    intents_sent_since,
+    last_safety_event,
+    log_safety_event,
+    query_trades,
+)
 from skills.contracts import contract_key
 from skills.execution_gate import (
     WATCHDOG,
     GateContext,
     GateState,
+    GateVerdict,
     OrderRequest,
     Quote,
     SentOrder,
+    order_ref_for,
 )
 from skills.risk import RiskConfig
 
 from .broker import Broker
 from .market_hours import exchange_day
 
-__all__ = ["THROTTLE_LATCHED", "THROTTLE_REENABLED", "build_gate_context", "load_gate_state"]
+__all__ = [
+    "THROTTLE_LATCHED",
+    "THROTTLE_REENABLED",
+    "build_gate_context",
+    "inputs_unavailable",
+    "load_gate_state",
+]
+
+log = logging.getLogger("runtime.gate_context")
 
 # safety-event kinds: the execution throttle latched; a person re-enabled it (the CLI writes
 # this row; the running daemon applies the newest one it has not applied yet, every cycle)
 THROTTLE_LATCHED = "execution_throttle"
 THROTTLE_REENABLED = "execution_throttle_reenabled"
+
+
+def inputs_unavailable(
+    store: Store, request: OrderRequest, exc: BaseException, cycle_id: int | None
+) -> GateVerdict:
+    """The gate's inputs could not be read from the broker (a timeout, a lost socket): the
+    order is refused, failing closed, and the refusal recorded like any other."""
+    ref = order_ref_for(request)
+    reason = f"gate inputs unavailable from the broker ({exc!r}): failing closed"
+    log.warning("order %s refused: %s", ref, reason)
+    store.post(
+        log_safety_event,
+        "gate",
+        "gate_refusal",
+        reason,
+        "warning",
+        order_ref=ref,
+        cycle_id=cycle_id,
+    )
+    return GateVerdict(False, ref, (reason,))
 
 
 async def build_gate_context(

@@ -67,3 +67,31 @@ async def test_a_cancel_overtakes_messages_queued_before_it(broker, admin):
     await _until(lambda: order()["status"] == "Cancelled", 30, "the cancel at the gateway")
     # cancels first: the cancel reached the gateway while the earlier traffic still queued
     assert len(broker.ib.client._msgQ) > 0
+
+
+@pytest.mark.asyncio
+async def test_urgent_messages_overtake_traffic_but_keep_their_own_order(broker, admin):
+    """An order and then its cancel, both sent behind a backlog: both overtake the backlog,
+    and the cancel is never moved ahead of the order it cancels (it arrives after it)."""
+    price = admin.call("state")["prices"]["MSFT"]
+    ref = "stress-order-then-cancel"
+    for _ in range(150):  # 3 s of traffic at the client's 45 messages/s throttle
+        broker.ib.client.reqCurrentTime()
+    request = OrderRequest(
+        symbol="MSFT",
+        sec_type="STK",
+        action="BUY",
+        quantity=1,
+        order_type="LMT",
+        limit_price=round(price * 0.9, 2),
+    )
+    broker.submit(ref, request)
+    assert broker.cancel(ref)
+    positions = await broker.fresh_positions(timeout_s=10)  # an urgent read, after both
+
+    def order():
+        return next((o for o in admin.call("ledger")["orders"] if o["order_ref"] == ref), None)
+
+    await _until(lambda: (o := order()) and o["status"] == "Cancelled", 30, "order, then cancel")
+    assert positions == []
+    assert len(broker.ib.client._msgQ) > 0  # the earlier traffic is still queued
