@@ -62,7 +62,14 @@ from .reports import (
     working_orders,
 )
 from .retention import backup_database, compress_snapshots, prune_snapshots
-from .snapshots import SnapshotError, list_snapshots, load_snapshot, save_snapshot
+from .snapshots import (
+    SNAPSHOT_SCHEMA_VERSION,
+    SnapshotError,
+    list_snapshots,
+    load_snapshot,
+    save_snapshot,
+    snapshots_between,
+)
 from .store import StorageUnavailable, Store
 from .trail import (
     finish_cycle,
@@ -79,6 +86,7 @@ __all__ = [
     "DB_FILENAME",
     "DONE_BROKER_STATES",
     "SCHEMA_VERSION",
+    "SNAPSHOT_SCHEMA_VERSION",
     "DataLakeMissing",
     "Database",
     "DatabaseError",
@@ -143,6 +151,7 @@ __all__ = [
     "save_snapshot",
     "schema_ready",
     "set_commission",
+    "snapshots_between",
     "spent_since",
     "stamped",
     "status_summary",

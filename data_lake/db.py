@@ -8,6 +8,7 @@ database. WAL lets readers proceed while another process holds the write lock.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -81,10 +82,24 @@ def _v3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+_ADD_COLUMN = re.compile(r"^ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE | re.MULTILINE)
+
+
+def _v4(conn: sqlite3.Connection) -> None:
+    # idempotent: a file whose version number was set back keeps its columns
+    for statement in _statements(_SCHEMA.with_name("schema_v4.sql").read_text(encoding="utf-8")):
+        if (m := _ADD_COLUMN.search(statement)) is not None:
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({m.group(1)})")}
+            if m.group(2) in have:
+                continue
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
     (1, _v1),
     (2, _v2),
     (3, _v3),
+    (4, _v4),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -2,6 +2,10 @@
 
 `save_snapshot` runs in the store's writer thread (file and index row together), so a slow or
 full disk never blocks the event loop; a failed write is retried like any audit write.
+
+A snapshot document says which format it is (`schema_version`; absent in the first format,
+which `replay` cannot reproduce) and which configuration made it (`config_hash`); both are
+copied to the index row (schema version 4 of the database; NULL in older rows).
 """
 
 from __future__ import annotations
@@ -20,7 +24,18 @@ from .db import stamped, utc_now
 from .errors import DiscardOutput
 from .redact import redact
 
-__all__ = ["SnapshotError", "list_snapshots", "load_snapshot", "save_snapshot"]
+__all__ = [
+    "SNAPSHOT_SCHEMA_VERSION",
+    "SnapshotError",
+    "list_snapshots",
+    "load_snapshot",
+    "save_snapshot",
+    "snapshots_between",
+]
+
+# The snapshot document's format. 1: no version field (before replay); 2: the stored config,
+# its hash, and every input Decide and the gate read (`replay`). A new format increments this.
+SNAPSHOT_SCHEMA_VERSION = 2
 
 
 class SnapshotError(DiscardOutput):
@@ -57,8 +72,11 @@ def save_snapshot(
     name = f"cycle-{cycle_id:08d}.json" if cycle_id is not None else f"adhoc-{when}.json"
     rel = Path("snapshots") / day / name
     _atomic_write(Path(data_dir) / rel, body)
+    version = document.get("schema_version")
+    config_hash = document.get("config_hash")
     cur = db.conn.execute(
-        "INSERT INTO snapshots (cycle_id, at, path, sha256, size, summary) VALUES (?,?,?,?,?,?)",
+        "INSERT INTO snapshots (cycle_id, at, path, sha256, size, summary, schema_version, "
+        "config_hash) VALUES (?,?,?,?,?,?,?,?)",
         (
             cycle_id,
             when,
@@ -66,6 +84,8 @@ def save_snapshot(
             hashlib.sha256(body).hexdigest(),
             len(body),
             json.dumps(redact(summary or {}), default=str),
+            version if isinstance(version, int) else None,
+            config_hash if isinstance(config_hash, str) else None,
         ),
     )
     return int(cur.lastrowid or 0)
@@ -115,3 +135,17 @@ def load_snapshot(
 def list_snapshots(db: Database, limit: int = 50) -> list[dict[str, Any]]:
     """Return the newest snapshots' index rows, newest first."""
     return list(db.query("SELECT * FROM snapshots ORDER BY id DESC LIMIT ?", [limit]))
+
+
+def snapshots_between(db: Database, start: str, end: str) -> list[dict[str, Any]]:
+    """Return the index rows of the cycles' snapshots taken at or after `start` and before
+    `end` (ISO times), the newest per cycle, oldest cycle first. Works on databases of every
+    schema version (an older row has no `schema_version` or `config_hash`)."""
+    return list(
+        db.query(
+            "SELECT * FROM snapshots WHERE id IN (SELECT MAX(id) FROM snapshots "
+            "WHERE cycle_id IS NOT NULL AND at >= ? AND at < ? GROUP BY cycle_id) "
+            "ORDER BY cycle_id",
+            [start, end],
+        )
+    )

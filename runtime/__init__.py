@@ -6,6 +6,8 @@
 - `breaker`: the latched circuit breaker. `heartbeat`: heartbeat files and sd_notify.
 - `commander` (with `sense`, `gate_context`, `llm_commander`): one cycle.
 - `main_loop`, `watchdog`: the two processes. `cli`, `demo`: the command line.
+- `replay` (with `replay_record`, `replay_gate`, `replay_view`): a cycle's Decide and gate
+  run again offline from its snapshot.
 """
 
 __all__ = [
@@ -22,6 +24,10 @@ __all__ = [
     "llm_commander",
     "main_loop",
     "market_hours",
+    "replay",
+    "replay_gate",
+    "replay_record",
+    "replay_view",
     "sense",
     "watchdog",
 ]

@@ -784,6 +784,95 @@ def cmd_why(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_error(args: argparse.Namespace, message: str, missing: list[str] | None = None) -> int:
+    """Say why nothing can be replayed (JSON with --json); exit 2."""
+    if args.json:
+        doc: dict[str, Any] = {"error": redact(message)}
+        if missing is not None:
+            doc["missing"] = missing
+        print(json.dumps(doc))
+    print(f"error: {redact(message)}", file=sys.stderr)
+    return 2
+
+
+def _replay_bound(text: str, end: bool) -> str:
+    """A --from/--to value (YYYY-MM-DD, UTC; --to includes its day, or an ISO time) as an
+    ISO time to compare snapshot times with."""
+    import datetime as dt
+
+    try:
+        if len(text) == 10:
+            day = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+            return (day + dt.timedelta(days=1) if end else day).isoformat()
+        at = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--{'to' if end else 'from'} {text!r}: use a date (2026-11-20) or an ISO time"
+        ) from None
+    return (at if at.tzinfo else at.replace(tzinfo=dt.UTC)).isoformat()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from data_lake import snapshots_between
+
+    from .replay import CannotReplay, replay_cycle, summarise
+    from .replay_view import render_replay, render_summary
+
+    ranged = args.start is not None or args.end is not None
+    if (args.cycle is None) == (not ranged) or (
+        ranged and (args.start is None or args.end is None)
+    ):
+        return _replay_error(args, "give a CYCLE, or --from DATE and --to DATE (not both)")
+    if args.config is None and args.data_dir is None:
+        return _replay_error(args, "give --config F (its [data] dir is read) or --data-dir DIR")
+    try:
+        cfg = load_config(args.config) if args.config else None
+        bounds = (
+            (_replay_bound(args.start, False), _replay_bound(args.end, True)) if ranged else None
+        )
+    except ConfigError as exc:
+        return _replay_error(args, str(exc))
+    data_dir = Path(args.data_dir) if args.data_dir else cfg.data_dir  # type: ignore[union-attr]
+    with_cfg = None if args.recorded_config else cfg
+    source = "the recorded config" if with_cfg is None else str(args.config)
+    db = open_readonly(data_dir)  # read-only; a missing data dir or database: exit 2
+    if bounds is None:
+        try:
+            doc = load_snapshot(db, data_dir, cycle_id=args.cycle)
+            result = replay_cycle(doc, with_cfg, "recorded" if with_cfg is None else source)
+        except CannotReplay as exc:
+            return _replay_error(args, str(exc), exc.missing)
+        if args.json:
+            print(json.dumps(redact(result.as_dict()), indent=2, default=str))
+        else:
+            print(redact(render_replay(result)))
+        return 0 if result.identical else 1
+    replays, refused = [], []
+    for row in snapshots_between(db, *bounds):
+        try:
+            doc = load_snapshot(db, data_dir, snapshot_id=row["id"])
+            replays.append(replay_cycle(doc, with_cfg, "recorded" if with_cfg is None else source))
+        except CannotReplay as exc:
+            refused.append({"cycle_id": row["cycle_id"], "missing": exc.missing})
+        except SnapshotError as exc:
+            refused.append({"cycle_id": row["cycle_id"], "missing": [str(exc)]})
+    summary = summarise(replays, refused)
+    if not replays:
+        what = "cannot be replayed" if refused else "has no cycle snapshots"
+        return _replay_error(
+            args,
+            f"the range {args.start} .. {args.end} {what}",
+            [m for c in refused for m in c["missing"]] or None,
+        )
+    if args.json:
+        print(json.dumps(redact(summary), indent=2, default=str))
+    else:
+        print(redact(render_summary(summary, args.start, args.end, source)))
+    return 0 if summary["different"] == 0 and not refused else 1
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
@@ -1033,6 +1122,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8001)
     p = add("why", cmd_why, "why did it trade? the chain from a fill back to the market")
     p.add_argument("ref", help="an orderRef, an execId, or an order id")
+    p.add_argument("--json", action="store_true", help="the same as one JSON document")
+    p = add(
+        "replay",
+        cmd_replay,
+        "run a cycle's Decide and gate again from its snapshot (offline); compare",
+        config=False,
+    )
+    p.add_argument("cycle", nargs="?", type=int, help="the cycle id (or --from/--to)")
+    p.add_argument(
+        "--config",
+        help="replay with this config; its [data] dir is read unless --data-dir "
+        "(default: the recorded config)",
+    )
+    p.add_argument("--data-dir", help="the data directory to read (default: the config's)")
+    p.add_argument(
+        "--recorded-config",
+        action="store_true",
+        help="replay with the recorded config even when --config is given",
+    )
+    p.add_argument("--from", dest="start", help="first day (2026-11-20, UTC) of a range")
+    p.add_argument("--to", dest="end", help="last day of a range (included)")
     p.add_argument("--json", action="store_true", help="the same as one JSON document")
     p = add("notify", cmd_notify, "send alerts (Apprise URLs in IB_SWARM_NOTIFY_URLS)")
     p.add_argument("--log-level", default="INFO")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data_lake import (
+    SNAPSHOT_SCHEMA_VERSION,
     StorageUnavailable,
     Store,
     finish_cycle,
@@ -27,7 +28,6 @@ from data_lake import (
     redact,
     save_snapshot,
     unresolved_intents,
-    utc_now,
     working_orders,
 )
 from skills.contracts import contract_key
@@ -57,6 +57,7 @@ from .gate_context import THROTTLE_REENABLED, build_gate_context, inputs_unavail
 from .heartbeat import Clock
 from .llm_commander import LlmCommander
 from .market_hours import exchange_day, exchange_day_start
+from .replay_record import config_hash, context_doc, state_doc, stored_config
 from .restart_window import RestartWindow
 from .sense import MarketSensor, SenseSpec
 from .trading_pause import TradingPause
@@ -230,7 +231,7 @@ class Commander:
         watchdog_alive: Callable[[], bool],
         cancel: asyncio.Event,
         phase: Callable[[str], None] = lambda p: None,
-        wall_now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        wall_now: Callable[[], dt.datetime] | None = None,
         llm_client: Any = None,
         stopping: Callable[[], bool] = lambda: False,
     ) -> None:
@@ -246,7 +247,9 @@ class Commander:
         self.watchdog_alive = watchdog_alive
         self.cancel = cancel
         self.phase = phase
-        self.wall_now = wall_now
+        # the wall clock comes from the injected clock too (exchange day, market hours,
+        # snapshot times): a replay reads the recorded values instead
+        self.wall_now = wall_now or (lambda: dt.datetime.fromtimestamp(clock.wall(), dt.UTC))
         self.llm_client = llm_client
         self.stopping = stopping
         self.sensor = MarketSensor(broker)
@@ -256,15 +259,22 @@ class Commander:
         self.pause = TradingPause(
             RestartWindow.from_config(cfg.broker), broker, lambda: self.wall_now(), store
         )
+        self._gate_calls: list[dict[str, Any]] = []  # this cycle's gate inputs (for replay)
 
     async def run_cycle(self, cycle_id: int) -> CycleReport:
         self._deadline = self.clock.monotonic() + self.cfg.loop.max_cycle_s
         report = CycleReport(cycle_id)
         t0 = self.clock.monotonic()
+        self._gate_calls = []
+        config = stored_config(self.cfg)  # every cycle: a secret registered late is redacted too
         doc: dict[str, Any] = {
+            "schema_version": SNAPSHOT_SCHEMA_VERSION,
             "cycle_id": cycle_id,
-            "started_at": utc_now(),
+            "started_at": self.wall_now().isoformat(),
             "mode": self.cfg.commander.mode,
+            "config_hash": config_hash(config),
+            "config": config,
+            "replay": {"gate_calls": self._gate_calls},
         }
         try:
             await self._cycle(report, doc)
@@ -282,7 +292,7 @@ class Commander:
         finally:
             if report.status == "ok" and self.stopping():
                 report.status, report.skipped = "interrupted", "a stop arrived during the cycle"
-            doc["finished_at"] = utc_now()
+            doc["finished_at"] = self.wall_now().isoformat()
             doc["status"] = report.status
             doc["skipped"] = report.skipped
             self._persist(report, doc)
@@ -323,6 +333,7 @@ class Commander:
         doc["account"] = values
         doc["positions"] = {k: dataclasses.asdict(h) for k, h in holdings.items()}
         doc["context"] = dataclasses.asdict(context)
+        doc["replay"]["sensed"] = {"wall": now.isoformat(), "monotonic": self.clock.monotonic()}
         self.phase("think")
         budget = SwarmBudget(
             self.cfg.swarm.max_tokens_per_cycle,
@@ -354,6 +365,7 @@ class Commander:
         self.phase("decide")
         if self.cfg.commander.mode == "llm":
             llm = LlmCommander(self)
+            doc["replay"]["llm_turns"] = llm.turns
             decisions, verdicts, transcript = await llm.run(
                 report.cycle_id, swarm, context, holdings, values
             )
@@ -361,14 +373,13 @@ class Commander:
             report.recorded = len(decisions)  # LLM mode records each decision before acting
             doc["llm_transcript"] = transcript
         else:
-            decisions = decide_rules(
-                swarm.merged,
-                self.cfg,
-                values.get("NetLiquidation", 0.0),
-                holdings,
-                context,
-                await self._working(),
-            )
+            net_liq = values.get("NetLiquidation", 0.0)
+            working = await self._working()
+            doc["replay"]["decide"] = {
+                "net_liquidation": net_liq,
+                "working": sorted([key, action] for key, action in working),
+            }
+            decisions = decide_rules(swarm.merged, self.cfg, net_liq, holdings, context, working)
             report.decisions = decisions
             ids = await self.store.run(
                 record_decisions,
@@ -376,6 +387,7 @@ class Commander:
                 [decision_row(d) for d in decisions],
                 timeout=self.cfg.data.write_timeout_s,
             )
+            doc["replay"]["decision_ids"] = list(ids)
             report.recorded = len(decisions)
             self.phase("act")
             for d, decision_id in zip(decisions, ids, strict=True):
@@ -447,8 +459,16 @@ class Commander:
     async def act(self, d: Decision, cycle_id: int, decision_id: int | None = None) -> GateVerdict:
         """Send one decision through the gate (checking the breaker right before)."""
         request = d.request(cycle_id, decision_id)
+        wall = self.wall_now()
+        record: dict[str, Any] = {
+            "request": dataclasses.asdict(request),
+            "wall": wall.isoformat(),
+            "day": exchange_day(wall),
+        }
+        self._gate_calls.append(record)  # what the gate read, for replay
         if self.cancel.is_set():  # a stop or a breaker trip: nothing new goes out
             reason = "cycle cancelled (stop or breaker trip): no new orders"
+            record["suppressed"] = reason
             self.store.post(
                 log_safety_event,
                 "commander",
@@ -474,18 +494,29 @@ class Commander:
                 paused=self.pause.reasons(),
             )
         except (TimeoutError, ConnectionError) as exc:  # the world cannot be seen: no order
-            return inputs_unavailable(self.store, request, exc, cycle_id)
-        return await place_order_with_guard(
+            verdict = inputs_unavailable(self.store, request, exc, cycle_id)
+            record["unavailable"] = verdict.reasons[0]
+            return verdict
+        record["context"] = context_doc(ctx)
+        record["state"] = state_doc(self.gate_state)
+
+        def send_clock() -> float:  # the moment the order was counted as sent
+            record["sent_at"] = now = self.clock.monotonic()
+            return now
+
+        verdict = await place_order_with_guard(
             request,
             ctx,
             self.gate_state,
             self.cfg.risk,
             self.store,
             self.broker,
-            exchange_day(self.wall_now()),
+            record["day"],
             intent_timeout_s=self.cfg.data.write_timeout_s,
-            clock=self.clock.monotonic,
+            clock=send_clock,
         )
+        record["verdict"] = dataclasses.asdict(verdict)
+        return verdict
 
     async def _market_open(self, r: OrderRequest) -> bool:
         if self.cfg.loop.trade_outside_liquid_hours:

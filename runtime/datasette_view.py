@@ -70,7 +70,14 @@ TABLES: dict[str, dict[str, Any]] = {
     },
     "breaker_history": {"description": "Every breaker transition, with who and why."},
     "account_snapshots": {"description": "Account values at reconciles and by the watchdog."},
-    "snapshots": {"description": "Index of the per-cycle decision snapshots (JSON files)."},
+    "snapshots": {
+        "description": "Index of the per-cycle decision snapshots (JSON files).",
+        "columns": {
+            "schema_version": "snapshot format: 2 can be replayed (python -m runtime replay "
+            "CYCLE); NULL is the format before replay",
+            "config_hash": "sha256 of the config stored in the snapshot (secrets removed)",
+        },
+    },
 }
 
 QUERIES: dict[str, dict[str, str]] = {

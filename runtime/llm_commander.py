@@ -25,9 +25,18 @@ from skills.swarm_core import SwarmResult
 from skills.swarm_models import MarketContext
 from skills.swarm_providers import Usage, cost_usd, usage_from
 
+from .config import Config
 from .decision import Actor, Decision, decision_row
 
-__all__ = ["LlmCommander", "render_commander_prompt"]
+__all__ = [
+    "TOOLS",
+    "LlmCommander",
+    "answer_tool",
+    "invalid_input",
+    "order_decision",
+    "render_commander_prompt",
+    "verdict_result",
+]
 
 log = logging.getLogger("runtime.llm_commander")
 PROMPT = Path(__file__).resolve().parents[1] / "prompts" / "commander_system.md"
@@ -100,12 +109,85 @@ TOOLS: list[dict[str, Any]] = [
 ]
 
 
-def render_commander_prompt(commander: Actor) -> str:
+def render_commander_prompt(commander: Actor | Config) -> str:
+    """The commander's system prompt for this config (its limits and settings)."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
-    cfg = commander.cfg
+    cfg = commander if isinstance(commander, Config) else commander.cfg
     return env.from_string(PROMPT.read_text(encoding="utf-8")).render(
         mode=cfg.mode, risk=cfg.risk, commander=cfg.commander, max_turns=cfg.commander.max_turns
     )
+
+
+def answer_tool(
+    name: str,
+    raw: Any,
+    cfg: Config,
+    merged: list[dict[str, Any]],
+    holdings: dict[str, Holding],
+    values: dict[str, float],
+) -> tuple[Any, bool] | None:
+    """Answer a tool that reads or computes (every tool but `place_guarded_order`, for which
+    it returns None): (result, is_error). Pure: `replay` answers recorded calls with it.
+    `merged` holds the swarm's merged signals as dicts (without their per-instance signals)."""
+    try:
+        if name == "get_portfolio":
+            return {
+                "account": values,
+                "positions": {k: dataclasses.asdict(h) for k, h in holdings.items()},
+            }, False
+        if name == "get_swarm_signals":
+            return merged, False
+        if name == "kelly_size":
+            k = KellyInput.model_validate(raw)
+            c = cfg.commander
+            f = kelly_criterion(k.win_probability, k.payoff_ratio, c.kelly_fraction, c.kelly_cap)
+            units = math.floor(f * values.get("NetLiquidation", 0.0) / (k.price * k.multiplier))
+            return {"fraction": f, "units": units}, False
+        if name == "option_greeks":
+            g = GreeksInput.model_validate(raw)
+            return dataclasses.asdict(
+                calculate_greeks(g.spot, g.strike, g.days / 365.0, g.vol, 0.045, 0.0, g.right)
+            ), False
+        if name == "place_guarded_order":
+            return None
+        return {"error": f"unknown tool {name!r}"}, True
+    except ValidationError as exc:
+        return invalid_input(exc)
+    except MathInputError as exc:
+        return {"error": str(exc)}, True
+
+
+def invalid_input(exc: ValidationError) -> tuple[Any, bool]:
+    """The tool result for an input that failed validation (never executed)."""
+    return {"error": "invalid input", "details": [e["msg"] for e in exc.errors()]}, True
+
+
+def order_decision(raw: Any) -> Decision:
+    """The decision a `place_guarded_order` call asks for (ValidationError if invalid)."""
+    o = OrderInput.model_validate(raw)
+    return Decision(
+        symbol=o.symbol,
+        action=o.action,
+        sec_type=o.sec_type,
+        order_type=o.order_type,
+        quantity=float(o.quantity),
+        accepted=True,
+        reason=f"llm: {o.reason}",
+        sources=("commander_llm",),
+        expiry=o.expiry,
+        strike=o.strike,
+        right=o.right,
+        limit_price=o.limit_price,
+    )
+
+
+def verdict_result(verdict: GateVerdict) -> tuple[Any, bool]:
+    """The tool result the model sees for a gate verdict."""
+    return {
+        "accepted": verdict.accepted,
+        "order_ref": verdict.order_ref,
+        "reasons": list(verdict.reasons),
+    }, not verdict.accepted
 
 
 class LlmCommander:
@@ -117,6 +199,7 @@ class LlmCommander:
                 "'anthropic' and ANTHROPIC_API_KEY)"
             )
         self.client = commander.llm_client
+        self.turns: list[dict[str, Any]] = []  # each call's model and usage (for replay)
 
     async def run(
         self,
@@ -156,6 +239,7 @@ class LlmCommander:
                 timeout=cfg.swarm.call_timeout_s,
             )
             usage = usage_from(msg.usage)
+            self.turns.append({"model": cfg.commander.model, "usage": dataclasses.asdict(usage)})
             cost = cost_usd(cfg.commander.model, usage, cfg.swarm.prices)
             spent += cost
             self._record(cycle_id, usage, cost, (time.perf_counter() - t0) * 1000, msg.stop_reason)
@@ -198,65 +282,26 @@ class LlmCommander:
         decisions: list[Decision],
         verdicts: list[GateVerdict],
     ) -> tuple[Any, bool]:
+        merged = [
+            {k: v for k, v in dataclasses.asdict(m).items() if k != "signals"} for m in swarm.merged
+        ]
+        answer = answer_tool(name, raw, self.c.cfg, merged, holdings, values)
+        if answer is not None:
+            return answer
         try:
-            if name == "get_portfolio":
-                return {
-                    "account": values,
-                    "positions": {k: dataclasses.asdict(h) for k, h in holdings.items()},
-                }, False
-            if name == "get_swarm_signals":
-                return [
-                    {k: v for k, v in dataclasses.asdict(m).items() if k != "signals"}
-                    for m in swarm.merged
-                ], False
-            if name == "kelly_size":
-                k = KellyInput.model_validate(raw)
-                c = self.c.cfg.commander
-                f = kelly_criterion(
-                    k.win_probability, k.payoff_ratio, c.kelly_fraction, c.kelly_cap
-                )
-                units = math.floor(f * values.get("NetLiquidation", 0.0) / (k.price * k.multiplier))
-                return {"fraction": f, "units": units}, False
-            if name == "option_greeks":
-                g = GreeksInput.model_validate(raw)
-                return dataclasses.asdict(
-                    calculate_greeks(g.spot, g.strike, g.days / 365.0, g.vol, 0.045, 0.0, g.right)
-                ), False
-            if name == "place_guarded_order":
-                o = OrderInput.model_validate(raw)
-                d = Decision(
-                    symbol=o.symbol,
-                    action=o.action,
-                    sec_type=o.sec_type,
-                    order_type=o.order_type,
-                    quantity=float(o.quantity),
-                    accepted=True,
-                    reason=f"llm: {o.reason}",
-                    sources=("commander_llm",),
-                    expiry=o.expiry,
-                    strike=o.strike,
-                    right=o.right,
-                    limit_price=o.limit_price,
-                )
-                [decision_id] = await self.c.store.run(
-                    record_decisions,
-                    cycle_id,
-                    [decision_row(d)],
-                    timeout=self.c.cfg.data.write_timeout_s,
-                )
-                decisions.append(d)
-                verdict = await self.c.act(d, cycle_id, decision_id)
-                verdicts.append(verdict)
-                return {
-                    "accepted": verdict.accepted,
-                    "order_ref": verdict.order_ref,
-                    "reasons": list(verdict.reasons),
-                }, not verdict.accepted
-            return {"error": f"unknown tool {name!r}"}, True
+            d = order_decision(raw)
         except ValidationError as exc:
-            return {"error": "invalid input", "details": [e["msg"] for e in exc.errors()]}, True
-        except MathInputError as exc:
-            return {"error": str(exc)}, True
+            return invalid_input(exc)
+        [decision_id] = await self.c.store.run(
+            record_decisions,
+            cycle_id,
+            [decision_row(d)],
+            timeout=self.c.cfg.data.write_timeout_s,
+        )
+        decisions.append(d)
+        verdict = await self.c.act(d, cycle_id, decision_id)
+        verdicts.append(verdict)
+        return verdict_result(verdict)
 
     def _record(
         self, cycle_id: int, usage: Usage, cost: float, latency_ms: float, stop: str | None

@@ -534,7 +534,7 @@ class MainLoop:
         t0 = self.clock.monotonic()
         try:
             await asyncio.wait_for(
-                self.commander.sensor.context(self.commander.spec, dt.datetime.now(dt.UTC)),
+                self.commander.sensor.context(self.commander.spec, self.commander.wall_now()),
                 max(60.0, self.cfg.loop.max_cycle_s),
             )
             log.info("warm-up done in %.1fs", self.clock.monotonic() - t0)

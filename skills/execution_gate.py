@@ -54,6 +54,7 @@ __all__ = [
     "Submitter",
     "WorkingOrder",
     "evaluate",
+    "evaluate_named",
     "order_ref_for",
     "place_order_with_guard",
 ]
@@ -780,18 +781,31 @@ def evaluate(
     request: OrderRequest, ctx: GateContext, state: GateState, limits: RiskConfig, day: str = ""
 ) -> list[str]:
     """Run every check; return all the reasons for refusal (empty: the order may go)."""
+    return [reason for _, reason in evaluate_named(request, ctx, state, limits, day)]
+
+
+def evaluate_named(
+    request: OrderRequest, ctx: GateContext, state: GateState, limits: RiskConfig, day: str = ""
+) -> list[tuple[str, str]]:
+    """Run every check; return (check name, reason) for each refusal (`replay` counts them
+    by check). The name is the check function's without its `check_` prefix."""
     try:
         e = _prepare(request, ctx, state, limits, day)
     except Exception as exc:
-        return [f"request could not be evaluated ({type(exc).__name__}: {exc}): failing closed"]
-    out: list[str] = []
+        return [
+            (
+                "prepare",
+                f"request could not be evaluated ({type(exc).__name__}: {exc}): failing closed",
+            )
+        ]
+    out: list[tuple[str, str]] = []
     for check in CHECKS:
         try:
             reason = check(e)
         except Exception as exc:  # a broken check refuses; it never lets an order through
             reason = f"{check.__name__} failed ({type(exc).__name__}: {exc}): failing closed"
         if reason is not None:
-            out.append(reason)
+            out.append((check.__name__.removeprefix("check_"), reason))
     return out
 
 

@@ -1,0 +1,609 @@
+"""`python -m runtime replay`: run a recorded cycle's Decide and execution gate again, offline.
+
+The inputs come from the cycle's decision snapshot only (market context, account, positions,
+the swarm's merged signals, the commander's recorded LLM answers, the gate's recorded view
+and counters): no network, no broker, no LLM call, no write. Replayed with the recorded
+config, rules mode gives the recorded decisions and verdicts exactly; with another config,
+every difference is listed (orders, sizes, refusal reasons). LLM mode walks the recorded
+tool-use transcript: the model's answers are the recorded ones, each tool is answered again
+under the replay's config, and a tool result that would have changed is reported (the model
+might then have answered differently; a replay cannot know how).
+
+A snapshot that cannot be reproduced (an older format, missing pieces) raises
+`CannotReplay` naming everything missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from data_lake import SNAPSHOT_SCHEMA_VERSION
+from skills.execution_gate import GateVerdict
+from skills.swarm_providers import Usage, cost_usd
+
+from .commander import decide_rules
+from .config import Config, ConfigError, parse_config
+from .decision import Decision
+from .llm_commander import (
+    answer_tool,
+    invalid_input,
+    order_decision,
+    render_commander_prompt,
+    verdict_result,
+)
+from .replay_gate import GateReplayer, ReplayedVerdict
+from .replay_record import (
+    config_hash,
+    holdings_from,
+    market_from,
+    merged_from,
+    stored_config,
+)
+
+__all__ = [
+    "CannotReplay",
+    "CycleReplay",
+    "Difference",
+    "missing_pieces",
+    "replay_cycle",
+    "summarise",
+]
+
+
+class CannotReplay(Exception):
+    """The snapshot cannot be reproduced; `missing` names each missing piece."""
+
+    def __init__(self, cycle_id: Any, missing: list[str]) -> None:
+        self.cycle_id = cycle_id
+        self.missing = missing
+        super().__init__(f"cycle {cycle_id} cannot be replayed: missing " + "; ".join(missing))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Difference:
+    """One thing the replay decided differently. `kind`: resized, refused, accepted,
+    reason, tool_result, order_ref, decision, prompt, turns, unjudged."""
+
+    where: str
+    kind: str
+    recorded: Any
+    replayed: Any
+    reason_key: str = ""  # what it is counted under in a range summary
+
+
+@dataclass(kw_only=True)
+class CycleReplay:
+    cycle_id: int
+    mode: str
+    status: str
+    recorded_config_hash: str
+    replayed_config_hash: str
+    config_source: str  # "recorded" or the path of the other config
+    config_changes: list[tuple[str, Any, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # recorded / replayed
+    gate: list[dict[str, Any]] = field(default_factory=list)  # request, recorded, replayed
+    tools: list[dict[str, Any]] = field(default_factory=list)  # LLM mode: each tool call
+    differences: list[Difference] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        return not self.differences
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["identical"] = self.identical
+        out["config_changes"] = [
+            {"key": k, "recorded": a, "replayed": b} for k, a, b in self.config_changes
+        ]
+        return out
+
+
+# --- what a snapshot must carry -------------------------------------------------------------
+def _get(doc: Mapping[str, Any], path: str) -> Any:
+    node: Any = doc
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def missing_pieces(doc: Mapping[str, Any]) -> list[str]:
+    """Name every piece the snapshot lacks for a replay (empty: it can be replayed)."""
+    version = doc.get("schema_version")
+    if not isinstance(version, int) or version < SNAPSHOT_SCHEMA_VERSION:
+        found = "none (the format before replay)" if version is None else repr(version)
+        return [
+            f"snapshot schema version {SNAPSHOT_SCHEMA_VERSION} (this one: {found}); it "
+            "carries no config, config_hash, replay.gate_calls (the gate's view and counters) "
+            "or replay.decide (the working orders Decide saw)"
+        ]
+    missing = [p for p in ("config", "config_hash", "replay.gate_calls") if _get(doc, p) is None]
+    if doc.get("decisions") is None:
+        if _get(doc, "replay.sensed") is not None:  # it sensed, then stopped before the end
+            missing.append(
+                f"decisions (the cycle ended {doc.get('status')}: {doc.get('skipped')} before "
+                "its decisions reached the snapshot)"
+            )
+        return missing  # otherwise nothing was decided (skipped before Sense): nothing to do
+    needed = ["account", "positions", "context", "swarm.merged", "replay.sensed"]
+    if doc.get("mode") == "llm":
+        needed.append("llm_transcript")
+    else:
+        needed += ["replay.decide.net_liquidation", "replay.decide.working", "replay.decision_ids"]
+    missing += [p for p in needed if _get(doc, p) is None]
+    for i, call in enumerate(_get(doc, "replay.gate_calls") or []):
+        pieces = ["request", "day"]
+        if "suppressed" not in call and "unavailable" not in call:
+            pieces += ["context", "state", "verdict"]
+        missing += [f"replay.gate_calls[{i}].{p}" for p in pieces if p not in call]
+    return missing
+
+
+# --- the replay -----------------------------------------------------------------------------
+def _jsonish(obj: Any) -> Any:
+    """The value as it reads back from JSON (tuples as lists), for comparison."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _config_changes(recorded: Mapping[str, Any], other: Mapping[str, Any]) -> list[Any]:
+    a, b = _flat(recorded), _flat(other)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _reason_key(reason: str) -> str:
+    """A refusal reason with its figures taken out (to count alike reasons together)."""
+    text = re.sub(r"[-+]?\d[\d,]*(\.\d+)?", "N", reason)
+    return re.sub(r"'[^']*'", "'…'", text)
+
+
+def _label(d: Mapping[str, Any]) -> str:
+    what = d.get("symbol", "?")
+    if d.get("sec_type") == "OPT":
+        what = f"{what} {d.get('expiry')} {d.get('strike'):g}{d.get('right')}"
+    return f"{d.get('action')} {what}"
+
+
+def replay_cycle(
+    doc: Mapping[str, Any], cfg: Config | None = None, config_source: str = "recorded"
+) -> CycleReplay:
+    """Run the cycle's Decide and gate again on its snapshot, with `cfg` (None: the recorded
+    config). Raises CannotReplay naming what the snapshot lacks."""
+    cycle_id = doc.get("cycle_id")
+    missing = missing_pieces(doc)
+    if missing:
+        raise CannotReplay(cycle_id, missing)
+    recorded_cfg: Config | None
+    try:
+        recorded_cfg = parse_config(doc["config"], f"the recorded config of cycle {cycle_id}")
+    except ConfigError as exc:
+        recorded_cfg = None
+        if cfg is None:
+            raise CannotReplay(cycle_id, [f"a usable recorded config ({exc})"]) from None
+    use = cfg if cfg is not None else recorded_cfg
+    assert use is not None
+    other = stored_config(use) if cfg is not None else dict(doc["config"])
+    out = CycleReplay(
+        cycle_id=int(doc["cycle_id"]),
+        mode=str(doc.get("mode", "rules")),
+        status=str(doc.get("status")),
+        recorded_config_hash=str(doc["config_hash"]),
+        replayed_config_hash=config_hash(other),
+        config_source=config_source,
+        config_changes=_config_changes(doc["config"], other),
+    )
+    if doc.get("decisions") is None:
+        out.notes.append(
+            f"the recorded cycle made no decision ({doc.get('status')}: {doc.get('skipped')}); "
+            "nothing to replay"
+        )
+        return out
+    if use.commander.mode != out.mode:
+        out.notes.append(
+            f"this config's commander mode is {use.commander.mode!r}; the cycle ran in "
+            f"{out.mode!r} mode and is replayed in it"
+        )
+    recorded_limits = recorded_cfg.risk if recorded_cfg is not None else None
+    if recorded_cfg is None:
+        out.notes.append(
+            "the recorded config does not read back: refusals after the checks "
+            "(intent not stored, broker refused) cannot be told apart"
+        )
+    gate = GateReplayer(use.risk, recorded_limits)
+    _swarm_under(doc, use, recorded_cfg, out)
+    if out.mode == "llm":
+        _replay_llm(doc, use, recorded_cfg, gate, out)
+    else:
+        _replay_rules(doc, use, gate, out)
+    return out
+
+
+def _swarm_under(
+    doc: Mapping[str, Any], cfg: Config, recorded: Config | None, out: CycleReplay
+) -> None:
+    """What the swarm's answers would have met under this config. They are replayed as
+    recorded (Think is not re-run); a signal the parse would now reject is reported."""
+    if recorded is not None and recorded.risk != cfg.risk:
+        out.notes.append(
+            "the swarm's prompts carry the [risk] limits: under this config they would differ "
+            "(the recorded answers are replayed)"
+        )
+    limit = cfg.risk.max_order_quantity
+    for o in _get(doc, "swarm.outcomes") or []:
+        for sig in o.get("signals") or []:
+            qty = sig.get("quantity")
+            if qty is not None and qty > limit:
+                out.differences.append(
+                    Difference(
+                        where=f"swarm {o.get('instance')} {_label(sig)}",
+                        kind="signal",
+                        recorded=f"quantity {qty:g} accepted",
+                        replayed=f"quantity {qty:g} exceeds max_order_quantity {limit:g}: the "
+                        "parse would reject the answer (the instance abstains); Decide still "
+                        "uses the recorded signals",
+                        reason_key="swarm: quantity above max_order_quantity",
+                    )
+                )
+
+
+def _compare_decision(
+    out: CycleReplay, i: int, recorded: Mapping[str, Any], replayed: Decision | None
+) -> None:
+    rep = None if replayed is None else _jsonish(dataclasses.asdict(replayed))
+    out.decisions.append({"recorded": dict(recorded), "replayed": rep})
+    where = f"decision {i + 1} ({_label(recorded)})"
+    if rep is None:
+        return
+    if recorded.get("accepted") != rep["accepted"]:
+        kind = "accepted" if rep["accepted"] else "refused"
+        out.differences.append(
+            Difference(
+                where=where,
+                kind=kind,
+                recorded=recorded.get("reason"),
+                replayed=rep["reason"],
+                reason_key="decide: " + _reason_key(rep["reason"]) if kind == "refused" else "",
+            )
+        )
+    elif recorded.get("quantity") != rep["quantity"]:
+        out.differences.append(
+            Difference(
+                where=where,
+                kind="resized",
+                recorded=recorded.get("quantity"),
+                replayed=rep["quantity"],
+                reason_key="decide: resized (" + _reason_key(rep["reason"]) + ")",
+            )
+        )
+    elif _jsonish(dict(recorded)) != rep:
+        changed = sorted(k for k in rep if _jsonish(recorded.get(k)) != rep[k])
+        out.differences.append(
+            Difference(
+                where=where,
+                kind="decision",
+                recorded={k: recorded.get(k) for k in changed},
+                replayed={k: rep[k] for k in changed},
+            )
+        )
+
+
+def _compare_verdict(
+    out: CycleReplay,
+    request: Mapping[str, Any],
+    recorded: Mapping[str, Any] | None,
+    replayed: ReplayedVerdict | None,
+) -> None:
+    where = f"gate {_label(request)} {request.get('quantity', 0):g}"
+    rep = None if replayed is None else _jsonish(replayed.public())
+    rec = (
+        None
+        if recorded is None
+        else {k: _jsonish(recorded.get(k)) for k in ("accepted", "order_ref", "reasons")}
+    )
+    out.gate.append(
+        {
+            "request": dict(request),
+            "recorded": rec,
+            "replayed": rep,
+            "checks": [list(c) for c in replayed.checks] if replayed else [],
+            "stage": replayed.stage if replayed else None,
+        }
+    )
+    if rec == rep:
+        return
+    if replayed is None:  # recorded at the gate; the replay refused it at Decide
+        out.differences.append(
+            Difference(where=where, kind="not_sent", recorded=rec, replayed=None)
+        )
+        return
+    assert rep is not None
+    if replayed.stage == "no_inputs":
+        out.differences.append(
+            Difference(
+                where=where,
+                kind="unjudged",
+                recorded=rec,
+                replayed=rep,
+                reason_key="unjudged: no recorded gate inputs",
+            )
+        )
+        return
+    if rec is None or rec["accepted"] != rep["accepted"]:
+        kind = "accepted" if rep["accepted"] else "refused"
+        key = ", ".join(name for name, _ in replayed.checks) or replayed.stage
+        out.differences.append(
+            Difference(
+                where=where,
+                kind=kind,
+                recorded=rec,
+                replayed=rep,
+                reason_key=f"gate: {key}" if kind == "refused" else "",
+            )
+        )
+    elif rec["reasons"] != rep["reasons"]:
+        out.differences.append(Difference(where=where, kind="reason", recorded=rec, replayed=rep))
+    else:
+        out.differences.append(
+            Difference(where=where, kind="order_ref", recorded=rec, replayed=rep)
+        )
+
+
+def _calls_by_decision(doc: Mapping[str, Any]) -> dict[Any, Mapping[str, Any]]:
+    return {c["request"].get("decision_id"): c for c in doc["replay"]["gate_calls"]}
+
+
+def _replay_rules(
+    doc: Mapping[str, Any], cfg: Config, gate: GateReplayer, out: CycleReplay
+) -> None:
+    decide = doc["replay"]["decide"]
+    decisions = decide_rules(
+        merged_from(doc["swarm"]["merged"]),
+        cfg,
+        float(decide["net_liquidation"]),
+        holdings_from(doc["positions"]),
+        market_from(doc["context"]),
+        frozenset((str(k), str(a)) for k, a in decide["working"]),
+    )
+    recorded = list(doc["decisions"])
+    ids = list(doc["replay"]["decision_ids"])
+    if len(decisions) != len(recorded) or len(ids) != len(recorded):
+        out.notes.append(
+            f"the replay made {len(decisions)} decisions, the recording {len(recorded)}"
+        )
+    calls = _calls_by_decision(doc)
+    for i, rec in enumerate(recorded):
+        replayed = decisions[i] if i < len(decisions) else None
+        _compare_decision(out, i, rec, replayed)
+        decision_id = ids[i] if i < len(ids) else None
+        call = calls.get(decision_id)
+        if replayed is None or not replayed.accepted:
+            if call is not None:
+                gate.skip(call)
+                _compare_verdict(out, call["request"], call.get("verdict"), None)
+            continue
+        request = replayed.request(out.cycle_id, decision_id)
+        if call is None:  # refused at Decide when recorded: the gate never saw its world
+            _compare_verdict(
+                out,
+                dataclasses.asdict(request),
+                None,
+                ReplayedVerdict(
+                    accepted=False,
+                    order_ref=None,
+                    reasons=(
+                        "no recorded gate inputs for this order (the recording refused "
+                        "it at Decide): the gate cannot be replayed for it",
+                    ),
+                    stage="no_inputs",
+                ),
+            )
+            continue
+        _compare_verdict(out, call["request"], call.get("verdict"), gate.judge(request, call))
+
+
+def _tool_results(messages: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    out: dict[str, Mapping[str, Any]] = {}
+    for m in messages:
+        if m.get("role") == "user" and isinstance(m.get("content"), list):
+            for block in m["content"]:
+                if isinstance(block, Mapping) and block.get("type") == "tool_result":
+                    out[str(block.get("tool_use_id"))] = block
+    return out
+
+
+def _replay_llm(
+    doc: Mapping[str, Any],
+    cfg: Config,
+    recorded_cfg: Config | None,
+    gate: GateReplayer,
+    out: CycleReplay,
+) -> None:
+    messages = list(doc["llm_transcript"])
+    if recorded_cfg is not None and render_commander_prompt(cfg) != render_commander_prompt(
+        recorded_cfg
+    ):
+        out.differences.append(
+            Difference(
+                where="commander system prompt",
+                kind="prompt",
+                recorded="rendered from the recorded config",
+                replayed="rendered from this config: the model would have been told other "
+                "limits or settings (its recorded answers are replayed as they were)",
+            )
+        )
+    turns = [m for m in messages if m.get("role") == "assistant"]
+    turns = turns[: _turns_within_budget(doc, cfg, out, len(turns))]
+    if len(turns) > cfg.commander.max_turns:
+        out.differences.append(
+            Difference(
+                where="commander turns",
+                kind="turns",
+                recorded=len(turns),
+                replayed=cfg.commander.max_turns,
+                reason_key="llm: fewer turns allowed",
+            )
+        )
+        turns = turns[: cfg.commander.max_turns]
+    results = _tool_results(messages)
+    merged = [dict(m) for m in doc["swarm"]["merged"]]
+    holdings = holdings_from(doc["positions"])
+    values = {str(k): float(v) for k, v in doc["account"].items()}
+    calls = list(doc["replay"]["gate_calls"])
+    recorded_decisions = list(doc["decisions"])
+    placed = 0
+    for t, turn in enumerate(turns):
+        for block in turn.get("content") or []:
+            if not isinstance(block, Mapping) or block.get("type") != "tool_use":
+                continue
+            name, raw = str(block.get("name")), block.get("input")
+            recorded_block = results.get(str(block.get("id")))
+            answer = answer_tool(name, raw, cfg, merged, holdings, values)
+            verdict: ReplayedVerdict | None = None
+            if answer is None:  # place_guarded_order: the same decision, the gate again
+                try:
+                    decision = order_decision(raw)
+                except ValidationError as exc:  # never executed, then or now
+                    answer = invalid_input(exc)
+                else:
+                    rec = recorded_decisions[placed] if placed < len(recorded_decisions) else {}
+                    _compare_decision(out, placed, rec, decision)
+                    if placed >= len(calls):
+                        raise CannotReplay(
+                            out.cycle_id, [f"replay.gate_calls[{placed}] (order #{placed + 1})"]
+                        )
+                    call = calls[placed]
+                    placed += 1
+                    request = decision.request(out.cycle_id, call["request"].get("decision_id"))
+                    verdict = gate.judge(request, call)
+                    _compare_verdict(out, call["request"], call.get("verdict"), verdict)
+                    answer = verdict_result(_as_gate_verdict(verdict))
+            result, is_error = answer
+            replayed = {"content": _jsonish(result), "is_error": is_error}
+            recorded = None
+            if recorded_block is not None:
+                content = recorded_block.get("content")
+                try:
+                    parsed = json.loads(content) if isinstance(content, str) else content
+                except json.JSONDecodeError:
+                    parsed = content
+                recorded = {"content": parsed, "is_error": bool(recorded_block.get("is_error"))}
+            out.tools.append(
+                {
+                    "turn": t + 1,
+                    "tool": name,
+                    "input": raw,
+                    "recorded": recorded,
+                    "replayed": replayed,
+                }
+            )
+            if recorded != replayed:
+                key = ""
+                if verdict is not None and not verdict.accepted and verdict.checks:
+                    key = "gate: " + ", ".join(n for n, _ in verdict.checks)
+                out.differences.append(
+                    Difference(
+                        where=f"turn {t + 1} tool {name}",
+                        kind="tool_result",
+                        recorded=recorded,
+                        replayed=replayed,
+                        reason_key=key or f"llm: {name} result changed",
+                    )
+                )
+    for call in calls[placed:]:  # recorded orders the replayed turns never placed
+        _compare_verdict(out, call["request"], call.get("verdict"), None)
+
+
+def _turns_within_budget(doc: Mapping[str, Any], cfg: Config, out: CycleReplay, n: int) -> int:
+    """How many of the recorded turns this config's per-cycle budget would have allowed
+    (each turn priced with this config's price table)."""
+    recorded = _get(doc, "replay.llm_turns")
+    if not isinstance(recorded, list):
+        out.notes.append("no per-turn usage recorded: the per-cycle budget is not replayed")
+        return n
+    models = {str(t.get("model")) for t in recorded}
+    if models != {cfg.commander.model}:
+        out.notes.append(
+            f"the recorded answers came from {sorted(models)}; this config asks "
+            f"{cfg.commander.model!r} (the answers are replayed as recorded)"
+        )
+    spent = 0.0
+    for i, t in enumerate(recorded[:n]):
+        if spent >= cfg.swarm.max_usd_per_cycle:
+            out.differences.append(
+                Difference(
+                    where="commander budget",
+                    kind="turns",
+                    recorded=n,
+                    replayed=i,
+                    reason_key="llm: per-cycle budget spent",
+                )
+            )
+            return i
+        spent += cost_usd(str(t.get("model")), Usage(**t["usage"]), cfg.swarm.prices)
+    return n
+
+
+def _as_gate_verdict(v: ReplayedVerdict) -> GateVerdict:
+    return GateVerdict(v.accepted, v.order_ref, v.reasons)
+
+
+# --- a range of cycles ----------------------------------------------------------------------
+def summarise(replays: list[CycleReplay], refused: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts by reason and the list of orders the replayed config would have refused or
+    resized (and those it would have accepted that were refused), over many cycles.
+    `refused` lists the cycles that could not be replayed ({cycle_id, missing})."""
+    counts: Counter[str] = Counter()
+    changed: list[dict[str, Any]] = []
+    for r in replays:
+        for d in r.differences:
+            if d.kind not in (
+                "refused",
+                "resized",
+                "accepted",
+                "unjudged",
+                "tool_result",
+                "turns",
+                "signal",
+            ):
+                continue  # not_sent is counted with its decision's refusal
+            key = d.reason_key or d.kind
+            counts[key] += 1
+            changed.append(
+                {
+                    "cycle_id": r.cycle_id,
+                    "where": d.where,
+                    "kind": d.kind,
+                    "reason": key,
+                    "recorded": d.recorded,
+                    "replayed": d.replayed,
+                }
+            )
+    return {
+        "cycles": len(replays) + len(refused),
+        "replayed": len(replays),
+        "identical": sum(1 for r in replays if r.identical),
+        "different": sum(1 for r in replays if not r.identical),
+        "cannot_replay": refused,
+        "by_reason": dict(counts.most_common()),
+        "orders": changed,
+    }

@@ -1,0 +1,178 @@
+"""What a cycle records so that `replay` can run Decide and the gate again, and how it is read
+back.
+
+The snapshot (format `SNAPSHOT_SCHEMA_VERSION`) carries the configuration with secrets
+removed and its hash, and under `replay` every input Decide and the gate read: the net
+liquidation, holdings, market context and working orders Decide saw, the ids the decisions
+were stored under, and for each order sent to the gate its request, the gate's frozen view of
+the world (`GateContext`: breaker, watchdog liveness as seen, quote, holdings, resting orders,
+daily PnL, monotonic clock), the gate's counters as they were right before the check
+(`GateState`), the exchange day and wall time, and when the order was counted as sent.
+Encoding is plain JSON (floats round-trip exactly; NaN and infinity as JSON's extensions).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from data_lake import redact
+from skills.execution_gate import (
+    GateContext,
+    GateState,
+    Holding,
+    OrderRequest,
+    Quote,
+    WorkingOrder,
+)
+from skills.swarm_core import MergedSignal
+from skills.swarm_models import MarketContext, OptionView, SymbolView
+
+from .config import Config
+
+__all__ = [
+    "config_hash",
+    "context_doc",
+    "context_from",
+    "holdings_from",
+    "market_from",
+    "merged_from",
+    "request_from",
+    "state_doc",
+    "state_from",
+    "stored_config",
+]
+
+# key-name parts that mark a secret whatever its value (a future key must not leak)
+_SECRET_WORDS = frozenset(
+    {"key", "apikey", "token", "secret", "password", "passwd", "credential", "credentials"}
+)
+MASK = "[REDACTED]"
+# scheme://user:password@host -> scheme://[REDACTED]@host (Apprise-style credentials)
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^@/?#\s]+@")
+
+
+def _scrub(obj: Any, key: str = "") -> Any:
+    if key and _SECRET_WORDS & set(key.lower().split("_")):
+        return MASK
+    if isinstance(obj, dict):
+        return {k: _scrub(v, str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_scrub(v) for v in obj]
+    if isinstance(obj, str):
+        return _USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", obj)
+    return obj
+
+
+def stored_config(cfg: Config) -> dict[str, Any]:
+    """Return the config as a snapshot stores it: JSON values, every registered secret
+    redacted (API key, notification URLs and their tokens), keys named like a secret masked,
+    and credentials removed from any URL."""
+    return dict(redact(_scrub(cfg.model_dump(mode="json"))))
+
+
+def config_hash(stored: Mapping[str, Any]) -> str:
+    """The sha256 of a stored config's canonical JSON."""
+    canonical = json.dumps(stored, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- the gate's counters ------------------------------------------------------------------
+def state_doc(state: GateState) -> dict[str, Any]:
+    """The gate's counters as plain JSON (the duplicate guard's keys as lists)."""
+    return {
+        "sent": list(state.sent),
+        "day": state.day,
+        "sent_today": state.sent_today,
+        "executions": list(state.executions),
+        "execution_throttle_latched": state.execution_throttle_latched,
+        "recent": [[k, a, q, t] for (k, a, q), t in state.recent.items()],
+        "reenabled_by": state.reenabled_by,
+    }
+
+
+def state_from(doc: Mapping[str, Any]) -> GateState:
+    """Rebuild the gate's counters from `state_doc`'s output."""
+    return GateState(
+        sent=collections.deque(float(t) for t in doc["sent"]),
+        day=str(doc["day"]),
+        sent_today=int(doc["sent_today"]),
+        executions=collections.deque(float(t) for t in doc["executions"]),
+        execution_throttle_latched=bool(doc["execution_throttle_latched"]),
+        recent={(str(k), str(a), float(q)): float(t) for k, a, q, t in doc["recent"]},
+        reenabled_by=int(doc["reenabled_by"]),
+    )
+
+
+# --- the gate's view of the world ---------------------------------------------------------
+def context_doc(ctx: GateContext) -> dict[str, Any]:
+    """The gate's frozen view as plain JSON."""
+    return {
+        "breaker": ctx.breaker,
+        "connected": ctx.connected,
+        "watchdog_alive": ctx.watchdog_alive,
+        "market_open": ctx.market_open,
+        "quote": None if ctx.quote is None else dataclasses.asdict(ctx.quote),
+        "holdings": {k: dataclasses.asdict(h) for k, h in ctx.holdings.items()},
+        "daily_pnl": ctx.daily_pnl,
+        "now": ctx.now,
+        "qualified": ctx.qualified,
+        "working": [dataclasses.asdict(w) for w in ctx.working],
+        "blocked": sorted(ctx.blocked),
+        "paused": list(ctx.paused),
+    }
+
+
+def holdings_from(doc: Mapping[str, Any]) -> dict[str, Holding]:
+    """Holdings by contract key from their recorded fields."""
+    return {str(k): Holding(**v) for k, v in doc.items()}
+
+
+def context_from(doc: Mapping[str, Any]) -> GateContext:
+    """Rebuild the gate's view from `context_doc`'s output."""
+    quote = doc["quote"]
+    return GateContext(
+        breaker=doc["breaker"],
+        connected=doc["connected"],
+        watchdog_alive=doc["watchdog_alive"],
+        market_open=doc["market_open"],
+        quote=None if quote is None else Quote(**quote),
+        holdings=holdings_from(doc["holdings"]),
+        daily_pnl=doc["daily_pnl"],
+        now=doc["now"],
+        qualified=doc["qualified"],
+        working=tuple(WorkingOrder(**w) for w in doc["working"]),
+        blocked=frozenset(doc["blocked"]),
+        paused=tuple(doc.get("paused", ())),  # recorded since the restart window
+    )
+
+
+def request_from(doc: Mapping[str, Any]) -> OrderRequest:
+    """An order request from its recorded fields."""
+    return OrderRequest(**doc)
+
+
+# --- Decide's inputs ----------------------------------------------------------------------
+def market_from(doc: Mapping[str, Any]) -> MarketContext:
+    """The market context the swarm and Decide saw."""
+    return MarketContext(
+        as_of=doc["as_of"],
+        symbols=tuple(SymbolView(**s) for s in doc["symbols"]),
+        options=tuple(OptionView(**o) for o in doc.get("options", ())),
+    )
+
+
+def merged_from(rows: Iterable[Mapping[str, Any]]) -> list[MergedSignal]:
+    """The swarm's merged signals as the snapshot stores them (without the per-instance
+    signals, which Decide does not read)."""
+    out = []
+    for r in rows:
+        fields = {k: v for k, v in r.items() if k != "signals"}
+        fields["sources"] = tuple(fields["sources"])
+        out.append(MergedSignal(**fields, signals=()))
+    return out

@@ -1,0 +1,129 @@
+"""How `replay` prints: the recorded and the replayed decisions and verdicts side by side,
+every difference, and a range's summary."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .replay import CycleReplay
+
+__all__ = ["render_replay", "render_summary"]
+
+WIDTH = 44
+
+
+def _cut(text: str, n: int = WIDTH) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _decision(d: Mapping[str, Any] | None) -> str:
+    if d is None:
+        return "-"
+    if d.get("accepted"):
+        return f"accepted {d.get('quantity', 0):g}"
+    return "refused: " + str(d.get("reason", ""))
+
+
+def _verdict(v: Mapping[str, Any] | None) -> str:
+    if v is None:
+        return "- (not sent to the gate)"
+    if v.get("accepted"):
+        return f"accepted {v.get('order_ref')}"
+    return "REFUSED: " + "; ".join(v.get("reasons") or [])
+
+
+def _tool_text(content: Any) -> str:
+    if isinstance(content, Mapping) and "accepted" in content:
+        return _verdict(content)
+    if isinstance(content, Mapping) and "error" in content:
+        return f"error: {content['error']}"
+    return json.dumps(content, separators=(",", ":"), default=str)
+
+
+def _what(d: Mapping[str, Any]) -> str:
+    what = f"{d.get('action')} {d.get('symbol')}"
+    if d.get("sec_type") == "OPT":
+        what += f" {d.get('expiry')} {d.get('strike'):g}{d.get('right')}"
+    price = d.get("limit_price")
+    return f"{what} {d.get('order_type')}" + (f" {price:g}" if price else "")
+
+
+def _row(label: str, left: str, right: str) -> str:
+    mark = " " if left == right else "≠"
+    return f" {mark} {_cut(label, 24):24} {_cut(left):{WIDTH}} {right}"
+
+
+def render_replay(r: CycleReplay) -> str:
+    """The replay of one cycle as text."""
+    src = "the recorded config" if r.config_source == "recorded" else r.config_source
+    lines = [
+        f"replay of cycle {r.cycle_id} ({r.mode} mode, recorded status {r.status}) with {src}",
+        f"  config: recorded {r.recorded_config_hash[:12]}, replayed "
+        f"{r.replayed_config_hash[:12]}"
+        + (" (the same)" if r.recorded_config_hash == r.replayed_config_hash else ""),
+    ]
+    for key, a, b in r.config_changes:
+        lines.append(f"    {key}: {a!r} -> {b!r}")
+    lines += [f"  note: {n}" for n in r.notes]
+    if r.decisions:
+        lines.append("")
+        lines.append(f"   {'decision':24} {'recorded':{WIDTH}} replayed")
+        for d in r.decisions:
+            rec = d["recorded"]
+            lines.append(_row(_what(rec), _decision(rec), _decision(d["replayed"])))
+    if r.gate:
+        lines.append("")
+        lines.append(f"   {'gate':24} {'recorded':{WIDTH}} replayed")
+        for g in r.gate:
+            req = g["request"]
+            label = f"{req.get('action')} {req.get('quantity', 0):g} {req.get('symbol')}"
+            lines.append(_row(label, _verdict(g["recorded"]), _verdict(g["replayed"])))
+    if r.tools:
+        lines.append("")
+        lines.append(f"   {'tool call (LLM turn)':24} {'recorded result':{WIDTH}} replayed")
+        for t in r.tools:
+            rec, rep = t["recorded"], t["replayed"]
+            lines.append(
+                _row(
+                    f"{t['turn']}: {t['tool']}",
+                    "-" if rec is None else _tool_text(rec["content"]),
+                    _tool_text(rep["content"]),
+                )
+            )
+    lines.append("")
+    if r.identical:
+        lines.append("identical: the same decisions and gate verdicts")
+    else:
+        lines.append(f"{len(r.differences)} difference(s):")
+        for diff in r.differences:
+            lines.append(f"  - {diff.where}: {diff.kind}")
+            lines.append(f"      recorded: {diff.recorded}")
+            lines.append(f"      replayed: {diff.replayed}")
+        if r.mode == "llm" and any(d.kind == "tool_result" for d in r.differences):
+            lines.append(
+                "  (the model's later turns are the recorded ones: with these results it might "
+                "have answered differently)"
+            )
+    return "\n".join(lines)
+
+
+def render_summary(s: Mapping[str, Any], start: str, end: str, source: str) -> str:
+    """A range's summary as text."""
+    lines = [
+        f"replay of {s['cycles']} cycles from {start} to {end} with {source}: "
+        f"{s['replayed']} replayed, {s['identical']} identical, {s['different']} different, "
+        f"{len(s['cannot_replay'])} cannot be replayed",
+    ]
+    if s["by_reason"]:
+        lines.append("")
+        lines.append("orders refused, resized or accepted differently, by reason:")
+        for reason, n in s["by_reason"].items():
+            lines.append(f"  {n:5}  {reason}")
+        lines.append("")
+        for o in s["orders"]:
+            lines.append(f"  cycle {o['cycle_id']}: {o['where']}: {o['kind']} ({o['reason']})")
+    for c in s["cannot_replay"]:
+        lines.append(f"  cycle {c['cycle_id']}: cannot replay: missing {'; '.join(c['missing'])}")
+    return "\n".join(lines)
