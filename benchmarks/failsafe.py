@@ -52,6 +52,7 @@ OD = D + "test_order_drills.py::"
 BR = "tests/runtime/test_broker.py::"
 MD = "tests/runtime/test_market_data_policy.py::"
 RR = "tests/runtime/test_broker_realities.py::"
+BK = D + "test_bracket_drills.py::"
 
 FAULTS: tuple[Fault, ...] = (
     Fault(
@@ -281,6 +282,30 @@ FAULTS: tuple[Fault, ...] = (
             RR + "test_a_fill_delivered_after_a_1100_outage_is_recorded_once_and_counts_in_every"
             "_limit",
         ),
+    ),
+    Fault(
+        fault="every process of ours SIGKILLed while a position has its protective stop",
+        outcome="the GTC stop keeps working at the broker; a restarted daemon reconciles it "
+        "as its own; a price move through it fills it once, recorded once",
+        drills=(
+            BK + "test_a_stop_outlives_every_process_of_ours_is_reconciled_as_ours_and_fills_once",
+        ),
+    ),
+    Fault(
+        fault="watchdog flatten with protective orders resting",
+        outcome="global cancel takes the GTC children too; flat; no orphan child",
+        drills=(BK + "test_the_watchdogs_flatten_leaves_no_orphan_protective_order",),
+    ),
+    Fault(
+        fault="broker refuses a protective stop",
+        outcome="the parent and its other children cancelled, its fill closed at once "
+        "through the gate, safety events",
+        drills=(BK + "test_a_refused_stop_closes_its_parents_position_with_a_safety_event",),
+    ),
+    Fault(
+        fault="close by signal of a protected position",
+        outcome="its stop cancelled and confirmed first, then the close; never beside it",
+        drills=(BK + "test_a_close_by_signal_cancels_the_stop_first_and_leaves_nothing_behind",),
     ),
 )
 SOAK_ONLY_KINDS = ("gateway_freeze", "connectivity")  # reported on the gateway row

@@ -23,7 +23,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -49,6 +49,7 @@ from data_lake import (
     set_commission,
     update_intent,
 )
+from skills.brackets import is_protective_ref
 from skills.contracts import contract_key
 from skills.execution_gate import Holding, OrderRequest, WorkingOrder
 
@@ -482,6 +483,7 @@ class Broker:
         on_execution: Callable[[float], None] | None = None,
         intent_sources: tuple[str, ...] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_protective_reject: Callable[[str, int, str], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.mode = mode
@@ -496,6 +498,9 @@ class Broker:
         self.on_execution = on_execution
         self.intent_sources = intent_sources  # reconcile only these intents (None: all)
         self.sleep = sleep  # waits of the pacing and the data proof (tests step time)
+        # a protective child (stop / take-profit) the broker refused: its parent must not
+        # leave a position without it (the commander closes it)
+        self.on_protective_reject = on_protective_reject
         self.lib = client_library(cfg.library)
         self.ib = _new_ib(cfg)
         self.account = ""
@@ -762,7 +767,11 @@ class Broker:
                     _key(c),
                     c.symbol,
                     signed,
-                    _num(o.lmtPrice) if o.orderType == "LMT" else None,
+                    _num(o.lmtPrice)
+                    if o.orderType == "LMT"
+                    else _num(o.auxPrice)
+                    if o.orderType == "STP"
+                    else None,
                     float(c.multiplier or default_mult),
                     o.orderRef or "",
                 )
@@ -1165,7 +1174,9 @@ class Broker:
             None,
         )
         ref = trade.order.orderRef if trade else None
-        cancelled_by_us = code == 202 and ref in self._cancel_requested
+        # a protective child is cancelled by its OCA group or its parent's cancel: not a
+        # reject (a broker refusal of one is 201, counted and acted on below)
+        cancelled_by_us = code == 202 and (ref in self._cancel_requested or is_protective_ref(ref))
         counted = code in REJECT_CODES or (code == 202 and not cancelled_by_us)
         if counted:  # the safety counter first, independent of the audit writes
             self.reject_streak += 1
@@ -1190,6 +1201,16 @@ class Broker:
                 self._event("order_reject", f"{code}: {msg}", "warning", order_ref=ref)
         except Exception:
             log.exception("order error %s for %s not queued for storage", code, ref)
+        if (
+            ref
+            and is_protective_ref(ref)
+            and code in ORDER_ENDING_CODES
+            and self.on_protective_reject is not None
+        ):
+            try:
+                self.on_protective_reject(ref, code, msg)
+            except Exception:
+                log.exception("protective reject handler failed for %s", ref)
 
     def on_connectivity_lost(self) -> None:
         """1100: no orders until restored; every quote held now is stale from here on."""
@@ -1697,16 +1718,9 @@ class Broker:
             request.strike,
             request.right,
         )
-        order: Any
-        if request.order_type == "LMT":
-            assert request.limit_price is not None
-            order = self.lib.LimitOrder(request.action, request.quantity, request.limit_price)
-        else:
-            order = self.lib.MarketOrder(request.action, request.quantity)
-        order.orderRef = order_ref
-        order.tif = request.tif
-        order.account = self.account
-        trade = self._first(functools.partial(self.ib.placeOrder, contract, order))
+        trade = self._first(
+            functools.partial(self.ib.placeOrder, contract, self._order_for(request, order_ref))
+        )
         log.info(
             "sent %s %s %g %s ref=%s (order id %s)",
             request.order_type,
@@ -1717,6 +1731,63 @@ class Broker:
             trade.order.orderId,
         )
         return int(trade.order.orderId)
+
+    def submit_bracket(
+        self,
+        parent_ref: str,
+        parent: OrderRequest,
+        children: Sequence[tuple[str, OrderRequest]],
+    ) -> dict[str, int]:
+        """Send a parent and its protective children (the gate's BracketSubmitter): the
+        parent and every child but the last with transmit=False, so nothing is live at IB
+        until the last child arrives; the children in one OCA group (ocaType 1), GTC, with
+        parentId. Return the order id by orderRef. Raises BrokerNotReady."""
+        if not self.ready:
+            raise BrokerNotReady(f"broker {self.source} not ready: bracket not sent")
+        contract = self._qualified.get(parent.key) or contract_for(
+            self.lib, parent.symbol, parent.sec_type, parent.expiry, parent.strike, parent.right
+        )
+        head = self._order_for(parent, parent_ref)
+        head.transmit = not children
+        head.orderId = self.ib.client.getReqId()
+        orders: list[tuple[str, Any]] = [(parent_ref, head)]
+        for i, (ref, child) in enumerate(children):
+            order = self._order_for(child, ref)
+            order.parentId = head.orderId
+            order.ocaGroup = "oca-" + parent_ref
+            order.ocaType = 1
+            order.transmit = i == len(children) - 1
+            orders.append((ref, order))
+        ids: dict[str, int] = {}
+        for ref, order in orders:  # no await in between: the bracket leaves in one go, in order
+            trade = self._first(functools.partial(self.ib.placeOrder, contract, order))
+            ids[ref] = int(trade.order.orderId)
+        log.info(
+            "sent bracket %s %g %s ref=%s with %s",
+            parent.action,
+            parent.quantity,
+            parent.key,
+            parent_ref,
+            ", ".join(
+                f"{c.order_type} {c.aux_price or c.limit_price:g} ({r})" for r, c in children
+            ),
+        )
+        return ids
+
+    def _order_for(self, request: OrderRequest, order_ref: str) -> Any:
+        order: Any
+        if request.order_type == "LMT":
+            assert request.limit_price is not None
+            order = self.lib.LimitOrder(request.action, request.quantity, request.limit_price)
+        elif request.order_type == "STP":
+            assert request.aux_price is not None
+            order = self.lib.StopOrder(request.action, request.quantity, request.aux_price)
+        else:
+            order = self.lib.MarketOrder(request.action, request.quantity)
+        order.orderRef = order_ref
+        order.tif = request.tif
+        order.account = self.account
+        return order
 
     def cancel(self, order_ref: str) -> bool:
         """Cancel this session's own working order with this orderRef (False: none)."""
@@ -1757,10 +1828,14 @@ class Broker:
         if len(self._cancel_requested) > 10_000:
             self._cancel_requested = set(list(self._cancel_requested)[-5_000:])
 
-    def cancel_own_orders(self) -> list[str]:
-        """Cancel every working order this session placed; return their orderRefs."""
+    def cancel_own_orders(self, *, keep_protective: bool = True) -> list[str]:
+        """Cancel every working order this session placed; return their orderRefs. Protective
+        children stay (they guard a position between sessions; a working parent's cancel
+        takes its held children with it at IB) unless `keep_protective` is False."""
         refs = []
         for trade in self._working():
+            if keep_protective and is_protective_ref(trade.order.orderRef):
+                continue
             if trade.order.clientId == self.client_id and trade.order.orderRef:
                 refs.append(trade.order.orderRef)
                 self._remember_cancel([trade.order.orderRef])
@@ -1780,3 +1855,17 @@ class Broker:
             if trade.order.orderRef == order_ref:
                 return str(trade.orderStatus.status)
         return None
+
+    def owns_working(self, order_ref: str) -> bool:
+        """True when this session placed a still-working order with this orderRef."""
+        return any(
+            t.order.orderRef == order_ref and t.order.clientId == self.client_id
+            for t in self._working()
+        )
+
+    def order_filled(self, order_ref: str) -> float:
+        """How much of this session's order with this orderRef has filled (0: none or unknown)."""
+        for trade in self.ib.trades():
+            if trade.order.orderRef == order_ref:
+                return float(trade.orderStatus.filled or 0.0)
+        return 0.0

@@ -229,6 +229,22 @@ class CommanderConfig(_Section):
     kelly_cap: float = Field(0.05, ge=0, le=1)
     model: str = "claude-sonnet-4-6"
     max_turns: int = Field(8, ge=1, le=50)
+    # Protective orders held at IB for every position-opening order (README "Protective
+    # orders"): a GTC stop this fraction of the entry price on the losing side, and optionally
+    # a take-profit limit on the winning side, both children of the entry in one OCA group.
+    # 0 (the default): none. An instance may set its own in its JSON parameters (same keys;
+    # the tightest of the instances behind a decision wins).
+    stop_loss_pct: float = Field(0.0, ge=0, lt=1)
+    take_profit_pct: float = Field(0.0, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _protection(self) -> CommanderConfig:
+        if self.take_profit_pct > 0 and self.stop_loss_pct == 0:
+            raise ValueError(
+                "take_profit_pct needs stop_loss_pct: a position never has a take-profit "
+                "without its stop"
+            )
+        return self
 
 
 _Severity = Literal["info", "warning", "critical"]
@@ -298,6 +314,14 @@ class Config(_Section):
             )
         if self.data.write_timeout_s >= self.loop.max_cycle_s:
             raise ValueError("data.write_timeout_s must be below loop.max_cycle_s")
+        collar = self.risk.protective_collar_pct
+        for key in ("stop_loss_pct", "take_profit_pct"):
+            pct = getattr(self.commander, key)
+            if pct > collar:
+                raise ValueError(
+                    f"commander.{key} = {pct:g} exceeds risk.protective_collar_pct = {collar:g} "
+                    "(the gate would refuse every bracket)"
+                )
         if not self.broker.client_library and default_client_library() is None:
             raise ValueError(
                 "broker.client_library: neither ib_insync nor ib_async is installed "

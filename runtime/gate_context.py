@@ -154,6 +154,7 @@ async def load_gate_state(
                 float(r["quantity"]),
                 max(0.0, (wall_now - at).total_seconds()),
                 exchange_day(at),
+                bool(r.get("parent_ref")),
             )
         )
     window = dt.timedelta(seconds=limits.execution_window_s + 5)

@@ -56,6 +56,7 @@ from .instance_lock import (
 )
 from .notify import Notifier, start_notifier
 from .preflight import KEY_MISSING, static_refusals
+from .protection import ProtectionGuard
 from .restart_window import RestartWindow
 
 __all__ = ["MAIN_HEARTBEAT", "WATCHDOG_HEARTBEAT", "MainLoop"]
@@ -364,6 +365,14 @@ class MainLoop:
             llm_client=llm_client,
             stopping=self.stop.is_set,
         )
+        self.protection = ProtectionGuard(
+            cfg=self.cfg,
+            store=self.store,
+            broker=self.broker,
+            sender=self.commander,
+            clock=self.clock,
+        )
+        self.broker.on_protective_reject = self.protection.child_rejected
         if self.cfg.watchdog.spawn:
             await self._wait_for_watchdog()
         await self._warm_up()
@@ -585,6 +594,8 @@ class MainLoop:
             if not task.done():
                 task.cancel()
                 await asyncio.wait({task}, timeout=5)
+        if hasattr(self, "protection"):  # a close of an unprotected position finishes first
+            await self.protection.wait_idle(self.cfg.loop.stop_timeout_s / 4)
         if hasattr(self, "broker"):
             if self.cfg.loop.cancel_orders_on_stop and self.broker.ready:
                 await self._cancel_own_orders()

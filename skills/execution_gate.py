@@ -82,6 +82,8 @@ class OrderRequest:
     cycle_id: int | None = None
     decision_id: int | None = None
     ref_seed: str = ""  # extra idempotency material (e.g. the watchdog's attempt number)
+    aux_price: float | None = None  # a protective stop's trigger price (STP children only)
+    parent_ref: str = ""  # a protective child: its parent's orderRef (skills.brackets)
 
     @property
     def key(self) -> str:
@@ -152,6 +154,7 @@ class SentOrder:
     quantity: float
     age_s: float  # seconds before now (wall clock at rebuild)
     day: str  # YYYYMMDD it was sent on
+    protective: bool = False  # a bracket's child: rate windows only, not the duplicate guard
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,11 +193,17 @@ class GateState:
     recent: dict[tuple[str, str, float], float] = field(default_factory=dict)
     reenabled_by: int = 0  # id of the person's last re-enable record applied (0: none)
 
-    def record_sent(self, request: OrderRequest, now: float, day: str) -> None:
+    def record_sent(
+        self, request: OrderRequest, now: float, day: str, *, duplicate_guard: bool = True
+    ) -> None:
+        """Count an order sent now (rate windows, daily count) and, unless it is a protective
+        child (`duplicate_guard=False`), remember it for the duplicate guard."""
         self.sent.append(now)
         if day != self.day:
             self.day, self.sent_today = day, 0
         self.sent_today += 1
+        if not duplicate_guard:
+            return
         self.recent[(request.key, request.action, request.quantity)] = now
         if len(self.recent) > 1000:  # keep the duplicate guard's memory bounded (a day is ample)
             self.recent = {k: t for k, t in self.recent.items() if now - t < 86_400}
@@ -245,7 +254,8 @@ class GateState:
             at = now - o.age_s
             if o.age_s <= 86_400:
                 state.sent.append(at)
-                state.recent[(o.key, o.action, o.quantity)] = at
+                if not o.protective:
+                    state.recent[(o.key, o.action, o.quantity)] = at
             if o.day == day:
                 state.sent_today += 1
         for age in sorted((a for a in execution_ages if math.isfinite(a)), reverse=True):
@@ -261,6 +271,7 @@ class GateVerdict:
     order_ref: str | None
     reasons: tuple[str, ...] = ()
     broker_order_id: int | None = None
+    children: tuple[str, ...] = ()  # orderRefs of the protective children sent with it
 
 
 class Submitter(Protocol):
@@ -848,22 +859,7 @@ async def place_order_with_guard(
     reasons = evaluate(request, ctx, state, limits, day)
     order_ref = order_ref_for(request)
     if not reasons:
-        intent = {
-            "order_ref": order_ref,
-            "cycle_id": request.cycle_id,
-            "decision_id": request.decision_id,
-            "source": request.source,
-            "symbol": request.symbol,
-            "sec_type": request.sec_type,
-            "expiry": request.expiry or None,
-            "strike": request.strike or None,
-            "opt_right": request.right or None,
-            "action": request.action,
-            "quantity": request.quantity,
-            "order_type": request.order_type,
-            "limit_price": request.limit_price,
-            "tif": request.tif,
-        }
+        intent = {**intent_row(request), "order_ref": order_ref}
         try:
             if not await store.run(insert_intent, intent, timeout=intent_timeout_s):
                 reasons = [f"duplicate orderRef {order_ref}: this intent was already recorded"]
@@ -891,6 +887,34 @@ async def place_order_with_guard(
     state.record_sent(request, clock() if clock is not None else ctx.now, day)
     store.post(update_intent, order_ref, status=IntentStatus.SUBMITTED, broker_order_id=broker_id)
     return GateVerdict(True, order_ref, (), broker_id)
+
+
+def intent_row(r: OrderRequest) -> dict[str, object]:
+    """The stored intent of a request (without its orderRef)."""
+    row: dict[str, object] = {
+        "cycle_id": r.cycle_id,
+        "decision_id": r.decision_id,
+        "source": r.source,
+        "symbol": r.symbol,
+        "sec_type": r.sec_type,
+        "expiry": r.expiry or None,
+        "strike": r.strike or None,
+        "opt_right": r.right or None,
+        "action": r.action,
+        "quantity": r.quantity,
+        "order_type": r.order_type,
+        "limit_price": r.limit_price,
+        "tif": r.tif,
+    }
+    if r.parent_ref or r.aux_price is not None:
+        row["aux_price"] = r.aux_price
+        row["parent_ref"] = r.parent_ref or None
+    return row
+
+
+def refuse(store: Store, r: OrderRequest, order_ref: str, reasons: list[str]) -> None:
+    """Record a refusal (a safety event with every reason) and log it."""
+    _refusal(store, r, order_ref, reasons)
 
 
 def _refusal(store: Store, r: OrderRequest, order_ref: str, reasons: list[str]) -> None:
