@@ -70,7 +70,9 @@ from .llm_commander import LlmCommander
 from .market_hours import exchange_day, exchange_day_start
 from .protection import lift_protection, protective_guards
 from .replay_record import config_hash, context_doc, state_doc, stored_config
+from .restart_window import RestartWindow
 from .sense import MarketSensor, SenseSpec
+from .trading_pause import TradingPause
 
 __all__ = ["Commander", "CycleReport", "Decision", "decide_rules", "protection_for"]
 
@@ -277,6 +279,9 @@ class Commander:
         self.spec = sense_spec(self.instances)
         self._open_cache: dict[str, tuple[str, bool]] = {}
         self._deadline = float("inf")  # monotonic end of the running cycle (order pacing)
+        self.pause = TradingPause(
+            RestartWindow.from_config(cfg.broker), broker, lambda: self.wall_now(), store
+        )
         self._gate_calls: list[dict[str, Any]] = []  # this cycle's gate inputs (for replay)
 
     async def run_cycle(self, cycle_id: int) -> CycleReport:
@@ -333,6 +338,11 @@ class Commander:
             return
         if not self.broker.ready:
             report.status, report.skipped = "skipped", "broker not connected and reconciled"
+            return
+        paused = self.pause.reasons()  # restart window; data not yet proven after a reconnect
+        self.pause.record(paused)
+        if paused:
+            report.status, report.skipped = "skipped", "; ".join(paused)
             return
         if not await self._anything_open():  # no LLM spend when nothing can be traded
             report.status, report.skipped = "skipped", "every instrument is closed"
@@ -618,6 +628,7 @@ class Commander:
                 market_open=market_open,
                 now=self.clock.monotonic(),
                 blocked=blocked,
+                paused=self.pause.reasons(),
             )
         except (TimeoutError, ConnectionError) as exc:  # the world cannot be seen: no order
             verdict = inputs_unavailable(self.store, request, exc, request.cycle_id)

@@ -32,6 +32,8 @@ from pydantic import (
 from data_lake import RefuseToStart
 from skills.risk import RiskConfig
 
+from .restart_window import parse_hh_mm, zone_named
+
 __all__ = [
     "CLIENT_LIBRARIES",
     "DEFAULT_INSTANCES_DIR",
@@ -106,6 +108,29 @@ class BrokerConfig(_Section):
     request_timeout_s: float = Field(10.0, gt=0, le=120)
     reconnect_initial_s: float = Field(1.0, gt=0, le=60)
     reconnect_max_s: float = Field(30.0, gt=0, le=600)
+    # the gateway's daily restart (IBC's restart time): no new orders from restart_guard_min
+    # before to restart_guard_min after it; "" = no restart window
+    daily_restart: str = ""
+    daily_restart_tz: str = "America/New_York"
+    restart_guard_min: int = Field(5, ge=0, le=120)
+    # after any reconnect, every subscribed contract must tick within this before new orders
+    fresh_data_timeout_s: float = Field(30.0, gt=0, le=600)
+    # simultaneous streaming subscriptions of this session (IB's account default is 100)
+    max_market_data_lines: int = Field(100, ge=1, le=10_000)
+
+    @field_validator("daily_restart")
+    @classmethod
+    def _hh_mm(cls, value: str) -> str:
+        if value:
+            parse_hh_mm(value)  # raises ValueError with the reason
+        return value
+
+    @field_validator("daily_restart_tz")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone_named(value)
+        return value
+
     # "live": real-time quotes only (unsubscribed contracts get 354 and are untradable for the
     # cycle); "delayed": delayed quotes where not subscribed (reqMarketDataType 3), for the
     # swarm's view only: the gate never prices an order on a delayed or frozen quote

@@ -57,6 +57,7 @@ from .instance_lock import (
 from .notify import Notifier, start_notifier
 from .preflight import KEY_MISSING, static_refusals
 from .protection import ProtectionGuard
+from .restart_window import RestartWindow
 
 __all__ = ["MAIN_HEARTBEAT", "WATCHDOG_HEARTBEAT", "MainLoop"]
 
@@ -93,6 +94,8 @@ class MainLoop:
         self._last_cycle_id = 0
         self._notifier: Notifier | None = None
         self._account_lock: InstanceLock | None = None
+        self.restart_window = RestartWindow.from_config(cfg.broker)
+        self._down_since: dt.datetime | None = None  # broker not back (ready and proven) since
 
     # --- helpers ---------------------------------------------------------------------------
     def _set_phase(self, phase: str) -> None:
@@ -106,10 +109,43 @@ class MainLoop:
                 self.clock,
                 self.cycle,
                 self.phase,
+                session=self._session(),
+                waiting=self._waiting(),
                 conditions=tuple(broker.conditions.lines()) if broker is not None else (),
             )
         except OSError as exc:  # disk full: the watchdog will see a stale heartbeat; say why
             log.error("heartbeat not written: %s", exc)
+
+    def _session(self) -> str:
+        """The main loop's broker session, for `status`: connecting (before the first
+        connect), reconnecting, proving data (reconnected, waiting for fresh ticks), or
+        connected."""
+        broker = getattr(self, "broker", None)
+        if broker is None:
+            return "connecting"
+        if not broker.ready:
+            return "reconnecting"
+        return "proving data" if broker.data_pause_reason() else "connected"
+
+    def _waiting(self) -> str | None:
+        """What `status` shows about the gateway's daily restart: its window while "now"
+        (the injected wall clock) is in it, and after it while the broker is still
+        reconnecting or proving its data after a drop that happened in the window."""
+        window = self.restart_window
+        if window is None:
+            return None
+        now = dt.datetime.fromtimestamp(self.clock.wall(), dt.UTC)
+        back = self._session() == "connected"
+        if back:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = now
+        span = window.current(now)
+        if span is None and self._down_since is not None:
+            last = window.latest_started(now)
+            if last.start <= self._down_since < last.end:
+                span = last
+        return None if span is None else window.waiting_text(span)
 
     def watchdog_alive(self) -> bool:
         """The gate's `watchdog_alive`: the watchdog process exists (a spawned child that has

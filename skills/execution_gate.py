@@ -102,6 +102,8 @@ class Quote:
     multiplier: float = 1.0
     delta: float | None = 1.0  # per unit; 1 for stock; None: the option has no model delta
     underlying_price: float = 0.0  # for options; for stock the mid is used
+    # received before the last reconnect or connectivity restore: stale whatever its age
+    pre_outage: bool = False
     # IB's marketDataType: 1 live, 2 frozen, 3 delayed, 4 delayed-frozen (only 1 prices orders)
     market_data_type: int = 1
     suspect: str = ""  # why the quote cannot be trusted now, e.g. a broken data farm
@@ -170,6 +172,9 @@ class GateContext:
     qualified: bool = True  # the broker resolved the contract to exactly one conId
     working: tuple[WorkingOrder, ...] = ()  # orders resting at the broker, every client id
     blocked: frozenset[str] = frozenset()  # contract keys with an unresolved intent
+    # why no new orders may go now (the gateway's restart window, market data not yet
+    # proven after a reconnect); the watchdog's closing orders are exempt
+    paused: tuple[str, ...] = ()
     # from IB's error codes (runtime/ib_errors.py): contract key -> why it is untradable this
     # cycle (354, 10089, 10168); and why every new order is refused now (10197), or None
     untradable: Mapping[str, str] = field(default_factory=dict)
@@ -339,6 +344,12 @@ def check_connected(e: _Eval) -> str | None:
     return None if e.ctx.connected else "broker not connected and reconciled: no orders"
 
 
+def check_paused(e: _Eval) -> str | None:
+    if not e.ctx.paused or _exempt(e):
+        return None
+    return "; ".join(e.ctx.paused)
+
+
 def check_watchdog(e: _Eval) -> str | None:
     if e.limits.require_watchdog and not e.ctx.watchdog_alive and not e.reducing:
         return "watchdog heartbeat stale: no new positions"
@@ -457,6 +468,8 @@ def check_quote(e: _Eval) -> str | None:
         return f"quote invalid (bid {q.bid}, ask {q.ask}): the price collar cannot be checked"
     if q.age_s is None or not _finite(q.age_s):
         return "quote has no receive time: its age cannot be checked"
+    if q.pre_outage:
+        return "quote received before the last reconnect: stale until a fresh tick arrives"
     if q.age_s > e.limits.quote_max_age_s:
         return f"quote stale ({q.age_s:.1f}s old > {e.limits.quote_max_age_s:g}s)"
     return None
@@ -709,6 +722,7 @@ def check_duplicate(e: _Eval) -> str | None:
 CHECKS: tuple[Check, ...] = (
     check_breaker,
     check_connected,
+    check_paused,
     check_fields,
     check_allow_list,
     check_qualified,
