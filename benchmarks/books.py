@@ -7,7 +7,9 @@ SQLite file, read-only) must agree:
 2. broker positions equal the seeded positions plus what the stored executions add up to;
 3. no order at the broker from our sessions without a stored intent;
 4. no orderRef sent twice;
-5. every stored intent is in a state that agrees with the broker's order.
+5. every stored intent is in a state that agrees with the broker's order;
+6. no orphan protective order: a stop or take-profit of ours still working at the broker is
+   held for a working parent, or reduces a position the broker holds on its contract.
 
 Our own records may lag a moment behind the broker (the writer queue), so the check is
 retried until it holds or the deadline passes; the failure names every disagreement.
@@ -84,6 +86,19 @@ def disagreements(
         problems.append(f"orders at the broker without a stored intent: {no_intent}")
 
     by_ref = {o["order_ref"]: o for o in orders if o["order_ref"]}
+    for o in orders:
+        intent = intents.get(o["order_ref"])
+        if o["status"] in _AGREES or not intent or not intent.get("parent_ref"):
+            continue
+        parent = by_ref.get(intent["parent_ref"])
+        if parent is not None and parent["status"] not in _AGREES:
+            continue  # held until its working parent fills
+        held = broker_pos.get(_key(intent), 0.0)
+        if not (held < 0 if o["action"] == "BUY" else held > 0):
+            problems.append(
+                f"orphan protective order {o['order_ref']} ({o['action']} {o['status']}): "
+                f"its parent is done and the position it protects is {held:g}"
+            )
     for ref, intent in intents.items():
         order = by_ref.get(ref)
         status = intent["status"]

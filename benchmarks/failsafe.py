@@ -51,6 +51,8 @@ LC = D + "test_lifecycle_drills.py::"
 OD = D + "test_order_drills.py::"
 BR = "tests/runtime/test_broker.py::"
 MD = "tests/runtime/test_market_data_policy.py::"
+RR = "tests/runtime/test_broker_realities.py::"
+BK = D + "test_bracket_drills.py::"
 
 FAULTS: tuple[Fault, ...] = (
     Fault(
@@ -263,6 +265,47 @@ FAULTS: tuple[Fault, ...] = (
             MD + "test_delayed_quotes_are_refused_by_the_price_collar",
             MD + "test_competing_session_refuses_every_order_until_live_data_flows",
         ),
+    ),
+    Fault(
+        fault="the gateway's daily restart; any reconnect; pacing (101/162); fills during 1100",
+        outcome="no new orders in the `[broker] daily_restart` window (recorded once, shown by "
+        "`status`); after a reconnect none until every subscription ticks again (a silent "
+        "contract stays untradable, named); 101 and 162 only delay; a fill delivered after "
+        "1100 stored once and counted in the throttle and daily loss",
+        drills=(
+            D + "test_restart_drill.py::test_orders_stop_in_the_restart_window_and_resume_only"
+            "_after_data_is_proven",
+            RR + "test_after_a_reconnect_orders_wait_for_fresh_data_and_a_silent_contract_stays"
+            "_untradable",
+            RR + "test_market_data_lines_are_never_exceeded_and_a_101_only_delays",
+            RR + "test_historical_requests_are_paced_under_ibs_limits_and_a_162_only_delays",
+            RR + "test_a_fill_delivered_after_a_1100_outage_is_recorded_once_and_counts_in_every"
+            "_limit",
+        ),
+    ),
+    Fault(
+        fault="every process of ours SIGKILLed while a position has its protective stop",
+        outcome="the GTC stop keeps working at the broker; a restarted daemon reconciles it "
+        "as its own; a price move through it fills it once, recorded once",
+        drills=(
+            BK + "test_a_stop_outlives_every_process_of_ours_is_reconciled_as_ours_and_fills_once",
+        ),
+    ),
+    Fault(
+        fault="watchdog flatten with protective orders resting",
+        outcome="global cancel takes the GTC children too; flat; no orphan child",
+        drills=(BK + "test_the_watchdogs_flatten_leaves_no_orphan_protective_order",),
+    ),
+    Fault(
+        fault="broker refuses a protective stop",
+        outcome="the parent and its other children cancelled, its fill closed at once "
+        "through the gate, safety events",
+        drills=(BK + "test_a_refused_stop_closes_its_parents_position_with_a_safety_event",),
+    ),
+    Fault(
+        fault="close by signal of a protected position",
+        outcome="its stop cancelled and confirmed first, then the close; never beside it",
+        drills=(BK + "test_a_close_by_signal_cancels_the_stop_first_and_leaves_nothing_behind",),
     ),
 )
 SOAK_ONLY_KINDS = ("gateway_freeze", "connectivity")  # reported on the gateway row

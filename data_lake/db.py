@@ -95,11 +95,22 @@ def _v4(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _v5(conn: sqlite3.Connection) -> None:
+    # idempotent like _v4: a file whose version number was set back keeps its columns
+    for statement in _statements(_SCHEMA.with_name("schema_v5.sql").read_text(encoding="utf-8")):
+        if (m := _ADD_COLUMN.search(statement)) is not None:
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({m.group(1)})")}
+            if m.group(2) in have:
+                continue
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
     (1, _v1),
     (2, _v2),
     (3, _v3),
     (4, _v4),
+    (5, _v5),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

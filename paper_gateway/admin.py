@@ -145,6 +145,7 @@ class AdminServer:
                 "filled": o.filled,
                 "order_ref": o.spec.order_ref,
                 "parent_id": o.spec.parent_id,
+                "oca_group": o.spec.oca_group,
             }
             for o in core.engine.open_orders()
         ]
@@ -231,8 +232,12 @@ class AdminServer:
 
     def reject_next(self, cmd: dict[str, Any]) -> Reply:
         code = _int(cmd, "code") if "code" in cmd else 201
+        order_type = cmd.get("order_type")  # optional: only the next order of this type
+        if order_type is not None and (not isinstance(order_type, str) or not order_type):
+            raise AdminError("order_type must be an order type such as 'STP'")
         self.core.engine.reject_next = code
-        return {"code": code}
+        self.core.engine.reject_next_type = order_type.upper() if order_type else None
+        return {"code": code, "order_type": order_type}
 
     def freeze(self, cmd: dict[str, Any]) -> Reply:
         seconds = _number(cmd, "seconds", positive=True)

@@ -6,6 +6,7 @@ talks to sockets: every change is reported to a `Sink`, which routes messages to
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import math
@@ -20,6 +21,7 @@ from .market import MarketModel
 __all__ = ["Engine", "Execution", "Order", "OrderError", "OrderSpec", "Sink"]
 
 ORDER_TYPES = frozenset({"MKT", "LMT", "STP", "STP LMT"})
+STOP_TYPES = frozenset({"STP", "STP LMT"})
 TIFS = frozenset({"DAY", "GTC", "IOC"})
 DONE = frozenset({"Filled", "Cancelled", "Inactive"})
 
@@ -51,6 +53,7 @@ class OrderSpec:
     oca_group: str = ""
     outside_rth: bool = False
     what_if: bool = False
+    oca_type: int = 0  # 1 cancel the others on a fill; 2/3 reduce them by the fill (0 = 1)
 
 
 @dataclass(slots=True)
@@ -77,6 +80,14 @@ class Order:
     @property
     def is_done(self) -> bool:
         return self.status in DONE
+
+    @property
+    def is_live(self) -> bool:
+        """Working at the exchange: Submitted, or a stop PreSubmitted until it triggers (a
+        held bracket child is PreSubmitted too, but waits for its parent)."""
+        return self.status == "Submitted" or (
+            self.status == "PreSubmitted" and self.why_held != "child"
+        )
 
     @property
     def key(self) -> tuple[int, int]:
@@ -124,6 +135,7 @@ class Engine:
         self.orders: dict[tuple[int, int], Order] = {}
         self.executions: list[Execution] = []
         self.reject_next: int | None = None
+        self.reject_next_type: str | None = None  # None: the next order of any type
         self._perm_ids = itertools.count(1_000_001)
         self._exec_seq = itertools.count(1)
         self.max_order_id = 0
@@ -158,7 +170,7 @@ class Engine:
         order = Order(order_id, client_id, next(self._perm_ids), spec)
         try:
             self._validate(spec)
-            if self.reject_next is not None:
+            if self.reject_next is not None and self.reject_next_type in (None, spec.order_type):
                 code, self.reject_next = self.reject_next, None
                 raise OrderError(
                     code,
@@ -218,13 +230,13 @@ class Engine:
     def cancel_day_orders(self) -> None:
         """Drop DAY and IOC orders, as the nightly reset does; GTC orders stay working."""
         for order in list(self.orders.values()):
-            if not order.is_done and order.spec.tif != "GTC":
-                self._finish(order, "Cancelled", "Cancelled at gateway restart (DAY order)")
+            if not order.is_done and order.spec.tif != "GTC":  # its held children go with it
+                self._cancel_tree(order, "Cancelled at gateway restart (DAY order)")
 
     def on_market(self) -> None:
         """Re-check every working order after a price change."""
         for order in list(self.orders.values()):
-            if order.status in ("Submitted",) and not order.is_done:
+            if order.is_live:
                 self._work(order, on_arrival=False)
 
     # --- internals -------------------------------------------------------------------------
@@ -290,7 +302,7 @@ class Engine:
         order.spec = spec
         if order.status in ("Submitted", "PreSubmitted"):
             self.sink.order_changed(order)
-            if order.status == "Submitted":
+            if order.is_live:
                 self._work(order, on_arrival=True)
         elif spec.transmit and order.status == "PendingSubmit":
             self._activate(order)
@@ -306,12 +318,10 @@ class Engine:
             if parent.status != "Filled":
                 self._hold_children(parent)
                 return
-            order.status = "Submitted"
-            self.sink.order_changed(order)
+            self._go_live(order)
             self._work(order, on_arrival=True)
             return
-        order.status = "Submitted"
-        self.sink.order_changed(order)
+        self._go_live(order)
         if order.children:
             self._hold_children(order)
         self._work(order, on_arrival=True)
@@ -327,14 +337,20 @@ class Engine:
     def _release_children(self, parent: Order) -> None:
         for child_id in parent.children:
             child = self.orders[(parent.client_id, child_id)]
-            if child.status in ("PreSubmitted", "PendingSubmit"):
-                child.status = "Submitted"
-                child.why_held = ""
-                self.sink.order_changed(child)
+            if child.status in ("PreSubmitted", "PendingSubmit") and not child.is_live:
+                self._go_live(child)
         for child_id in parent.children:
             child = self.orders[(parent.client_id, child_id)]
-            if child.status == "Submitted":
+            if child.is_live:
                 self._work(child, on_arrival=True)
+
+    def _go_live(self, order: Order) -> None:
+        """Make a transmitted order work: Submitted, or PreSubmitted for a stop that has not
+        triggered (IB holds simulated stops until the trigger price trades)."""
+        untriggered = order.spec.order_type in STOP_TYPES and not order.triggered
+        order.status = "PreSubmitted" if untriggered else "Submitted"
+        order.why_held = ""
+        self.sink.order_changed(order)
 
     def _executable_price(self, order: Order, on_arrival: bool) -> float | None:
         spec = order.spec
@@ -366,9 +382,12 @@ class Engine:
         return touch
 
     def _work(self, order: Order, on_arrival: bool) -> None:
-        if order.status != "Submitted":
+        if not order.is_live:
             return
         price = self._executable_price(order, on_arrival)
+        if order.triggered and order.status == "PreSubmitted":  # the stop elected: it works
+            order.status = "Submitted"
+            self.sink.order_changed(order)
         if price is None:
             if order.spec.tif == "IOC":
                 self._cancel_tree(order, "IOC order not marketable")
@@ -415,24 +434,38 @@ class Engine:
         self.sink.executed(execution)
         self.sink.order_changed(order)
         self.sink.positions_changed([contract])
+        self._oca_fill(order, qty)
         if order.status == "Filled":
             if order.children:
                 self._release_children(order)
-            self._cancel_oca_siblings(order)
+            self._cancel_bracket_siblings(order)
 
-    def _cancel_oca_siblings(self, order: Order) -> None:
-        siblings: list[Order] = []
-        if order.spec.parent_id:
-            parent = self.orders.get((order.client_id, order.spec.parent_id))
-            if parent:
-                siblings += [self.orders[(order.client_id, c)] for c in parent.children]
-        if order.spec.oca_group:
-            siblings += [
-                o for o in self.orders.values() if o.spec.oca_group == order.spec.oca_group
-            ]
-        for other in siblings:
+    def _cancel_bracket_siblings(self, order: Order) -> None:
+        """A bracket's children are one-cancels-all: a filled child cancels the others."""
+        if not order.spec.parent_id:
+            return
+        parent = self.orders.get((order.client_id, order.spec.parent_id))
+        for child_id in parent.children if parent else []:
+            other = self.orders[(order.client_id, child_id)]
             if other is not order and not other.is_done:
-                self._finish(other, "Cancelled", "Cancelled by OCA group fill")
+                self._finish(other, "Cancelled", "OCA group cancellation (bracket child filled)")
+
+    def _oca_fill(self, order: Order, qty: float) -> None:
+        """An OCA group member traded `qty`: with ocaType 1 (IB's default) every other member
+        is cancelled; with 2 or 3 each is reduced by the filled quantity (cancelled at 0)."""
+        group = order.spec.oca_group
+        if not group:
+            return
+        for other in list(self.orders.values()):
+            if other is order or other.is_done or other.spec.oca_group != group:
+                continue
+            if order.spec.oca_type in (2, 3):
+                left = other.spec.quantity - qty
+                if left > other.filled + 1e-9:
+                    other.spec = dataclasses.replace(other.spec, quantity=left)
+                    self.sink.order_changed(other)
+                    continue
+            self._finish(other, "Cancelled", f"OCA group {group} cancellation (a member filled)")
 
     def _cancel_tree(self, order: Order, reason: str) -> None:
         for child_id in order.children:

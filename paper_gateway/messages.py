@@ -161,7 +161,7 @@ def open_order(
         False,
         False,
         "",
-        0,  # displaySize block sweep allOrNone minQty ocaType
+        s.oca_type,  # displaySize block sweep allOrNone minQty ocaType
         False,
         False,
         "",  # eTradeOnly firmQuoteOnly nbboPriceCap
@@ -265,7 +265,7 @@ def completed_order(sv: ServerVersion, o: Order, account: str) -> Fields:
         False,
         False,
         "",
-        0,  # displaySize sweepToFill allOrNone minQty ocaType
+        s.oca_type,  # displaySize sweepToFill allOrNone minQty ocaType
         0,
         "",
         0,  # triggerMethod volatility volatilityType

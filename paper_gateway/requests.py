@@ -110,6 +110,7 @@ class PlaceOrderRequest:
     parent_id: int
     outside_rth: bool
     what_if: bool
+    oca_type: int = 0
 
 
 def _opt_price(v: float) -> float | None:
@@ -140,7 +141,9 @@ def parse_place_order(fields: list[str]) -> PlaceOrderRequest:
     r.skip(1)  # hidden
     if contract.sec_type == "BAG":
         raise ProtocolError("combo (BAG) orders are not supported by the paper gateway")
-    r.skip(1 + 29)  # sharesAllocation, then discretionaryAmt .. volatilityType
+    r.skip(1 + 11)  # sharesAllocation, then discretionaryAmt .. exemptCode
+    oca_type = r.integer(0)
+    r.skip(17)  # rule80A .. volatilityType
     dn_order_type = r.text()
     r.skip(1)
     if dn_order_type:
@@ -176,6 +179,7 @@ def parse_place_order(fields: list[str]) -> PlaceOrderRequest:
         parent_id,
         outside_rth,
         what_if,
+        oca_type,
     )
 
 

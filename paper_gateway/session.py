@@ -336,6 +336,7 @@ class Session(MarketRequests, AccountRequests):
             req.oca_group,
             req.outside_rth,
             req.what_if,
+            req.oca_type,
         )
         if req.what_if:
             self.core.what_if(self, req.order_id, spec)

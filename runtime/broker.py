@@ -23,7 +23,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -51,6 +51,7 @@ from data_lake import (
     set_commission,
     update_intent,
 )
+from skills.brackets import is_protective_ref
 from skills.execution_gate import Holding, OrderRequest, WorkingOrder
 
 from .config import CLIENT_LIBRARIES, BrokerConfig, ConfigError, Secrets
@@ -65,6 +66,7 @@ from .ib_errors import (
     policy_for,
 )
 from .market_hours import is_open
+from .pacing import Backoff, HistoryPacer, LineBook
 
 __all__ = [
     "AccountModeError",
@@ -73,6 +75,7 @@ __all__ = [
     "BrokerNotReady",
     "ClientIdInUse",
     "ErrorListener",
+    "MarketDataLinesFull",
     "PositionView",
     "QuoteSnapshot",
     "ReconcileReport",
@@ -95,6 +98,10 @@ LIVE = 1
 # (policy row, request id, contract key or '', IB's message)
 ErrorListener = Callable[[ErrorPolicy, int, str, str], None]
 VALIDATION_ERROR = "ValidationError"  # ib_async's local status for an order warning (see below)
+# Pacing refusals: never a fault, the request waits and is retried (runtime/pacing.py).
+MAX_TICKERS = 101  # "Max number of tickers has been reached"
+HISTORICAL_PACING = 162  # "... Historical data request pacing violation" (162 has other texts)
+HISTORY_ATTEMPTS = 6  # a historical request refused for pacing this often gives up
 
 
 class BrokerError(TraderError):
@@ -113,6 +120,10 @@ class BrokerNotReady(BrokerError, RetryLater):
     """Not connected, not reconciled, or connectivity to IB lost (1100): no orders."""
 
 
+class MarketDataLinesFull(BrokerError, RetryLater):
+    """Every market-data line streams a held position: a new subscription must wait."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuoteSnapshot:
     contract: Contract
@@ -128,6 +139,8 @@ class QuoteSnapshot:
     vega: float | None = None
     theta: float | None = None
     underlying_price: float | None = None
+    # no update since the last reconnect or connectivity restore: stale by definition
+    pre_outage: bool = False
     # IB's marketDataType of the subscription: 1 live, 2 frozen, 3 delayed, 4 delayed-frozen
     market_data_type: int = LIVE
     suspect: str = ""  # why the quote cannot be trusted now ('' = it can), e.g. a broken farm
@@ -469,6 +482,8 @@ class Broker:
         on_reject_streak: Callable[[int, str], None] | None = None,
         on_execution: Callable[[float], None] | None = None,
         intent_sources: tuple[str, ...] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_protective_reject: Callable[[str, int, str], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.mode = mode
@@ -482,6 +497,10 @@ class Broker:
         self.on_reject_streak = on_reject_streak
         self.on_execution = on_execution
         self.intent_sources = intent_sources  # reconcile only these intents (None: all)
+        self.sleep = sleep  # waits of the pacing and the data proof (tests step time)
+        # a protective child (stop / take-profit) the broker refused: its parent must not
+        # leave a position without it (the commander closes it)
+        self.on_protective_reject = on_protective_reject
         self.lib = client_library(cfg.library)
         self.ib = _new_ib(cfg)
         self.account = ""
@@ -510,6 +529,19 @@ class Broker:
         self._seen_exec: set[str] = set()  # execIds already counted (memory, not the database)
         self._orders_lock = asyncio.Lock()  # one open/completed-orders request at a time
         self._loop: asyncio.AbstractEventLoop | None = None
+        # pacing (runtime/pacing.py): market-data lines and historical requests
+        self._lines = LineBook(cfg.max_market_data_lines)
+        self._lines_lock = asyncio.Lock()
+        self._lines_blocked_until = 0.0  # monotonic; after a 101, new lines wait until then
+        self._line_backoff = Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s, self.rng)
+        self._history = HistoryPacer(monotonic)
+        self._history_lock = asyncio.Lock()
+        self._history_refusals = 0  # 162 pacing refusals seen (the request in flight retries)
+        # data proof after a reconnect: ticks older than the epoch are stale by definition
+        self._data_epoch = float("-inf")
+        self._proving = False
+        self._proof_task: asyncio.Task[None] | None = None
+        self.add_error_listener(self._on_pacing_error)  # 101 and 162: queue, never error
         store.on_recovered.append(self._on_store_recovered)
         ib = self.ib
         ib.execDetailsEvent += self._on_exec
@@ -533,6 +565,7 @@ class Broker:
         try:
             self._check_account()
             self.connected_to_ib = True
+            self._mark_data_stale()
             if self.cfg.market_data == "delayed":
                 # live where subscribed, delayed elsewhere (the gate never prices on delayed)
                 self.ib.reqMarketDataType(3)
@@ -542,6 +575,7 @@ class Broker:
         except BaseException:
             self.ib.disconnect()
             raise
+        self._start_proof()
         log.info(
             "broker %s ready on %s %s: client %s account %s",
             self.source,
@@ -619,7 +653,11 @@ class Broker:
             self.store.on_recovered.remove(self._on_store_recovered)
         self._closing = True
         self._wake.set()
-        tasks = [*self._tasks, *([self._supervisor] if self._supervisor else [])]
+        tasks = [
+            *self._tasks,
+            *([self._supervisor] if self._supervisor else []),
+            *([self._proof_task] if self._proof_task else []),
+        ]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -628,6 +666,7 @@ class Broker:
 
     def _on_disconnected(self) -> None:
         self.reconciled = False
+        self._mark_data_stale()
         if not self._closing:
             log.error(
                 "broker %s: socket to the gateway lost; no orders until reconnected", self.source
@@ -682,7 +721,8 @@ class Broker:
                 self._seen_exec.add(f.execution.execId)
                 continue
             new += 1
-            self._record_fill(f)
+            if self._record_fill(f) and f.execution.clientId == self.client_id:
+                self._count_execution()  # ours, caught up, never seen live: it counts all the same
             self._record_commission(f)
         if new:
             log.warning("broker %s: %d executions caught up from the broker", self.source, new)
@@ -726,7 +766,11 @@ class Broker:
                 WorkingOrder(
                     contract=contract_of(c),
                     signed_quantity=signed,
-                    limit_price=_num(o.lmtPrice) if o.orderType == "LMT" else None,
+                    limit_price=_num(o.lmtPrice)
+                    if o.orderType == "LMT"
+                    else _num(o.auxPrice)
+                    if o.orderType == "STP"
+                    else None,
                     multiplier=float(c.multiplier or default_mult),
                     order_ref=o.orderRef or "",
                 )
@@ -893,12 +937,7 @@ class Broker:
         new = fill.execution.execId not in self._seen_exec
         self._seen_exec.add(fill.execution.execId)
         if new:
-            self.reject_streak = 0
-            if self.on_execution is not None:
-                try:
-                    self.on_execution(self.monotonic())
-                except Exception:
-                    log.exception("execution counter failed")
+            self._count_execution()
         try:
             self._post_fill(fill)
         except Exception:  # the catch-up from the broker's executions will store it
@@ -913,6 +952,16 @@ class Broker:
                 _qty(fill.execution.price),
                 fill.execution.orderRef,
             )
+
+    def _count_execution(self) -> None:
+        """An execution this session had not seen: the gate's execution counters (and the
+        repeated-execution throttle) count it now, whenever the broker delivered it."""
+        self.reject_streak = 0
+        if self.on_execution is not None:
+            try:
+                self.on_execution(self.monotonic())
+            except Exception:
+                log.exception("execution counter failed")
 
     def _on_commission(self, trade: Trade, fill: Fill, report: Any) -> None:
         self._record_commission(fill)
@@ -1033,9 +1082,8 @@ class Broker:
 
     def _restored(self, code: int, msg: str) -> None:
         """1101/1102: IB connectivity is back (1101 also lost the market data)."""
-        self.connected_to_ib = True
         self._event("connectivity", f"{code}: {msg}", "warning")
-        self._spawn(self._after_restore(code), f"broker-restore-{code}")
+        self.on_connectivity_restored(code)
 
     def _on_farm(self, policy: ErrorPolicy, msg: str) -> None:
         """Farm status: broken marks that farm's data suspect (not an outage); OK ends it."""
@@ -1073,7 +1121,7 @@ class Broker:
 
     def _refuse_all(self, policy: ErrorPolicy, msg: str) -> None:
         if policy.code == 1100:  # the IB link itself: `ready` is False until 1101/1102
-            self.connected_to_ib = False
+            self.on_connectivity_lost()
             self._event("connectivity", f"1100: {msg}; no orders until restored", "critical")
             return
         self._refuse_all_seq = self._sub_seq
@@ -1121,7 +1169,9 @@ class Broker:
             None,
         )
         ref = trade.order.orderRef if trade else None
-        cancelled_by_us = code == 202 and ref in self._cancel_requested
+        # a protective child is cancelled by its OCA group or its parent's cancel: not a
+        # reject (a broker refusal of one is 201, counted and acted on below)
+        cancelled_by_us = code == 202 and (ref in self._cancel_requested or is_protective_ref(ref))
         counted = code in REJECT_CODES or (code == 202 and not cancelled_by_us)
         if counted:  # the safety counter first, independent of the audit writes
             self.reject_streak += 1
@@ -1146,14 +1196,141 @@ class Broker:
                 self._event("order_reject", f"{code}: {msg}", "warning", order_ref=ref)
         except Exception:
             log.exception("order error %s for %s not queued for storage", code, ref)
+        if (
+            ref
+            and is_protective_ref(ref)
+            and code in ORDER_ENDING_CODES
+            and self.on_protective_reject is not None
+        ):
+            try:
+                self.on_protective_reject(ref, code, msg)
+            except Exception:
+                log.exception("protective reject handler failed for %s", ref)
+
+    def on_connectivity_lost(self) -> None:
+        """1100: no orders until restored; every quote held now is stale from here on."""
+        self.connected_to_ib = False
+        self._mark_data_stale()
+
+    def on_connectivity_restored(self, code: int) -> None:
+        """1101/1102: resubscribe every stream, reconcile (fills delivered after the outage
+        are recorded once by execId), then prove that data flows again before new orders."""
+        self.connected_to_ib = True
+        self._mark_data_stale()
+        self._spawn(self._after_restore(code), f"broker-restore-{code}")
 
     async def _after_restore(self, code: int) -> None:
         try:
-            if code == 1101:
-                await self._resubscribe()  # market data was lost
+            # 1101: the data was lost; 1102 says it was kept, but a stream is believed only
+            # once it ticks again, and a fresh subscription ticks at once
+            await self._resubscribe()
+        except Exception as exc:  # what is not subscribed again is named by the proof
+            log.error("resubscribe after connectivity restore: %s", exc)
+        self._start_proof()
+        try:
             await self.reconcile()
         except Exception as exc:
-            log.error("after connectivity restore: %s", exc)
+            log.error("reconcile after connectivity restore: %s", exc)
+
+    def _on_pacing_error(self, policy: ErrorPolicy, req_id: int, key: str, msg: str) -> None:
+        """The error listener for the pacing rows (after the table's own action)."""
+        if policy.code in (MAX_TICKERS, HISTORICAL_PACING):
+            self.on_pacing_refusal(req_id, policy.code, msg, key)
+
+    def on_pacing_refusal(self, req_id: int, code: int, msg: str, key: str) -> None:
+        """101 (market-data lines full) or 162 (historical pacing): nothing trips; the
+        request waits and is retried with backoff (`key`: the contract, '' if unknown)."""
+        if code == HISTORICAL_PACING:
+            if "pacing violation" in msg.lower():
+                self._history_refusals += 1  # the request in flight sees it and retries
+            return
+        now = self.monotonic()
+        if key and key in self._tickers:
+            self._unsubscribe(key)  # ib_insync's side of the refused line
+            self._ended.discard(key)  # not over for this cycle: asked again after the backoff
+        elif key:
+            self._lines.drop(key)
+        self._lines.lower_cap()  # the account's lines are shared: use no more than held now
+        wait = self._line_backoff.next()
+        self._lines_blocked_until = max(self._lines_blocked_until, now + wait)
+        log.warning(
+            "broker %s: market-data line refused (101) for %s; %d lines held, new ones wait "
+            "%.1fs and the least recently used is given up for them",
+            self.source,
+            key or f"request {req_id}",
+            len(self._lines),
+            wait,
+        )
+
+    # --- data proof after a reconnect --------------------------------------------------------
+    def _mark_data_stale(self) -> None:
+        """Quotes held now are stale; no new orders until a proof after the restore ends."""
+        self._data_epoch = self.monotonic()
+        self._proving = True
+
+    def _fresh(self, ticker: Ticker) -> bool:
+        """The ticker updated after the last reconnect or restore."""
+        return self._updated.get(id(ticker), float("-inf")) > self._data_epoch
+
+    def data_pause_reason(self) -> str | None:
+        """Why new orders must wait for market data (None: they need not)."""
+        if self._proving:
+            return (
+                "market data not yet proven after a reconnect: no new orders until every "
+                "subscribed contract has a fresh tick"
+            )
+        return None
+
+    def stale_contracts(self) -> list[str]:
+        """Subscribed contracts that had data but no tick since the last reconnect
+        (untradable until they tick). One that never had data is not waited for: it has
+        no quote to trade on anyway."""
+        return sorted(
+            k for k, t in self._tickers.items() if id(t) in self._updated and not self._fresh(t)
+        )
+
+    def _start_proof(self) -> None:
+        if self._proof_task is not None and not self._proof_task.done():
+            self._proof_task.cancel()
+        self._proving = True
+        self._proof_task = asyncio.get_event_loop().create_task(
+            self._prove_data(), name=f"broker-data-proof-{self.client_id}"
+        )
+
+    async def _prove_data(self) -> None:
+        try:
+            await self._await_fresh_data()
+        except asyncio.CancelledError:
+            raise  # a newer reconnect's proof took over (or the broker closes)
+        else:
+            self._proving = False
+
+    async def _await_fresh_data(self) -> None:
+        """Wait for a fresh tick of every subscribed contract, up to fresh_data_timeout_s;
+        a contract still silent then is named in a critical safety event and stays
+        untradable (its quotes are pre-outage) until it ticks."""
+        bound = self.cfg.fresh_data_timeout_s
+        deadline = self.monotonic() + bound
+        while True:
+            stale = self.stale_contracts()
+            if not stale:
+                if self._tickers:
+                    self._event(
+                        "market_data_proven",
+                        f"fresh data for all {len(self._tickers)} subscriptions after the "
+                        "reconnect",
+                        "info",
+                    )
+                break
+            if self.monotonic() >= deadline:
+                self._event(
+                    "market_data_missing",
+                    f"no fresh tick within {bound:g}s after the reconnect for "
+                    f"{', '.join(stale)}: untradable until their data comes back",
+                    "critical",
+                )
+                break
+            await asyncio.sleep(0.02)  # ticks arrive on this loop; the bound is the clock's
 
     def _event(self, kind: str, reason: str, severity: str, order_ref: str | None = None) -> None:
         self.store.post(log_safety_event, self.source, kind, reason, severity, order_ref=order_ref)
@@ -1295,7 +1472,11 @@ class Broker:
     async def subscribe(self, contract: IBContract) -> Ticker:
         """Stream quotes for `contract` (one subscription per contract key). A contract without
         a conId is qualified first (ib_async cannot key a ticker without one); BrokerError
-        when it cannot be."""
+        when it cannot be. Beyond `max_market_data_lines` (or fewer, after a 101 said the
+        account's lines are full) the least recently used subscription of a contract not held
+        is given up first; when every line streams a held position this waits up to
+        request_timeout_s, then raises MarketDataLinesFull. Never sends the request that
+        would exceed the lines."""
         key = _key(contract)
         ticker = self._tickers.get(key)
         if ticker is not None and key in self._renew and self.conditions.refusal(key) is None:
@@ -1305,6 +1486,7 @@ class Broker:
             # ib_insync reuses the Ticker with the ended subscription's last prices: none of
             # them is a quote until the new subscription has sent one
             self._updated.pop(id(ticker), None)
+            self._tickers.pop(key, None)  # requested again below (its line is kept)
             ticker = None
         if ticker is None and not contract.conId:
             found = await self.qualify(contract_of(contract))
@@ -1312,16 +1494,57 @@ class Broker:
                 raise BrokerError(f"{key}: not a single known contract at the broker: no quotes")
             contract = found
         if ticker is None:
-            generic = "106" if contract.secType == "STK" else ""
-            self._sub_seq += 1
-            self._seq_of[key] = self._sub_seq
-            ticker = self.ib.reqMktData(contract, generic, False, False)
-            self._tickers[key] = ticker
+            async with self._lines_lock:
+                ticker = self._tickers.get(key)
+                if ticker is None:
+                    await self._free_line(key)
+                    generic = "106" if contract.secType == "STK" else ""
+                    self._sub_seq += 1
+                    self._seq_of[key] = self._sub_seq
+                    ticker = self.ib.reqMktData(contract, generic, False, False)
+                    self._tickers[key] = ticker
+        self._lines.touch(key, self.monotonic())
         return ticker
+
+    async def _free_line(self, key: str) -> None:
+        deadline = self.monotonic() + self.cfg.request_timeout_s
+        while True:
+            now = self.monotonic()
+            blocked = self._lines_blocked_until - now
+            if blocked <= 0 and not self._lines.full:
+                return
+            if blocked <= 0:
+                held = {_key(p.contract) for p in self.ib.positions(self.account) if p.position}
+                victim = self._lines.victim(held | {key})
+                if victim is not None:
+                    self._unsubscribe(victim)
+                    log.info("market data for %s given up for %s (lines full)", victim, key)
+                    continue
+            if now >= deadline:
+                why = (
+                    "the broker refused a line (101) and new ones still wait"
+                    if blocked > 0
+                    else "each streams a held position"
+                )
+                raise MarketDataLinesFull(
+                    f"no market-data line for {key}: {len(self._lines)} lines in use "
+                    f"(max {self._lines.cap}); {why}"
+                )
+            await self.sleep(min(max(blocked, 0.05), deadline - now))
+
+    def _unsubscribe(self, key: str) -> None:
+        ticker = self._tickers.pop(key, None)
+        self._lines.drop(key)
+        if ticker is not None and ticker.contract is not None:
+            with contextlib.suppress(Exception):
+                self.ib.cancelMktData(ticker.contract)
 
     async def _resubscribe(self) -> None:
         old = list(self._tickers.values())
         self._tickers.clear()
+        self._lines = LineBook(self.cfg.max_market_data_lines)  # a new session: every line
+        self._lines_blocked_until = 0.0
+        self._line_backoff.reset()
         self._ended.clear()
         self._renew.clear()
         for t in old:
@@ -1334,20 +1557,34 @@ class Broker:
     async def quote(
         self, contract: IBContract, max_wait_s: float | None = None
     ) -> QuoteSnapshot | None:
-        """Return the latest streaming quote, waiting up to max_wait_s for a first one."""
-        ticker = await self.subscribe(contract)
+        """Return the latest streaming quote, waiting up to max_wait_s for a first one (and,
+        after a reconnect, for a fresh one: a quote from before is marked `pre_outage`)."""
         key = _key(contract)
         deadline = self.monotonic() + (
             self.cfg.request_timeout_s if max_wait_s is None else max_wait_s
         )
-        while True:
-            if key in self._ended or self.conditions.refusal(key) is not None:
-                return None  # IB ended the subscription (354, 10197 ...): no quote flows
-            if _price(ticker.bid) and _price(ticker.ask) and id(ticker) in self._updated:
-                break
-            if self.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(0.01)
+        try:
+            ticker = await self.subscribe(contract)
+            while True:
+                if key in self._ended or self.conditions.refusal(key) is not None:
+                    return None  # IB ended the subscription (354, 10197 ...): no quote flows
+                priced = (
+                    bool(_price(ticker.bid) and _price(ticker.ask)) and id(ticker) in self._updated
+                )
+                if priced and self._fresh(ticker):
+                    break
+                if self.monotonic() >= deadline:
+                    if priced:
+                        break  # only a stale one: returned marked, the gate refuses it
+                    return None
+                await asyncio.sleep(0.01)
+                if self._tickers.get(key) is not ticker:  # its line was refused (101): retry
+                    ticker = await self.subscribe(contract)
+        except MarketDataLinesFull as exc:
+            log.warning("no quote: %s", exc)
+            return None
+        if self.monotonic() >= self._lines_blocked_until:
+            self._line_backoff.reset()
         greeks = ticker.modelGreeks
         iv = (
             _num(ticker.impliedVolatility)
@@ -1368,17 +1605,15 @@ class Broker:
             vega=_num(greeks.vega) if greeks else None,
             theta=_num(greeks.theta) if greeks else None,
             underlying_price=_num(greeks.undPrice) if greeks else None,
+            pre_outage=not self._fresh(ticker),
             market_data_type=int(ticker.marketDataType or LIVE),
             suspect=self.conditions.suspect("market"),
         )
 
     async def iv_rank(self, contract: IBContract) -> tuple[float, float] | None:
         """Return (current IV, IV rank 0..1) from a year of daily implied-vol bars."""
-        bars = await asyncio.wait_for(
-            self.ib.reqHistoricalDataAsync(
-                contract, "", "1 Y", "1 day", "OPTION_IMPLIED_VOLATILITY", True
-            ),
-            self.cfg.request_timeout_s,
+        bars = await self.historical_bars(
+            contract, "", "1 Y", "1 day", "OPTION_IMPLIED_VOLATILITY", True
         )
         closes = [b.close for b in bars if _num(b.close)]
         if len(closes) < 20:
@@ -1388,11 +1623,54 @@ class Broker:
 
     async def daily_closes(self, contract: IBContract, duration: str = "1 M") -> list[float]:
         """Return daily closing trade prices over `duration` (IB duration string), oldest first."""
-        bars = await asyncio.wait_for(
-            self.ib.reqHistoricalDataAsync(contract, "", duration, "1 day", "TRADES", True),
-            self.cfg.request_timeout_s,
-        )
+        bars = await self.historical_bars(contract, "", duration, "1 day", "TRADES", True)
         return [float(b.close) for b in bars if _num(b.close) is not None]
+
+    async def historical_bars(
+        self,
+        contract: IBContract,
+        end: str,
+        duration: str,
+        bar_size: str,
+        what: str,
+        use_rth: bool,
+    ) -> list[Any]:
+        """Historical bars, paced under IB's rules (queue, not error): one request at a time;
+        an identical request within 15 s is answered from the last answer; beyond 60 in 10
+        minutes (or 5 for one contract in 2 s) it waits; a 162 pacing refusal that comes
+        anyway is retried with backoff (TimeoutError after HISTORY_ATTEMPTS refusals)."""
+        ident: Hashable = contract.conId or _key(contract)
+        key = (ident, what, end, duration, bar_size, use_rth)
+        burst = (ident, what)
+        async with self._history_lock:
+            cached = self._history.cached(key)
+            if cached is not None:
+                return list(cached)
+            backoff = Backoff(1.0, 60.0, self.rng)
+            for _ in range(HISTORY_ATTEMPTS):
+                wait = self._history.wait_s(key, burst)
+                if wait > 0:
+                    log.info("historical request for %s waits %.1fs (pacing)", _key(contract), wait)
+                    await self.sleep(wait)
+                refused = self._history_refusals
+                self._history.record_sent(key, burst)
+                request = self.ib.reqHistoricalDataAsync(
+                    contract, end, duration, bar_size, what, use_rth
+                )
+                bars = await asyncio.wait_for(request, self.cfg.request_timeout_s)
+                if self._history_refusals == refused:
+                    self._history.record_answer(key, list(bars))
+                    return list(bars)
+                delay = backoff.next()
+                log.warning(
+                    "historical request for %s refused for pacing (162); retry in %.1fs",
+                    _key(contract),
+                    delay,
+                )
+                await self.sleep(delay)
+        raise TimeoutError(
+            f"historical data for {_key(contract)} refused for pacing {HISTORY_ATTEMPTS} times"
+        )
 
     async def option_chain(self, contract: IBContract) -> tuple[list[str], list[float]]:
         chains = await asyncio.wait_for(
@@ -1422,17 +1700,9 @@ class Broker:
                 f"ib_link={self.connected_to_ib})"
             )
         contract = self._qualified.get(request.key) or to_ib(self.lib, request.contract)
-        order: Any
-        if request.order_type == "LMT":
-            if request.limit_price is None:
-                raise ValueError(f"limit order {order_ref} has no limit price: not sent")
-            order = self.lib.LimitOrder(request.action, request.quantity, request.limit_price)
-        else:
-            order = self.lib.MarketOrder(request.action, request.quantity)
-        order.orderRef = order_ref
-        order.tif = request.tif
-        order.account = self.account
-        trade = self._first(functools.partial(self.ib.placeOrder, contract, order))
+        trade = self._first(
+            functools.partial(self.ib.placeOrder, contract, self._order_for(request, order_ref))
+        )
         log.info(
             "sent %s %s %g %s ref=%s (order id %s)",
             request.order_type,
@@ -1443,6 +1713,63 @@ class Broker:
             trade.order.orderId,
         )
         return int(trade.order.orderId)
+
+    def submit_bracket(
+        self,
+        parent_ref: str,
+        parent: OrderRequest,
+        children: Sequence[tuple[str, OrderRequest]],
+    ) -> dict[str, int]:
+        """Send a parent and its protective children (the gate's BracketSubmitter): the
+        parent and every child but the last with transmit=False, so nothing is live at IB
+        until the last child arrives; the children in one OCA group (ocaType 1), GTC, with
+        parentId. Return the order id by orderRef. Raises BrokerNotReady."""
+        if not self.ready:
+            raise BrokerNotReady(f"broker {self.source} not ready: bracket not sent")
+        contract = self._qualified.get(parent.key) or to_ib(self.lib, parent.contract)
+        head = self._order_for(parent, parent_ref)
+        head.transmit = not children
+        head.orderId = self.ib.client.getReqId()
+        orders: list[tuple[str, Any]] = [(parent_ref, head)]
+        for i, (ref, child) in enumerate(children):
+            order = self._order_for(child, ref)
+            order.parentId = head.orderId
+            order.ocaGroup = "oca-" + parent_ref
+            order.ocaType = 1
+            order.transmit = i == len(children) - 1
+            orders.append((ref, order))
+        ids: dict[str, int] = {}
+        for ref, order in orders:  # no await in between: the bracket leaves in one go, in order
+            trade = self._first(functools.partial(self.ib.placeOrder, contract, order))
+            ids[ref] = int(trade.order.orderId)
+        log.info(
+            "sent bracket %s %g %s ref=%s with %s",
+            parent.action,
+            parent.quantity,
+            parent.key,
+            parent_ref,
+            ", ".join(
+                f"{c.order_type} {c.aux_price or c.limit_price:g} ({r})" for r, c in children
+            ),
+        )
+        return ids
+
+    def _order_for(self, request: OrderRequest, order_ref: str) -> Any:
+        order: Any
+        if request.order_type == "LMT":
+            if request.limit_price is None:
+                raise ValueError(f"limit order {order_ref} has no limit price: not sent")
+            order = self.lib.LimitOrder(request.action, request.quantity, request.limit_price)
+        elif request.order_type == "STP":
+            if request.aux_price is None:
+                raise ValueError(f"stop order {order_ref} has no stop price: not sent")
+            order = self.lib.StopOrder(request.action, request.quantity, request.aux_price)
+        else:
+            order = self.lib.MarketOrder(request.action, request.quantity)
+        order.orderRef = order_ref
+        order.tif = request.tif
+        order.account = self.account
+        return order
 
     def cancel(self, order_ref: str) -> bool:
         """Cancel this session's own working order with this orderRef (False: none)."""
@@ -1483,10 +1810,14 @@ class Broker:
         if len(self._cancel_requested) > 10_000:
             self._cancel_requested = set(list(self._cancel_requested)[-5_000:])
 
-    def cancel_own_orders(self) -> list[str]:
-        """Cancel every working order this session placed; return their orderRefs."""
+    def cancel_own_orders(self, *, keep_protective: bool = True) -> list[str]:
+        """Cancel every working order this session placed; return their orderRefs. Protective
+        children stay (they guard a position between sessions; a working parent's cancel
+        takes its held children with it at IB) unless `keep_protective` is False."""
         refs = []
         for trade in self._working():
+            if keep_protective and is_protective_ref(trade.order.orderRef):
+                continue
             if trade.order.clientId == self.client_id and trade.order.orderRef:
                 refs.append(trade.order.orderRef)
                 self._remember_cancel([trade.order.orderRef])
@@ -1506,3 +1837,17 @@ class Broker:
             if trade.order.orderRef == order_ref:
                 return str(trade.orderStatus.status)
         return None
+
+    def owns_working(self, order_ref: str) -> bool:
+        """True when this session placed a still-working order with this orderRef."""
+        return any(
+            t.order.orderRef == order_ref and t.order.clientId == self.client_id
+            for t in self._working()
+        )
+
+    def order_filled(self, order_ref: str) -> float:
+        """How much of this session's order with this orderRef has filled (0: none or unknown)."""
+        for trade in self.ib.trades():
+            if trade.order.orderRef == order_ref:
+                return float(trade.orderStatus.filled or 0.0)
+        return 0.0

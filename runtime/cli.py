@@ -204,6 +204,8 @@ def _hb(cfg: Config, name: str, timeout: float) -> dict[str, Any]:
         "alive": running and hb.phase != "stopped" and age <= timeout,
     }
     if name == MAIN_HEARTBEAT:
+        out["broker_session"] = hb.session if out["alive"] else None
+        out["waiting"] = hb.waiting if out["alive"] else None
         # what IB's error codes say now (10197 refusing all orders ...), while the loop lives
         out["conditions"] = list(hb.conditions) if out["alive"] else []
     if name == WATCHDOG_HEARTBEAT:
@@ -302,6 +304,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 session = f", broker session {h['session']}, last account poll " + (
                     f"{poll:.1f}s ago" if poll is not None else "never"
                 )
+            elif h.get("broker_session"):
+                session = f", broker session {h['broker_session']}"
             print(
                 f"{name:9} pid {h['pid']} {'alive' if h['alive'] else 'NOT ALIVE'} "
                 f"(heartbeat {h['age_s']:.1f}s ago, cycle {h['cycle']}, {h['phase']}"
@@ -311,6 +315,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"{'':9} broker: {line}")
         else:
             print(f"{name:9} no heartbeat")
+    if st["main"].get("waiting"):
+        print(st["main"]["waiting"])
     live = st["live"]
     if live["reachable"]:
         daily = live["daily_pnl"]

@@ -32,12 +32,23 @@ from data_lake import (
     unresolved_intents,
     working_orders,
 )
+from skills.brackets import (
+    Protection,
+    is_protective_ref,
+    place_bracket_with_guard,
+    reference_price,
+    with_children,
+)
 from skills.execution_gate import (
+    GateContext,
     GateState,
     GateVerdict,
     Holding,
     OrderRequest,
+    evaluate,
+    order_ref_for,
     place_order_with_guard,
+    refuse,
 )
 from skills.math_core import MathInputError, kelly_criterion
 from skills.swarm_core import (
@@ -54,16 +65,19 @@ from skills.swarm_providers import Provider, SwarmBudget
 
 from .breaker import BreakerState, CircuitBreaker
 from .broker import Broker
-from .config import Config
+from .config import CommanderConfig, Config
 from .decision import Decision, decision_row
 from .gate_context import THROTTLE_REENABLED, build_gate_context, inputs_unavailable
 from .heartbeat import Clock
 from .llm_commander import LlmCommander
 from .market_hours import exchange_day, exchange_day_start
+from .protection import lift_protection, protective_guards
 from .replay_record import config_hash, context_doc, state_doc, stored_config
+from .restart_window import RestartWindow
 from .sense import MarketSensor, SenseSpec
+from .trading_pause import TradingPause
 
-__all__ = ["Commander", "CycleReport", "Decision", "decide_rules"]
+__all__ = ["Commander", "CycleReport", "Decision", "decide_rules", "protection_for"]
 
 log = logging.getLogger("runtime.commander")
 
@@ -98,10 +112,12 @@ def decide_rules(
     holdings: Mapping[str, Holding],
     context: MarketContext,
     working: frozenset[tuple[str, str]] = frozenset(),
+    protected: frozenset[str] = frozenset(),
 ) -> list[Decision]:
     """Turn merged signals into sized decisions (or refusals with reasons). Pure.
 
-    `working` holds (contract key, action) pairs that already have an order working."""
+    `working` holds (contract key, action) pairs that already have an order working;
+    `protected` the contract keys whose position a protective order of ours guards."""
     c = cfg.commander
     out: list[Decision] = []
     delta_now = sum(h.dollar_delta for h in holdings.values())
@@ -141,11 +157,20 @@ def decide_rules(
         signed = 1 if m.action == "BUY" else -1
         if held is not None and held.quantity * signed < 0:  # closing: no Kelly needed
             qty = float(min(abs(held.quantity), m.quantity or abs(held.quantity)))
+            if m.key in protected and qty < abs(held.quantity):
+                out.append(
+                    refuse(
+                        f"a partial close ({qty:g} of {held.quantity:g}) of a position guarded by "
+                        "a protective stop is not supported: the stop covers the whole position"
+                    )
+                )
+                continue
             out.append(
                 Decision(
                     quantity=qty,
                     accepted=True,
-                    reason=f"reduces the {held.quantity:g} held",
+                    reason=f"reduces the {held.quantity:g} held"
+                    + ("; its protective orders are cancelled first" if m.key in protected else ""),
                     **base,
                 )
             )
@@ -254,6 +279,9 @@ class Commander:
         self.spec = sense_spec(self.instances)
         self._open_cache: dict[str, tuple[str, bool]] = {}
         self._deadline = float("inf")  # monotonic end of the running cycle (order pacing)
+        self.pause = TradingPause(
+            RestartWindow.from_config(cfg.broker), broker, lambda: self.wall_now(), store
+        )
         self._gate_calls: list[dict[str, Any]] = []  # this cycle's gate inputs (for replay)
 
     async def run_cycle(self, cycle_id: int) -> CycleReport:
@@ -311,6 +339,11 @@ class Commander:
         if not self.broker.ready:
             report.status, report.skipped = "skipped", "broker not connected and reconciled"
             return
+        paused = self.pause.reasons()  # restart window; data not yet proven after a reconnect
+        self.pause.record(paused)
+        if paused:
+            report.status, report.skipped = "skipped", "; ".join(paused)
+            return
         if not await self._anything_open():  # no LLM spend when nothing can be traded
             report.status, report.skipped = "skipped", "every instrument is closed"
             return
@@ -364,12 +397,15 @@ class Commander:
             doc["llm_transcript"] = transcript
         else:
             net_liq = values.get("NetLiquidation", 0.0)
-            working = await self._working()
+            working, protected = await self._working()
             doc["replay"]["decide"] = {
                 "net_liquidation": net_liq,
                 "working": sorted([key, action] for key, action in working),
+                "protected": sorted(protected),
             }
-            decisions = decide_rules(swarm.merged, self.cfg, net_liq, holdings, context, working)
+            decisions = decide_rules(
+                swarm.merged, self.cfg, net_liq, holdings, context, working, protected
+            )
             report.decisions = decisions
             ids = await self.store.run(
                 record_decisions,
@@ -418,17 +454,19 @@ class Commander:
         if wait > 0 and self.clock.monotonic() + wait < self._deadline:
             await asyncio.sleep(wait + 0.001)
 
-    async def _working(self) -> frozenset[tuple[str, str]]:
-        """(contract key, action) of the commander's working orders (after queued writes)."""
+    async def _working(self) -> tuple[frozenset[tuple[str, str]], frozenset[str]]:
+        """(contract key, action) of the commander's working orders, and the contract keys
+        its protective orders guard (after queued writes)."""
         rows = await self.store.run(
             working_orders, "commander", timeout=self.cfg.data.write_timeout_s
         )
-        return frozenset(
-            (
-                Contract.from_row(r).key,
-                r["action"],
-            )
-            for r in rows
+
+        def key(r: Mapping[str, Any]) -> str:
+            return Contract.from_row(r).key
+
+        return (
+            frozenset((key(r), r["action"]) for r in rows if not is_protective_ref(r["order_ref"])),
+            frozenset(key(r) for r in rows if is_protective_ref(r["order_ref"])),
         )
 
     async def _anything_open(self) -> bool:
@@ -443,17 +481,35 @@ class Commander:
                 return True
         return False
 
+    def protection_for(self, sources: Sequence[str]) -> Protection | None:
+        return protection_for(self.cfg.commander, self.instances, sources)
+
     async def act(self, d: Decision, cycle_id: int, decision_id: int | None = None) -> GateVerdict:
-        """Send one decision through the gate (checking the breaker right before)."""
-        request = d.request(cycle_id, decision_id)
+        """Send one decision through the gate (checking the breaker right before); an opening
+        order carries its protective children when protection is configured."""
+        return await self.send(d.request(cycle_id, decision_id), self.protection_for(d.sources))
+
+    async def send(
+        self,
+        request: OrderRequest,
+        protection: Protection | None = None,
+        *,
+        closing: bool = False,
+    ) -> GateVerdict:
+        """Send one request through the gate, as a bracket when `protection` is given and the
+        request opens (or increases) a position. `closing`: a close of an unprotected
+        position (runtime.protection) goes out even while the cycle is being cancelled."""
+        cycle_id = request.cycle_id
         wall = self.wall_now()
         record: dict[str, Any] = {
             "request": flat_dict(request),
             "wall": wall.isoformat(),
             "day": exchange_day(wall),
         }
+        if protection is not None:
+            record["protection"] = dataclasses.asdict(protection)
         self._gate_calls.append(record)  # what the gate read, for replay
-        if self.cancel.is_set():  # a stop or a breaker trip: nothing new goes out
+        if self.cancel.is_set() and not closing:  # a stop or a breaker trip: nothing new
             reason = "cycle cancelled (stop or breaker trip): no new orders"
             record["suppressed"] = reason
             self.store.post(
@@ -468,21 +524,33 @@ class Commander:
             return GateVerdict(False, None, (reason,))
         await self._pace()
         blocked = await self._blocked()
-        try:
-            market_open = await self._market_open(request)
-            ctx = await build_gate_context(
+        ctx = await self._context(request, blocked, record)
+        if isinstance(ctx, GateVerdict):
+            return ctx
+        # a close by signal of a protected position: its children go first, never beside it
+        # (a close of an unprotected part, `closing`, goes beside the other parts' stops: the
+        # gate counts them, and together they never exceed the position)
+        guards = () if closing else protective_guards(request, ctx)
+        if guards:
+            refused = await lift_protection(
                 self.broker,
                 request,
-                breaker=self.breaker.status().state.value,
-                watchdog_alive=self.watchdog_alive(),
-                market_open=market_open,
-                now=self.clock.monotonic(),
-                blocked=blocked,
+                ctx,
+                guards,
+                lambda r, c: evaluate(r, c, self.gate_state, self.cfg.risk, record["day"]),
+                timeout=self.cfg.broker.request_timeout_s,
+                clock=self.clock,
             )
-        except (TimeoutError, ConnectionError) as exc:  # the world cannot be seen: no order
-            verdict = inputs_unavailable(self.store, request, exc, cycle_id)
-            record["unavailable"] = verdict.reasons[0]
-            return verdict
+            if refused is not None:
+                ref = order_ref_for(request)
+                refuse(self.store, request, ref, [refused])
+                record["protection_kept"] = refused
+                return GateVerdict(False, ref, (refused,))
+            record["protection_lifted"] = list(guards)
+            ctx = await self._context(request, blocked, record)
+            if isinstance(ctx, GateVerdict):
+                self._unprotected(request, guards, ctx.reasons)
+                return ctx
         record["context"] = context_doc(ctx)
         record["state"] = state_doc(self.gate_state)
 
@@ -490,19 +558,77 @@ class Commander:
             record["sent_at"] = now = self.clock.monotonic()
             return now
 
-        verdict = await place_order_with_guard(
-            request,
-            ctx,
-            self.gate_state,
-            self.cfg.risk,
-            self.store,
-            self.broker,
-            record["day"],
-            intent_timeout_s=self.cfg.data.write_timeout_s,
-            clock=send_clock,
-        )
+        if protection is not None and _opens(request, ctx):
+            q = ctx.quote
+            ref_price = reference_price(request, q.bid, q.ask) if q else None
+            verdict = await place_bracket_with_guard(
+                with_children(request, ref_price or 0.0, protection),
+                ctx,
+                self.gate_state,
+                self.cfg.risk,
+                self.store,
+                self.broker,
+                record["day"],
+                intent_timeout_s=self.cfg.data.write_timeout_s,
+                clock=send_clock,
+            )
+        else:
+            verdict = await place_order_with_guard(
+                request,
+                ctx,
+                self.gate_state,
+                self.cfg.risk,
+                self.store,
+                self.broker,
+                record["day"],
+                intent_timeout_s=self.cfg.data.write_timeout_s,
+                clock=send_clock,
+            )
+            if guards and not verdict.accepted:
+                self._unprotected(request, guards, verdict.reasons)
         record["verdict"] = dataclasses.asdict(verdict)
         return verdict
+
+    def _unprotected(
+        self, request: OrderRequest, guards: Sequence[str], why: Sequence[str]
+    ) -> None:
+        """The protective orders were cancelled for a close that then did not go out."""
+        reason = (
+            f"{request.key}: protective orders {', '.join(guards)} were cancelled for a close "
+            f"that was then refused ({'; '.join(why)}): the position is UNPROTECTED until it is "
+            "closed (the watchdog's limits still apply)"
+        )
+        log.critical(reason)
+        self.store.post(
+            log_safety_event,
+            "commander",
+            "protection_lifted",
+            reason,
+            "critical",
+            order_ref=order_ref_for(request),
+            cycle_id=request.cycle_id,
+        )
+
+    async def _context(
+        self, request: OrderRequest, blocked: frozenset[str], record: dict[str, Any]
+    ) -> GateContext | GateVerdict:
+        """The gate's view for this request, or a refusal when the broker cannot show it."""
+        try:
+            market_open = await self._market_open(request)
+            return await build_gate_context(
+                self.broker,
+                request,
+                breaker=self.breaker.status().state.value,
+                watchdog_alive=self.watchdog_alive(),
+                market_open=market_open,
+                now=self.clock.monotonic(),
+                blocked=blocked,
+                paused=self.pause.reasons(),
+            )
+        except (TimeoutError, ConnectionError) as exc:  # the world cannot be seen: no order
+            verdict = inputs_unavailable(self.store, request, exc, request.cycle_id)
+            record["unavailable"] = verdict.reasons[0]
+            return verdict
 
     async def _market_open(self, r: OrderRequest) -> bool:
         if self.cfg.loop.trade_outside_liquid_hours:
@@ -569,6 +695,33 @@ class Commander:
             n_decisions=len(report.decisions),
             n_orders=report.orders,
         )
+
+
+def protection_for(
+    c: CommanderConfig, instances: Sequence[InstanceConfig], sources: Sequence[str]
+) -> Protection | None:
+    """The protective orders an opening order carries: the global `[commander]` keys, or the
+    tightest override of the instances behind the decision (None: no protection)."""
+    by_id = {i.id: i for i in instances}
+    picked = [by_id[s] for s in sources if s in by_id]
+
+    def tightest(key: str, default: float | None) -> float | None:
+        found = [v for i in picked if (v := i.protection_override(key)) is not None]
+        return min(found) if found else default
+
+    stop = tightest("stop_loss_pct", c.stop_loss_pct or None)
+    if stop is None:
+        return None
+    return Protection(
+        stop_loss_pct=stop, take_profit_pct=tightest("take_profit_pct", c.take_profit_pct or None)
+    )
+
+
+def _opens(request: OrderRequest, ctx: GateContext) -> bool:
+    """The request opens a position or adds to one (it does not reduce what is held)."""
+    held = ctx.holdings.get(request.key)
+    qty = held.quantity if held else 0.0
+    return qty == 0 or (qty > 0) == (request.action == "BUY")
 
 
 def _swarm_doc(swarm: SwarmResult) -> dict[str, Any]:

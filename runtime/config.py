@@ -32,6 +32,8 @@ from pydantic import (
 from data_lake import RefuseToStart
 from skills.risk import RiskConfig
 
+from .restart_window import parse_hh_mm, zone_named
+
 __all__ = [
     "CLIENT_LIBRARIES",
     "DEFAULT_INSTANCES_DIR",
@@ -106,6 +108,29 @@ class BrokerConfig(_Section):
     request_timeout_s: float = Field(10.0, gt=0, le=120)
     reconnect_initial_s: float = Field(1.0, gt=0, le=60)
     reconnect_max_s: float = Field(30.0, gt=0, le=600)
+    # the gateway's daily restart (IBC's restart time): no new orders from restart_guard_min
+    # before to restart_guard_min after it; "" = no restart window
+    daily_restart: str = ""
+    daily_restart_tz: str = "America/New_York"
+    restart_guard_min: int = Field(5, ge=0, le=120)
+    # after any reconnect, every subscribed contract must tick within this before new orders
+    fresh_data_timeout_s: float = Field(30.0, gt=0, le=600)
+    # simultaneous streaming subscriptions of this session (IB's account default is 100)
+    max_market_data_lines: int = Field(100, ge=1, le=10_000)
+
+    @field_validator("daily_restart")
+    @classmethod
+    def _hh_mm(cls, value: str) -> str:
+        if value:
+            parse_hh_mm(value)  # raises ValueError with the reason
+        return value
+
+    @field_validator("daily_restart_tz")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone_named(value)
+        return value
+
     # "live": real-time quotes only (unsubscribed contracts get 354 and are untradable for the
     # cycle); "delayed": delayed quotes where not subscribed (reqMarketDataType 3), for the
     # swarm's view only: the gate never prices an order on a delayed or frozen quote
@@ -204,6 +229,22 @@ class CommanderConfig(_Section):
     kelly_cap: float = Field(0.05, ge=0, le=1)
     model: str = "claude-sonnet-4-6"
     max_turns: int = Field(8, ge=1, le=50)
+    # Protective orders held at IB for every position-opening order (README "Protective
+    # orders"): a GTC stop this fraction of the entry price on the losing side, and optionally
+    # a take-profit limit on the winning side, both children of the entry in one OCA group.
+    # 0 (the default): none. An instance may set its own in its JSON parameters (same keys;
+    # the tightest of the instances behind a decision wins).
+    stop_loss_pct: float = Field(0.0, ge=0, lt=1)
+    take_profit_pct: float = Field(0.0, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _protection(self) -> CommanderConfig:
+        if self.take_profit_pct > 0 and self.stop_loss_pct == 0:
+            raise ValueError(
+                "take_profit_pct needs stop_loss_pct: a position never has a take-profit "
+                "without its stop"
+            )
+        return self
 
 
 _Severity = Literal["info", "warning", "critical"]
@@ -273,6 +314,14 @@ class Config(_Section):
             )
         if self.data.write_timeout_s >= self.loop.max_cycle_s:
             raise ValueError("data.write_timeout_s must be below loop.max_cycle_s")
+        collar = self.risk.protective_collar_pct
+        for key in ("stop_loss_pct", "take_profit_pct"):
+            pct = getattr(self.commander, key)
+            if pct > collar:
+                raise ValueError(
+                    f"commander.{key} = {pct:g} exceeds risk.protective_collar_pct = {collar:g} "
+                    "(the gate would refuse every bracket)"
+                )
         if not self.broker.client_library and default_client_library() is None:
             raise ValueError(
                 "broker.client_library: neither ib_insync nor ib_async is installed "

@@ -74,6 +74,7 @@ async def build_gate_context(
     now: float,
     quote_wait_s: float = 2.0,
     blocked: frozenset[str] = frozenset(),
+    paused: tuple[str, ...] = (),
 ) -> GateContext:
     """Qualify the contract, take its latest quote, the marked positions and the orders
     resting at the broker (every client id), right now. Nothing missing is defaulted: an
@@ -81,9 +82,10 @@ async def build_gate_context(
 
     `blocked` holds the contract keys with an unresolved intent (read from the store by the
     caller); the contracts IB's error codes made untradable this cycle, and a refuse-all
-    condition (10197), come from the broker. The watchdog's closing orders skip the
-    resting-orders request: it cancels every order before it closes, and its closes must not
-    wait on one more broker round trip."""
+    condition (10197), come from the broker; `paused` holds the reasons no new order may go
+    now (the gateway's restart window, market data not yet proven after a reconnect). The
+    watchdog's closing orders skip the resting-orders request: it cancels every order before
+    it closes, and its closes must not wait on one more broker round trip."""
     contract = await broker.qualify(request.contract)
     quote = None
     if contract is not None:
@@ -97,6 +99,7 @@ async def build_gate_context(
                 snap.multiplier,
                 snap.delta if is_opt else 1.0,
                 (snap.underlying_price or 0.0) if is_opt else 0.0,
+                pre_outage=snap.pre_outage,
                 market_data_type=snap.market_data_type,
                 suspect=snap.suspect,
             )
@@ -114,6 +117,7 @@ async def build_gate_context(
         qualified=contract is not None,
         working=working,
         blocked=blocked,
+        paused=paused,
         untradable=broker.market_data_refusals(),
         refuse_all=broker.refusing_all(),
     )
@@ -148,6 +152,7 @@ async def load_gate_state(
                 float(r["quantity"]),
                 max(0.0, (wall_now - at).total_seconds()),
                 exchange_day(at),
+                bool(r.get("parent_ref")),
             )
         )
     window = dt.timedelta(seconds=limits.execution_window_s + 5)

@@ -77,6 +77,7 @@ class Heartbeat:
     boot_time: float | None = None  # psutil boot_time() that create_time was computed with
     session: str | None = None  # watchdog: connecting / connected / unreachable
     account_poll_mono: float | None = None  # watchdog: last successful account poll
+    waiting: str | None = None  # main: "waiting for gateway restart (HH:MM, until HH:MM)"
     # main loop: what IB's error codes say now (refusing all orders, broken farms, contracts
     # untradable this cycle), one line each; shown by `status` while they last
     conditions: tuple[str, ...] = ()
@@ -137,6 +138,7 @@ def write_heartbeat(
     create_time: float | None = None,
     session: str | None = None,
     account_poll_mono: float | None = None,
+    waiting: str | None = None,
     conditions: tuple[str, ...] = (),
 ) -> Heartbeat:
     """Atomically replace the heartbeat file; return what was written. The writer's start
@@ -156,6 +158,7 @@ def write_heartbeat(
         boot,
         session,
         account_poll_mono,
+        waiting,
         tuple(conditions),
     )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -187,6 +190,7 @@ def read_heartbeat(path: Path) -> Heartbeat | None:
             opt("boot_time"),
             None if session is None else str(session),
             opt("account_poll_mono"),
+            None if raw.get("waiting") is None else str(raw["waiting"]),
             tuple(str(c) for c in raw.get("conditions") or ()),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -101,10 +101,15 @@ _ROWS = (
         W,
         True,
         A.DELAY,
-        "max market-data lines reached: no quote this cycle, asked again next",
+        "max market-data lines reached: the line is given up, the least recently used one "
+        "freed after a backoff, asked again; never trips",
     ),
     _row(
-        162, W, True, A.DELAY, "historical data error or pacing violation: ask later; never trips"
+        162,
+        W,
+        True,
+        A.DELAY,
+        "historical data error or pacing violation: asked again after a backoff; never trips",
     ),
     _row(322, W, True, A.INFO, "error processing the request: the request fails, logged"),
     _row(366, IN, False, A.INFO, "no historical query for this id (a cancel after the end)"),
@@ -164,7 +169,7 @@ _ROWS = (
         W,
         False,
         A.RESUBSCRIBE,
-        "connectivity restored, market data lost: resubscribe, reconcile",
+        "connectivity restored, market data lost: resubscribe, reconcile, prove fresh data",
         clears=(1100,),
     ),
     _row(
@@ -172,7 +177,7 @@ _ROWS = (
         W,
         False,
         A.INFO,
-        "connectivity restored, data kept: reconcile",
+        "connectivity restored, data kept: resubscribe, reconcile, prove fresh data",
         clears=(1100,),
     ),
     _row(1300, C, True, A.RECONNECT, "socket port reset: reconnect"),

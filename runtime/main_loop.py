@@ -59,6 +59,8 @@ from .instance_lock import (
 )
 from .notify import Notifier, start_notifier
 from .preflight import KEY_MISSING, static_refusals
+from .protection import ProtectionGuard
+from .restart_window import RestartWindow
 
 __all__ = [
     "MAIN_HEARTBEAT",
@@ -220,6 +222,7 @@ class MainLoop:
             intent_sources=("commander", "person"),
             on_reject_streak=self._on_reject_streak,
             on_execution=self._on_execution,
+            on_protective_reject=self._on_protective_reject,
             monotonic=self.clock.monotonic,
         )
         self.commander = Commander(
@@ -238,12 +241,17 @@ class MainLoop:
             llm_client=llm_client,
             stopping=self.stop.is_set,
         )
+        self.protection = ProtectionGuard(
+            cfg=cfg, store=store, broker=self.broker, sender=self.commander, clock=self.clock
+        )
         self._child: subprocess.Popen[bytes] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._cycle_task: asyncio.Task[Any] | None = None
         self._last_cycle_id = last_cycle_id
         self._notifier: Notifier | None = None  # started by run()
         self._account_lock: InstanceLock | None = None
+        self.restart_window = RestartWindow.from_config(cfg.broker)
+        self._down_since: dt.datetime | None = None  # broker not back (ready and proven) since
 
     # --- helpers ---------------------------------------------------------------------------
     def _set_phase(self, phase: str) -> None:
@@ -256,10 +264,40 @@ class MainLoop:
                 self.clock,
                 self.cycle,
                 self.phase,
+                session=self._session(),
+                waiting=self._waiting(),
                 conditions=tuple(self.broker.conditions.lines()),
             )
         except OSError as exc:  # disk full: the watchdog will see a stale heartbeat; say why
             log.error("heartbeat not written: %s", exc)
+
+    def _session(self) -> str:
+        """The main loop's broker session, for `status`: connecting (before the first
+        connect), reconnecting, proving data (reconnected, waiting for fresh ticks), or
+        connected."""
+        if not self.broker.ready:
+            return "connecting" if self.phase in ("starting", "connecting") else "reconnecting"
+        return "proving data" if self.broker.data_pause_reason() else "connected"
+
+    def _waiting(self) -> str | None:
+        """What `status` shows about the gateway's daily restart: its window while "now"
+        (the injected wall clock) is in it, and after it while the broker is still
+        reconnecting or proving its data after a drop that happened in the window."""
+        window = self.restart_window
+        if window is None:
+            return None
+        now = dt.datetime.fromtimestamp(self.clock.wall(), dt.UTC)
+        back = self._session() == "connected"
+        if back:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = now
+        span = window.current(now)
+        if span is None and self._down_since is not None:
+            last = window.latest_started(now)
+            if last.start <= self._down_since < last.end:
+                span = last
+        return None if span is None else window.waiting_text(span)
 
     def watchdog_alive(self) -> bool:
         """The gate's `watchdog_alive`: the watchdog process exists (a spawned child that has
@@ -345,6 +383,9 @@ class MainLoop:
         self, kind: str, reason: str, severity: str = "warning", cycle_id: int | None = None
     ) -> None:
         self.store.post(log_safety_event, "main_loop", kind, reason, severity, cycle_id=cycle_id)
+
+    def _on_protective_reject(self, order_ref: str, code: int, msg: str) -> None:
+        self.protection.child_rejected(order_ref, code, msg)
 
     def _on_reject_streak(self, n: int, why: str) -> None:
         if n >= self.cfg.risk.max_consecutive_rejects:
@@ -610,6 +651,8 @@ class MainLoop:
             if not task.done():
                 task.cancel()
                 await asyncio.wait({task}, timeout=5)
+        # a close of an unprotected position finishes first
+        await self.protection.wait_idle(self.cfg.loop.stop_timeout_s / 4)
         if self.cfg.loop.cancel_orders_on_stop and self.broker.ready:
             await self._cancel_own_orders()
         await self._final_reconcile()

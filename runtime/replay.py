@@ -384,6 +384,7 @@ def _replay_rules(
         holdings_from(doc["positions"]),
         market_from(doc["context"]),
         frozenset((str(k), str(a)) for k, a in decide["working"]),
+        frozenset(str(k) for k in decide.get("protected", ())),
     )
     recorded = list(doc["decisions"])
     ids = list(doc["replay"]["decision_ids"])

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from skills.brackets import Protection, bracket_reasons, reference_price, with_children
 from skills.execution_gate import (
     GateState,
     OrderRequest,
@@ -40,7 +41,8 @@ class ReplayedVerdict:
     order_ref: str | None
     reasons: tuple[str, ...] = ()
     checks: tuple[tuple[str, str], ...] = ()
-    stage: str = "checks"  # checks | suppressed | unavailable | after_checks | no_inputs
+    stage: str = "checks"  # checks | suppressed | unavailable | protection | after_checks |
+    # no_inputs
 
     def public(self) -> dict[str, Any]:
         """The fields a recorded verdict has (for side-by-side comparison)."""
@@ -52,6 +54,7 @@ class _Sent:
     request: OrderRequest
     at: float
     day: str
+    protective: bool = False  # a bracket's child: rate windows only, not the duplicate guard
 
 
 @dataclass
@@ -77,12 +80,23 @@ class GateReplayer:
             return ReplayedVerdict(
                 accepted=False, order_ref=ref, reasons=(reason,), stage="unavailable"
             )
+        if "protection_kept" in call:  # a close kept beside its stop at the broker: the same
+            reason = str(call["protection_kept"])
+            return ReplayedVerdict(
+                accepted=False, order_ref=ref, reasons=(reason,), stage="protection"
+            )
         ctx = context_from(call["context"])
         day = str(call["day"])
         if self._first is None:
             self._first = call["state"]
         state = self._state(call)
         checks = tuple(evaluate_named(request, ctx, state, self.limits, day))
+        bracket = None
+        if "protection" in call and _opens(request, ctx):  # sent as a bracket: judged whole
+            q = ctx.quote
+            ref_price = reference_price(request, q.bid, q.ask) if q else None
+            bracket = with_children(request, ref_price or 0.0, Protection(**call["protection"]))
+            checks += tuple(("bracket", r) for r in bracket_reasons(bracket, ctx, self.limits))
         if checks:
             return ReplayedVerdict(
                 accepted=False,
@@ -101,6 +115,8 @@ class GateReplayer:
             )
         at = float(call.get("sent_at", ctx.now))
         self._sent.append(_Sent(request, at, day))
+        for child in bracket.children if bracket else ():
+            self._sent.append(_Sent(child, at, day, protective=True))
         return ReplayedVerdict(accepted=True, order_ref=ref)
 
     def skip(self, call: Mapping[str, Any]) -> None:
@@ -124,7 +140,7 @@ class GateReplayer:
             raise RuntimeError("replay gate: a send counter asked for before the first gate call")
         sends = state_from(self._first)
         for o in self._sent:
-            sends.record_sent(o.request, o.at, o.day)
+            sends.record_sent(o.request, o.at, o.day, duplicate_guard=not o.protective)
         state.sent, state.day, state.sent_today, state.recent = (
             sends.sent,
             sends.day,
@@ -132,3 +148,10 @@ class GateReplayer:
             sends.recent,
         )
         return state
+
+
+def _opens(request: OrderRequest, ctx: Any) -> bool:
+    """The request opens a position or adds to one (as runtime.commander decides brackets)."""
+    held = ctx.holdings.get(request.key)
+    qty = held.quantity if held else 0.0
+    return qty == 0 or (qty > 0) == (request.action == "BUY")

@@ -124,6 +124,7 @@ def context_doc(ctx: GateContext) -> dict[str, Any]:
         "qualified": ctx.qualified,
         "working": [flat_dict(w) for w in ctx.working],
         "blocked": sorted(ctx.blocked),
+        "paused": list(ctx.paused),
     }
 
 
@@ -147,6 +148,7 @@ def context_from(doc: Mapping[str, Any]) -> GateContext:
         qualified=doc["qualified"],
         working=tuple(from_flat_dict(WorkingOrder, w) for w in doc["working"]),
         blocked=frozenset(doc["blocked"]),
+        paused=tuple(doc.get("paused", ())),  # recorded since the restart window
     )
 
 

@@ -79,6 +79,8 @@ class OrderRequest:
     cycle_id: int | None = None
     decision_id: int | None = None
     ref_seed: str = ""  # extra idempotency material (e.g. the watchdog's attempt number)
+    aux_price: float | None = None  # a protective stop's trigger price (STP children only)
+    parent_ref: str = ""  # a protective child: its parent's orderRef (skills.brackets)
 
     @property
     def key(self) -> str:
@@ -97,6 +99,8 @@ class Quote:
     multiplier: float = 1.0
     delta: float | None = 1.0  # per unit; 1 for stock; None: the option has no model delta
     underlying_price: float = 0.0  # for options; for stock the mid is used
+    # received before the last reconnect or connectivity restore: stale whatever its age
+    pre_outage: bool = False
     # IB's marketDataType: 1 live, 2 frozen, 3 delayed, 4 delayed-frozen (only 1 prices orders)
     market_data_type: int = 1
     suspect: str = ""  # why the quote cannot be trusted now, e.g. a broken data farm
@@ -150,6 +154,7 @@ class SentOrder:
     quantity: float
     age_s: float  # seconds before now (wall clock at rebuild)
     day: str  # YYYYMMDD it was sent on
+    protective: bool = False  # a bracket's child: rate windows only, not the duplicate guard
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,6 +172,9 @@ class GateContext:
     qualified: bool = True  # the broker resolved the contract to exactly one conId
     working: tuple[WorkingOrder, ...] = ()  # orders resting at the broker, every client id
     blocked: frozenset[str] = frozenset()  # contract keys with an unresolved intent
+    # why no new orders may go now (the gateway's restart window, market data not yet
+    # proven after a reconnect); the watchdog's closing orders are exempt
+    paused: tuple[str, ...] = ()
     # from IB's error codes (runtime/ib_errors.py): contract key -> why it is untradable this
     # cycle (354, 10089, 10168); and why every new order is refused now (10197), or None
     untradable: Mapping[str, str] = field(default_factory=dict)
@@ -185,11 +193,17 @@ class GateState:
     recent: dict[tuple[str, str, float], float] = field(default_factory=dict)
     reenabled_by: int = 0  # id of the person's last re-enable record applied (0: none)
 
-    def record_sent(self, request: OrderRequest, now: float, day: str) -> None:
+    def record_sent(
+        self, request: OrderRequest, now: float, day: str, *, duplicate_guard: bool = True
+    ) -> None:
+        """Count an order sent now (rate windows, daily count) and, unless it is a protective
+        child (`duplicate_guard=False`), remember it for the duplicate guard."""
         self.sent.append(now)
         if day != self.day:
             self.day, self.sent_today = day, 0
         self.sent_today += 1
+        if not duplicate_guard:
+            return
         self.recent[(request.key, request.action, request.quantity)] = now
         if len(self.recent) > 1000:  # keep the duplicate guard's memory bounded (a day is ample)
             self.recent = {k: t for k, t in self.recent.items() if now - t < 86_400}
@@ -240,7 +254,8 @@ class GateState:
             at = now - o.age_s
             if o.age_s <= 86_400:
                 state.sent.append(at)
-                state.recent[(o.key, o.action, o.quantity)] = at
+                if not o.protective:
+                    state.recent[(o.key, o.action, o.quantity)] = at
             if o.day == day:
                 state.sent_today += 1
         for age in sorted((a for a in execution_ages if math.isfinite(a)), reverse=True):
@@ -256,6 +271,7 @@ class GateVerdict:
     order_ref: str | None
     reasons: tuple[str, ...] = ()
     broker_order_id: int | None = None
+    children: tuple[str, ...] = ()  # orderRefs of the protective children sent with it
 
 
 class Submitter(Protocol):
@@ -326,6 +342,12 @@ def check_breaker(e: _Eval) -> str | None:
 
 def check_connected(e: _Eval) -> str | None:
     return None if e.ctx.connected else "broker not connected and reconciled: no orders"
+
+
+def check_paused(e: _Eval) -> str | None:
+    if not e.ctx.paused or _exempt(e):
+        return None
+    return "; ".join(e.ctx.paused)
 
 
 def check_watchdog(e: _Eval) -> str | None:
@@ -448,6 +470,8 @@ def check_quote(e: _Eval) -> str | None:
         return f"quote invalid (bid {q.bid}, ask {q.ask}): the price collar cannot be checked"
     if q.age_s is None or not _finite(q.age_s):
         return "quote has no receive time: its age cannot be checked"
+    if q.pre_outage:
+        return "quote received before the last reconnect: stale until a fresh tick arrives"
     if q.age_s > e.limits.quote_max_age_s:
         return f"quote stale ({q.age_s:.1f}s old > {e.limits.quote_max_age_s:g}s)"
     return None
@@ -696,6 +720,7 @@ def check_duplicate(e: _Eval) -> str | None:
 CHECKS: tuple[Check, ...] = (
     check_breaker,
     check_connected,
+    check_paused,
     check_fields,
     check_allow_list,
     check_qualified,
@@ -832,18 +857,7 @@ async def place_order_with_guard(
     reasons = evaluate(request, ctx, state, limits, day)
     order_ref = order_ref_for(request)
     if not reasons:
-        intent = {
-            "order_ref": order_ref,
-            "cycle_id": request.cycle_id,
-            "decision_id": request.decision_id,
-            "source": request.source,
-            "contract": request.contract,
-            "action": request.action,
-            "quantity": request.quantity,
-            "order_type": request.order_type,
-            "limit_price": request.limit_price,
-            "tif": request.tif,
-        }
+        intent = {**intent_row(request), "order_ref": order_ref}
         try:
             if not await store.run(insert_intent, intent, timeout=intent_timeout_s):
                 reasons = [f"duplicate orderRef {order_ref}: this intent was already recorded"]
@@ -871,6 +885,30 @@ async def place_order_with_guard(
     state.record_sent(request, clock() if clock is not None else ctx.now, day)
     store.post(update_intent, order_ref, status=IntentStatus.SUBMITTED, broker_order_id=broker_id)
     return GateVerdict(True, order_ref, (), broker_id)
+
+
+def intent_row(r: OrderRequest) -> dict[str, object]:
+    """The stored intent of a request (without its orderRef)."""
+    row: dict[str, object] = {
+        "cycle_id": r.cycle_id,
+        "decision_id": r.decision_id,
+        "source": r.source,
+        "contract": r.contract,
+        "action": r.action,
+        "quantity": r.quantity,
+        "order_type": r.order_type,
+        "limit_price": r.limit_price,
+        "tif": r.tif,
+    }
+    if r.parent_ref or r.aux_price is not None:
+        row["aux_price"] = r.aux_price
+        row["parent_ref"] = r.parent_ref or None
+    return row
+
+
+def refuse(store: Store, r: OrderRequest, order_ref: str, reasons: list[str]) -> None:
+    """Record a refusal (a safety event with every reason) and log it."""
+    _refusal(store, r, order_ref, reasons)
 
 
 def _refusal(store: Store, r: OrderRequest, order_ref: str, reasons: list[str]) -> None:

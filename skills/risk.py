@@ -30,6 +30,8 @@ class RiskConfig(BaseModel):
     max_open_positions: int = Field(10, ge=1)
     max_daily_loss: float = Field(5_000.0, gt=0)
     price_collar_pct: float = Field(0.05, gt=0, le=0.5)
+    # a protective child's stop or limit at most this far from its parent's fill reference
+    protective_collar_pct: float = Field(0.5, gt=0, le=5)
     quote_max_age_s: float = Field(10.0, gt=0, le=3600)
     max_orders_per_second: int = Field(2, ge=1, le=50)
     max_orders_per_minute: int = Field(20, ge=1)

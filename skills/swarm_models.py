@@ -55,11 +55,24 @@ class InstanceConfig(BaseModel):
             or not all(isinstance(s, str) and s.isalnum() and s == s.upper() for s in symbols)
         ):
             raise ValueError("parameters.symbols must be a non-empty list of upper-case tickers")
+        for key in ("stop_loss_pct", "take_profit_pct"):  # optional protective overrides
+            if key not in v:
+                continue
+            pct = v[key]
+            if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 < pct < 1:
+                raise ValueError(f"parameters.{key} must be a number between 0 and 1, got {pct!r}")
+        if "take_profit_pct" in v and "stop_loss_pct" not in v:
+            raise ValueError("parameters.take_profit_pct needs parameters.stop_loss_pct")
         return v
 
     @property
     def symbols(self) -> tuple[str, ...]:
         return tuple(self.parameters["symbols"])
+
+    def protection_override(self, key: str) -> float | None:
+        """This instance's `stop_loss_pct` / `take_profit_pct` override (None: the global)."""
+        value = self.parameters.get(key)
+        return float(value) if value is not None else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,9 +23,9 @@ def rows(store: Store, sql: str, params: list[Any] | None = None) -> list[dict[s
     return list(open_readonly(store.data_dir).query(sql, params or []))
 
 
-def intent(store: Store, order_ref: str) -> dict[str, Any]:
+def intent(store: Store, order_ref: str | None) -> dict[str, Any]:
     """The stored intent with this orderRef, which must exist (AssertionError otherwise)."""
-    row = read(store, get_intent, order_ref)
+    row = None if order_ref is None else read(store, get_intent, order_ref)
     if row is None:
         raise AssertionError(f"no intent {order_ref} stored")
     return row

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 
 from data_lake import Contract
-from runtime.commander import decide_rules
+from runtime.commander import decide_rules, protection_for
 from runtime.config import parse_config
+from skills.brackets import Protection
 from skills.execution_gate import Holding
 from skills.swarm_core import MergedSignal
-from skills.swarm_models import MarketContext, OptionView, SymbolView
+from skills.swarm_models import InstanceConfig, MarketContext, OptionView, SymbolView
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = parse_config(tomllib.loads((ROOT / "config/paper.toml").read_text()))
@@ -105,6 +106,21 @@ def test_closing_signal_reduces_the_holding_without_kelly():
     assert d.accepted and d.quantity == 30 and d.reason == "reduces the 30 held"
 
 
+def test_a_protected_position_closes_whole_by_signal_but_never_in_part():
+    held = {"MSFT": Holding(contract=Contract.stock("MSFT"), quantity=30, mark=415.0)}
+    guarded = frozenset({"MSFT"})
+    [d] = decide_rules(
+        [merged(action="SELL", quantity=30)], CFG, 1_000, held, CTX, protected=guarded
+    )
+    assert d.accepted and d.reason.endswith("its protective orders are cancelled first")
+    [d] = decide_rules(
+        [merged(action="SELL", quantity=10)], CFG, 1_000, held, CTX, protected=guarded
+    )
+    assert not d.accepted and "partial close (10 of 30)" in d.reason
+    [d] = decide_rules([merged(quantity=5)], CFG, 1_000_000, held, CTX, protected=guarded)
+    assert d.accepted  # adding to it is not a close
+
+
 def test_portfolio_delta_limit_refuses_adding_delta():
     held = {
         "AMD": Holding(contract=Contract.stock("AMD"), quantity=900, mark=100.0)
@@ -120,3 +136,26 @@ def test_a_contract_with_a_working_order_is_not_stacked():
         [put()], CFG, 1_000_000, {}, CTX, working=frozenset({("NVDA 20261218 165P", "SELL")})
     )
     assert not d.accepted and d.reason == "an order for this contract and side is already working"
+
+
+def _instance(id_: str, **params) -> InstanceConfig:
+    return InstanceConfig(
+        id=id_, template="t.md", model="m", parameters={"symbols": ["NVDA"], **params}
+    )
+
+
+def test_protection_is_off_unless_configured_and_the_tightest_instance_override_wins():
+    paper = parse_config({"mode": "paper"}).commander
+    on = parse_config(
+        {"mode": "paper", "commander": {"stop_loss_pct": 0.05, "take_profit_pct": 0.2}}
+    ).commander
+    plain, tight = _instance("plain"), _instance("tight", stop_loss_pct=0.02)
+    assert protection_for(paper, [plain], ["plain"]) is None
+    assert protection_for(on, [plain], ["plain"]) == Protection(
+        stop_loss_pct=0.05, take_profit_pct=0.2
+    )
+    assert protection_for(on, [plain, tight], ["plain", "tight"]) == Protection(
+        stop_loss_pct=0.02, take_profit_pct=0.2
+    )
+    # an instance may ask for protection where the global config has none
+    assert protection_for(paper, [tight], ["tight"]) == Protection(stop_loss_pct=0.02)

@@ -68,6 +68,18 @@ def test_mode_has_no_default():
         (lambda d: d["broker"].update(port=4001), r"live ports"),
         (lambda d: d["risk"].update(allowed_symbols=["nvda"]), r"upper-case tickers"),
         (lambda d: d.update(extra_section={}), r"extra_section: unknown key"),
+        (
+            lambda d: d["commander"].update(stop_loss_pct=-0.1),
+            r"commander\.stop_loss_pct: .*greater than or equal to 0",
+        ),
+        (
+            lambda d: d["commander"].update(take_profit_pct=0.1),
+            r"commander: take_profit_pct needs stop_loss_pct",
+        ),
+        (
+            lambda d: d["commander"].update(stop_loss_pct=0.6),
+            r"commander\.stop_loss_pct = 0\.6 exceeds risk\.protective_collar_pct = 0\.5",
+        ),
     ],
 )
 def test_bad_values_are_refused_naming_the_key_and_reason(mutate, message):
@@ -145,6 +157,14 @@ def test_cli_check_missing_file_and_bad_toml(tmp_path):
         timeout=60,
     )
     assert proc.returncode == 2 and "not valid TOML" in proc.stderr
+
+
+def test_protective_orders_are_off_by_default_and_in_the_shipped_configs():
+    for cfg in (
+        parse_config({"mode": "paper"}),
+        *(load_config(ROOT / "config" / n) for n in ("paper.toml", "demo.toml")),
+    ):
+        assert (cfg.commander.stop_loss_pct, cfg.commander.take_profit_pct) == (0.0, 0.0)
 
 
 def test_minimal_config_needs_only_mode_and_takes_documented_defaults():

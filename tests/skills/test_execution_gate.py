@@ -120,6 +120,23 @@ def test_refuses_while_disconnected():
     ]
 
 
+def test_refuses_every_new_order_while_paused_but_not_the_watchdogs_closes():
+    window = "gateway restart window 23:45±5 min"
+    assert reasons(context=ctx(paused=(window,))) == [window]
+    held = {"NVDA": Holding(contract=Contract.stock("NVDA"), quantity=20, mark=100.0)}
+    reducing = buy(action="SELL")
+    assert reasons(reducing, ctx(paused=(window,), holdings=held)) == [window]
+    close = buy(action="SELL", qty=20, source="watchdog", order_type="MKT", limit_price=None)
+    assert reasons(close, ctx(paused=(window,), holdings=held)) == []
+
+
+def test_a_quote_from_before_the_last_reconnect_is_stale_whatever_its_age():
+    fresh_looking = Quote(99.95, 100.05, 0.1, pre_outage=True)
+    assert reasons(context=ctx(quote=fresh_looking)) == [
+        "quote received before the last reconnect: stale until a fresh tick arrives"
+    ]
+
+
 def test_refuses_new_positions_while_watchdog_is_stale_but_allows_reducing():
     assert reasons(context=ctx(watchdog_alive=False)) == [
         "watchdog heartbeat stale: no new positions"

@@ -153,6 +153,14 @@ def _copy(tmp_path):
         ),
         (lambda d: d.update(template="missing.md"), "cannot read template"),
         (lambda d: d.update(id="finance_conservative"), "already used by"),
+        (
+            lambda d: d["parameters"].update(stop_loss_pct=1.5),
+            r"parameters\.stop_loss_pct must be a number between 0 and 1, got 1\.5",
+        ),
+        (
+            lambda d: d["parameters"].update(take_profit_pct=0.1),
+            r"parameters\.take_profit_pct needs parameters\.stop_loss_pct",
+        ),
     ],
 )
 def test_invalid_instance_is_refused_at_start_naming_file_and_reason(tmp_path, mutate, message):
