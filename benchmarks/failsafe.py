@@ -190,12 +190,14 @@ FAULTS: tuple[Fault, ...] = (
         ),
     ),
     Fault(
-        fault="SIGTERM mid-cycle",
+        fault="SIGTERM mid-cycle; SIGTERM with the gateway down",
         outcome="nothing sent after the signal; our working orders cancelled; fills reconciled; "
-        "cycle `interrupted`",
+        "cycle `interrupted`; with no broker, a critical event names every order that may "
+        "still be working",
         drills=(
             LC + "test_sigterm_mid_cycle_sends_nothing_more_and_cancels_our_working_orders",
             E2E + "test_sigterm_exits_cleanly_with_nothing_unrecorded",
+            LC + "test_a_stop_with_the_gateway_down_says_which_orders_may_still_be_working",
         ),
     ),
     Fault(

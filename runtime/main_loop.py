@@ -28,6 +28,7 @@ from data_lake import (
     insert_cycle,
     last_cycle_id,
     log_safety_event,
+    open_intents,
     register_secret,
 )
 from skills.execution_gate import GateState
@@ -502,6 +503,29 @@ class MainLoop:
             "warning" if left else "info",
         )
 
+    async def _report_uncancelled(self) -> None:
+        """The stop cannot cancel anything: no broker session. Our orders may still be
+        working at the broker; say so, loudly, with their refs (the next start reconciles)."""
+        try:
+            left = await self.store.run(
+                open_intents, ("commander", "person"), timeout=self.cfg.data.write_timeout_s
+            )
+        except Exception as exc:  # the database is the only place that knows: say that too
+            left, why = [], f" (open intents unreadable: {exc})"
+        else:
+            why = ""
+        if not left and not why:
+            return
+        refs = [i["order_ref"] for i in left]
+        reason = (
+            "stop: the broker is not reachable: our working orders could not be cancelled and "
+            f"may still be working at the broker ({len(refs)}: {', '.join(refs[:10])}"
+            + (f" +{len(refs) - 10}" if len(refs) > 10 else "")
+            + f"){why}; the next start reconciles them"
+        )
+        log.critical(reason)
+        self._event("stop_cancel", reason, "critical")
+
     async def _final_reconcile(self) -> None:
         """Before the session closes: store every fill the broker has booked for us and bring
         the intents to the broker's word (a fill racing the stop is recorded now, not at the
@@ -655,6 +679,8 @@ class MainLoop:
         await self.protection.wait_idle(self.cfg.loop.stop_timeout_s / 4)
         if self.cfg.loop.cancel_orders_on_stop and self.broker.ready:
             await self._cancel_own_orders()
+        elif self.cfg.loop.cancel_orders_on_stop:
+            await self._report_uncancelled()
         await self._final_reconcile()
         await self.broker.close()
         with contextlib.suppress(Exception):

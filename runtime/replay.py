@@ -213,6 +213,16 @@ def replay_cycle(
         config_source=config_source,
         config_changes=_config_changes(doc["config"], other),
     )
+    if doc.get("decisions") is None and out.config_changes:
+        # nothing was sensed or decided: what another config would have done is unknowable
+        raise CannotReplay(
+            out.cycle_id,
+            [
+                f"the cycle's inputs: it made no decision ({doc.get('status')}: "
+                f"{doc.get('skipped')}), so what this config would have done was never "
+                "recorded"
+            ],
+        )
     if doc.get("decisions") is None:
         out.notes.append(
             f"the recorded cycle made no decision ({doc.get('status')}: {doc.get('skipped')}); "

@@ -172,6 +172,54 @@ def test_sigterm_mid_cycle_sends_nothing_more_and_cancels_our_working_orders(
     assert_books_balance(admin, data(tmp_path))
 
 
+def test_a_stop_with_the_gateway_down_says_which_orders_may_still_be_working(
+    gateway, admin, tmp_path, stub
+):
+    price = admin.call("state")["prices"]["MSFT"]
+    resting = {
+        "symbol": "MSFT",
+        "action": "BUY",
+        "sec_type": "STK",
+        "order_type": "LMT",
+        "limit_price": round(price * 0.97, 2),  # inside the collar, below the market: rests
+        "quantity": 5,
+        "confidence": 0.9,
+        "win_probability": 0.6,
+        "payoff_ratio": 1.5,
+        "rationale": "drill",
+    }
+    stub.script("index_trend", Reply(body=tool_answer([resting])))
+    cfg = write_config(tmp_path, gateway.port, provider="anthropic", max_retries=0)
+    env = {"ANTHROPIC_API_KEY": "sk-ant-drill-0123456789", "ANTHROPIC_BASE_URL": stub.base_url}
+    proc = start("run", cfg, env=env)
+    try:
+        eventually(
+            lambda: [o for o in admin.call("ledger")["orders"] if o["status"] == "Submitted"],
+            timeout=40,
+            what="a working order of ours",
+        )
+        [order] = admin.call("ledger")["orders"]
+        admin.call("restart_now", down_s=0.5, reauth=True)  # down until a person logs in
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        stop_watchdog(tmp_path)
+    assert proc.returncode == 0, out[-3000:]
+    [event] = query_safety_events(open_readonly(data(tmp_path)), "stop_cancel")
+    assert event["severity"] == "critical"
+    assert "could not be cancelled and may still be working" in event["reason"]
+    assert order["order_ref"] in event["reason"]
+    admin.call("login")
+    # the next start reconciles it with whatever the broker did meanwhile
+    again = start("run", cfg, "--max-cycles", "1", env=env)
+    assert again.wait(90) == 0
+    stop_watchdog(tmp_path)
+    assert_books_balance(admin, data(tmp_path))
+
+
 def test_check_refuses_what_run_refuses_with_the_same_messages(gateway, admin, tmp_path, connect):
     cfg = write_config(tmp_path, gateway.port)
     ok = cli("check", "--config", str(cfg))

@@ -39,7 +39,7 @@ from runtime.breaker import CircuitBreaker
 from runtime.broker import Broker
 from runtime.cli import main
 from runtime.commander import Commander, Decision
-from runtime.config import Secrets, load_config
+from runtime.config import Secrets, load_config, parse_config
 from runtime.demo import GATE_CHECK
 from runtime.heartbeat import Clock
 from runtime.market_hours import exchange_day
@@ -382,6 +382,20 @@ def test_a_skipped_cycle_has_nothing_to_replay_and_a_cut_one_cannot_be(recorded)
     } | {"replay": {"gate_calls": []}, "status": "skipped", "skipped": "every instrument is closed"}
     result = replay_cycle(skipped)
     assert result.identical and "made no decision" in result.notes[0]
+    # another config might have traded where the recorded one skipped: that is unknowable
+    other = parse_config(
+        {
+            **skipped["config"],
+            "loop": {
+                **skipped["config"]["loop"],
+                "trade_outside_liquid_hours": not skipped["config"]["loop"][
+                    "trade_outside_liquid_hours"
+                ],
+            },
+        }
+    )
+    with pytest.raises(CannotReplay, match="so what this config would have done was never"):
+        replay_cycle(skipped, other)
     cut = {k: v for k, v in doc.items() if k not in ("decisions", "verdicts")}
     cut["status"], cut["skipped"] = "timeout", "cancelled at max_cycle_s"
     with pytest.raises(CannotReplay, match=r"decisions \(the cycle ended timeout"):
