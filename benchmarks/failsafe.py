@@ -363,7 +363,7 @@ def run_drills() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "drills.xml"
         started = dt.datetime.now(dt.UTC)
-        pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"]
         proc = subprocess.run(
             [*pytest, "--junitxml", str(xml), *drill_ids()],
             cwd=ROOT,

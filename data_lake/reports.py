@@ -6,6 +6,7 @@ package writes SQL.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -177,6 +178,9 @@ def resolve_ref(db: Database, ref: str) -> str | None:
             row = _one(db, sql, [n, n])
             if row and row["order_ref"]:
                 return str(row["order_ref"])
+    # an order the gate refused: never an intent, but its refusal carries the orderRef
+    if _one(db, "SELECT 1 AS x FROM safety_events WHERE order_ref = ? LIMIT 1", [ref]):
+        return ref
     return None
 
 
@@ -186,14 +190,41 @@ def trade_chain(db: Database, order_ref: str) -> dict[str, Any]:
     decision = None
     signals: list[dict[str, Any]] = []
     snapshot = None
+    cycle_id = intent["cycle_id"] if intent else None
     if intent and intent["decision_id"]:
         decision = _one(db, "SELECT * FROM decisions WHERE id = ?", [intent["decision_id"]])
-    if intent and intent["cycle_id"] is not None:
+    if intent is None:  # refused by the gate: the refusal names the cycle and the request
+        refusal = _one(
+            db,
+            "SELECT cycle_id, details FROM safety_events WHERE order_ref = ? AND cycle_id IS "
+            "NOT NULL ORDER BY id LIMIT 1",
+            [order_ref],
+        )
+        if refusal:
+            cycle_id = refusal["cycle_id"]
+            request = json.loads(refusal["details"] or "{}").get("request") or {}
+            if request.get("symbol") and request.get("action"):
+                decision = _one(  # the cycle's decision for that contract and side
+                    db,
+                    "SELECT * FROM decisions WHERE cycle_id = ? AND symbol = ? AND action = ? "
+                    "AND sec_type = ? AND COALESCE(expiry, '') = ? AND COALESCE(strike, 0) = ? "
+                    "AND COALESCE(opt_right, '') = ? ORDER BY id LIMIT 1",
+                    [
+                        cycle_id,
+                        request["symbol"],
+                        request["action"],
+                        request.get("sec_type") or "STK",
+                        request.get("expiry") or "",
+                        request.get("strike") or 0,
+                        request.get("right") or "",
+                    ],
+                )
+    if cycle_id is not None:
         snapshot = _one(
             db,
             "SELECT id, path, sha256, at FROM snapshots WHERE cycle_id = ? ORDER BY id DESC "
             "LIMIT 1",
-            [intent["cycle_id"]],
+            [cycle_id],
         )
     if decision:
         signals = list(
@@ -222,8 +253,8 @@ def trade_chain(db: Database, order_ref: str) -> dict[str, Any]:
         "decision": decision,
         "signals": signals,
         "snapshot": snapshot,
-        "cycle": _one(db, "SELECT * FROM cycles WHERE id = ?", [intent["cycle_id"]])
-        if intent and intent["cycle_id"] is not None
+        "cycle": _one(db, "SELECT * FROM cycles WHERE id = ?", [cycle_id])
+        if cycle_id is not None
         else None,
     }
 

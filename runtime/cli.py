@@ -686,6 +686,17 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.action == "prune":
         return _prune(cfg, args)
+    if args.id is not None and args.action != "show":
+        print(f"refused: a snapshot id goes with `snapshots show` ({args.id})", file=sys.stderr)
+        return 2
+    if args.id is not None:
+        args.show = args.id
+    if args.action == "show" and args.show is None and args.cycle is None:
+        print(
+            "refused: `snapshots show` needs an id (snapshots show N, or --cycle N)",
+            file=sys.stderr,
+        )
+        return 2
     db = open_readonly(cfg.data_dir)
     if args.show is not None or args.cycle is not None:
         print(
@@ -1107,6 +1118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p = add("snapshots", cmd_snapshots, "list decision snapshots, print one, or prune old ones")
     p.add_argument("action", nargs="?", choices=["list", "show", "prune"], default="list")
+    p.add_argument("id", nargs="?", type=int, help="show: the snapshot id (or --cycle N)")
     p.add_argument("--older-than", help="prune: delete snapshots older than this (e.g. 30d)")
     p.add_argument("--compress-after", help="prune: gzip snapshots older than this (e.g. 7d)")
     p.add_argument("--dry-run", action="store_true", help="prune: say what would happen")

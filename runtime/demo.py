@@ -18,7 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data_lake import Contract, cycles_finished, demo_summary, open_readonly, query_trades
+from data_lake import (
+    Contract,
+    cycles_finished,
+    demo_summary,
+    open_intents,
+    open_readonly,
+    query_trades,
+)
 from paper_gateway import AdminClient
 from paper_gateway.process import gateway_process
 
@@ -251,6 +258,8 @@ def _kill_drill(
     t_trip = time.monotonic() - t0
     flat = _wait(lambda: not admin.call("state")["positions"], 30, "the account to go flat")
     t_flat = time.monotonic() - t0
+    # the watchdog records its closing orders' fills as they arrive: let them land
+    _wait(lambda: not _open_watchdog_intents(work), 10, "the watchdog's records")
     if tripped:
         _say(
             f"demo: watchdog tripped the breaker {t_trip:.2f}s after the kill "
@@ -263,6 +272,10 @@ def _kill_drill(
             "the trip); the breaker stays HALTED until a person resets it"
         )
     return tripped and flat
+
+
+def _open_watchdog_intents(work: Path) -> list[dict[str, Any]]:
+    return open_intents(open_readonly(work), ("watchdog",))
 
 
 def _summary(work: Path, admin: AdminClient) -> None:
@@ -289,12 +302,24 @@ def _summary(work: Path, admin: AdminClient) -> None:
         f"orders (intents): {sum(intents.values())} "
         f"({', '.join(f'{k} {v}' for k, v in intents.items()) or 'none'})"
     )
+    at_broker = {o["order_ref"]: o["status"] for o in admin.call("ledger")["orders"]}
+    lagging = 0
     for o in s["orders"][-10:]:
         price = f" @ {o['limit_price']:g}" if o["limit_price"] else ""
+        broker = at_broker.get(o["order_ref"])
+        differs = broker is not None and broker.lower() != str(o["status"]).lower()
+        lagging += differs
         _say(
             f"  {o['action']} {o['quantity']:g} {Contract.from_row(o)} {o['order_type']}{price}: "
-            f"{o['status']}  (why: python -m runtime why {o['order_ref']} --config "
-            f"{work / 'demo.toml'})"
+            f"{o['status']}"
+            + (f" (at the broker: {broker})" if differs else "")
+            + f"  (why: python -m runtime why {o['order_ref']} --config {work / 'demo.toml'})"
+        )
+    if lagging:
+        _say(
+            "  (an order's stored status differs from the broker's when the process that sent "
+            "it is gone, e.g. the main loop the kill drill killed: the next start reconciles "
+            "it with the broker)"
         )
     _say(
         "  (a clean stop cancels our working orders: [loop] cancel_orders_on_stop)"

@@ -335,7 +335,12 @@ class Watchdog:
         try:
             positions = await self.broker.fresh_positions(self.cfg.broker.request_timeout_s)
         except (BrokerNotReady, TimeoutError, ConnectionError, OSError) as exc:
-            log.warning("account poll failed: %s", exc or type(exc).__name__)
+            why = (
+                f"no answer within {self.cfg.broker.request_timeout_s:g}s"
+                if isinstance(exc, TimeoutError)
+                else str(exc) or type(exc).__name__
+            )
+            log.warning("account poll failed: %s", why)
             return None
         self.account_poll_mono = self.clock.monotonic()
         if self.account_poll_mono - self._last_snapshot >= ACCOUNT_SNAPSHOT_S:

@@ -66,7 +66,11 @@ def trade_story(db: Database, data_dir: Path, ref: str) -> dict[str, Any]:
                     "cost_usd": o.get("cost_usd"),
                 }
             )
-        symbol = chain["intent"]["symbol"] if chain["intent"] else None
+        symbol = (
+            chain["intent"]["symbol"]
+            if chain["intent"]
+            else (decision["symbol"] if decision else None)
+        )
         context = doc.get("context") or {}
         views = context.get("symbols") or []
         story["market"] = next(
@@ -88,6 +92,15 @@ def render_story(story: dict[str, Any]) -> str:
             + (f" @ {intent['limit_price']:g}" if intent["limit_price"] else "")
             + f" ({intent['tif']}), from {intent['source']}"
         )
+    elif story["decision"]:
+        d = story["decision"]
+        title += (
+            f": {d['action']} {d['quantity']:g} {Contract.from_row(d)} {d['order_type']}"
+            + (f" @ {d['limit_price']:g}" if d["limit_price"] else "")
+            + ", refused by the gate: never stored as an intent, never sent"
+        )
+    else:
+        title += ": refused by the gate: never stored as an intent, never sent"
     out.append(title)
     execs = story["executions"]
     if execs:

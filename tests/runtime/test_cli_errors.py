@@ -41,6 +41,13 @@ def test_unknown_snapshot_id_is_one_line(tmp_path):
     _assert_one_line_error(
         cli("snapshots", "--config", str(cfg), "--show", "999"), "no snapshot with id 999"
     )
+    _assert_one_line_error(
+        cli("snapshots", "show", "999", "--config", str(cfg)), "no snapshot with id 999"
+    )
+    _assert_one_line_error(cli("snapshots", "show", "--config", str(cfg)), "needs an id")
+    _assert_one_line_error(
+        cli("snapshots", "list", "7", "--config", str(cfg)), "goes with `snapshots show`"
+    )
 
 
 LOCKER = """

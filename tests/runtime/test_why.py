@@ -8,7 +8,7 @@ import json
 import pytest
 from procs import cli, data, start, stop_watchdog, write_config
 
-from data_lake import open_readonly, query_trades
+from data_lake import open_readonly, query_safety_events, query_trades
 from paper_gateway import GatewayConfig
 
 
@@ -81,3 +81,23 @@ def test_the_views_answer_the_common_questions(traded, tmp_path):
     assert {r["instance_id"] for r in spend} == {"index_trend"} and spend[0]["calls"] == 2
     assert list(db.query("SELECT * FROM refusals_by_reason")) is not None
     assert list(db.query("SELECT * FROM breaker_timeline")) == []
+
+
+def test_why_tells_the_story_of_an_order_the_gate_refused(gateway, tmp_path):
+    cfg = write_config(tmp_path, gateway.port, max_order_notional=100.0)
+    proc = start("run", cfg, "--max-cycles", "1")
+    out = proc.communicate(timeout=90)[0].decode()
+    stop_watchdog(tmp_path)
+    assert proc.returncode == 0, out[-3000:]
+    db = open_readonly(data(tmp_path))
+    [refusal] = query_safety_events(db, "gate_refusal")
+    assert "exceeds the maximum 100" in refusal["reason"]
+    shown = cli("why", refusal["order_ref"], "--config", str(cfg))
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    assert "MSFT" in text and "refused by the gate: never stored as an intent, never sent" in text
+    assert "gate: refused (order value" in text and "exceeds the maximum 100" in text
+    assert "commander decision" in text and "signal from index_trend" in text
+    story = json.loads(cli("why", refusal["order_ref"], "--config", str(cfg), "--json").stdout)
+    assert story["intent"] is None and story["verdict"]["accepted"] is False
+    assert story["decision"]["symbol"] == "MSFT" and story["signals"]
