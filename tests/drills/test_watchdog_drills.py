@@ -98,6 +98,14 @@ def _take_client_id(port, client_id):
     return ib if ib.isConnected() else None
 
 
+def _dead(pid):
+    """Gone, or a zombie (its parent has not reaped it; its sockets are closed)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _first_fill_stored(tmp_path):
     try:
         db = open_readonly(data(tmp_path))
@@ -169,13 +177,19 @@ def test_the_watchdog_childs_exit_stops_new_positions_at_once_and_it_is_restarte
     try:
         first = eventually(lambda: _connected(tmp_path), timeout=60, what="watchdog connected")
         eventually(lambda: (hb := _main_hb(tmp_path)) and hb.cycle >= 1, timeout=60)
-        os.kill(first.pid, signal.SIGKILL)
-        breaker.reset(by="drill", reason="orders wanted from the next cycle on")
         # keep the restarted child from getting a session, so every cycle from now on runs
-        # without a live watchdog
-        squatter = eventually(
-            lambda: _take_client_id(gateway.port, 999), timeout=10, what="client id 999 taken"
-        )
+        # without a live watchdog: the main loop is paused (it cannot restart the child) from
+        # the kill until the squatter holds client id 999
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            os.kill(first.pid, signal.SIGKILL)
+            eventually(lambda: _dead(first.pid), timeout=10, what="child gone")
+            squatter = eventually(
+                lambda: _take_client_id(gateway.port, 999), timeout=10, what="client id 999"
+            )
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        breaker.reset(by="drill", reason="orders wanted from the next cycle on")
         eventually(
             lambda: len(_watchdog_refusals(tmp_path)) >= 2 or admin.call("state")["executions"] > 0,
             timeout=30,
