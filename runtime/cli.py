@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from typing import Any
@@ -233,6 +234,12 @@ def _live(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
     """The account from the broker itself, now (a short read-only session), or why not."""
     from .broker import probe_account
 
+    try:  # nothing listening: say so without loading the client library (CLI start-up)
+        socket.create_connection((cfg.broker.host, cfg.broker.port), timeout=timeout).close()
+    except TimeoutError:
+        return {"reachable": False, "error": f"no answer from the gateway within {timeout:g}s"}
+    except OSError as exc:
+        return {"reachable": False, "error": redact(f"{type(exc).__name__}: {exc}")}
     client_id = cfg.broker.watchdog_client_id + 4  # panic +1, drill +2/+3
     logging.getLogger("ib_insync").setLevel(logging.CRITICAL)  # we say it in one line below
     try:
