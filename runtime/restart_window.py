@@ -83,11 +83,11 @@ class RestartWindow:
 
     @property
     def reason(self) -> str:
-        """The gate's refusal reason: "gateway restart window HH:MM±N min"."""
+        """The gate's refusal reason: "gateway restart window HH:MM±N min ZONE"."""
         minutes = int(self.guard.total_seconds() // 60)
-        return f"gateway restart window {self.at:%H:%M}±{minutes} min"
+        return f"gateway restart window {self.at:%H:%M}±{minutes} min {self.zone.key}"
 
     def waiting_text(self, span: Span) -> str:
-        """What `status` shows: "waiting for gateway restart (HH:MM, until HH:MM)"."""
+        """What `status` shows: "waiting for gateway restart (HH:MM, until HH:MM ZONE)"."""
         end = span.end.astimezone(self.zone)
-        return f"waiting for gateway restart ({self.at:%H:%M}, until {end:%H:%M})"
+        return f"waiting for gateway restart ({self.at:%H:%M}, until {end:%H:%M} {self.zone.key})"

@@ -79,8 +79,8 @@ def test_orders_stop_in_the_restart_window_and_resume_only_after_data_is_proven(
         reconnect_max_s=1.0,
     )
     env = {"PYTHONPATH": str(SHIM), "WALLCLOCK_OFFSET_FILE": str(offset)}
-    reason = f"gateway restart window {at}±5 min"
-    waiting = f"waiting for gateway restart ({at}, until {until})"
+    reason = f"gateway restart window {at}±5 min UTC"
+    waiting = f"waiting for gateway restart ({at}, until {until} UTC)"
     proc = start("run", cfg, env=env)
     try:
         eventually(

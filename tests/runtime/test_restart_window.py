@@ -35,8 +35,9 @@ def test_the_window_spans_the_guard_before_and_after_the_restart():
     span = w.current(ny(2026, 11, 20, 23, 49, 59))
     assert span is not None and span.restart == ny(2026, 11, 20, 23, 45)
     assert w.current(ny(2026, 11, 20, 23, 50)) is None
-    assert w.reason == "gateway restart window 23:45±5 min"
-    assert w.waiting_text(span) == "waiting for gateway restart (23:45, until 23:50)"
+    assert w.reason == "gateway restart window 23:45±5 min America/New_York"
+    waiting = "waiting for gateway restart (23:45, until 23:50 America/New_York)"
+    assert w.waiting_text(span) == waiting
 
 
 def test_a_window_straddling_midnight_holds_on_both_days():
