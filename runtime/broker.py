@@ -786,9 +786,18 @@ class Broker:
         open_by_ref = {t.order.orderRef: t for t in await self._open_trades() if t.order.orderRef}
         done_by_ref = {t.order.orderRef: t for t in completed if t.order.orderRef}
         filled_by_ref: dict[str, float] = {}
+        cost_by_ref: dict[str, float] = {}
         for f in fills:
             ref = f.execution.orderRef
             filled_by_ref[ref] = filled_by_ref.get(ref, 0.0) + _qty(f.execution.shares)
+            cost_by_ref[ref] = cost_by_ref.get(ref, 0.0) + _qty(f.execution.shares) * _qty(
+                f.execution.price
+            )
+
+        def avg_price(ref: str) -> float | None:  # from the executions (filled while away)
+            filled = filled_by_ref.get(ref, 0.0)
+            return cost_by_ref[ref] / filled if filled > 0 else None
+
         intents = await self.store.run(
             intents_to_reconcile, self.intent_sources, timeout=self.db_timeout_s
         )
@@ -821,6 +830,7 @@ class Broker:
                     status=status,
                     perm_id=t.order.permId,
                     filled=filled_by_ref.get(ref, 0.0),
+                    **({"avg_fill_price": p} if (p := avg_price(ref)) is not None else {}),
                 )
             elif ref in filled_by_ref:
                 filled = filled_by_ref[ref]
@@ -828,7 +838,13 @@ class Broker:
                     IntentStatus.FILLED if filled >= intent["quantity"] else IntentStatus.SUBMITTED
                 )
                 if status != was or flag_missing:
-                    self.store.post(update_intent, ref, status=status, filled=filled)
+                    self.store.post(
+                        update_intent,
+                        ref,
+                        status=status,
+                        filled=filled,
+                        avg_fill_price=avg_price(ref),
+                    )
             elif flag_missing and was != IntentStatus.UNRESOLVED and not self._placed_here(ref):
                 # The broker has never seen it. Pending: the process died between storing
                 # the intent and sending it. Submitted: it was sent and is lost (or another

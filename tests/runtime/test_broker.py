@@ -257,7 +257,8 @@ async def test_order_filled_while_disconnected_is_recorded_on_reconnect(gateway,
     try:
         [trade] = read(db, query_trades)
         assert (trade["order_ref"], trade["price"]) == (verdict.order_ref, 226.0)
-        assert intent(db, verdict.order_ref)["status"] == "filled"
+        stored = intent(db, verdict.order_ref)
+        assert (stored["status"], stored["avg_fill_price"]) == ("filled", 226.0)
     finally:
         await second.close()
 
