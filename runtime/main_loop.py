@@ -496,12 +496,14 @@ class MainLoop:
         ):
             await asyncio.sleep(0.05)
         left = [r for r in refs if self.broker.order_status(r) not in DONE_BROKER_STATES]
-        self._event(
-            "stop_cancel",
-            f"stop: cancelled {len(refs)} working orders of ours ({', '.join(refs)})"
-            + (f"; not yet confirmed: {', '.join(left)}" if left else ""),
-            "warning" if left else "info",
-        )
+        reason = f"stop: cancelled {len(refs)} working orders of ours ({', '.join(refs)})"
+        if left:  # the broker never confirmed (a socket that just died): say so, loudly
+            reason += (
+                f"; not confirmed by the broker: {', '.join(left)} could not be cancelled and "
+                "may still be working at the broker; the next start reconciles them"
+            )
+            log.critical(reason)
+        self._event("stop_cancel", reason, "critical" if left else "info")
 
     async def _report_uncancelled(self) -> None:
         """The stop cannot cancel anything: no broker session. Our orders may still be
