@@ -498,10 +498,7 @@ class MainLoop:
         left = [r for r in refs if self.broker.order_status(r) not in DONE_BROKER_STATES]
         reason = f"stop: cancelled {len(refs)} working orders of ours ({', '.join(refs)})"
         if left:  # the broker never confirmed (a socket that just died): say so, loudly
-            reason += (
-                f"; not confirmed by the broker: {', '.join(left)} could not be cancelled and "
-                "may still be working at the broker; the next start reconciles them"
-            )
+            reason += f"; not confirmed by the broker: {_may_still_work(left)}"
             log.critical(reason)
         self._event("stop_cancel", reason, "critical" if left else "info")
 
@@ -519,11 +516,10 @@ class MainLoop:
         if not left and not why:
             return
         refs = [i["order_ref"] for i in left]
-        reason = (
-            "stop: the broker is not reachable: our working orders could not be cancelled and "
-            f"may still be working at the broker ({len(refs)}: {', '.join(refs[:10])}"
-            + (f" +{len(refs) - 10}" if len(refs) > 10 else "")
-            + f"){why}; the next start reconciles them"
+        reason = f"stop: the broker is not reachable{why}: " + (
+            _may_still_work(refs)
+            if refs
+            else "any working order of ours may still be working at the broker"
         )
         log.critical(reason)
         self._event("stop_cancel", reason, "critical")
@@ -704,6 +700,15 @@ class MainLoop:
         self._set_phase("stopped")
         self._beat()
         log.info("main loop stopped after %d cycles", self.cycles_run)
+
+
+def _may_still_work(refs: list[str]) -> str:
+    """How a stop names our orders it could not get cancelled (one wording, both paths)."""
+    shown = ", ".join(refs[:10]) + (f" +{len(refs) - 10}" if len(refs) > 10 else "")
+    return (
+        f"{len(refs)} orders of ours ({shown}) could not be cancelled and may still be working "
+        "at the broker; the next start reconciles them"
+    )
 
 
 def _held_by_me(path: Path) -> bool:

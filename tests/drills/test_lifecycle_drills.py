@@ -103,22 +103,27 @@ def test_a_second_daemon_or_watchdog_is_refused_before_it_writes_anything(gatewa
     assert_books_balance(admin, data(tmp_path))
 
 
-def test_sigterm_mid_cycle_sends_nothing_more_and_cancels_our_working_orders(
-    gateway, admin, tmp_path, stub
-):
+def _resting_msft(admin):
+    """A signal for a MSFT buy inside the collar but below the market: it rests."""
     price = admin.call("state")["prices"]["MSFT"]
-    resting = {
+    return {
         "symbol": "MSFT",
         "action": "BUY",
         "sec_type": "STK",
         "order_type": "LMT",
-        "limit_price": round(price * 0.97, 2),  # inside the collar, below the market: rests
+        "limit_price": round(price * 0.97, 2),
         "quantity": 5,
         "confidence": 0.9,
         "win_probability": 0.6,
         "payoff_ratio": 1.5,
         "rationale": "drill",
     }
+
+
+def test_sigterm_mid_cycle_sends_nothing_more_and_cancels_our_working_orders(
+    gateway, admin, tmp_path, stub
+):
+    resting = _resting_msft(admin)
     again = {**resting, "symbol": "AAPL", "limit_price": 1.0}
     stub.script(
         "index_trend",
@@ -175,19 +180,7 @@ def test_sigterm_mid_cycle_sends_nothing_more_and_cancels_our_working_orders(
 def test_a_stop_with_the_gateway_down_says_which_orders_may_still_be_working(
     gateway, admin, tmp_path, stub
 ):
-    price = admin.call("state")["prices"]["MSFT"]
-    resting = {
-        "symbol": "MSFT",
-        "action": "BUY",
-        "sec_type": "STK",
-        "order_type": "LMT",
-        "limit_price": round(price * 0.97, 2),  # inside the collar, below the market: rests
-        "quantity": 5,
-        "confidence": 0.9,
-        "win_probability": 0.6,
-        "payoff_ratio": 1.5,
-        "rationale": "drill",
-    }
+    resting = _resting_msft(admin)
     stub.script("index_trend", Reply(body=tool_answer([resting])))
     cfg = write_config(tmp_path, gateway.port, provider="anthropic", max_retries=0)
     env = {"ANTHROPIC_API_KEY": "sk-ant-drill-0123456789", "ANTHROPIC_BASE_URL": stub.base_url}
