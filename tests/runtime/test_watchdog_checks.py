@@ -11,37 +11,19 @@ from pathlib import Path
 import psutil
 import pytest
 from lake import rows
+from offline_watchdog import offline_watchdog
 
-from data_lake import Store
 from paper_gateway.testing import eventually
-from runtime.config import Secrets, parse_config
-from runtime.heartbeat import Clock, write_heartbeat
-from runtime.watchdog import Watchdog
+from runtime.config import parse_config
+from runtime.heartbeat import write_heartbeat
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class FakeClock(Clock):
-    def __init__(self):
-        self.mono, self.wall_s = 1000.0, 1_700_000_000.0
-
-    def monotonic(self):
-        return self.mono
-
-    def wall(self):
-        return self.wall_s
-
-
 @pytest.fixture
 def wd(tmp_path):
-    data = tomllib.loads((ROOT / "config/paper.toml").read_text())
-    data["data"]["dir"] = str(tmp_path)
-    data["watchdog"]["heartbeat_timeout_s"] = 5.0
-    cfg = parse_config(data)
-    clock = FakeClock()
-    w = Watchdog.create(cfg, Secrets({}), Store.open(tmp_path), clock=clock)
-    yield w
-    w.store.close(10)
+    with offline_watchdog(tmp_path) as w:
+        yield w
 
 
 def beat(w, pid=None, cycle=1, phase="idle"):

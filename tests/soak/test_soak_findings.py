@@ -13,41 +13,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
-from pathlib import Path
 
 import pytest
+from offline_watchdog import offline_watchdog
 
-from data_lake import Store, open_readonly
-from runtime.config import Secrets, parse_config
-from runtime.heartbeat import Clock, write_heartbeat
-from runtime.watchdog import Watchdog
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class FakeClock(Clock):
-    def __init__(self):
-        self.mono, self.wall_s = 1000.0, 1_700_000_000.0
-
-    def monotonic(self):
-        return self.mono
-
-    def wall(self):
-        return self.wall_s
+from data_lake import open_readonly
+from runtime.heartbeat import write_heartbeat
 
 
 @pytest.fixture
 def wd(tmp_path):
-    data = tomllib.loads((ROOT / "config/paper.toml").read_text())
-    data["data"]["dir"] = str(tmp_path)
-    data["watchdog"]["heartbeat_timeout_s"] = 5.0
-    data["watchdog"]["kill_frozen_main"] = True
-    cfg = parse_config(data)
-    clock = FakeClock()
-    w = Watchdog.create(cfg, Secrets({}), Store.open(tmp_path), clock=clock)
-    yield w
-    w.store.close(10)
+    with offline_watchdog(tmp_path, kill_frozen_main=True) as w:
+        yield w
 
 
 def test_the_watchdog_kills_the_main_loop_it_judged_frozen_not_its_successor(wd, tmp_path):
