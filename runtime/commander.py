@@ -72,7 +72,7 @@ from .heartbeat import Clock
 from .llm_commander import LlmCommander
 from .market_hours import exchange_day, exchange_day_start
 from .protection import lift_protection, protective_guards
-from .replay_record import config_hash, context_doc, state_doc, stored_config
+from .replay_record import bracket_doc, config_hash, context_doc, state_doc, stored_config
 from .restart_window import RestartWindow
 from .sense import MarketSensor, SenseSpec
 from .trading_pause import TradingPause
@@ -297,7 +297,11 @@ class Commander:
             "mode": self.cfg.commander.mode,
             "config_hash": config_hash(config),
             "config": config,
-            "replay": {"gate_calls": self._gate_calls},
+            "replay": {
+                "gate_calls": self._gate_calls,
+                # the instances' protective overrides: a replay rebuilds the brackets with them
+                "instances": [i.model_dump(mode="json") for i in self.instances],
+            },
         }
         try:
             await self._cycle(report, doc)
@@ -561,8 +565,10 @@ class Commander:
         if protection is not None and _opens(request, ctx):
             q = ctx.quote
             ref_price = reference_price(request, q.bid, q.ask) if q else None
+            bracket = with_children(request, ref_price or 0.0, protection)
+            record["bracket"] = bracket_doc(bracket, ctx, self.cfg.risk)  # for replay and why
             verdict = await place_bracket_with_guard(
-                with_children(request, ref_price or 0.0, protection),
+                bracket,
                 ctx,
                 self.gate_state,
                 self.cfg.risk,

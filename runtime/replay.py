@@ -26,10 +26,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from data_lake import SNAPSHOT_SCHEMA_VERSION, flat_dict
+from skills.brackets import Protection
 from skills.execution_gate import GateVerdict
+from skills.swarm_models import InstanceConfig
 from skills.swarm_providers import Usage, cost_usd
 
-from .commander import decide_rules
+from .commander import decide_rules, protection_for
 from .config import Config, ConfigError, parse_config
 from .decision import Decision
 from .llm_commander import (
@@ -41,8 +43,11 @@ from .llm_commander import (
 )
 from .replay_gate import GateReplayer, ReplayedVerdict
 from .replay_record import (
+    child_kind,
+    child_reasons,
     config_hash,
     holdings_from,
+    instances_from,
     market_from,
     merged_from,
     stored_config,
@@ -70,7 +75,10 @@ class CannotReplay(Exception):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Difference:
     """One thing the replay decided differently. `kind`: resized, refused, accepted,
-    reason, tool_result, order_ref, decision, prompt, turns, unjudged."""
+    reason, tool_result, order_ref, decision, prompt, turns, unjudged; for a bracket's
+    protective children: child_added, child_dropped, child_changed (type, side, quantity,
+    trigger or limit price, tif), child_refused, child_accepted, child_reason (the reasons the
+    gate gives for that child), bracket_reason (reasons about the bracket as a whole)."""
 
     where: str
     kind: str
@@ -241,12 +249,57 @@ def replay_cycle(
             "(intent not stored, broker refused) cannot be told apart"
         )
     gate = GateReplayer(use.risk, recorded_limits)
+    brackets = _brackets(doc, use, recorded_cfg, out)
     _swarm_under(doc, use, recorded_cfg, out)
     if out.mode == "llm":
-        _replay_llm(doc, use, recorded_cfg, gate, out)
+        _replay_llm(doc, use, recorded_cfg, gate, brackets, out)
     else:
-        _replay_rules(doc, use, gate, out)
+        _replay_rules(doc, use, gate, brackets, out)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Brackets:
+    """How the replay rebuilds an opening order's protective children: under the replay's
+    config with the recorded instances' overrides (as the commander's `protection_for`), or,
+    for a snapshot written before brackets were recorded (`instances` None), with the
+    recorded protection and without comparing the children."""
+
+    cfg: Config
+    instances: list[InstanceConfig] | None
+
+    @property
+    def compared(self) -> bool:
+        return self.instances is not None
+
+    def protection(self, sources: Iterable[str], call: Mapping[str, Any]) -> Protection | None:
+        if self.instances is None:
+            recorded = call.get("protection")
+            return None if recorded is None else Protection(**recorded)
+        return protection_for(self.cfg.commander, self.instances, tuple(sources))
+
+
+def _brackets(
+    doc: Mapping[str, Any], cfg: Config, recorded: Config | None, out: CycleReplay
+) -> _Brackets:
+    rows = _get(doc, "replay.instances")
+    if rows is None:
+        calls = _get(doc, "replay.gate_calls") or []
+        protected = any("protection" in c for c in calls) or cfg.commander.stop_loss_pct > 0
+        if protected or (recorded is not None and recorded.commander.stop_loss_pct > 0):
+            out.notes.append(
+                "this snapshot was written before protective children were recorded (it has no "
+                "replay.instances or gate_calls[].bracket): only the parent orders are "
+                "compared, and their brackets are judged with the recorded stop_loss_pct / "
+                "take_profit_pct, not this config's"
+            )
+        return _Brackets(cfg, None)
+    try:
+        return _Brackets(cfg, instances_from(rows))
+    except ValidationError as exc:
+        raise CannotReplay(
+            out.cycle_id, [f"usable replay.instances (they do not read back: {exc})"]
+        ) from None
 
 
 def _swarm_under(
@@ -323,7 +376,11 @@ def _compare_verdict(
     request: Mapping[str, Any],
     recorded: Mapping[str, Any] | None,
     replayed: ReplayedVerdict | None,
+    call: Mapping[str, Any] | None = None,
+    brackets: _Brackets | None = None,
 ) -> None:
+    """Compare one order's recorded and replayed verdicts (and, when the snapshot records
+    brackets, its protective children: `call` is the recorded gate call)."""
     where = f"gate {_label(request)} {request.get('quantity', 0):g}"
     rep = None if replayed is None else _jsonish(replayed.public())
     rec = (
@@ -331,15 +388,23 @@ def _compare_verdict(
         if recorded is None
         else {k: _jsonish(recorded.get(k)) for k in ("accepted", "order_ref", "reasons")}
     )
-    out.gate.append(
-        {
-            "request": dict(request),
-            "recorded": rec,
-            "replayed": rep,
-            "checks": [list(c) for c in replayed.checks] if replayed else [],
-            "stage": replayed.stage if replayed else None,
-        }
-    )
+    entry: dict[str, Any] = {
+        "request": dict(request),
+        "recorded": rec,
+        "replayed": rep,
+        "checks": [list(c) for c in replayed.checks] if replayed else [],
+        "stage": replayed.stage if replayed else None,
+        "bracket": None,  # {recorded, replayed}: each None or replay_record.bracket_doc
+    }
+    out.gate.append(entry)
+    if brackets is not None and brackets.compared and call is not None:
+        rec_b = call.get("bracket")
+        rep_b = None if replayed is None else replayed.bracket
+        entry["bracket"] = {"recorded": _jsonish(rec_b), "replayed": _jsonish(rep_b)}
+        if replayed is not None and replayed.stage != "no_inputs":
+            _compare_children(
+                out, where, entry["bracket"]["recorded"], entry["bracket"]["replayed"]
+            )
     if rec == rep:
         return
     if replayed is None:  # recorded at the gate; the replay refused it at Decide
@@ -379,12 +444,95 @@ def _compare_verdict(
         )
 
 
+_CHILD_FIELDS = ("order_type", "action", "quantity", "aux_price", "limit_price", "tif")
+
+
+def _child_text(c: Mapping[str, Any]) -> str:
+    price = c.get("aux_price") if c.get("order_type") == "STP" else c.get("limit_price")
+    what = "trigger" if c.get("order_type") == "STP" else "limit"
+    return (
+        f"{c.get('action')} {c.get('quantity', 0):g} {c.get('order_type')} {what} "
+        f"{price if price is None else format(price, 'g')} {c.get('tif')}"
+    )
+
+
+def _compare_children(
+    out: CycleReplay,
+    where: str,
+    recorded: Mapping[str, Any] | None,
+    replayed: Mapping[str, Any] | None,
+) -> None:
+    """Every difference between a recorded and a replayed bracket: children present in one
+    only, their type, side, quantity, price or tif, and the gate's reasons for each child and
+    for the bracket as a whole."""
+
+    def by_kind(b: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+        return {child_kind(str(c["order_ref"])): c for c in (b or {}).get("children") or []}
+
+    rec, rep = by_kind(recorded), by_kind(replayed)
+    rec_reasons = list((recorded or {}).get("reasons") or [])
+    rep_reasons = list((replayed or {}).get("reasons") or [])
+    for kind in sorted(set(rec) | set(rep), key=lambda k: k != "stop"):
+        here = f"{where} {kind}"
+        a, b = rec.get(kind), rep.get(kind)
+        if a is None or b is None:
+            what = "added" if a is None else "dropped"
+            out.differences.append(
+                Difference(
+                    where=here,
+                    kind=f"child_{what}",
+                    recorded=None if a is None else _child_text(a),
+                    replayed=None if b is None else _child_text(b),
+                    reason_key=f"bracket: {kind} {what}",
+                )
+            )
+            continue
+        changed = [f for f in _CHILD_FIELDS if a.get(f) != b.get(f)]
+        if changed:
+            moved = {"aux_price", "limit_price"} & set(changed)
+            out.differences.append(
+                Difference(
+                    where=here,
+                    kind="child_changed",
+                    recorded=_child_text(a),
+                    replayed=_child_text(b),
+                    reason_key=f"bracket: {kind} "
+                    + ("moved" if moved else "changed (" + ", ".join(changed) + ")"),
+                )
+            )
+        ra, rb = child_reasons(rec_reasons, a), child_reasons(rep_reasons, b)
+        if ra != rb:
+            kind_ = "child_reason" if ra and rb else ("child_refused" if rb else "child_accepted")
+            out.differences.append(
+                Difference(
+                    where=here,
+                    kind=kind_,
+                    recorded=ra,
+                    replayed=rb,
+                    reason_key="bracket: " + _reason_key(rb[0]) if kind_ == "child_refused" else "",
+                )
+            )
+    own = [*rec.values(), *rep.values()]
+    whole_a = [r for r in rec_reasons if not any(r in child_reasons([r], c) for c in own)]
+    whole_b = [r for r in rep_reasons if not any(r in child_reasons([r], c) for c in own)]
+    if whole_a != whole_b:
+        out.differences.append(
+            Difference(
+                where=f"{where} bracket", kind="bracket_reason", recorded=whole_a, replayed=whole_b
+            )
+        )
+
+
 def _calls_by_decision(doc: Mapping[str, Any]) -> dict[Any, Mapping[str, Any]]:
     return {c["request"].get("decision_id"): c for c in doc["replay"]["gate_calls"]}
 
 
 def _replay_rules(
-    doc: Mapping[str, Any], cfg: Config, gate: GateReplayer, out: CycleReplay
+    doc: Mapping[str, Any],
+    cfg: Config,
+    gate: GateReplayer,
+    brackets: _Brackets,
+    out: CycleReplay,
 ) -> None:
     decide = doc["replay"]["decide"]
     decisions = decide_rules(
@@ -411,7 +559,7 @@ def _replay_rules(
         if replayed is None or not replayed.accepted:
             if call is not None:
                 gate.skip(call)
-                _compare_verdict(out, call["request"], call.get("verdict"), None)
+                _compare_verdict(out, call["request"], call.get("verdict"), None, call, brackets)
             continue
         request = replayed.request(out.cycle_id, decision_id)
         if call is None:  # refused at Decide when recorded: the gate never saw its world
@@ -430,7 +578,8 @@ def _replay_rules(
                 ),
             )
             continue
-        _compare_verdict(out, call["request"], call.get("verdict"), gate.judge(request, call))
+        verdict = gate.judge(request, call, brackets.protection(replayed.sources, call))
+        _compare_verdict(out, call["request"], call.get("verdict"), verdict, call, brackets)
 
 
 def _tool_results(messages: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
@@ -448,6 +597,7 @@ def _replay_llm(
     cfg: Config,
     recorded_cfg: Config | None,
     gate: GateReplayer,
+    brackets: _Brackets,
     out: CycleReplay,
 ) -> None:
     messages = list(doc["llm_transcript"])
@@ -506,8 +656,10 @@ def _replay_llm(
                     call = calls[placed]
                     placed += 1
                     request = decision.request(out.cycle_id, call["request"].get("decision_id"))
-                    verdict = gate.judge(request, call)
-                    _compare_verdict(out, call["request"], call.get("verdict"), verdict)
+                    verdict = gate.judge(request, call, brackets.protection(decision.sources, call))
+                    _compare_verdict(
+                        out, call["request"], call.get("verdict"), verdict, call, brackets
+                    )
                     answer = verdict_result(_as_gate_verdict(verdict))
             result, is_error = answer
             replayed = {"content": _jsonish(result), "is_error": is_error}
@@ -542,7 +694,7 @@ def _replay_llm(
                     )
                 )
     for call in calls[placed:]:  # recorded orders the replayed turns never placed
-        _compare_verdict(out, call["request"], call.get("verdict"), None)
+        _compare_verdict(out, call["request"], call.get("verdict"), None, call, brackets)
 
 
 def _turns_within_budget(doc: Mapping[str, Any], cfg: Config, out: CycleReplay, n: int) -> int:
@@ -596,8 +748,14 @@ def summarise(replays: list[CycleReplay], refused: list[dict[str, Any]]) -> dict
                 "tool_result",
                 "turns",
                 "signal",
+                "child_added",
+                "child_dropped",
+                "child_changed",
+                "child_refused",
+                "child_accepted",
             ):
-                continue  # not_sent is counted with its decision's refusal
+                continue  # not_sent is counted with its decision's refusal; a reason that
+                # changed wording (reason, child_reason, bracket_reason) with its cycle
             key = d.reason_key or d.kind
             counts[key] += 1
             changed.append(

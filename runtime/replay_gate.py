@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from skills.brackets import Protection, bracket_reasons, reference_price, with_children
+from skills.brackets import Protection, reference_price, with_children
 from skills.execution_gate import (
     GateState,
     OrderRequest,
@@ -28,7 +28,7 @@ from skills.execution_gate import (
 )
 from skills.risk import RiskConfig
 
-from .replay_record import context_from, request_from, state_from
+from .replay_record import bracket_doc, context_from, request_from, state_from
 
 __all__ = ["GateReplayer", "ReplayedVerdict"]
 
@@ -43,6 +43,7 @@ class ReplayedVerdict:
     checks: tuple[tuple[str, str], ...] = ()
     stage: str = "checks"  # checks | suppressed | unavailable | protection | after_checks |
     # no_inputs
+    bracket: dict[str, Any] | None = None  # sent as a bracket: replay_record.bracket_doc
 
     def public(self) -> dict[str, Any]:
         """The fields a recorded verdict has (for side-by-side comparison)."""
@@ -67,8 +68,15 @@ class GateReplayer:
     _first: Mapping[str, Any] | None = None  # the counters before the cycle's first order
     _sent: list[_Sent] = field(default_factory=list)  # what the replay sent so far
 
-    def judge(self, request: OrderRequest, call: Mapping[str, Any]) -> ReplayedVerdict:
-        """Judge `request` on the recorded gate call `call` (the one for the same decision)."""
+    def judge(
+        self,
+        request: OrderRequest,
+        call: Mapping[str, Any],
+        protection: Protection | None = None,
+    ) -> ReplayedVerdict:
+        """Judge `request` on the recorded gate call `call` (the one for the same decision);
+        an opening order with `protection` is judged as a bracket, whole, as the commander
+        sends it."""
         ref = order_ref_for(request)
         if "suppressed" in call:  # the cycle was cut before the gate: the same again
             reason = str(call["suppressed"])
@@ -91,18 +99,20 @@ class GateReplayer:
             self._first = call["state"]
         state = self._state(call)
         checks = tuple(evaluate_named(request, ctx, state, self.limits, day))
-        bracket = None
-        if "protection" in call and _opens(request, ctx):  # sent as a bracket: judged whole
+        bracket, bracket_record = None, None
+        if protection is not None and _opens(request, ctx):  # sent as a bracket: judged whole
             q = ctx.quote
             ref_price = reference_price(request, q.bid, q.ask) if q else None
-            bracket = with_children(request, ref_price or 0.0, Protection(**call["protection"]))
-            checks += tuple(("bracket", r) for r in bracket_reasons(bracket, ctx, self.limits))
+            bracket = with_children(request, ref_price or 0.0, protection)
+            bracket_record = bracket_doc(bracket, ctx, self.limits)
+            checks += tuple(("bracket", r) for r in bracket_record["reasons"])
         if checks:
             return ReplayedVerdict(
                 accepted=False,
                 order_ref=ref,
                 reasons=tuple(r for _, r in checks),
                 checks=checks,
+                bracket=bracket_record,
             )
         recorded = call.get("verdict") or {}
         if not recorded.get("accepted", True) and self._refused_after_checks(call):
@@ -112,12 +122,13 @@ class GateReplayer:
                 order_ref=ref,
                 reasons=tuple(recorded.get("reasons") or ()),
                 stage="after_checks",
+                bracket=bracket_record,
             )
         at = float(call.get("sent_at", ctx.now))
         self._sent.append(_Sent(request, at, day))
         for child in bracket.children if bracket else ():
             self._sent.append(_Sent(child, at, day, protective=True))
-        return ReplayedVerdict(accepted=True, order_ref=ref)
+        return ReplayedVerdict(accepted=True, order_ref=ref, bracket=bracket_record)
 
     def skip(self, call: Mapping[str, Any]) -> None:
         """The replay does not send this recorded order to the gate (refused at Decide)."""

@@ -7,7 +7,11 @@ liquidation, holdings, market context and working orders Decide saw, the ids the
 were stored under, and for each order sent to the gate its request, the gate's frozen view of
 the world (`GateContext`: breaker, watchdog liveness as seen, quote, holdings, resting orders,
 daily PnL, monotonic clock), the gate's counters as they were right before the check
-(`GateState`), the exchange day and wall time, and when the order was counted as sent.
+(`GateState`), the exchange day and wall time, and when the order was counted as sent. An
+order sent as a bracket also records the bracket (`bracket_doc`: each protective child with
+its orderRef, type, side, quantity and trigger or limit price, and every reason the gate
+refuses the bracket for), and the cycle records its swarm instances (their protective
+overrides decide the children).
 Encoding is plain JSON (floats round-trip exactly; NaN and infinity as JSON's extensions).
 """
 
@@ -22,6 +26,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from data_lake import flat_dict, from_flat_dict, redact
+from skills.brackets import (
+    STOP_SUFFIX,
+    Bracket,
+    bracket_reasons,
+    child_ref,
+    is_protective_ref,
+)
 from skills.execution_gate import (
     GateContext,
     GateState,
@@ -29,17 +40,23 @@ from skills.execution_gate import (
     OrderRequest,
     Quote,
     WorkingOrder,
+    order_ref_for,
 )
+from skills.risk import RiskConfig
 from skills.swarm_core import MergedSignal
-from skills.swarm_models import MarketContext, OptionView, SymbolView
+from skills.swarm_models import InstanceConfig, MarketContext, OptionView, SymbolView
 
 from .config import Config
 
 __all__ = [
+    "bracket_doc",
+    "child_kind",
+    "child_reasons",
     "config_hash",
     "context_doc",
     "context_from",
     "holdings_from",
+    "instances_from",
     "market_from",
     "merged_from",
     "request_from",
@@ -175,3 +192,47 @@ def merged_from(rows: Iterable[Mapping[str, Any]]) -> list[MergedSignal]:
         fields = {k: v for k, v in r.items() if k not in ("signals", "sources")}
         out.append(from_flat_dict(MergedSignal, fields, sources=tuple(r["sources"]), signals=()))
     return out
+
+
+# --- brackets -------------------------------------------------------------------------------
+def child_kind(ref_or_type: str) -> str:
+    """'stop' for a stop-loss child (its orderRef ends -sl, or its type is STP), else
+    'take-profit'."""
+    return "stop" if ref_or_type == "STP" or ref_or_type.endswith(STOP_SUFFIX) else "take-profit"
+
+
+def bracket_doc(b: Bracket, ctx: GateContext, limits: RiskConfig) -> dict[str, Any]:
+    """A bracket as its gate call records it: the parent's fill reference price, each child
+    (orderRef, type, side, quantity, trigger or limit price, tif) and every reason the gate
+    refuses the bracket as a whole for (`bracket_reasons`; empty: the bracket may go)."""
+    parent_ref = order_ref_for(b.parent)
+    return {
+        "reference_price": b.reference_price,
+        "children": [
+            {
+                "order_ref": child_ref(parent_ref, c.ref_seed),
+                "order_type": c.order_type,
+                "action": c.action,
+                "quantity": c.quantity,
+                "aux_price": c.aux_price,
+                "limit_price": c.limit_price,
+                "tif": c.tif,
+            }
+            for c in b.children
+        ],
+        "reasons": bracket_reasons(b, ctx, limits),
+    }
+
+
+def child_reasons(reasons: Iterable[str], child: Mapping[str, Any]) -> list[str]:
+    """The reasons of a bracket's refusal that name this child (skills.brackets starts each
+    with the child's kind, side and quantity; the whole bracket's start with 'bracket:')."""
+    ref = str(child.get("order_ref") or "")
+    kind = child_kind(ref if is_protective_ref(ref) else str(child.get("order_type")))
+    prefix = f"{kind} {child.get('action')} {float(child.get('quantity') or 0):g}:"
+    return [r for r in reasons if r.startswith(prefix)]
+
+
+def instances_from(rows: Iterable[Mapping[str, Any]]) -> list[InstanceConfig]:
+    """The swarm instances a cycle recorded (for their protective overrides)."""
+    return [InstanceConfig.model_validate(dict(r)) for r in rows]

@@ -1,5 +1,6 @@
-"""How `replay` prints: the recorded and the replayed decisions and verdicts side by side,
-every difference, and a range's summary."""
+"""How `replay` prints: the recorded and the replayed decisions and verdicts side by side
+(each bracket's protective children under their parent), every difference, and a range's
+summary."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .replay import CycleReplay
+from .replay_record import child_kind, child_reasons
 
 __all__ = ["render_replay", "render_summary"]
 
@@ -32,6 +34,36 @@ def _verdict(v: Mapping[str, Any] | None) -> str:
     if v.get("accepted"):
         return f"accepted {v.get('order_ref')}"
     return "REFUSED: " + "; ".join(v.get("reasons") or [])
+
+
+def _child(b: Mapping[str, Any] | None, kind: str) -> str:
+    """One protective child of a recorded or replayed bracket: type, trigger or limit price,
+    quantity, and the gate's reasons against it."""
+    child = next(
+        (c for c in (b or {}).get("children") or [] if child_kind(str(c["order_ref"])) == kind),
+        None,
+    )
+    if b is None or child is None:
+        return "- (none)"
+    price = child.get("aux_price") if child.get("order_type") == "STP" else child.get("limit_price")
+    text = f"{child.get('order_type')} {price:g} x{child.get('quantity', 0):g}"
+    own = child_reasons(b.get("reasons") or [], child)
+    return text + (" REFUSED: " + "; ".join(own) if own else "")
+
+
+def _children(bracket: Mapping[str, Any] | None) -> list[str]:
+    """The rows of a gate entry's protective children (none when no bracket was built)."""
+    if not bracket or not (bracket["recorded"] or bracket["replayed"]):
+        return []
+    kinds = {
+        child_kind(str(c["order_ref"]))
+        for side in ("recorded", "replayed")
+        for c in (bracket[side] or {}).get("children") or []
+    }
+    return [
+        _row(f"  └ {kind}", _child(bracket["recorded"], kind), _child(bracket["replayed"], kind))
+        for kind in sorted(kinds, key=lambda k: k != "stop")
+    ]
 
 
 def _tool_text(content: Any) -> str:
@@ -80,6 +112,7 @@ def render_replay(r: CycleReplay) -> str:
             req = g["request"]
             label = f"{req.get('action')} {req.get('quantity', 0):g} {req.get('symbol')}"
             lines.append(_row(label, _verdict(g["recorded"]), _verdict(g["replayed"])))
+            lines += _children(g.get("bracket"))
     if r.tools:
         lines.append("")
         lines.append(f"   {'tool call (LLM turn)':24} {'recorded result':{WIDTH}} replayed")
@@ -94,7 +127,10 @@ def render_replay(r: CycleReplay) -> str:
             )
     lines.append("")
     if r.identical:
-        lines.append("identical: the same decisions and gate verdicts")
+        lines.append(
+            "identical: the same decisions and gate verdicts"
+            + (" (and protective children)" if any(g.get("bracket") for g in r.gate) else "")
+        )
     else:
         lines.append(f"{len(r.differences)} difference(s):")
         for diff in r.differences:

@@ -80,10 +80,11 @@ def variant(cfg: Path, name: str, **keys: Any) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Three rules-mode cycles of the demo's instances against an in-process gateway."""
-    tmp = tmp_path_factory.mktemp("replay")
+def _record_demo(
+    tmp: Path, overrides: dict[str, Any] | None = None, stop_override: float | None = None
+) -> dict[str, Any]:
+    """Three rules-mode cycles of the demo's instances against an in-process gateway
+    (`stop_override`: index_trend's own stop_loss_pct)."""
     gw = Gateway(GatewayConfig(tick_interval_s=0.25, account_push_interval_s=0.1)).start()
     try:
         cfg = write_config(
@@ -93,8 +94,14 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             min_confidence=0.4,  # as the demo: the gate check's signal reaches the gate
             # a URL with credentials in a config value: stored without them
             title_prefix=f"json://bob:{URL_PASSWORD}@127.0.0.1:9/x",
+            **(overrides or {}),
         )
         (tmp / "instances" / "demo_gate_check.json").write_text(json.dumps(GATE_CHECK))
+        if stop_override is not None:
+            path = tmp / "instances" / "index_trend.json"
+            inst = json.loads(path.read_text())
+            inst["parameters"]["stop_loss_pct"] = stop_override
+            path.write_text(json.dumps(inst))
         env = {"ANTHROPIC_API_KEY": API_KEY, "IB_SWARM_NOTIFY_URLS": NOTIFY_URLS}
         proc = start("run", cfg, "--max-cycles", "3", env=env)
         out = proc.communicate(timeout=120)[0].decode()
@@ -106,7 +113,33 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"tmp": tmp, "cfg": cfg, "data": data(tmp)}
 
 
-def test_every_recorded_cycle_replays_identically(recorded):
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The demo's cycles without protective orders."""
+    return _record_demo(tmp_path_factory.mktemp("replay"))
+
+
+@pytest.fixture(scope="module")
+def protected(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The demo's cycles with protection on: every opening order is a bracket (a 2% stop and
+    a 3% take-profit; index_trend's own stop 4%)."""
+    return _record_demo(
+        tmp_path_factory.mktemp("replay-protected"),
+        {"stop_loss_pct": 0.02, "take_profit_pct": 0.03},
+        stop_override=0.04,
+    )
+
+
+@pytest.fixture(params=["unprotected", "protected"])
+def demo_run(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Each recording in turn."""
+    name = "recorded" if request.param == "unprotected" else "protected"
+    run: dict[str, Any] = request.getfixturevalue(name)
+    return {**run, "protected": request.param == "protected"}
+
+
+def test_every_recorded_cycle_replays_identically(demo_run):
+    recorded = demo_run
     cycles = [c["id"] for c in cycle_rows(open_readonly(recorded["data"]))]
     assert cycles == [1, 2, 3]
     gate_calls = 0
@@ -120,6 +153,18 @@ def test_every_recorded_cycle_replays_identically(recorded):
         gate_calls += len(doc["gate"])
         assert all(g["recorded"] == g["replayed"] for g in doc["gate"])
     assert gate_calls >= 4  # GS every cycle, MSFT and the puts in cycle 1
+    brackets = [
+        g["bracket"]
+        for c in cycles
+        for g in replay(str(c), "--config", str(recorded["cfg"]))[1]["gate"]
+    ]
+    if recorded["protected"]:
+        # every order is an opening one: each carries its stop and take-profit, recorded and
+        # rebuilt alike
+        assert brackets and all(b and b["recorded"] == b["replayed"] for b in brackets)
+        assert all(len(b["recorded"]["children"]) == 2 for b in brackets)
+    else:
+        assert all(b is None or b["recorded"] is None for b in brackets)
     # the recorded config itself (no --config: the data dir names the database)
     code, doc = replay("1", "--data-dir", str(recorded["data"]))
     assert code == 0 and doc["config_source"] == "recorded" and doc["identical"]
@@ -466,3 +511,144 @@ async def test_the_gate_path_reads_the_injected_clock_and_records_what_it_read(g
     finally:
         await broker.close()
         db.close()
+
+
+# --- protective children -----------------------------------------------------------------
+def _children_diffs(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The child and bracket differences of a replay by where (e.g. 'gate BUY GS 100 stop')."""
+    return {
+        d["where"]: d
+        for d in doc["differences"]
+        if d["kind"].startswith("child_") or d["kind"] == "bracket_reason"
+    }
+
+
+def test_a_config_without_protection_replays_the_dropped_children_as_differences(protected):
+    bare = variant(
+        protected["cfg"],
+        "bare.toml",
+        commander__stop_loss_pct="0.0",
+        commander__take_profit_pct="0.0",
+    )
+    code, doc = replay("1", "--config", str(bare))
+    assert code == 1 and not doc["identical"]
+    diffs = _children_diffs(doc)
+    # index_trend's own 4% stop still guards MSFT; every other child is gone
+    assert sorted((w.split()[2], w.split()[-1]) for w in diffs) == [
+        ("AMD", "stop"),
+        ("AMD", "take-profit"),
+        ("GS", "stop"),
+        ("GS", "take-profit"),
+        ("MSFT", "take-profit"),
+        ("NVDA", "stop"),
+        ("NVDA", "take-profit"),
+    ]
+    assert {d["kind"] for d in diffs.values()} == {"child_dropped"}
+    gate = {g["request"]["symbol"]: g for g in doc["gate"]}
+    gs_stop = gate["GS"]["bracket"]["recorded"]["children"][0]
+    gs = diffs["gate BUY GS 100 stop"]
+    assert gs["recorded"] == f"SELL 100 STP trigger {gs_stop['aux_price']:g} GTC"
+    assert gs["replayed"] is None and gs["reason_key"] == "bracket: stop dropped"
+    assert gate["GS"]["bracket"]["replayed"] is None
+    # the parents' verdicts are unchanged: only the children differ
+    assert all(g["recorded"] == g["replayed"] for g in doc["gate"])
+    msft = next(g for g in doc["gate"] if g["request"]["symbol"] == "MSFT")
+    [stop] = msft["bracket"]["replayed"]["children"]
+    assert stop["order_type"] == "STP" and stop == msft["bracket"]["recorded"]["children"][0]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["replay", "1", "--config", str(bare)]) == 1
+    text = out.getvalue().splitlines()
+    gs_rows = text[text.index(next(x for x in text if "BUY 100 GS" in x)) :][:3]
+    assert gs_rows[1].startswith(" ≠") and "└ stop" in gs_rows[1]
+    assert f"STP {gs_stop['aux_price']:g} x100" in gs_rows[1]
+    assert gs_rows[1].rstrip().endswith("- (none)")
+    msft_rows = text[text.index(next(x for x in text if "BUY 20 MSFT" in x)) :][:3]
+    assert msft_rows[1].startswith("   ") and "└ stop" in msft_rows[1]  # the same on both sides
+    assert msft_rows[2].startswith(" ≠") and "└ take-profit" in msft_rows[2]
+
+
+def test_a_moved_stop_and_a_refused_bracket_are_differences(protected):
+    wider = variant(protected["cfg"], "wider.toml", commander__stop_loss_pct="0.03")
+    code, doc = replay("1", "--config", str(wider))
+    assert code == 1
+    diffs = _children_diffs(doc)
+    moved = {w for w, d in diffs.items() if d["kind"] == "child_changed"}
+    assert {w.split()[2] for w in moved} == {"GS", "NVDA", "AMD"}  # MSFT keeps its own 4%
+    assert all(w.endswith(" stop") for w in moved)
+    gs = diffs["gate BUY GS 100 stop"]
+    assert gs["reason_key"] == "bracket: stop moved"
+    gs_gate = next(g for g in doc["gate"] if g["request"]["symbol"] == "GS")["bracket"]
+    entry = gs_gate["recorded"]["reference_price"]
+    was, now = (b["children"][0]["aux_price"] for b in (gs_gate["recorded"], gs_gate["replayed"]))
+    assert entry * 0.98 - 0.01 < was <= entry * 0.98 and entry * 0.97 - 0.01 < now <= entry * 0.97
+    assert (gs["recorded"], gs["replayed"]) == (
+        f"SELL 100 STP trigger {was:g} GTC",
+        f"SELL 100 STP trigger {now:g} GTC",
+    )
+    assert all(g["recorded"] == g["replayed"] for g in doc["gate"])
+    # a collar below index_trend's own 4% stop: the gate refuses MSFT's bracket whole
+    narrow = variant(protected["cfg"], "narrow.toml", risk__protective_collar_pct="0.035")
+    code, doc = replay("1", "--config", str(narrow))
+    assert code == 1
+    [parent] = [d for d in doc["differences"] if d["kind"] == "refused"]
+    assert parent["where"] == "gate BUY MSFT 20" and parent["reason_key"] == "gate: bracket"
+    assert "protective collar 3.5%" in parent["replayed"]["reasons"][0]
+    [child] = [d for d in doc["differences"] if d["kind"] == "child_refused"]
+    assert child["where"] == "gate BUY MSFT 20 stop" and child["recorded"] == []
+    msft_stop = next(g for g in doc["gate"] if g["request"]["symbol"] == "MSFT")["bracket"]
+    stop_price = msft_stop["replayed"]["children"][0]["aux_price"]
+    assert child["replayed"][0].startswith(f"stop SELL 20: price {stop_price:g} is 4.0% from")
+    assert child["reason_key"].startswith("bracket: stop SELL N: price N is N% from")
+    msft = next(g for g in doc["gate"] if g["request"]["symbol"] == "MSFT")
+    assert msft["bracket"]["recorded"]["reasons"] == []
+    assert msft["bracket"]["replayed"]["reasons"] == child["replayed"]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["replay", "1", "--config", str(narrow)]) == 1
+    row = next(x for x in out.getvalue().splitlines() if "└ stop" in x and "REFUSED" in x)
+    assert row.startswith(" ≠") and f"STP {stop_price:g} x20" in row
+
+
+def test_range_summary_counts_child_differences(protected):
+    bare = variant(
+        protected["cfg"],
+        "bare2.toml",
+        commander__stop_loss_pct="0.0",
+        commander__take_profit_pct="0.0",
+    )
+    today = dt.datetime.now(dt.UTC).date()
+    days = ((today - dt.timedelta(days=1)).isoformat(), (today + dt.timedelta(days=1)).isoformat())
+    code, doc = replay("--from", days[0], "--to", days[1], "--config", str(bare))
+    assert code == 1 and doc["different"] >= 1
+    by = doc["by_reason"]
+    assert by["bracket: take-profit dropped"] > by["bracket: stop dropped"] >= 3
+    assert all(k.startswith("bracket: ") for k in by)
+    assert {o["kind"] for o in doc["orders"]} == {"child_dropped"}
+    code, doc = replay("--from", days[0], "--to", days[1], "--config", str(protected["cfg"]))
+    assert code == 0 and doc["identical"] == doc["replayed"] == 3 and doc["by_reason"] == {}
+
+
+def test_a_snapshot_from_before_the_children_were_recorded_replays_parents_only(
+    protected, tmp_path
+):
+    doc = load_snapshot(open_readonly(protected["data"]), protected["data"], cycle_id=1)
+    old = json.loads(json.dumps(doc))
+    del old["replay"]["instances"]
+    for call in old["replay"]["gate_calls"]:
+        call.pop("bracket", None)
+    store = Store.open(tmp_path / "old")
+    try:
+        store.call(save_snapshot, tmp_path / "old", 1, old, timeout=10)
+    finally:
+        store.close(10)
+    wider = variant(protected["cfg"], "wider2.toml", commander__stop_loss_pct="0.03")
+    code, out = replay("1", "--config", str(wider), "--data-dir", str(tmp_path / "old"))
+    assert code == 0 and out["identical"], out["differences"]
+    [note] = [n for n in out["notes"] if "protective children" in n]
+    assert "only the parent orders are compared" in note
+    assert all(g["bracket"] is None for g in out["gate"])
+    text = io.StringIO()
+    with redirect_stdout(text):
+        main(["replay", "1", "--config", str(wider), "--data-dir", str(tmp_path / "old")])
+    assert "note: this snapshot was written before protective children" in text.getvalue()
