@@ -51,6 +51,8 @@ from .orders import (
 )
 from .redact import RedactingFilter, redact, redacting_excepthook, register_secret
 from .reports import (
+    child_intents,
+    closes_lifting_protection,
     cycle_rows,
     cycles_finished,
     demo_summary,
@@ -58,6 +60,7 @@ from .reports import (
     list_safety_events,
     llm_usage,
     resolve_ref,
+    safety_events_between,
     status_summary,
     trade_chain,
     working_orders,
@@ -106,6 +109,8 @@ __all__ = [
     "backup_database",
     "breaker_history",
     "breaker_transitions_after",
+    "child_intents",
+    "closes_lifting_protection",
     "compress_snapshots",
     "cycle_rows",
     "cycles_finished",
@@ -152,6 +157,7 @@ __all__ = [
     "resolve_intent",
     "resolve_ref",
     "safety_events_after",
+    "safety_events_between",
     "save_snapshot",
     "schema_ready",
     "set_commission",

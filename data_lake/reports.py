@@ -15,6 +15,8 @@ from sqlite_utils import Database
 from .orders import OPEN_INTENT_STATES
 
 __all__ = [
+    "child_intents",
+    "closes_lifting_protection",
     "cycle_rows",
     "cycles_finished",
     "demo_summary",
@@ -22,6 +24,7 @@ __all__ = [
     "list_safety_events",
     "llm_usage",
     "resolve_ref",
+    "safety_events_between",
     "status_summary",
     "trade_chain",
     "working_orders",
@@ -257,6 +260,54 @@ def trade_chain(db: Database, order_ref: str) -> dict[str, Any]:
         if cycle_id is not None
         else None,
     }
+
+
+def child_intents(db: Database, parent_ref: str) -> list[dict[str, Any]]:
+    """The stored intents of an order's protective children (stop first)."""
+    return list(
+        db.query("SELECT * FROM order_intents WHERE parent_ref = ? ORDER BY id", [parent_ref])
+    )
+
+
+def safety_events_between(
+    db: Database, kinds: list[str], since: str, until: str
+) -> list[dict[str, Any]]:
+    """Safety events of these kinds recorded from `since` to `until` (ISO times), oldest
+    first."""
+    marks = ", ".join("?" for _ in kinds)
+    return list(
+        db.query(
+            f"SELECT * FROM safety_events WHERE kind IN ({marks}) AND at >= ? AND at <= ? "
+            "ORDER BY id",
+            [*kinds, since, until],
+        )
+    )
+
+
+def closes_lifting_protection(
+    db: Database, intent: dict[str, Any], until: str
+) -> list[dict[str, Any]]:
+    """The commander's decisions, from the cycle of `intent` (a protective child) to
+    `until`, to close its contract by signal after cancelling its protective orders."""
+    return list(
+        db.query(
+            "SELECT * FROM decisions WHERE cycle_id >= ? AND created_at <= ? AND symbol = ? "
+            "AND sec_type = ? AND COALESCE(expiry, '') = COALESCE(?, '') AND "
+            "COALESCE(strike, 0) = COALESCE(?, 0) AND COALESCE(opt_right, '') = COALESCE(?, '') "
+            "AND action = ? AND reason LIKE 'accepted: %' AND reason LIKE "
+            "'%its protective orders are cancelled first' ORDER BY id",
+            [
+                intent["cycle_id"] or 0,
+                until,
+                intent["symbol"],
+                intent["sec_type"],
+                intent["expiry"],
+                intent["strike"],
+                intent["opt_right"],
+                intent["action"],
+            ],
+        )
+    )
 
 
 def _filtered(

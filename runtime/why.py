@@ -3,7 +3,10 @@
 execution(s) <- order and its status events <- intent <- gate verdict <- commander decision
 (sizing inputs, Kelly, consensus) <- each instance's signal (template, parameters and prompt
 hashes, raw answer excerpt) <- the market data the swarm saw. Everything comes from the
-database (read-only) and the cycle's decision snapshot (hash-checked).
+database (read-only) and the cycle's decision snapshot (hash-checked). A bracket's parent
+lists its protective children and their states; a child (`<ref>-sl`, `<ref>-tp`) tells its
+type and price, its parent in short, its OCA sibling and what became of it
+(runtime/why_children.py).
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from data_lake import Contract, Database, SnapshotError, load_snapshot, resolve_ref, trade_chain
+from skills.brackets import is_protective_ref, parent_ref_of
+
+from .why_children import child_story, children_of, render_child, render_children
 
 __all__ = ["UnknownRef", "render_story", "trade_story"]
 
@@ -31,6 +37,8 @@ def _excerpt(text: str | None, n: int = EXCERPT) -> str:
 def trade_story(db: Database, data_dir: Path, ref: str) -> dict[str, Any]:
     """Return the whole chain for REF (an orderRef, execId or order id) as one document."""
     order_ref = resolve_ref(db, ref)
+    if order_ref is None and is_protective_ref(ref) and resolve_ref(db, parent_ref_of(ref)):
+        order_ref = ref  # a child of a bracket the gate refused: never stored, never sent
     if order_ref is None:
         raise UnknownRef(f"no order, execution or order id matches {ref!r}")
     chain = trade_chain(db, order_ref)
@@ -77,6 +85,10 @@ def trade_story(db: Database, data_dir: Path, ref: str) -> dict[str, Any]:
             (v for v in views if isinstance(v, dict) and v.get("symbol") == symbol), None
         )
         story["account"] = doc.get("account")
+    if is_protective_ref(order_ref):
+        story["protective"] = child_story(db, data_dir, order_ref, chain)
+    else:
+        story["children"] = children_of(db, data_dir, order_ref, chain)
     return story
 
 
@@ -90,6 +102,7 @@ def render_story(story: dict[str, Any]) -> str:
             f": {intent['action']} {intent['quantity']:g} {Contract.from_row(intent)} "
             f"{intent['order_type']}"
             + (f" @ {intent['limit_price']:g}" if intent["limit_price"] else "")
+            + (f" trigger {intent['aux_price']:g}" if intent.get("aux_price") else "")
             + f" ({intent['tif']}), from {intent['source']}"
         )
     elif story["decision"]:
@@ -99,9 +112,16 @@ def render_story(story: dict[str, Any]) -> str:
             + (f" @ {d['limit_price']:g}" if d["limit_price"] else "")
             + ", refused by the gate: never stored as an intent, never sent"
         )
+    elif story.get("protective"):
+        title += (
+            f": a protective {story['protective']['kind']} of a bracket the gate refused: "
+            "never stored as an intent, never sent"
+        )
     else:
         title += ": refused by the gate: never stored as an intent, never sent"
     out.append(title)
+    if story.get("protective"):
+        out += render_child(story)
     execs = story["executions"]
     if execs:
         total = sum(e["shares"] for e in execs)
@@ -129,6 +149,7 @@ def render_story(story: dict[str, Any]) -> str:
             f"  intent (stored before sending): {intent['status']} since {intent['updated_at']}"
             + (f"; last error {intent['last_error']}" if intent["last_error"] else "")
         )
+    out += render_children(story.get("children") or [])
     verdict = story.get("verdict")
     if verdict is not None:
         accepted = verdict.get("accepted")

@@ -158,6 +158,11 @@ def test_the_watchdogs_flatten_leaves_no_orphan_protective_order(gateway, admin,
         stop(proc)
         stop_watchdog(tmp_path)
     assert_books_balance(admin, data(tmp_path))
+    # why: each child was cancelled by the watchdog's flatten, not by OCA
+    for child in (ref, ref.removesuffix("-sl") + "-tp"):
+        outcome = _why(cfg, child)["protective"]["outcome"]
+        assert outcome["cause"] == "flatten", outcome
+        assert outcome["text"].startswith("cancelled by a flatten: watchdog breaker_trip")
 
 
 def test_a_refused_stop_closes_its_parents_position_with_a_safety_event(gateway, admin, tmp_path):
@@ -189,6 +194,18 @@ def test_a_refused_stop_closes_its_parents_position_with_a_safety_event(gateway,
         stop(proc)
         stop_watchdog(tmp_path)
     assert_books_balance(admin, data(tmp_path))
+    # why: the stop names the broker's error, the take-profit its rejected sibling
+    stop_story = _why(cfg, child)["protective"]
+    assert stop_story["outcome"]["state"] == "rejected"
+    assert stop_story["outcome"]["text"].startswith("rejected by the broker: error 201")
+    assert stop_story["sibling"]["order_ref"] == parent_ref + "-tp"
+    tp = _why(cfg, parent_ref + "-tp")["protective"]["outcome"]
+    assert tp["cause"] == "sibling_rejected" and child in tp["text"]
+    parent = _why(cfg, parent_ref)
+    assert [(c["order_ref"], c["outcome"]["state"]) for c in parent["children"]] == [
+        (child, "rejected"),
+        (parent_ref + "-tp", "cancelled"),
+    ]
 
 
 def test_a_close_by_signal_cancels_the_stop_first_and_leaves_nothing_behind(
@@ -238,6 +255,16 @@ def test_a_close_by_signal_cancels_the_stop_first_and_leaves_nothing_behind(
             code = main(["replay", str(cycle), "--config", str(cfg), "--json"])
         doc = json.loads(out.getvalue())
         assert code == 0 and doc["identical"], doc["differences"]
+
+
+def _why(cfg: Path, ref: str) -> dict[str, Any]:
+    """`why REF --json` in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(["why", ref, "--config", str(cfg), "--json"])
+    assert code == 0, err.getvalue()
+    story: dict[str, Any] = json.loads(out.getvalue())
+    return story
 
 
 def _cycle_status(db: Any, cycle: int) -> str:
