@@ -9,7 +9,11 @@ SQLite file, read-only) must agree:
 4. no orderRef sent twice;
 5. every stored intent is in a state that agrees with the broker's order;
 6. no orphan protective order: a stop or take-profit of ours still working at the broker is
-   held for a working parent, or reduces a position the broker holds on its contract.
+   held for a working parent, or reduces a position the broker holds on its contract; and the
+   working (not held) stops on a contract, like its take-profits, never add up to more than
+   the position (a stop that fired would flip it);
+7. with `covered=True` (protection configured): every position is covered exactly by working
+   stops of ours.
 
 Our own records may lag a moment behind the broker (the writer queue), so the check is
 retried until it holds or the deadline passes; the failure names every disagreement.
@@ -27,6 +31,7 @@ from data_lake import Contract, DatabaseError, DataLakeMissing, open_readonly
 from paper_gateway import AdminClient
 
 OUR_CLIENTS = (1, 999, 1000)  # main loop, watchdog, panic (config defaults in the tests)
+_PROTECTIVE = ("-sl", "-tp")  # orderRef suffixes of protective orders (skills.brackets)
 
 _AGREES = {
     "Filled": {"filled"},
@@ -46,6 +51,7 @@ def disagreements(
     *,
     seeded: Mapping[str, float] | None = None,
     clients: Iterable[int] = OUR_CLIENTS,
+    covered: bool = False,
 ) -> list[str]:
     """Return every way the broker's books and ours disagree (empty: they balance)."""
     ours = set(clients)
@@ -86,19 +92,35 @@ def disagreements(
         problems.append(f"orders at the broker without a stored intent: {no_intent}")
 
     by_ref = {o["order_ref"]: o for o in orders if o["order_ref"]}
+    guarding: dict[tuple[str, str], float] = defaultdict(float)  # (key, -sl|-tp) -> quantity
     for o in orders:
         intent = intents.get(o["order_ref"])
-        if o["status"] in _AGREES or not intent or not intent.get("parent_ref"):
+        ref = o["order_ref"] or ""
+        if o["status"] in _AGREES or not intent or not ref.endswith(_PROTECTIVE):
             continue
-        parent = by_ref.get(intent["parent_ref"])
+        parent = by_ref.get(intent.get("parent_ref") or "")
         if parent is not None and parent["status"] not in _AGREES:
             continue  # held until its working parent fills
         held = broker_pos.get(_key(intent), 0.0)
         if not (held < 0 if o["action"] == "BUY" else held > 0):
             problems.append(
-                f"orphan protective order {o['order_ref']} ({o['action']} {o['status']}): "
-                f"its parent is done and the position it protects is {held:g}"
+                f"orphan protective order {ref} ({o['action']} {o['status']}): "
+                f"no parent works and the position it protects is {held:g}"
             )
+        guarding[(_key(intent), ref[-3:])] += o["quantity"] - o["filled"]
+    for (key, kind), quantity in sorted(guarding.items()):
+        if quantity > abs(broker_pos.get(key, 0.0)) + 1e-9:
+            problems.append(
+                f"protective orders ({kind}) on {key} for {quantity:g} exceed the position "
+                f"{broker_pos.get(key, 0.0):g}"
+            )
+    if covered:
+        for key, held in sorted(broker_pos.items()):
+            if abs(guarding.get((key, "-sl"), 0.0) - abs(held)) > 1e-9:
+                problems.append(
+                    f"position {key} {held:g} is covered by stops for "
+                    f"{guarding.get((key, '-sl'), 0.0):g}"
+                )
     for ref, intent in intents.items():
         order = by_ref.get(ref)
         status = intent["status"]
@@ -122,11 +144,12 @@ def assert_books_balance(
     seeded: Mapping[str, float] | None = None,
     clients: Iterable[int] = OUR_CLIENTS,
     timeout: float = 15.0,
+    covered: bool = False,
 ) -> None:
     """Assert the accounting invariant, waiting up to `timeout` for our records to catch up."""
     deadline = time.monotonic() + timeout
     while True:
-        problems = disagreements(admin, data_dir, seeded=seeded, clients=clients)
+        problems = disagreements(admin, data_dir, seeded=seeded, clients=clients, covered=covered)
         if not problems:
             return
         if time.monotonic() >= deadline:

@@ -53,6 +53,7 @@ BR = "tests/runtime/test_broker.py::"
 MD = "tests/runtime/test_market_data_policy.py::"
 RR = "tests/runtime/test_broker_realities.py::"
 BK = D + "test_bracket_drills.py::"
+CV = D + "test_cover_drills.py::"
 
 FAULTS: tuple[Fault, ...] = (
     Fault(
@@ -308,6 +309,35 @@ FAULTS: tuple[Fault, ...] = (
         fault="close by signal of a protected position",
         outcome="its stop cancelled and confirmed first, then the close; never beside it",
         drills=(BK + "test_a_close_by_signal_cancels_the_stop_first_and_leaves_nothing_behind",),
+    ),
+    Fault(
+        fault="a protected entry fills only in part (its stop waits for the whole fill)",
+        outcome="the next cycle cancels its remainder and puts a GTC stop on the filled part; "
+        "every position covered exactly by stops",
+        drills=(CV + "test_a_partly_filled_entry_is_cut_and_its_filled_part_gets_its_stop",),
+    ),
+    Fault(
+        fault="close by signal of part of a protected position",
+        outcome="its stop cancelled and confirmed, the rest covered again at the same stop "
+        "before the close goes; no stop fires",
+        drills=(CV + "test_a_partial_close_by_signal_leaves_the_rest_covered_at_the_same_stop",),
+    ),
+    Fault(
+        fault="a person changes or closes a protected position in another session",
+        outcome="stops larger than the position are replaced by exact ones at the same "
+        "prices; on a flat contract they are cancelled (a stop never flips a position)",
+        drills=(
+            CV + "test_a_person_trading_the_position_elsewhere_never_leaves_a_stop_larger_than_it",
+        ),
+    ),
+    Fault(
+        fault="positions without a stop at start-up (a stop refused while we were down, a "
+        "position opened elsewhere)",
+        outcome="first cycle: a GTC stop from the average cost; closed instead when the market "
+        "is through it; closed when the broker refuses the new stop; safety events",
+        drills=(
+            CV + "test_positions_found_without_a_stop_are_covered_or_closed_at_the_first_cycle",
+        ),
     ),
 )
 SOAK_ONLY_KINDS = ("gateway_freeze", "connectivity")  # reported on the gateway row

@@ -1770,6 +1770,34 @@ class Broker:
         )
         return ids
 
+    def submit_cover(
+        self, group_ref: str, orders: Sequence[tuple[str, OrderRequest]]
+    ) -> dict[str, int]:
+        """Send standalone protective orders for a position (skills.protective's
+        CoverSubmitter): a stop and optionally a take-profit, GTC, in one OCA group (ocaType
+        1: one filling cancels the other), each transmitted. Return the order id by orderRef.
+        Raises BrokerNotReady."""
+        if not self.ready:
+            raise BrokerNotReady(f"broker {self.source} not ready: protective orders not sent")
+        ids: dict[str, int] = {}
+        for ref, request in orders:  # no await in between: the group leaves in one go
+            contract = self._qualified.get(request.key) or to_ib(self.lib, request.contract)
+            order = self._order_for(request, ref)
+            if len(orders) > 1:
+                order.ocaGroup = "oca-" + group_ref
+                order.ocaType = 1
+            trade = self._first(functools.partial(self.ib.placeOrder, contract, order))
+            ids[ref] = int(trade.order.orderId)
+        log.info(
+            "sent protective %s",
+            ", ".join(
+                f"{r.order_type} {r.action} {r.quantity:g} {r.key} at "
+                f"{r.aux_price or r.limit_price:g} ({ref})"
+                for ref, r in orders
+            ),
+        )
+        return ids
+
     def _order_for(self, request: OrderRequest, order_ref: str) -> Any:
         order: Any
         if request.order_type == "LMT":

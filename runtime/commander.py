@@ -51,6 +51,7 @@ from skills.execution_gate import (
     refuse,
 )
 from skills.math_core import MathInputError, kelly_criterion
+from skills.protective import cover_rest
 from skills.swarm_core import (
     LoadedTemplate,
     MergedSignal,
@@ -64,8 +65,9 @@ from skills.swarm_models import InstanceConfig, MarketContext
 from skills.swarm_providers import Provider, SwarmBudget
 
 from .breaker import BreakerState, CircuitBreaker
-from .broker import Broker
+from .broker import Broker, BrokerNotReady
 from .config import CommanderConfig, Config
+from .cover_keeper import CoverKeeper
 from .decision import Decision, decision_row
 from .gate_context import THROTTLE_REENABLED, build_gate_context, inputs_unavailable
 from .heartbeat import Clock
@@ -157,20 +159,17 @@ def decide_rules(
         signed = 1 if m.action == "BUY" else -1
         if held is not None and held.quantity * signed < 0:  # closing: no Kelly needed
             qty = float(min(abs(held.quantity), m.quantity or abs(held.quantity)))
-            if m.key in protected and qty < abs(held.quantity):
-                out.append(
-                    refuse(
-                        f"a partial close ({qty:g} of {held.quantity:g}) of a position guarded by "
-                        "a protective stop is not supported: the stop covers the whole position"
-                    )
-                )
-                continue
             out.append(
                 Decision(
                     quantity=qty,
                     accepted=True,
                     reason=f"reduces the {held.quantity:g} held"
-                    + ("; its protective orders are cancelled first" if m.key in protected else ""),
+                    + (
+                        "; its protective orders are cancelled first"
+                        + (", the rest covered again" if qty < abs(held.quantity) else "")
+                        if m.key in protected
+                        else ""
+                    ),
                     **base,
                 )
             )
@@ -257,6 +256,7 @@ class Commander:
         wall_now: Callable[[], dt.datetime] | None = None,
         llm_client: Any = None,
         stopping: Callable[[], bool] = lambda: False,
+        protection_busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -283,6 +283,18 @@ class Commander:
             RestartWindow.from_config(cfg.broker), broker, lambda: self.wall_now(), store
         )
         self._gate_calls: list[dict[str, Any]] = []  # this cycle's gate inputs (for replay)
+        # every position covered by its stops, before anything is decided (the tightest
+        # protection any instance asks for covers a position no bracket covers)
+        self.keeper = CoverKeeper(
+            cfg=cfg,
+            store=store,
+            broker=broker,
+            sender=self,
+            gate_state=gate_state,
+            clock=clock,
+            protection=self.protection_for([i.id for i in self.instances]),
+            busy=protection_busy,
+        )
 
     async def run_cycle(self, cycle_id: int) -> CycleReport:
         self._deadline = self.clock.monotonic() + self.cfg.loop.max_cycle_s
@@ -348,6 +360,7 @@ class Commander:
         if paused:
             report.status, report.skipped = "skipped", "; ".join(paused)
             return
+        await self._keep_covered(report.cycle_id, status.state.value, doc)
         if not await self._anything_open():  # no LLM spend when nothing can be traded
             report.status, report.skipped = "skipped", "every instrument is closed"
             return
@@ -445,6 +458,22 @@ class Commander:
                 )
         await self.broker.sync_intents()
 
+    async def _keep_covered(self, cycle_id: int, breaker: str, doc: dict[str, Any]) -> None:
+        """Cover every position exactly by its stops (runtime.cover_keeper); a broker that
+        cannot be read is written down and the cycle goes on (its own reads decide)."""
+        self.phase("protect")
+        try:
+            kept = await self.keeper.keep(cycle_id, breaker=breaker, blocked=await self._blocked())
+        except (TimeoutError, ConnectionError, BrokerNotReady) as exc:
+            log.warning("protective cover not checked this cycle: %r", exc)
+            doc["protection"] = {"unchecked": repr(exc)}
+            return
+        if kept.steps:
+            doc["protection"] = {
+                "steps": [{"step": type(s).__name__, **flat_dict(s)} for s in kept.steps],
+                "verdicts": [dataclasses.asdict(v) for v in kept.verdicts],
+            }
+
     async def _blocked(self) -> frozenset[str]:
         """Contract keys with an unresolved intent (after queued writes)."""
         rows = await self.store.run(unresolved_intents, timeout=self.cfg.data.write_timeout_s)
@@ -512,7 +541,8 @@ class Commander:
         }
         if protection is not None:
             record["protection"] = dataclasses.asdict(protection)
-        self._gate_calls.append(record)  # what the gate read, for replay
+        if not closing:  # a decision's order (a protection close is not replayed)
+            self._gate_calls.append(record)  # what the gate read, for replay
         if self.cancel.is_set() and not closing:  # a stop or a breaker trip: nothing new
             reason = "cycle cancelled (stop or breaker trip): no new orders"
             record["suppressed"] = reason
@@ -551,9 +581,13 @@ class Commander:
                 record["protection_kept"] = refused
                 return GateVerdict(False, ref, (refused,))
             record["protection_lifted"] = list(guards)
+            rest = cover_rest(request, ctx.holdings[request.key].quantity, ctx.working, guards)
+            if rest is not None:  # what the close leaves keeps its stop, placed before it
+                cover = await self.keeper.cover(rest, cycle_id, ctx.breaker)
+                record["protection_rest"] = dataclasses.asdict(cover)
             ctx = await self._context(request, blocked, record)
             if isinstance(ctx, GateVerdict):
-                self._unprotected(request, guards, ctx.reasons)
+                await self._unprotected(request, guards, ctx.reasons)
                 return ctx
         record["context"] = context_doc(ctx)
         record["state"] = state_doc(self.gate_state)
@@ -591,26 +625,40 @@ class Commander:
                 clock=send_clock,
             )
             if guards and not verdict.accepted:
-                self._unprotected(request, guards, verdict.reasons)
+                await self._unprotected(request, guards, verdict.reasons)
         record["verdict"] = dataclasses.asdict(verdict)
         return verdict
 
-    def _unprotected(
+    async def _unprotected(
         self, request: OrderRequest, guards: Sequence[str], why: Sequence[str]
     ) -> None:
-        """The protective orders were cancelled for a close that then did not go out."""
+        """The protective orders were cancelled for a close that then did not go out: cover
+        the position again at once (runtime.cover_keeper), and say what is left uncovered."""
+        try:
+            kept = await self.keeper.keep(
+                request.cycle_id, breaker=self.breaker.status().state.value
+            )
+            covered = any(v.accepted for v in kept.verdicts)
+        except (TimeoutError, ConnectionError, BrokerNotReady) as exc:
+            log.warning("covering %s again failed: %r", request.key, exc)
+            covered = False
         reason = (
             f"{request.key}: protective orders {', '.join(guards)} were cancelled for a close "
-            f"that was then refused ({'; '.join(why)}): the position is UNPROTECTED until it is "
-            "closed (the watchdog's limits still apply)"
+            f"that was then refused ({'; '.join(why)}): "
+            + (
+                "the position is covered again"
+                if covered
+                else "the position is UNPROTECTED until a cycle covers it again (the "
+                "watchdog's limits still apply)"
+            )
         )
-        log.critical(reason)
+        log.log(logging.WARNING if covered else logging.CRITICAL, reason)
         self.store.post(
             log_safety_event,
             "commander",
             "protection_lifted",
             reason,
-            "critical",
+            "warning" if covered else "critical",
             order_ref=order_ref_for(request),
             cycle_id=request.cycle_id,
         )

@@ -241,6 +241,7 @@ class MainLoop:
             phase=self._set_phase,
             llm_client=llm_client,
             stopping=self.stop.is_set,
+            protection_busy=lambda: self.protection.busy(),
         )
         self.protection = ProtectionGuard(
             cfg=cfg, store=store, broker=self.broker, sender=self.commander, clock=self.clock

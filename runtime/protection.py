@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from data_lake import DONE_BROKER_STATES, Contract, Store, get_intent, log_safety_event
 from skills.brackets import (
@@ -79,6 +79,10 @@ class ProtectionGuard:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def busy(self) -> bool:
+        """True while a close of an unprotected position is under way."""
+        return bool(self._tasks)
+
     async def wait_idle(self, timeout: float) -> None:
         """Wait (bounded) for running closes to finish (shutdown)."""
         if self._tasks:
@@ -102,38 +106,50 @@ class ProtectionGuard:
             )
 
     async def _close_now(self, parent_ref: str, child_ref: str) -> None:
-        family = [parent_ref, parent_ref + STOP_SUFFIX, parent_ref + TAKE_PROFIT_SUFFIX]
+        timeout = self.cfg.broker.request_timeout_s
+        child = await self.store.run(get_intent, child_ref, timeout=timeout)
+        standalone = child is not None and not child["parent_ref"]  # a cover (no parent)
+        family = [parent_ref + STOP_SUFFIX, parent_ref + TAKE_PROFIT_SUFFIX]
+        if not standalone:
+            family.insert(0, parent_ref)
         for ref in family:
             if ref != child_ref:
                 self.broker.cancel(ref)  # only what is still working; done orders are skipped
-        timeout = self.cfg.broker.request_timeout_s
         deadline = self.clock.monotonic() + timeout
         while self.clock.monotonic() < deadline and any(
             self.broker.order_status(r) not in (None, *DONE_BROKER_STATES) for r in family
         ):
             await asyncio.sleep(POLL_S)
-        filled = self.broker.order_filled(parent_ref)
-        if filled <= 0:
-            self._event(
-                "protection_close",
-                f"parent {parent_ref} cancelled before any fill: no position to close",
-                "warning",
-                parent_ref,
-            )
-            return
-        intent = await self.store.run(get_intent, parent_ref, timeout=timeout)
-        if intent is None:
-            raise RuntimeError(f"no stored intent for {parent_ref}")
+        if standalone and child is not None:
+            # a cover guards a position that exists already: close what it was to guard
+            intent: Mapping[str, Any] = child
+            filled = float(child["quantity"])
+            close_action = str(child["action"])
+        else:
+            filled = self.broker.order_filled(parent_ref)
+            if filled <= 0:
+                self._event(
+                    "protection_close",
+                    f"parent {parent_ref} cancelled before any fill: no position to close",
+                    "warning",
+                    parent_ref,
+                )
+                return
+            found = await self.store.run(get_intent, parent_ref, timeout=timeout)
+            if found is None:
+                raise RuntimeError(f"no stored intent for {parent_ref}")
+            intent = found
+            close_action = "SELL" if intent["action"] == "BUY" else "BUY"
         request = OrderRequest(
             contract=Contract.from_row(intent),
-            action="SELL" if intent["action"] == "BUY" else "BUY",
+            action=close_action,
             quantity=filled,
             order_type="MKT",
             source=intent["source"],
             cycle_id=intent["cycle_id"],
             ref_seed="unprotected-" + parent_ref,
         )
-        signed = filled if intent["action"] == "BUY" else -filled
+        signed = -filled if close_action == "BUY" else filled  # the position being closed
         while self.clock.monotonic() < deadline:  # the fill's position update must land first
             held = next((p.quantity for p in self.broker.positions() if p.key == request.key), 0)
             if held * signed > 0 and abs(held) >= filled:
@@ -181,14 +197,9 @@ async def lift_protection(
 ) -> str | None:
     """Cancel the protective orders guarding a position before a close by signal (a close
     beside a resting stop could oversell); return why not (they then stay), or None once every
-    one of them is confirmed cancelled. Only a close of the whole position lifts them, and only
-    when the gate would accept the close without them."""
-    held = ctx.holdings[request.key].quantity
-    if request.quantity != abs(held):
-        return (
-            f"a partial close ({request.quantity:g} of {held:g}) of a position guarded by "
-            f"protective orders {', '.join(guards)} is not supported: the stop covers it all"
-        )
+    one of them is confirmed cancelled; only when the gate would accept the close without
+    them. (What a partial close leaves is covered again by the caller: skills.protective's
+    `cover_rest`.)"""
     without = dataclasses.replace(
         ctx, working=tuple(w for w in ctx.working if w.order_ref not in guards)
     )

@@ -49,6 +49,7 @@ __all__ = [
     "place_bracket_with_guard",
     "protective_children",
     "reference_price",
+    "store_and_send",
     "with_children",
 ]
 
@@ -225,9 +226,39 @@ async def place_bracket_with_guard(
     parent_ref = order_ref_for(parent)
     reasons = evaluate(parent, ctx, state, limits, day) + bracket_reasons(bracket, ctx, limits)
     children = [(child_ref(parent_ref, c.ref_seed), c) for c in bracket.children]
+    verdict = await store_and_send(
+        [(parent_ref, parent), *children],
+        reasons,
+        lambda: submitter.submit_bracket(parent_ref, parent, children),
+        store,
+        what="bracket",
+        intent_timeout_s=intent_timeout_s,
+    )
+    if not verdict.accepted:
+        return verdict
+    now = clock() if clock is not None else ctx.now
+    state.record_sent(parent, now, day)
+    for _ref, c in children:
+        state.record_sent(c, now, day, duplicate_guard=False)
+    return verdict
+
+
+async def store_and_send(
+    rows: Sequence[tuple[str, OrderRequest]],
+    reasons: list[str],
+    send: Callable[[], dict[str, int]],
+    store: Store,
+    *,
+    what: str,
+    intent_timeout_s: float,
+) -> GateVerdict:
+    """Orders that go together: with no `reasons`, store every intent (awaited), then
+    `send` them all at once; a refusal (given, or a storage failure, or the broker not
+    taking them) is recorded against the first row and leaves none of them live. The
+    verdict names the first row and lists the others as its children."""
+    head_ref, head = rows[0]
     stored: list[str] = []
     if not reasons:
-        rows = [(parent_ref, parent), *children]
         try:
             for ref, r in rows:
                 if not await store.run(
@@ -245,25 +276,21 @@ async def place_bracket_with_guard(
                 update_intent,
                 ref,
                 status=IntentStatus.NOT_SENT,
-                last_error="bracket refused or not stored whole: never sent",
+                last_error=f"{what} refused or not stored whole: never sent",
             )
-        refuse(store, parent, parent_ref, reasons)
-        return GateVerdict(False, parent_ref, tuple(reasons))
+        refuse(store, head, head_ref, reasons)
+        return GateVerdict(False, head_ref, tuple(reasons))
     try:
-        ids = submitter.submit_bracket(parent_ref, parent, children)
+        ids = send()
     except Exception as exc:  # nothing transmitted: IB holds a bracket until its last child
-        reason = f"broker did not accept the bracket for sending: {type(exc).__name__}: {exc}"
-        for ref in (parent_ref, *(r for r, _ in children)):
+        reason = f"broker did not accept the {what} for sending: {type(exc).__name__}: {exc}"
+        for ref, _ in rows:
             store.post(update_intent, ref, status=IntentStatus.NOT_SENT, last_error=reason)
-        refuse(store, parent, parent_ref, [reason])
-        return GateVerdict(False, parent_ref, (reason,))
-    now = clock() if clock is not None else ctx.now
-    state.record_sent(parent, now, day)
-    for _ref, c in children:
-        state.record_sent(c, now, day, duplicate_guard=False)
-    for ref in (parent_ref, *(r for r, _ in children)):
+        refuse(store, head, head_ref, [reason])
+        return GateVerdict(False, head_ref, (reason,))
+    for ref, _ in rows:
         store.post(update_intent, ref, status=IntentStatus.SUBMITTED, broker_order_id=ids.get(ref))
-    return GateVerdict(True, parent_ref, (), ids.get(parent_ref), tuple(ref for ref, _ in children))
+    return GateVerdict(True, head_ref, (), ids.get(head_ref), tuple(ref for ref, _ in rows[1:]))
 
 
 def with_children(parent: OrderRequest, ref_price: float, protection: Protection) -> Bracket:

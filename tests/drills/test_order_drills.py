@@ -191,7 +191,7 @@ def test_a_sent_intent_unknown_to_the_broker_blocks_its_contract_until_a_person_
     assert_books_balance(admin, data(tmp_path))
 
 
-@pytest.mark.parametrize("gateway_config", [CLIPS], indirect=True)
+@pytest.mark.parametrize("gateway_config", [CLIPS])  # replaces the fixture
 def test_the_watchdogs_global_cancel_converges_the_intents_of_a_running_daemon(
     gateway, admin, tmp_path
 ):
@@ -219,7 +219,7 @@ def test_the_watchdogs_global_cancel_converges_the_intents_of_a_running_daemon(
     assert_books_balance(admin, data(tmp_path))
 
 
-@pytest.mark.parametrize("gateway_config", [CLIPS], indirect=True)
+@pytest.mark.parametrize("gateway_config", [CLIPS])  # replaces the fixture
 def test_fills_while_the_database_is_locked_are_stored_once_without_a_restart(
     gateway, admin, tmp_path
 ):

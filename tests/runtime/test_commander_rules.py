@@ -106,7 +106,7 @@ def test_closing_signal_reduces_the_holding_without_kelly():
     assert d.accepted and d.quantity == 30 and d.reason == "reduces the 30 held"
 
 
-def test_a_protected_position_closes_whole_by_signal_but_never_in_part():
+def test_a_protected_position_closes_by_signal_whole_or_in_part():
     held = {"MSFT": Holding(contract=Contract.stock("MSFT"), quantity=30, mark=415.0)}
     guarded = frozenset({"MSFT"})
     [d] = decide_rules(
@@ -116,7 +116,8 @@ def test_a_protected_position_closes_whole_by_signal_but_never_in_part():
     [d] = decide_rules(
         [merged(action="SELL", quantity=10)], CFG, 1_000, held, CTX, protected=guarded
     )
-    assert not d.accepted and "partial close (10 of 30)" in d.reason
+    assert d.accepted and d.quantity == 10
+    assert d.reason.endswith("its protective orders are cancelled first, the rest covered again")
     [d] = decide_rules([merged(quantity=5)], CFG, 1_000_000, held, CTX, protected=guarded)
     assert d.accepted  # adding to it is not a close
 

@@ -1,5 +1,6 @@
-"""Lifting a position's protective orders before a close by signal: only whole, only when the
-gate accepts the close without them, only ours, only once the broker confirms the cancel."""
+"""Lifting a position's protective orders before a close by signal: only when the gate accepts
+the close without them, only ours, only once the broker confirms the cancel (a partial close's
+rest is covered again by the caller: tests/skills/test_protective.py)."""
 
 import pytest
 
@@ -74,9 +75,10 @@ def test_only_a_reducing_request_on_the_guarded_contract_sees_the_guards():
 
 
 @pytest.mark.asyncio
-async def test_a_whole_close_cancels_the_stop_and_waits_for_the_broker():
+@pytest.mark.parametrize("qty", [30.0, 10.0])
+async def test_a_close_cancels_the_stop_and_waits_for_the_broker(qty):
     broker = FakeBroker()
-    assert await lift(broker) is None
+    assert await lift(broker, close(qty)) is None
     assert broker.cancelled == [STOP]
 
 
@@ -98,7 +100,6 @@ async def test_the_gate_sees_the_close_without_the_stop_and_a_refusal_keeps_it()
 @pytest.mark.parametrize(
     ("broker", "request_", "expected"),
     [
-        (FakeBroker(), close(10), "a partial close (10 of 30)"),
         (FakeBroker(ours=()), close(), "are not this session's: not cancelled"),
         (FakeBroker(on_cancel="Filled"), close(), "filled meanwhile: nothing left to close"),
         (FakeBroker(on_cancel="PendingCancel"), close(), "not confirmed cancelled within 0.2s"),
