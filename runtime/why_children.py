@@ -112,9 +112,10 @@ def _parent_summary(
     if refusals:
         reasons = list(json.loads(refusals[-1]["details"] or "{}").get("reasons") or [])
         reasons = reasons or [refusals[-1]["reason"]]
+    none = "none: a standalone cover (runtime/cover_keeper.py), no parent order"
     out: dict[str, Any] = {
         "order_ref": parent_ref,
-        "status": intent["status"] if intent else ("refused" if refusals else "unknown"),
+        "status": intent["status"] if intent else ("refused" if refusals else none),
         "refusal": reasons,
         "bracket_reasons": list((bracket or {}).get("reasons") or []),
         "fills": _fills(chain),
