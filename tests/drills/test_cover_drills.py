@@ -59,7 +59,9 @@ def _working(admin: Any, symbol: str, suffix: str) -> list[dict[str, Any]]:
 
 
 def _held(admin: Any, symbol: str) -> float:
-    return sum(p["quantity"] for p in admin.call("state")["positions"] if p["symbol"] == symbol)
+    return float(
+        sum(p["quantity"] for p in admin.call("state")["positions"] if p["symbol"] == symbol)
+    )
 
 
 def _signal(admin: Any, action: str, quantity: int, symbol: str = "MSFT") -> dict[str, Any]:

@@ -104,26 +104,24 @@ def test_a_key_with_an_unknown_order_state_is_skipped():
     assert plan_cover([pos(10)], [], {}, SL, ours=frozenset(), skip=frozenset({"MSFT"})) == []
 
 
+def _check(orders, position, working=(), breaker="ACTIVE"):
+    return " | ".join(
+        cover_reasons(
+            orders, position, list(working), breaker=breaker, connected=True, collar_pct=0.5
+        )
+    )
+
+
 def test_the_cover_check_refuses_more_than_the_position_and_the_wrong_side():
     step = Protect(MSFT, "SELL", 6, 98.0, None, "")
     _, orders = cover_requests(step, 1)
-    ok = dict(breaker="ACTIVE", connected=True, collar_pct=0.5)
-    assert cover_reasons(orders, pos(10), [order("a-sl", -4, 98.0)], **ok) == []
-    why = cover_reasons(orders, pos(10), [order("a-sl", -5, 98.0)], **ok)
-    assert any("would exceed the position of 10" in r for r in why)
-    assert any(
-        "stop 98 is through the market" in r
-        for r in cover_reasons(orders, pos(10, mark=97.0), [], **ok)
-    )
-    assert any(
-        "HALTED" in r for r in cover_reasons(orders, pos(10), [], **{**ok, "breaker": "HALTED"})
-    )
-    assert any(
-        "must be a STP or LMT on the reducing side" in r
-        for r in cover_reasons(orders, pos(-10), [], **ok)
-    )
+    assert _check(orders, pos(10), [order("a-sl", -4, 98.0)]) == ""
+    assert "would exceed the position of 10" in _check(orders, pos(10), [order("a-sl", -5, 98.0)])
+    assert "stop 98 is through the market" in _check(orders, pos(10, mark=97.0))
+    assert "HALTED" in _check(orders, pos(10), breaker="HALTED")
+    assert "must be a STP or LMT on the reducing side" in _check(orders, pos(-10))
     far = dataclasses.replace(orders[0], aux_price=40.0)
-    assert any("protective collar" in r for r in cover_reasons([far], pos(10), [], **ok))  # fmt: skip
+    assert "protective collar" in _check([far], pos(10))
 
 
 def test_a_cover_is_a_gtc_stop_and_take_profit_named_after_one_group():
