@@ -51,7 +51,7 @@ from skills.execution_gate import (
     refuse,
 )
 from skills.math_core import MathInputError, kelly_criterion
-from skills.protective import cover_rest
+from skills.protective import cover_rest, step_doc
 from skills.swarm_core import (
     LoadedTemplate,
     MergedSignal,
@@ -468,9 +468,14 @@ class Commander:
             log.warning("protective cover not checked this cycle: %r", exc)
             doc["protection"] = {"unchecked": repr(exc)}
             return
+        if kept.inputs is not None:  # what the keeper read and planned, for replay
+            doc["replay"]["cover"] = {
+                "inputs": kept.inputs.doc(),
+                "steps": [step_doc(s) for s in kept.planned],
+            }
         if kept.steps:
             doc["protection"] = {
-                "steps": [{"step": type(s).__name__, **flat_dict(s)} for s in kept.steps],
+                "steps": [step_doc(s) for s in kept.steps],
                 "verdicts": [dataclasses.asdict(v) for v in kept.verdicts],
             }
 

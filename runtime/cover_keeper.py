@@ -25,11 +25,11 @@ from skills.protective import (
     CancelRemainder,
     Close,
     Covered,
+    CoverInputs,
     Protect,
     Replace,
     Step,
     place_cover_with_guard,
-    plan_cover,
 )
 
 from .broker import Broker
@@ -44,10 +44,13 @@ log = logging.getLogger("runtime.cover_keeper")
 
 @dataclass(frozen=True, slots=True)
 class KeptCover:
-    """What one pass did: the steps planned and the verdicts of what was sent."""
+    """What one pass did: the steps planned (both looks) and the verdicts of what was sent;
+    `inputs` and `planned`: the first look's inputs and plan (for replay; None: no look)."""
 
     steps: tuple[Step, ...]
     verdicts: tuple[GateVerdict, ...]
+    inputs: CoverInputs | None = None
+    planned: tuple[Step, ...] = ()
 
 
 class CoverKeeper:
@@ -79,15 +82,21 @@ class CoverKeeper:
         `blocked`: contract keys whose order state is unknown (left alone)."""
         if breaker == "HALTED" or self.busy():
             return KeptCover((), ())
-        steps = await self._plan(blocked)
+        inputs = await self._inputs(blocked)
+        steps = inputs.plan(self.protection)
+        planned = tuple(steps)
         done: list[Step] = list(steps)
         verdicts: list[GateVerdict] = []
         cancels = [s for s in steps if isinstance(s, CancelRemainder | Replace)]
         if cancels:
             carried = await self._cancel(cancels, cycle_id)
             if carried is None:  # not confirmed: covered next cycle, from a fresh look
-                return KeptCover(tuple(done), ())
-            again = [s for s in await self._plan(blocked) if isinstance(s, Protect | Close)]
+                return KeptCover(tuple(done), (), inputs, planned)
+            again = [
+                s
+                for s in (await self._inputs(blocked)).plan(self.protection)
+                if isinstance(s, Protect | Close)
+            ]
             done += again
             steps = [_carry(s, carried) for s in again]
         for step in steps:
@@ -95,13 +104,19 @@ class CoverKeeper:
                 verdicts.append(await self._protect(step, cycle_id, breaker))
             elif isinstance(step, Close):
                 verdicts.append(await self._close(step, cycle_id))
-        return KeptCover(tuple(done), tuple(verdicts))
+        return KeptCover(tuple(done), tuple(verdicts), inputs, planned)
 
-    async def _plan(self, blocked: frozenset[str]) -> list[Step]:
+    async def _inputs(self, blocked: frozenset[str]) -> CoverInputs:
         positions, working = await self._look()
         ours = frozenset(w.order_ref for w in working if self.broker.owns_working(w.order_ref))
-        filled = {ref: self.broker.order_filled(ref) for ref in ours}
-        return plan_cover(positions, working, filled, self.protection, ours=ours, skip=blocked)
+        return CoverInputs(
+            positions=tuple(positions),
+            working=working,
+            filled={ref: self.broker.order_filled(ref) for ref in sorted(ours)},
+            ours=ours,
+            skip=blocked,
+            protection=self.protection,
+        )
 
     async def _look(self) -> tuple[list[Covered], tuple[WorkingOrder, ...]]:
         """Positions (a reqPositions round trip, never the cache), every working order, and

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from data_lake import SNAPSHOT_SCHEMA_VERSION, flat_dict
 from skills.brackets import Protection
 from skills.execution_gate import GateVerdict
+from skills.protective import CoverInputs, step_doc
 from skills.swarm_models import InstanceConfig
 from skills.swarm_providers import Usage, cost_usd
 
@@ -57,6 +58,7 @@ __all__ = [
     "CannotReplay",
     "CycleReplay",
     "Difference",
+    "cover_text",
     "missing_pieces",
     "replay_cycle",
     "summarise",
@@ -99,6 +101,8 @@ class CycleReplay:
     decisions: list[dict[str, Any]] = field(default_factory=list)  # recorded / replayed
     gate: list[dict[str, Any]] = field(default_factory=list)  # request, recorded, replayed
     tools: list[dict[str, Any]] = field(default_factory=list)  # LLM mode: each tool call
+    # the cover keeper's plan before the decisions: {"recorded": [...], "replayed": [...]}
+    cover: dict[str, Any] = field(default_factory=dict)
     differences: list[Difference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -251,11 +255,75 @@ def replay_cycle(
     gate = GateReplayer(use.risk, recorded_limits)
     brackets = _brackets(doc, use, recorded_cfg, out)
     _swarm_under(doc, use, recorded_cfg, out)
+    _replay_cover(doc, brackets, out)
     if out.mode == "llm":
         _replay_llm(doc, use, recorded_cfg, gate, brackets, out)
     else:
         _replay_rules(doc, use, gate, brackets, out)
     return out
+
+
+def _replay_cover(doc: Mapping[str, Any], brackets: _Brackets, out: CycleReplay) -> None:
+    """Plan the cover keeper's steps again on its recorded inputs, with the protection the
+    replayed config gives (runtime.cover_keeper covers with the tightest of any instance)."""
+    rec = _get(doc, "replay.cover")
+    if rec is None:
+        return  # written before the keeper recorded its inputs (or it did not look)
+    try:
+        inputs = CoverInputs.from_doc(rec["inputs"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CannotReplay(out.cycle_id, [f"a readable replay.cover.inputs ({exc!r})"]) from None
+    if brackets.instances is None:
+        protection = inputs.protection
+    else:
+        ids = [i.id for i in brackets.instances]
+        protection = protection_for(brackets.cfg.commander, brackets.instances, ids)
+    recorded = list(rec.get("steps") or [])
+    replayed = [step_doc(s) for s in inputs.plan(protection)]
+    out.cover = {"recorded": recorded, "replayed": replayed}
+
+    def by_key(steps: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+        found: dict[str, list[Mapping[str, Any]]] = {}
+        for st in steps:
+            key = str(st.get("key") or (st.get("protect") or {}).get("key") or st.get("why", ""))
+            found.setdefault(key.split(":")[0], []).append(st)
+        return found
+
+    before, after = by_key(recorded), by_key(replayed)
+    for key in sorted({*before, *after}):
+        a = [cover_text(x) for x in before.get(key, [])]
+        b = [cover_text(x) for x in after.get(key, [])]
+        if a != b:
+            out.differences.append(
+                Difference(
+                    where=f"cover {key}",
+                    kind="cover",
+                    recorded="; ".join(a) or "nothing",
+                    replayed="; ".join(b) or "nothing",
+                    reason_key="cover keeper: " + ("/".join(
+                        sorted({str(x["step"]) for x in [*before.get(key, []),
+                                                         *after.get(key, [])]})
+                    )),
+                )
+            )  # fmt: skip
+
+
+def cover_text(st: Mapping[str, Any]) -> str:
+    """A cover step as the replay compares it (what would be sent, not why)."""
+    kind = str(st["step"])
+    if kind == "CancelRemainder":
+        return f"cancel the remainder of {st['parent_ref']}"
+    if kind == "Replace":
+        inner = st.get("protect")
+        return f"replace {', '.join(st['cancel']) or 'nothing'}" + (
+            f" by {cover_text(inner)}" if inner else ""
+        )
+    if kind == "Close":
+        return f"close {st['action']} {st['quantity']:g}"
+    tp = st.get("take_profit")
+    return f"stop {st['action']} {st['quantity']:g} at {st['stop']:g}" + (
+        f" + take-profit {tp:g}" if tp is not None else ""
+    )
 
 
 @dataclass(frozen=True, slots=True)

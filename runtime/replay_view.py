@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .replay import CycleReplay
+from .replay import CycleReplay, cover_text
 from .replay_record import child_kind, child_reasons
 
 __all__ = ["render_replay", "render_summary"]
@@ -113,6 +113,14 @@ def render_replay(r: CycleReplay) -> str:
             label = f"{req.get('action')} {req.get('quantity', 0):g} {req.get('symbol')}"
             lines.append(_row(label, _verdict(g["recorded"]), _verdict(g["replayed"])))
             lines += _children(g.get("bracket"))
+    if r.cover.get("recorded") or r.cover.get("replayed"):
+        lines.append("")
+        lines.append(f"   {'cover keeper':24} {'recorded':{WIDTH}} replayed")
+        rec, rep = r.cover.get("recorded") or [], r.cover.get("replayed") or []
+        for i in range(max(len(rec), len(rep))):
+            left = cover_text(rec[i]) if i < len(rec) else "-"
+            right = cover_text(rep[i]) if i < len(rep) else "-"
+            lines.append(_row(f"step {i + 1}", left, right))
     if r.tools:
         lines.append("")
         lines.append(f"   {'tool call (LLM turn)':24} {'recorded result':{WIDTH}} replayed")

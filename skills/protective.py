@@ -28,7 +28,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from data_lake import Contract, Store
 
@@ -45,6 +45,7 @@ from .execution_gate import GateState, GateVerdict, OrderRequest, WorkingOrder, 
 __all__ = [
     "CancelRemainder",
     "Close",
+    "CoverInputs",
     "CoverSubmitter",
     "Covered",
     "Protect",
@@ -55,6 +56,7 @@ __all__ = [
     "cover_rest",
     "place_cover_with_guard",
     "plan_cover",
+    "step_doc",
     "stop_price",
 ]
 
@@ -429,3 +431,85 @@ def cover_rest(
         f"{close.key}: a partial close ({close.quantity:g} of {held:g}) leaves {left:g}, "
         "covered again at the lifted prices",
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoverInputs:
+    """Everything `plan_cover` reads, as recorded in a cycle's snapshot (for replay)."""
+
+    positions: tuple[Covered, ...]
+    working: tuple[WorkingOrder, ...]
+    filled: Mapping[str, float]
+    ours: frozenset[str]
+    skip: frozenset[str]
+    protection: Protection | None
+
+    def plan(self, protection: Protection | None) -> list[Step]:
+        return plan_cover(
+            self.positions, self.working, self.filled, protection, ours=self.ours, skip=self.skip
+        )
+
+    def doc(self) -> dict[str, object]:
+        return {
+            "positions": [
+                {**p.contract.to_row(), "quantity": p.quantity, "avg_price": p.avg_price,
+                 "mark": p.mark}
+                for p in self.positions
+            ],
+            "working": [
+                {**w.contract.to_row(), "signed_quantity": w.signed_quantity,
+                 "limit_price": w.limit_price, "multiplier": w.multiplier,
+                 "order_ref": w.order_ref}
+                for w in self.working
+            ],
+            "filled": dict(self.filled),
+            "ours": sorted(self.ours),
+            "skip": sorted(self.skip),
+            "protection": None if self.protection is None else dataclasses.asdict(self.protection),
+        }  # fmt: skip
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> CoverInputs:
+        """Read back `doc()` (KeyError / TypeError / ValueError on a malformed record)."""
+        protection = doc["protection"]
+        return cls(
+            positions=tuple(
+                Covered(
+                    contract=Contract.from_row(p),
+                    quantity=float(p["quantity"]),
+                    avg_price=float(p["avg_price"]),
+                    mark=float(p["mark"]),
+                )
+                for p in doc["positions"]
+            ),
+            working=tuple(
+                WorkingOrder(
+                    contract=Contract.from_row(w),
+                    signed_quantity=float(w["signed_quantity"]),
+                    limit_price=None if w["limit_price"] is None else float(w["limit_price"]),
+                    multiplier=float(w["multiplier"]),
+                    order_ref=str(w["order_ref"]),
+                )
+                for w in doc["working"]
+            ),
+            filled={str(k): float(v) for k, v in doc["filled"].items()},
+            ours=frozenset(doc["ours"]),
+            skip=frozenset(doc["skip"]),
+            protection=None if protection is None else Protection(**protection),
+        )
+
+
+def step_doc(step: Step) -> dict[str, Any]:
+    """One step as JSON-able data (its kind, its contract key, the rest of its fields)."""
+    out: dict[str, Any] = {"step": type(step).__name__}
+    for f in dataclasses.fields(step):
+        value = getattr(step, f.name)
+        if isinstance(value, Contract):
+            out["key"] = value.key
+        elif isinstance(value, Protect | Close):
+            out[f.name] = step_doc(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out

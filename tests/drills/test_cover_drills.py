@@ -11,8 +11,11 @@ working stops of ours, none larger than what it guards.
 
 from __future__ import annotations
 
+import io
+import json
 import math
 from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from procs import data, start, stop, stop_watchdog, write_config
 from data_lake import DatabaseError, DataLakeMissing, open_readonly, query_safety_events
 from paper_gateway import GatewayConfig
 from paper_gateway.testing import eventually
+from runtime.cli import main
 
 STILL = 3600.0  # prices move only when a drill moves them: quotes are old, not stale
 CLIPS = GatewayConfig(tick_interval_s=0.0, account_push_interval_s=0.1, partial_fill_above=4.0)
@@ -81,17 +85,23 @@ def _signal(admin: Any, action: str, quantity: int, symbol: str = "MSFT") -> dic
     }
 
 
-def _run(tmp_path: Path, port: int, stub: AnthropicStub, **overrides: Any) -> Any:
-    cfg = write_config(
-        tmp_path,
-        port,
-        provider="anthropic",
-        max_retries=0,
-        stop_loss_pct=0.02,
-        quote_max_age_s=STILL,
-        **overrides,
+def _config(tmp_path: Path, port: int, **overrides: Any) -> Path:
+    values = {"stop_loss_pct": 0.02, **overrides}
+    return write_config(
+        tmp_path, port, provider="anthropic", max_retries=0, quote_max_age_s=STILL, **values
     )
+
+
+def _run(tmp_path: Path, port: int, stub: AnthropicStub, **overrides: Any) -> Any:
+    cfg = _config(tmp_path, port, **overrides)
     return start("run", cfg, env={"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": stub.base_url})
+
+
+def _replay(cycle: int, cfg: Path) -> tuple[int, dict[str, Any]]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(["replay", str(cycle), "--config", str(cfg), "--json"])
+    return code, json.loads(out.getvalue())
 
 
 @pytest.mark.parametrize("gateway_config", [CLIPS])  # replaces the fixture
@@ -256,3 +266,14 @@ def test_positions_found_without_a_stop_are_covered_or_closed_at_the_first_cycle
     assert_books_balance(
         admin, data(tmp_path), seeded={"NVDA": 3, "MSFT": 5, "AAPL": 10}, covered=True
     )
+    # the first cycle's cover replays as it was; a wider stop would have covered MSFT instead
+    # of closing it, and put the other stops lower
+    code, doc = _replay(1, tmp_path / "test.toml")
+    assert code == 0 and doc["identical"], doc["differences"]
+    assert {s["key"] for s in doc["cover"]["recorded"]} == {"AAPL", "MSFT", "NVDA"}
+    wider = _config(tmp_path / "wider", gateway.port, stop_loss_pct=0.05, dir=str(data(tmp_path)))
+    code, doc = _replay(1, wider)
+    moved = {d["where"]: d for d in doc["differences"] if d["kind"] == "cover"}
+    assert code == 1 and set(moved) == {"cover AAPL", "cover MSFT", "cover NVDA"}
+    assert moved["cover MSFT"]["recorded"] == "close SELL 5"
+    assert moved["cover MSFT"]["replayed"].startswith("stop SELL 5 at ")
