@@ -138,11 +138,11 @@ class CoverKeeper:
 
     async def _cancel(
         self, steps: Sequence[CancelRemainder | Replace], cycle_id: int | None
-    ) -> dict[str, Protect] | None:
+    ) -> dict[str, Protect | Close] | None:
         """Send the cancels; wait (bounded) for the broker to confirm them. Return the
         replacement covers to carry over (by contract key), or None when not confirmed."""
         refs: list[str] = []
-        carried: dict[str, Protect] = {}
+        carried: dict[str, Protect | Close] = {}
         for s in steps:
             if isinstance(s, CancelRemainder):
                 self._event("protection_partial", s.why, "warning", s.parent_ref, cycle_id)
@@ -153,7 +153,7 @@ class CoverKeeper:
                 for ref in s.cancel:
                     self.broker.cancel(ref)
                 refs += s.cancel
-                if isinstance(s.protect, Protect):
+                if s.protect is not None:
                     carried[s.protect.contract.key] = s.protect
         timeout = self.cfg.broker.request_timeout_s
         deadline = self.clock.monotonic() + timeout
@@ -251,9 +251,15 @@ class CoverKeeper:
         )
 
 
-def _carry(step: Protect | Close, carried: Mapping[str, Protect]) -> Protect | Close:
-    """A replaced order's prices carried over to the cover planned after its cancel."""
+def _carry(step: Protect | Close, carried: Mapping[str, Protect | Close]) -> Protect | Close:
+    """What the replaced orders' plan said (their prices; or a close, when the market was
+    through their stop) carried over to the cover planned after their cancel, for the
+    quantity the broker shows now."""
     old = carried.get(step.contract.key)
-    if old is None or not isinstance(step, Protect):
+    if old is None:
         return step
+    if isinstance(old, Close):
+        return Close(old.contract, old.action, step.quantity, old.why)
+    if isinstance(step, Close):
+        return Protect(old.contract, old.action, step.quantity, old.stop, old.take_profit, old.why)
     return dataclasses.replace(step, stop=old.stop, take_profit=old.take_profit)

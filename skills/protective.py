@@ -197,6 +197,8 @@ def plan_cover(
         back = "SELL" if long else "BUY"
         if wrong or stopped > size + EPS or profit > size + EPS:
             mine = tuple(w.order_ref for w in active if w.order_ref in ours)
+            if not mine:
+                continue  # another client's orders: only their owner can cancel them
             why = (
                 f"{key}: protective orders cover {stopped:g} (stop) / {profit:g} "
                 f"(take-profit) of a position of {pos.quantity:g}"

@@ -92,6 +92,7 @@ def test_protective_orders_on_a_flat_contract_are_cancelled_even_without_protect
 
 def test_only_our_orders_are_cancelled_and_a_persons_order_holds_nothing_back():
     assert plan([], [order("a-sl", -10, 97.5)], ours=()) == []
+    assert plan([pos(4)], [order("a-sl", -10, 97.5)], ours=()) == []  # not ours to replace
     [step] = plan([pos(10)], [order("manual", -3, 120.0)], SL, ours=())
     assert isinstance(step, Protect) and step.quantity == 10
 
