@@ -7,7 +7,9 @@ package writes SQL.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlite_utils import Database
@@ -20,6 +22,7 @@ __all__ = [
     "cycle_rows",
     "cycles_finished",
     "demo_summary",
+    "grouped_reasons",
     "list_orders",
     "list_safety_events",
     "llm_usage",
@@ -124,6 +127,26 @@ def status_summary(db: Database, today: str) -> dict[str, Any]:
     }
 
 
+_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def grouped_reasons(reasons: Iterable[str]) -> list[dict[str, Any]]:
+    """Reasons counted by their shape: the same words with other numbers (an order value
+    of 49,508 or 49,506) count as one, shown with the first example; most frequent first."""
+    return _alike(({"reason": r} for r in reasons), ())
+
+
+def _alike(rows: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows counted as one when `keys` agree and their reasons differ only in numbers; each
+    group is its first row with `n`, most frequent first."""
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        shape = (*(row[k] for k in keys), _NUMBER.sub("#", str(row["reason"])))
+        g = groups.setdefault(shape, {**row, "n": 0})
+        g["n"] += 1
+    return sorted(groups.values(), key=lambda g: -int(g["n"]))
+
+
 def demo_summary(db: Database) -> dict[str, Any]:
     """Return what the demo prints at the end: cycles, swarm, decisions, refusals, orders."""
     return {
@@ -134,12 +157,16 @@ def demo_summary(db: Database) -> dict[str, Any]:
                 "SUM(status = 'abstain') AS abstain FROM signals GROUP BY instance_id"
             )
         ),
-        "decisions": list(
+        # each decision with what became of it: the status of the order it sent (the
+        # parent's, not a protective child's), NULL when nothing was sent
+        "decisions": _alike(
             db.query(
-                "SELECT symbol, sec_type, expiry, strike, opt_right, action, reason, "
-                "COUNT(*) AS n FROM decisions GROUP BY symbol, sec_type, expiry, strike, "
-                "opt_right, action, reason ORDER BY n DESC"
-            )
+                "SELECT d.symbol, d.sec_type, d.expiry, d.strike, d.opt_right, d.action, "
+                "d.reason, i.status AS sent FROM decisions d "
+                "LEFT JOIN order_intents i ON i.decision_id = d.id AND i.parent_ref IS NULL "
+                "ORDER BY d.id"
+            ),
+            ("symbol", "sec_type", "expiry", "strike", "opt_right", "action", "sent"),
         ),
         "orders": list(
             db.query(
@@ -147,11 +174,9 @@ def demo_summary(db: Database) -> dict[str, Any]:
                 "quantity, order_type, limit_price, status FROM order_intents ORDER BY id"
             )
         ),
-        "refusals": list(
-            db.query(
-                "SELECT reason, COUNT(*) AS n FROM safety_events WHERE kind = 'gate_refusal' "
-                "GROUP BY reason ORDER BY n DESC"
-            )
+        "refusals": grouped_reasons(
+            r["reason"]
+            for r in db.query("SELECT reason FROM safety_events WHERE kind = 'gate_refusal'")
         ),
         "intents": Counter(r["status"] for r in db.query("SELECT status FROM order_intents")),
         "events": list(

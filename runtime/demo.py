@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +279,16 @@ def _open_watchdog_intents(work: Path) -> list[dict[str, Any]]:
     return open_intents(open_readonly(work), ("watchdog",))
 
 
+def _outcome(d: Mapping[str, Any]) -> str:
+    """What became of decisions the commander accepted: the order's status, or that the
+    execution gate (or a stop) kept it from being sent."""
+    if not str(d["reason"]).startswith("accepted"):
+        return ""
+    if d["sent"] is None:
+        return " | order: NOT SENT (see gate refusals)"
+    return f" | order: {d['sent']}"
+
+
 def _summary(work: Path, admin: AdminClient) -> None:
     db = open_readonly(work)
     s = demo_summary(db)
@@ -292,11 +303,13 @@ def _summary(work: Path, admin: AdminClient) -> None:
     decisions = s["decisions"]
     _say(f"decisions: {sum(d['n'] for d in decisions)}")
     for d in decisions[:10]:
-        _say(f"  {d['n']:3} x {d['action']} {Contract.from_row(d)}: {d['reason'][:100]}")
+        _say(
+            f"  {d['n']:3} x {d['action']} {Contract.from_row(d)}: {d['reason'][:90]}" + _outcome(d)
+        )
     refusals = s["refusals"]
     _say(f"gate refusals: {sum(r['n'] for r in refusals)}")
     for r in refusals[:8]:
-        _say(f"  {r['n']:3} x {r['reason'][:110]}")
+        _say(f"  {r['n']:3} x {r['reason'][:100]}" + (" (and alike)" if r["n"] > 1 else ""))
     intents = s["intents"]
     _say(
         f"orders (intents): {sum(intents.values())} "

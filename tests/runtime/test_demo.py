@@ -29,6 +29,12 @@ def test_demo_runs_cycles_and_prints_a_summary(tmp_path):
     assert "fills: 1" in out and "BOT 20 MSFT" in out
     # a newcomer sees the gate work: the demo's oversized GS order is refused with its reason
     assert "exceeds the maximum 25,000" in out and "gate refusals: 0" not in out
+    # an accepted decision the gate refused says so; the two GS refusals, whose order values
+    # differ, count as one reason
+    gs = next(line for line in out.splitlines() if "x BUY GS: accepted" in line)
+    assert gs.strip().startswith("2 x") and gs.endswith("| order: NOT SENT (see gate refusals)")
+    assert "2 x order value" in out and "(and alike)" in out
+    assert any(line.endswith("| order: filled") and "BUY MSFT" in line for line in out.splitlines())
     assert "BUY 20 MSFT LMT" in out and "python -m runtime why cmd-c1-" in out
     assert "net liquidation" in out and "breaker: ACTIVE" in out
     assert (tmp_path / "demo" / "trading.sqlite3").exists()
