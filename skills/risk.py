@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["DEFAULT_SYMBOLS", "RiskConfig"]
 
@@ -41,6 +41,13 @@ class RiskConfig(BaseModel):
     duplicate_window_s: float = Field(60.0, ge=0)
     max_consecutive_rejects: int = Field(3, ge=1)
     require_watchdog: bool = True
+
+    @field_validator("max_order_quantity")
+    @classmethod
+    def _whole_units(cls, v: float) -> float:
+        if v != int(v):
+            raise ValueError(f"must be a whole number of shares or contracts, got {v:g}")
+        return v
 
     @model_validator(mode="after")
     def _symbols_upper(self) -> RiskConfig:

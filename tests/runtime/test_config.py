@@ -49,6 +49,10 @@ def test_mode_has_no_default():
             r"risk\.max_order_quantity: .*greater than 0",
         ),
         (
+            lambda d: d["risk"].update(max_order_quantity=2.5),
+            r"risk\.max_order_quantity: must be a whole number of shares or contracts, got 2\.5",
+        ),
+        (
             lambda d: d["broker"].update(port="4002"),
             r"broker\.port: Input should be a valid integer",
         ),
