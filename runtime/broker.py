@@ -1038,6 +1038,8 @@ class Broker:
         level = {Severity.INFO: logging.INFO, Severity.WARNING: logging.WARNING}.get(
             policy.severity, logging.ERROR
         )
+        if code == 202 and self._cancelled_by_us(self._own_ref(req_id)):
+            level = logging.INFO  # the answer to our own cancel (or an OCA sibling's)
         log.log(
             level,
             "broker %s: IB %s %s (req %s%s): %s",
@@ -1173,10 +1175,10 @@ class Broker:
         except (TimeoutError, ConnectionError) as exc:
             log.error("broker %s: account updates not renewed: %s", self.source, exc)
 
-    def _on_order_error(self, req_id: int, code: int, msg: str) -> None:
-        """The reject accounting (ORDER_REJECT rows): stored on the order; ending codes reject
-        its intent; counted codes (and 202s the daemon did not ask for) feed the trip."""
-        trade = next(  # our own order: other clients' ids (seen in reconcile) may clash
+    def _own_ref(self, req_id: int) -> str | None:
+        """The orderRef of this session's order with this id (other clients' ids, seen in
+        reconcile, may clash)."""
+        trade = next(
             (
                 t
                 for t in self.ib.trades()
@@ -1184,10 +1186,19 @@ class Broker:
             ),
             None,
         )
-        ref = trade.order.orderRef if trade else None
-        # a protective child is cancelled by its OCA group or its parent's cancel: not a
-        # reject (a broker refusal of one is 201, counted and acted on below)
-        cancelled_by_us = code == 202 and (ref in self._cancel_requested or is_protective_ref(ref))
+        return trade.order.orderRef if trade else None
+
+    def _cancelled_by_us(self, ref: str | None) -> bool:
+        """A 202 for this order answers a cancel we asked for, or is a protective child
+        cancelled by its OCA group or its parent's cancel: not a reject (a broker refusal of
+        one is 201)."""
+        return ref in self._cancel_requested or is_protective_ref(ref)
+
+    def _on_order_error(self, req_id: int, code: int, msg: str) -> None:
+        """The reject accounting (ORDER_REJECT rows): stored on the order; ending codes reject
+        its intent; counted codes (and 202s the daemon did not ask for) feed the trip."""
+        ref = self._own_ref(req_id)
+        cancelled_by_us = code == 202 and self._cancelled_by_us(ref)
         counted = code in REJECT_CODES or (code == 202 and not cancelled_by_us)
         if counted:  # the safety counter first, independent of the audit writes
             self.reject_streak += 1

@@ -1,5 +1,6 @@
 """The execution gate fed by the live broker session (paper gateway over TCP)."""
 
+import logging
 import time
 import tomllib
 from pathlib import Path
@@ -129,8 +130,9 @@ async def test_option_order_notional_uses_the_multiplier_and_live_delta(live, ga
 
 
 @pytest.mark.asyncio
-async def test_cancel_and_global_cancel_through_the_adapter(live, admin, connect):
+async def test_cancel_and_global_cancel_through_the_adapter(live, admin, connect, caplog):
     broker, db, cfg = live
+    caplog.set_level(logging.INFO, logger="runtime.broker")
     a = await send(broker, db, cfg.risk, order(symbol="AAPL", price=222.0))
     b = await send(broker, db, cfg.risk, order(symbol="MSFT", price=400.0, cycle=2))
     assert a.accepted and b.accepted
@@ -141,3 +143,5 @@ async def test_cancel_and_global_cancel_through_the_adapter(live, admin, connect
     await eventually_async(lambda: intent(db, b.order_ref)["status"] == "cancelled")
     assert admin.call("state")["open_orders"] == [] and read(db, query_trades) == []
     assert broker.reject_streak == 0  # our own cancels are not rejects
+    answers = [r for r in caplog.records if r.name == "runtime.broker" and " 202 " in r.message]
+    assert answers and all(r.levelno == logging.INFO for r in answers)  # nor warnings
