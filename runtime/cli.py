@@ -315,7 +315,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 session = f", broker session {h['broker_session']}"
             print(
                 f"{name:9} pid {h['pid']} {'alive' if h['alive'] else 'NOT ALIVE'} "
-                f"(heartbeat {h['age_s']:.1f}s ago, cycle {h['cycle']}, {h['phase']}"
+                f"(heartbeat {h['age_s']:.1f}s ago, "
+                f"{'cycle' if name == 'main' else 'poll'} {h['cycle']}, {h['phase']}"
                 f"{session}{'' if h['running'] else ', process gone'})"
             )
             for line in h.get("conditions", []):

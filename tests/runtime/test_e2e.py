@@ -49,6 +49,11 @@ def test_full_cycle_from_market_data_to_a_recorded_fill(gateway, admin, tmp_path
     assert "BOT" in trades and "MSFT" in trades and trade["order_ref"] in trades
     status = json.loads(cli("status", "--config", str(cfg), "--json").stdout)
     assert status["breaker"]["state"] == "ACTIVE" and status["cycles"] == 2
+    lines = cli("status", "--config", str(cfg)).stdout.splitlines()
+    main_line = next(line for line in lines if line.startswith("main "))
+    watchdog_line = next(line for line in lines if line.startswith("watchdog "))
+    assert ", cycle 2, " in main_line  # the main loop counts cycles, the watchdog its polls
+    assert ", poll " in watchdog_line and ", cycle " not in watchdog_line
 
 
 @pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP])
