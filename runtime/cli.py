@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
 import os
@@ -421,6 +422,17 @@ def cmd_breaker(args: argparse.Namespace) -> int:
         return 0
     db = open_readonly(cfg.data_dir)
     st = CircuitBreaker(cfg.data_dir).status()
+    if args.json:
+        doc = {
+            "state": st.state.value,
+            "since": st.since,
+            "source": st.source,
+            "actor": st.actor,
+            "reason": st.reason,
+            "history": breaker_history(db, 10),
+        }
+        print(json.dumps(doc, indent=2, default=str))
+        return 0
     actor = f" ({st.actor})" if st.actor else ""
     print(f"{st.state.value} since {st.since or '-'} by {st.source}{actor}: {st.reason}")
     for row in breaker_history(db, 10):
@@ -468,6 +480,20 @@ def cmd_throttle(args: argparse.Namespace) -> int:
     latch = last_safety_event(db, THROTTLE_LATCHED)
     again = last_safety_event(db, THROTTLE_REENABLED)
     latched = latch is not None and (again is None or again["id"] < latch["id"])
+    if args.json:
+        doc = {
+            "latched": latched,
+            "last_latched": None if latch is None else {k: latch[k] for k in ("at", "reason")},
+            "last_reenabled": None
+            if again is None
+            else {
+                "at": again["at"],
+                "by": json.loads(again["details"] or "{}").get("by"),
+                "reason": again["reason"],
+            },
+        }
+        print(json.dumps(doc, indent=2, default=str))
+        return 0
     print(f"execution throttle {'LATCHED' if latched else 'not latched'}")
     if latch:
         print(f"  last latched {latch['at']}: {latch['reason']}")
@@ -516,6 +542,9 @@ def cmd_intent(args: argparse.Namespace) -> int:
         print(f"intent {args.order_ref} resolved as {args.status} by {args.by}")
         return 0
     rows = unresolved_intents(open_readonly(cfg.data_dir))
+    if args.json:
+        print(json.dumps({"unresolved": rows}, indent=2, default=str))
+        return 0
     if not rows:
         print("no unresolved intents")
     for r in rows:
@@ -532,6 +561,8 @@ def cmd_panic(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     _setup_logging("WARNING", "panic")
+    if not (args.by or "").strip():
+        args.by = f"{getpass.getuser()} (OS user; no --by given)"
     client_id = args.client_id if args.client_id is not None else cfg.broker.watchdog_client_id + 1
     try:
         print("panic: tripping the breaker, cancelling every order, closing every position ...")
@@ -1069,9 +1100,11 @@ def main(argv: list[str] | None = None) -> int:
         help="trip: HALTED (no new orders; the watchdog flattens) or REDUCING",
     )
     p.add_argument("--yes", action="store_true", help="reset: no confirmation prompt")
+    p.add_argument("--json", action="store_true", help="status: machine-readable JSON")
     p = add("panic", cmd_panic, "kill switch: HALTED, cancel everything, close every position")
-    p.add_argument("--by", default="operator")
-    p.add_argument("--reason", default="manual panic")
+    # a kill switch asks nothing in an emergency: who ran it defaults to the OS user
+    p.add_argument("--by", default=None, help="who pulls it (default: the OS user running it)")
+    p.add_argument("--reason", default="manual panic (no reason given)")
     p.add_argument(
         "--client-id",
         type=int,
@@ -1086,6 +1119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", nargs="?", choices=["status", "reenable"], default="status")
     p.add_argument("--by", help="who re-enables (required)")
     p.add_argument("--reason", help="why (required)")
+    p.add_argument("--json", action="store_true", help="status: machine-readable JSON")
     p = add(
         "intent",
         cmd_intent,
@@ -1101,6 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--by", help="who resolves (required)")
     p.add_argument("--reason", help="why (required)")
+    p.add_argument("--json", action="store_true", help="list: machine-readable JSON")
     p = add("orders", cmd_orders, "list order intents and their status")
     p.add_argument("--status", help="pending, submitted, filled, cancelled, rejected, ...")
     p.add_argument("--symbol")

@@ -128,10 +128,33 @@ def test_a_person_trips_the_breaker_with_a_name_and_a_reason(tmp_path):
     status = CircuitBreaker(data(tmp_path)).status()
     assert (status.state, status.source) == (BreakerState.HALTED, "person")
     assert "dana" in status.reason
+    shown = _json("breaker", "--config", cfg)
+    assert (shown["state"], shown["source"]) == ("HALTED", "person") and "dana" in shown["reason"]
+    assert shown["history"][0]["to_state"] == "HALTED"
     reset = cli("breaker", "reset", "--by", "dana", "--reason", "ok", "--yes", "--config", cfg)
     assert reset.returncode == 0 and CircuitBreaker(data(tmp_path)).status().state is (
         BreakerState.ACTIVE
     )
+    assert [h["to_state"] for h in _json("breaker", "--config", cfg)["history"]][:2] == [
+        "ACTIVE",
+        "HALTED",
+    ]
+
+
+def test_the_throttle_and_unresolved_intents_read_as_json(tmp_path):
+    cfg = str(_seed(tmp_path))
+    assert _json("throttle", "--config", cfg) == {
+        "latched": False,
+        "last_latched": None,
+        "last_reenabled": None,
+    }
+    store = Store.open(data(tmp_path))
+    store.call(insert_intent, _intent("cmd-c1-u", "NVDA", "unresolved"), timeout=5)
+    store.call(log_safety_event, "gate", "execution_throttle", "50 fills", "critical", timeout=5)
+    store.close(5)
+    assert _json("throttle", "--config", cfg)["latched"] is True
+    [row] = _json("intent", "--config", cfg)["unresolved"]
+    assert (row["order_ref"], row["symbol"]) == ("cmd-c1-u", "NVDA")
 
 
 def test_status_is_live_from_the_broker_and_says_why_not_when_the_gateway_is_frozen(
