@@ -131,6 +131,17 @@ def _take_profit(avg_price: float, long: bool, protection: Protection) -> float 
     return _tick(avg_price * (1 + tp if long else 1 - tp), up=long)
 
 
+def _tightest(
+    prices: Sequence[float | None], *, highest: bool, default: float | None = None
+) -> float | None:
+    """The tightest of the known prices (the highest stop of a long position, the lowest
+    take-profit), else `default`."""
+    known = [p for p in prices if p]
+    if not known:
+        return default
+    return max(known) if highest else min(known)
+
+
 def _reducing(w: WorkingOrder, long: bool) -> bool:
     return (w.signed_quantity < 0) == long
 
@@ -233,14 +244,13 @@ def _cover(
     the average cost); a close when the market is through that price already."""
     long = pos.quantity > 0
     back = "SELL" if long else "BUY"
-    known = [w.limit_price for w in stops if w.limit_price]
     anchor = pos.avg_price if pos.avg_price > 0 else pos.mark  # no average cost: the mark
-    if known:
-        stop: float | None = max(known) if long else min(known)
-    elif protection is not None and anchor > 0:
-        stop = stop_price(anchor, long, protection)
-    else:
-        stop = None
+    priced = protection is not None and anchor > 0
+    stop = _tightest(
+        [w.limit_price for w in stops],
+        highest=long,
+        default=stop_price(anchor, long, protection) if protection and priced else None,
+    )
     if stop is None:
         return None
     if (pos.mark <= stop) if long else (pos.mark >= stop):
@@ -250,13 +260,11 @@ def _cover(
             quantity,
             f"{why}; the market ({pos.mark:g}) is through its stop {stop:g}: closed instead",
         )
-    targets = [w.limit_price for w in tps if w.limit_price]
-    if targets:
-        tp: float | None = min(targets) if long else max(targets)
-    elif protection is not None and anchor > 0:
-        tp = _take_profit(anchor, long, protection)
-    else:
-        tp = None
+    tp = _tightest(
+        [w.limit_price for w in tps],
+        highest=not long,
+        default=_take_profit(anchor, long, protection) if protection and priced else None,
+    )
     if tp is not None and ((pos.mark >= tp) if long else (pos.mark <= tp)):
         tp = None  # a take-profit already through the market would fill at once: stop only
     if quantity > tp_room + EPS:
@@ -418,18 +426,21 @@ def cover_rest(
     if left <= EPS:
         return None
     long = held > 0
-    mine = [w for w in working if w.order_ref in lifted and w.limit_price]
-    stops = [w.limit_price for w in mine if w.order_ref.endswith(STOP_SUFFIX) and w.limit_price]
-    tps = [w.limit_price for w in mine if w.order_ref.endswith(TAKE_PROFIT_SUFFIX)]
-    if not stops:
+    mine = [w for w in working if w.order_ref in lifted]
+    stop = _tightest(
+        [w.limit_price for w in mine if w.order_ref.endswith(STOP_SUFFIX)], highest=long
+    )
+    if stop is None:
         return None
-    targets = [t for t in tps if t]
     return Protect(
         close.contract,
         "SELL" if long else "BUY",
         left,
-        max(stops) if long else min(stops),
-        (min(targets) if long else max(targets)) if targets else None,
+        stop,
+        _tightest(
+            [w.limit_price for w in mine if w.order_ref.endswith(TAKE_PROFIT_SUFFIX)],
+            highest=not long,
+        ),
         f"{close.key}: a partial close ({close.quantity:g} of {held:g}) leaves {left:g}, "
         "covered again at the lifted prices",
     )
