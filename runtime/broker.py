@@ -481,6 +481,7 @@ class Broker:
         rng: random.Random | None = None,
         on_reject_streak: Callable[[int, str], None] | None = None,
         on_execution: Callable[[float], None] | None = None,
+        on_partial_fill: Callable[[str], None] | None = None,
         intent_sources: tuple[str, ...] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_protective_reject: Callable[[str, int, str], None] | None = None,
@@ -496,6 +497,7 @@ class Broker:
         self.rng = rng or random.Random()
         self.on_reject_streak = on_reject_streak
         self.on_execution = on_execution
+        self.on_partial_fill = on_partial_fill  # orderRef of ours that filled in part, live
         self.intent_sources = intent_sources  # reconcile only these intents (None: all)
         self.sleep = sleep  # waits of the pacing and the data proof (tests step time)
         # a protective child (stop / take-profit) the broker refused: its parent must not
@@ -958,6 +960,12 @@ class Broker:
             self._post_fill(fill)
         except Exception:  # the catch-up from the broker's executions will store it
             log.exception("execution %s not queued for storage", fill.execution.execId)
+        partial = _qty(fill.execution.cumQty) < _qty(trade.order.totalQuantity)
+        if new and partial and self.on_partial_fill is not None and fill.execution.orderRef:
+            try:
+                self.on_partial_fill(fill.execution.orderRef)
+            except Exception:
+                log.exception("partial fill handler failed")
         if new:
             log.info(
                 "execution %s %s %g %s @ %g ref=%s",

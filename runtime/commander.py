@@ -458,6 +458,15 @@ class Commander:
                 )
         await self.broker.sync_intents()
 
+    async def cover_now(self) -> None:
+        """One cover keeper pass between cycles (after an entry of ours filled in part): only
+        with the broker ready and nothing pausing trading; the breaker as it is now."""
+        if not self.broker.ready or self.pause.reasons():
+            return
+        await self.keeper.keep(
+            None, breaker=self.breaker.status().state.value, blocked=await self._blocked()
+        )
+
     async def _keep_covered(self, cycle_id: int, breaker: str, doc: dict[str, Any]) -> None:
         """Cover every position exactly by its stops (runtime.cover_keeper); a broker that
         cannot be read is written down and the cycle goes on (its own reads decide)."""

@@ -236,6 +236,10 @@ class CommanderConfig(_Section):
     # the tightest of the instances behind a decision wins).
     stop_loss_pct: float = Field(0.0, ge=0, lt=1)
     take_profit_pct: float = Field(0.0, ge=0, le=10)
+    # an entry of ours that fills in part leaves its filled part without a stop (the stop waits
+    # for the whole fill): this long after such a fill, between cycles, the cover keeper cuts
+    # the remainder and covers what filled (README "Protective orders")
+    partial_fill_grace_s: float = Field(5.0, ge=0, le=3600)
 
     @model_validator(mode="after")
     def _protection(self) -> CommanderConfig:

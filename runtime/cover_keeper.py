@@ -74,6 +74,8 @@ class CoverKeeper:
         self.clock = clock
         self.protection = protection
         self.busy = busy
+        self._passes = 0  # told apart in the covers' orderRefs (a pass between cycles has none)
+        self._lock = asyncio.Lock()  # one pass at a time (a cycle's, or one between cycles)
 
     async def keep(
         self, cycle_id: int | None, *, breaker: str, blocked: frozenset[str] = frozenset()
@@ -82,6 +84,14 @@ class CoverKeeper:
         `blocked`: contract keys whose order state is unknown (left alone)."""
         if breaker == "HALTED" or self.busy():
             return KeptCover((), ())
+        await asyncio.wait_for(self._lock.acquire(), self.cfg.loop.max_cycle_s)
+        try:
+            self._passes += 1
+            return await self._keep(cycle_id, breaker, blocked)
+        finally:
+            self._lock.release()
+
+    async def _keep(self, cycle_id: int | None, breaker: str, blocked: frozenset[str]) -> KeptCover:
         inputs = await self._inputs(blocked)
         steps = inputs.plan(self.protection)
         planned = tuple(steps)
@@ -198,6 +208,7 @@ class CoverKeeper:
             cycle_id=cycle_id,
             now=now,
             intent_timeout_s=self.cfg.data.write_timeout_s,
+            nonce=f"p{self._passes}",
         )
         what = f"stop {step.action} {step.quantity:g} {step.contract.key} at {step.stop:g}" + (
             f" with take-profit {step.take_profit:g}" if step.take_profit is not None else ""

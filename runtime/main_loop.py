@@ -31,13 +31,14 @@ from data_lake import (
     open_intents,
     register_secret,
 )
+from skills.brackets import is_protective_ref
 from skills.execution_gate import GateState
 from skills.swarm_core import LoadedTemplate, SwarmConfigError, load_instances
 from skills.swarm_models import InstanceConfig
 from skills.swarm_providers import AnthropicProvider, OfflineProvider, Provider
 
 from .breaker import BreakerState, CircuitBreaker
-from .broker import AccountModeError, Broker, BrokerNotReady, ClientIdInUse
+from .broker import AccountModeError, Broker, BrokerError, BrokerNotReady, ClientIdInUse
 from .commander import Commander
 from .config import Config, Secrets
 from .gate_context import THROTTLE_LATCHED, load_gate_state
@@ -223,6 +224,7 @@ class MainLoop:
             intent_sources=("commander", "person"),
             on_reject_streak=self._on_reject_streak,
             on_execution=self._on_execution,
+            on_partial_fill=self._on_partial_fill,
             on_protective_reject=self._on_protective_reject,
             monotonic=self.clock.monotonic,
         )
@@ -254,6 +256,7 @@ class MainLoop:
         self._account_lock: InstanceLock | None = None
         self.restart_window = RestartWindow.from_config(cfg.broker)
         self._down_since: dt.datetime | None = None  # broker not back (ready and proven) since
+        self._cover_soon = asyncio.Event()  # an entry filled in part: cover it between cycles
 
     # --- helpers ---------------------------------------------------------------------------
     def _set_phase(self, phase: str) -> None:
@@ -389,6 +392,27 @@ class MainLoop:
     def _on_protective_reject(self, order_ref: str, code: int, msg: str) -> None:
         self.protection.child_rejected(order_ref, code, msg)
 
+    def _on_partial_fill(self, order_ref: str) -> None:
+        if self.commander.keeper.protection is not None and not is_protective_ref(order_ref):
+            self._cover_soon.set()
+
+    async def _cover_between_cycles(self, next_at: float) -> None:
+        """An entry of ours filled in part: after `partial_fill_grace_s` (if the next cycle is
+        not due first), one cover keeper pass, bounded like a cycle. Between cycles, so it
+        never runs beside a cycle's own orders."""
+        loop = asyncio.get_running_loop()
+        grace = self.cfg.commander.partial_fill_grace_s
+        if loop.time() + grace >= next_at:
+            return  # the next cycle's own pass comes first
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), grace)
+        if self.stop.is_set():
+            return
+        try:
+            await asyncio.wait_for(self.commander.cover_now(), self.cfg.loop.max_cycle_s)
+        except (TimeoutError, ConnectionError, BrokerError, StorageUnavailable) as exc:
+            log.warning("cover after a partial fill not done: %r (the next cycle does it)", exc)
+
     def _on_reject_streak(self, n: int, why: str) -> None:
         if n >= self.cfg.risk.max_consecutive_rejects:
             self.breaker.trip(
@@ -462,8 +486,21 @@ class MainLoop:
             now = loop.time()
             if next_at < now:  # the cycle overran: start the next one now, not a burst
                 next_at = now
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), next_at - now)
+            while not self.stop.is_set() and (now := loop.time()) < next_at:
+                waits = {
+                    loop.create_task(self._cover_soon.wait()),
+                    loop.create_task(self.stop.wait()),
+                }
+                try:
+                    await asyncio.wait(
+                        waits, timeout=next_at - now, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for w in waits:
+                        w.cancel()
+                if self._cover_soon.is_set() and not self.stop.is_set():
+                    self._cover_soon.clear()
+                    await self._cover_between_cycles(next_at)
 
     def _request_stop(self, sig: signal.Signals) -> None:
         if self.stop.is_set():

@@ -272,9 +272,12 @@ def _cover(
     return Protect(pos.contract, back, quantity, stop, tp, why)
 
 
-def cover_requests(step: Protect, cycle_id: int | None) -> tuple[str, tuple[OrderRequest, ...]]:
+def cover_requests(
+    step: Protect, cycle_id: int | None, nonce: str = ""
+) -> tuple[str, tuple[OrderRequest, ...]]:
     """The group orderRef and the standalone protective orders (GTC stop, optional
-    take-profit) of a `Protect` step; their orderRefs are `<group>-sl` / `<group>-tp`."""
+    take-profit) of a `Protect` step; their orderRefs are `<group>-sl` / `<group>-tp`.
+    `nonce` tells apart passes that plan the same step (the keeper's pass number)."""
     stop = OrderRequest(
         contract=step.contract,
         action=step.action,
@@ -287,7 +290,7 @@ def cover_requests(step: Protect, cycle_id: int | None) -> tuple[str, tuple[Orde
         ref_seed=STOP_SUFFIX,
     )
     group = order_ref_for(
-        dataclasses.replace(stop, ref_seed=f"cover {step.stop:g} {step.take_profit}")
+        dataclasses.replace(stop, ref_seed=f"cover {step.stop:g} {step.take_profit} {nonce}")
     )
     if step.take_profit is None:
         return group, (stop,)
@@ -394,10 +397,11 @@ async def place_cover_with_guard(
     now: float,
     day: str = "",
     intent_timeout_s: float = 5.0,
+    nonce: str = "",
 ) -> GateVerdict:
     """Check the protective orders of a `Protect` step (`cover_reasons`), store their intents
     (awaited), then send them together; a refusal is recorded like any other."""
-    group, orders = cover_requests(step, cycle_id)
+    group, orders = cover_requests(step, cycle_id, nonce)
     rows = [(group + o.ref_seed, o) for o in orders]
     reasons = cover_reasons(
         orders, position, working, breaker=breaker, connected=connected, collar_pct=collar_pct

@@ -111,7 +111,8 @@ def test_a_partly_filled_entry_is_cut_and_its_filled_part_gets_its_stop(
     stub.script("index_trend", Reply(body=tool_answer([_signal(admin, "BUY", 10)])), Reply(
         body=tool_answer([])
     ))  # fmt: skip
-    proc = _run(tmp_path, gateway.port, stub)
+    # the next cycle is a minute away: the filled part is covered between cycles
+    proc = _run(tmp_path, gateway.port, stub, cycle_interval_s=60.0, partial_fill_grace_s=0.5)
     try:
         [parent] = eventually(
             lambda: [
@@ -142,6 +143,7 @@ def test_a_partly_filled_entry_is_cut_and_its_filled_part_gets_its_stop(
         assert cover["aux_price"] == math.floor(fill["price"] * 0.98 * 100 + 1e-9) / 100
         [partial] = eventually(lambda: _events(tmp_path, "protection_partial"), what="recorded")
         assert "filled 4 and still works for 6" in partial["reason"]
+        assert partial["cycle_id"] is None  # between cycles, not at the next one
         eventually(
             lambda: any("sent as" in e["reason"] for e in _events(tmp_path, "protection_cover")),
             what="the cover recorded",
