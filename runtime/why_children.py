@@ -112,8 +112,9 @@ def _parent_summary(
     if refusals:
         reasons = list(json.loads(refusals[-1]["details"] or "{}").get("reasons") or [])
         reasons = reasons or [refusals[-1]["reason"]]
-    none = "none: a standalone cover (runtime/cover_keeper.py), no parent order"
+    none = "none: a standalone cover the daemon placed to keep its position covered"
     out: dict[str, Any] = {
+        "standalone": intent is None and not refusals,
         "order_ref": parent_ref,
         "status": intent["status"] if intent else ("refused" if refusals else none),
         "refusal": reasons,
@@ -175,7 +176,10 @@ def _outcome(
         }
     if status in WORKING:
         at_broker = chain["orders"][-1]["status"] if chain["orders"] else "no broker status yet"
-        held = "" if parent["fills"] else "; held by the broker until its parent fills"
+        if parent.get("standalone"):
+            held = "; an untriggered stop" if at_broker == "PreSubmitted" else ""
+        else:
+            held = "" if parent["fills"] else "; held by the broker until its parent fills"
         return {"state": "working", "text": f"working at the broker ({at_broker}{held})"}
     if status == "filled":
         f = _fills(chain)

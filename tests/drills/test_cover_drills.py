@@ -97,6 +97,13 @@ def _run(tmp_path: Path, port: int, stub: AnthropicStub, **overrides: Any) -> An
     return start("run", cfg, env={"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": stub.base_url})
 
 
+def _why(ref: str, cfg: Path) -> str:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        main(["why", ref, "--config", str(cfg)])
+    return out.getvalue()
+
+
 def _replay(cycle: int, cfg: Path) -> tuple[int, dict[str, Any]]:
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
@@ -249,6 +256,16 @@ def test_positions_found_without_a_stop_are_covered_or_closed_at_the_first_cycle
         )
         [nvda] = eventually(lambda: _working(admin, "NVDA", "-sl"), timeout=20, what="NVDA")
         assert nvda["quantity"] == 3
+        story = eventually(
+            lambda: (
+                text
+                if "protection_cover" in (text := _why(nvda["order_ref"], tmp_path / "test.toml"))
+                else None
+            ),
+            what="why tells the cover's story",
+        )
+        assert "a standalone cover the daemon placed" in story
+        assert "working at the broker (PreSubmitted; an untriggered stop)" in story
         assert nvda["aux_price"] == math.floor(prices["NVDA"] * 0.98 * 100 + 1e-9) / 100
         assert _held(admin, "NVDA") == 3
         [rejected] = eventually(lambda: _events(tmp_path, "protection_rejected"), what="event")
