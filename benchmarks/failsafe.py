@@ -312,8 +312,9 @@ FAULTS: tuple[Fault, ...] = (
     ),
     Fault(
         fault="a protected entry fills only in part (its stop waits for the whole fill)",
-        outcome="the next cycle cancels its remainder and puts a GTC stop on the filled part; "
-        "every position covered exactly by stops",
+        outcome="partial_fill_grace_s later, between cycles, its remainder is cancelled and "
+        "a GTC stop covers the filled part (0.6 s with a 0.5 s grace and a 60 s cycle); every "
+        "position covered exactly by stops",
         drills=(CV + "test_a_partly_filled_entry_is_cut_and_its_filled_part_gets_its_stop",),
     ),
     Fault(
