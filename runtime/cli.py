@@ -18,6 +18,7 @@ import psutil
 
 from data_lake import (
     Contract,
+    Database,
     DatabaseError,
     DataLakeMissing,
     IntentStatus,
@@ -47,7 +48,13 @@ from data_lake import (
     unresolved_intents,
 )
 
-from .breaker import BreakerState, BreakerUnwritable, CircuitBreaker, ResetRefused
+from .breaker import (
+    BreakerState,
+    BreakerStatus,
+    BreakerUnwritable,
+    CircuitBreaker,
+    ResetRefused,
+)
 from .config import Config, ConfigError, Secrets, load_config
 from .heartbeat import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT, is_same_process, read_heartbeat
 from .instance_lock import (
@@ -274,14 +281,7 @@ def status_dict(cfg: Config, live: bool = True) -> dict[str, Any]:
     timeout = cfg.watchdog.heartbeat_timeout_s
     return {
         "mode": cfg.mode,
-        "breaker": {
-            "state": breaker.state.value,
-            "since": breaker.since,
-            "source": breaker.source,
-            "reason": breaker.reason,
-            "actor": breaker.actor,
-            "generation": breaker.generation,
-        },
+        "breaker": _breaker_doc(breaker),
         "main": _hb(cfg, MAIN_HEARTBEAT, timeout),
         "watchdog": _hb(cfg, WATCHDOG_HEARTBEAT, timeout),
         **summary,
@@ -372,65 +372,130 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse(args: argparse.Namespace, message: str, code: int = 2) -> int:
+    """A refused command: one line on stderr and, under --json, {"error": ...} on stdout
+    (the shape every --json command uses for an error)."""
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message}))
+    print(message, file=sys.stderr)
+    return code
+
+
+def _person(args: argparse.Namespace, what: str) -> str | None:
+    """Why a person's command is refused, naming each missing flag (who: --by NAME, why:
+    --reason TEXT; both are recorded), or None."""
+    missing = [
+        text
+        for flag, text in (
+            ("by", "the person's name (--by NAME)"),
+            ("reason", "a reason (--reason TEXT)"),
+        )
+        if not (getattr(args, flag, None) or "").strip()
+    ]
+    return f"refused: {what} needs {' and '.join(missing)}" if missing else None
+
+
+def _breaker_doc(st: BreakerStatus) -> dict[str, Any]:
+    """The breaker in the shape of `status --json`'s "breaker" (every --json carrying it)."""
+    return {
+        "state": st.state.value,
+        "since": st.since,
+        "source": st.source,
+        "reason": st.reason,
+        "actor": st.actor,
+        "generation": st.generation,
+    }
+
+
+def _breaker_change(
+    action: str, old: BreakerStatus, new: BreakerStatus, changed: bool
+) -> dict[str, Any]:
+    """The result of `breaker trip|reset --json`: the breaker now, and what changed."""
+    return {
+        **_breaker_doc(new),
+        "action": action,
+        "changed": changed,
+        "previous_state": old.state.value,
+        "persisted": new.persisted,
+    }
+
+
+def _quiet_breaker_log() -> None:
+    """A person's trip or reset is printed once, by the CLI: the breaker's own log line
+    (which would reach stderr through logging's last-resort handler) says nothing more."""
+    logging.getLogger("runtime.breaker").setLevel(logging.CRITICAL + 1)
+
+
+def _breaker_trip(args: argparse.Namespace, cfg: Config) -> int:
+    if (why := _person(args, "a breaker trip")) is not None:
+        return _refuse(args, why)
+    _quiet_breaker_log()
+    store = Store.open(cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="cli")
+    try:
+        breaker = CircuitBreaker(cfg.data_dir, store)
+        old = breaker.status()
+        reason = f"tripped by {args.by}: {args.reason}"
+        st = breaker.trip(BreakerState(args.state), "person", reason)
+    finally:
+        store.close(5.0)
+    changed = st.generation != old.generation  # trip() never de-escalates: same or higher
+    if args.json:
+        print(json.dumps(_breaker_change("trip", old, st, changed), indent=2, default=str))
+    elif changed:
+        print(
+            f"breaker {old.state.value} -> {st.state.value} since {st.since} ({st.reason})"
+            + ("" if st.persisted else " -- NOT PERSISTED: the file could not be written")
+        )
+    else:
+        print(f"breaker already {st.state.value} since {st.since} ({st.reason}): not changed")
+    return 0 if st.persisted else 1
+
+
+def _breaker_reset(args: argparse.Namespace, cfg: Config) -> int:
+    if (why := _person(args, "a breaker reset")) is not None:
+        return _refuse(args, why)
+    current = CircuitBreaker(cfg.data_dir).status()
+    if current.state is BreakerState.ACTIVE:
+        if args.json:
+            doc = _breaker_change("reset", current, current, False)
+            print(json.dumps(doc, indent=2, default=str))
+        else:
+            print(f"breaker already ACTIVE (since {current.since or '-'}): nothing to reset")
+        return 0
+    if not args.yes and sys.stdin.isatty():
+        ask = sys.stderr if args.json else sys.stdout  # --json keeps stdout for the document
+        print(
+            f"breaker is {current.state.value} since {current.since or '-'}: {current.reason}",
+            file=ask,
+        )
+        print("reset it to ACTIVE (new orders allowed again)? [y/N] ", end="", file=ask, flush=True)
+        if input().strip() != "y":
+            return _refuse(args, "not reset", 1)
+    _quiet_breaker_log()
+    store = Store.open(cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="cli")
+    try:
+        st = CircuitBreaker(cfg.data_dir, store).reset(by=args.by, reason=args.reason)
+    except (ResetRefused, BreakerUnwritable) as exc:
+        return _refuse(args, f"refused: {exc}")
+    finally:
+        store.close(5.0)
+    if args.json:
+        print(json.dumps(_breaker_change("reset", current, st, True), indent=2, default=str))
+    else:
+        print(f"breaker reset {current.state.value} -> {st.state.value} by {st.actor}: {st.reason}")
+    return 0
+
+
 def cmd_breaker(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.action == "trip":
-        if not (args.by or "").strip() or not (args.reason or "").strip():
-            print(
-                "refused: a breaker trip needs the person's name (--by) and a reason",
-                file=sys.stderr,
-            )
-            return 2
-        store = Store.open(cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="cli")
-        try:
-            st = CircuitBreaker(cfg.data_dir, store).trip(
-                BreakerState(args.state), "person", f"tripped by {args.by}: {args.reason}"
-            )
-        finally:
-            store.close(5.0)
-        print(
-            f"breaker {st.state.value} since {st.since} ({st.reason})"
-            + ("" if st.persisted else " -- NOT PERSISTED: the file could not be written")
-        )
-        return 0 if st.persisted else 1
+        return _breaker_trip(args, cfg)
     if args.action == "reset":
-        if not (args.by or "").strip() or not (args.reason or "").strip():
-            print(
-                "refused: a breaker reset needs the person's name (--by) and a reason",
-                file=sys.stderr,
-            )
-            return 2
-        current = CircuitBreaker(cfg.data_dir).status()
-        if current.state is BreakerState.ACTIVE:
-            print(f"breaker already ACTIVE (since {current.since or '-'}): nothing to reset")
-            return 0
-        if not args.yes and sys.stdin.isatty():
-            now = current
-            print(f"breaker is {now.state.value} since {now.since or '-'}: {now.reason}")
-            if input("reset it to ACTIVE (new orders allowed again)? [y/N] ").strip() != "y":
-                print("not reset")
-                return 1
-        store = Store.open(cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="cli")
-        try:
-            st = CircuitBreaker(cfg.data_dir, store).reset(by=args.by, reason=args.reason)
-        except (ResetRefused, BreakerUnwritable) as exc:
-            print(f"refused: {exc}", file=sys.stderr)
-            return 2
-        finally:
-            store.close(5.0)
-        print(f"breaker reset to {st.state.value} by {st.actor}: {st.reason}")
-        return 0
+        return _breaker_reset(args, cfg)
     db = open_readonly(cfg.data_dir)
     st = CircuitBreaker(cfg.data_dir).status()
     if args.json:
-        doc = {
-            "state": st.state.value,
-            "since": st.since,
-            "source": st.source,
-            "actor": st.actor,
-            "reason": st.reason,
-            "history": breaker_history(db, 10),
-        }
+        doc = {**_breaker_doc(st), "history": breaker_history(db, 10)}
         print(json.dumps(doc, indent=2, default=str))
         return 0
     actor = f" ({st.actor})" if st.actor else ""
@@ -443,21 +508,32 @@ def cmd_breaker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _person(args: argparse.Namespace, what: str) -> str | None:
-    """Return why a person's command is refused (no name or no reason), or None."""
-    if not (args.by or "").strip() or not (args.reason or "").strip():
-        return f"refused: {what} needs the person's name (--by) and a reason (--reason)"
-    return None
+def _throttle_doc(db: Database) -> dict[str, Any]:
+    """The repeated-execution throttle: latched or not, its last latch and re-enable."""
+    from .gate_context import THROTTLE_LATCHED, THROTTLE_REENABLED
+
+    latch = last_safety_event(db, THROTTLE_LATCHED)
+    again = last_safety_event(db, THROTTLE_REENABLED)
+    return {
+        "latched": latch is not None and (again is None or again["id"] < latch["id"]),
+        "last_latched": None if latch is None else {k: latch[k] for k in ("at", "reason")},
+        "last_reenabled": None
+        if again is None
+        else {
+            "at": again["at"],
+            "by": json.loads(again["details"] or "{}").get("by"),
+            "reason": again["reason"],
+        },
+    }
 
 
 def cmd_throttle(args: argparse.Namespace) -> int:
-    from .gate_context import THROTTLE_LATCHED, THROTTLE_REENABLED
+    from .gate_context import THROTTLE_REENABLED
 
     cfg = _config(args)
     if args.action == "reenable":
         if (why := _person(args, "re-enabling the execution throttle")) is not None:
-            print(why, file=sys.stderr)
-            return 2
+            return _refuse(args, why)
         store = Store.open(cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="cli")
         try:
             store.call(
@@ -471,35 +547,25 @@ def cmd_throttle(args: argparse.Namespace) -> int:
             )
         finally:
             store.close(5.0)
-        print(
-            f"execution throttle re-enable recorded by {args.by}; the running daemon applies "
-            "it at its next cycle (a breaker REDUCING from the throttle needs `breaker reset`)"
+        applies = (
+            "the running daemon applies it at its next cycle (a breaker REDUCING from the "
+            "throttle needs `breaker reset`)"
         )
+        if args.json:
+            doc = {**_throttle_doc(open_readonly(cfg.data_dir)), "action": "reenable"}
+            print(json.dumps({**doc, "applies": applies}, indent=2, default=str))
+        else:
+            print(f"execution throttle re-enable recorded by {args.by}; {applies}")
         return 0
-    db = open_readonly(cfg.data_dir)
-    latch = last_safety_event(db, THROTTLE_LATCHED)
-    again = last_safety_event(db, THROTTLE_REENABLED)
-    latched = latch is not None and (again is None or again["id"] < latch["id"])
+    doc = _throttle_doc(open_readonly(cfg.data_dir))
     if args.json:
-        doc = {
-            "latched": latched,
-            "last_latched": None if latch is None else {k: latch[k] for k in ("at", "reason")},
-            "last_reenabled": None
-            if again is None
-            else {
-                "at": again["at"],
-                "by": json.loads(again["details"] or "{}").get("by"),
-                "reason": again["reason"],
-            },
-        }
         print(json.dumps(doc, indent=2, default=str))
         return 0
-    print(f"execution throttle {'LATCHED' if latched else 'not latched'}")
-    if latch:
+    print(f"execution throttle {'LATCHED' if doc['latched'] else 'not latched'}")
+    if (latch := doc["last_latched"]) is not None:
         print(f"  last latched {latch['at']}: {latch['reason']}")
-    if again:
-        by = json.loads(again["details"] or "{}").get("by", "?")
-        print(f"  last re-enabled {again['at']} by {by}: {again['reason']}")
+    if (again := doc["last_reenabled"]) is not None:
+        print(f"  last re-enabled {again['at']} by {again['by'] or '?'}: {again['reason']}")
     return 0
 
 
@@ -507,11 +573,9 @@ def cmd_intent(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.action == "resolve":
         if not args.order_ref:
-            print("refused: name the intent's orderRef", file=sys.stderr)
-            return 2
+            return _refuse(args, "refused: name the intent's orderRef")
         if (why := _person(args, "resolving an intent")) is not None:
-            print(why, file=sys.stderr)
-            return 2
+            return _refuse(args, why)
         store = Store.open(cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="cli")
         timeout = max(5.0, cfg.data.write_timeout_s)
         try:
@@ -537,9 +601,21 @@ def cmd_intent(args: argparse.Namespace) -> int:
         finally:
             store.close(5.0)
         if not done:
-            print(f"refused: intent {args.order_ref} is not unresolved", file=sys.stderr)
-            return 2
-        print(f"intent {args.order_ref} resolved as {args.status} by {args.by}")
+            return _refuse(args, f"refused: intent {args.order_ref} is not unresolved")
+        if args.json:
+            doc = {
+                "action": "resolve",
+                "resolved": {
+                    "order_ref": args.order_ref,
+                    "status": args.status,
+                    "by": args.by,
+                    "reason": args.reason,
+                },
+                "unresolved": unresolved_intents(open_readonly(cfg.data_dir)),
+            }
+            print(json.dumps(doc, indent=2, default=str))
+        else:
+            print(f"intent {args.order_ref} resolved as {args.status} by {args.by}")
         return 0
     rows = unresolved_intents(open_readonly(cfg.data_dir))
     if args.json:

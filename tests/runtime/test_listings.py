@@ -83,9 +83,9 @@ def _seed(tmp_path):
     return cfg
 
 
-def _json(*args):
+def _json(*args, ok=(0,)):
     out = cli(*args, "--json")
-    assert out.returncode == 0, out.stderr
+    assert out.returncode in ok, out.stderr
     return json.loads(out.stdout)
 
 
@@ -125,6 +125,8 @@ def test_a_person_trips_the_breaker_with_a_name_and_a_reason(tmp_path):
     assert refused.returncode == 2 and "--by" in refused.stderr
     out = cli("breaker", "trip", "--by", "dana", "--reason", "news", "--config", cfg)
     assert out.returncode == 0 and "HALTED" in out.stdout
+    # the change is said once (not again by the breaker's own log line on stderr)
+    assert out.stdout.count("ACTIVE -> HALTED") == 1 and out.stderr == "", out.stderr
     status = CircuitBreaker(data(tmp_path)).status()
     assert (status.state, status.source) == (BreakerState.HALTED, "person")
     assert "dana" in status.reason
@@ -135,10 +137,69 @@ def test_a_person_trips_the_breaker_with_a_name_and_a_reason(tmp_path):
     assert reset.returncode == 0 and CircuitBreaker(data(tmp_path)).status().state is (
         BreakerState.ACTIVE
     )
+    assert reset.stdout.count("HALTED -> ACTIVE") == 1 and reset.stderr == "", reset.stderr
     assert [h["to_state"] for h in _json("breaker", "--config", cfg)["history"]][:2] == [
         "ACTIVE",
         "HALTED",
     ]
+
+
+def test_the_breakers_write_forms_answer_in_json_and_refuse_naming_the_missing_flag(tmp_path):
+    cfg = str(_seed(tmp_path))
+    no_reason = cli("breaker", "trip", "--by", "dana", "--config", cfg, "--json")
+    assert no_reason.returncode == 2
+    assert json.loads(no_reason.stdout) == {
+        "error": "refused: a breaker trip needs a reason (--reason TEXT)"
+    }
+    assert "--by" not in no_reason.stderr and "--reason TEXT" in no_reason.stderr
+    trip = ("breaker", "trip", "--by", "dana", "--reason", "news", "--state", "REDUCING")
+    tripped = _json(*trip, "--config", cfg)
+    assert tripped["action"] == "trip" and tripped["changed"] is True
+    assert (tripped["previous_state"], tripped["state"], tripped["persisted"]) == (
+        "ACTIVE",
+        "REDUCING",
+        True,
+    )
+    shown = _json("status", "--config", cfg, "--offline", ok=(0, 3))["breaker"]
+    assert {k: tripped[k] for k in shown} == shown  # the same keys as status --json's breaker
+    again = _json(*trip, "--config", cfg)
+    assert again["changed"] is False and again["generation"] == tripped["generation"]
+    reset = _json("breaker", "reset", "--by", "dana", "--reason", "ok", "--yes", "--config", cfg)
+    assert (reset["action"], reset["changed"], reset["previous_state"]) == (
+        "reset",
+        True,
+        "REDUCING",
+    )
+    assert (reset["state"], reset["actor"], reset["reason"]) == ("ACTIVE", "dana", "ok")
+    noop = _json("breaker", "reset", "--by", "dana", "--reason", "ok", "--yes", "--config", cfg)
+    assert (noop["changed"], noop["state"]) == (False, "ACTIVE")
+
+
+def test_the_throttle_and_intent_write_forms_answer_in_json(tmp_path):
+    cfg = str(_seed(tmp_path))
+    store = Store.open(data(tmp_path))
+    store.call(insert_intent, _intent("cmd-c1-u", "NVDA", "unresolved"), timeout=5)
+    store.call(log_safety_event, "gate", "execution_throttle", "50 fills", "critical", timeout=5)
+    store.close(5)
+    again = _json("throttle", "reenable", "--by", "erin", "--reason", "checked", "--config", cfg)
+    assert again["action"] == "reenable" and again["latched"] is False
+    assert {k: again["last_reenabled"][k] for k in ("by", "reason")} == {
+        "by": "erin",
+        "reason": "checked",
+    }
+    assert again["last_latched"]["reason"] == "50 fills" and "next cycle" in again["applies"]
+    resolve = ("intent", "resolve", "cmd-c1-u", "--status", "cancelled", "--by", "erin")
+    resolved = _json(*resolve, "--reason", "cancelled at the broker", "--config", cfg)
+    assert resolved["resolved"] == {
+        "order_ref": "cmd-c1-u",
+        "status": "cancelled",
+        "by": "erin",
+        "reason": "cancelled at the broker",
+    }
+    assert resolved["action"] == "resolve" and resolved["unresolved"] == []
+    twice = cli(*resolve, "--reason", "again", "--config", cfg, "--json")
+    assert twice.returncode == 2
+    assert json.loads(twice.stdout) == {"error": "refused: intent cmd-c1-u is not unresolved"}
 
 
 def test_the_throttle_and_unresolved_intents_read_as_json(tmp_path):
