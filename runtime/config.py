@@ -373,11 +373,18 @@ def _describe(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] == "int_type" and isinstance(got, float):
+            # an integer key (a count of orders, positions, rejects ...) given a fraction
+            msg = (
+                "must be an integer, written without a decimal point"
+                if got.is_integer()
+                else "must be a whole number"
+            )
         elif err["type"] == "missing":
             msg = "required key is missing (it has no default)"
-        got = err.get("input")
         shown = (
             ""
             if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict)

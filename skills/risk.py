@@ -6,6 +6,7 @@ It lives beside the gate (not in `runtime`) so that `skills` depends on nothing 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -45,8 +46,9 @@ class RiskConfig(BaseModel):
     @field_validator("max_order_quantity")
     @classmethod
     def _whole_units(cls, v: float) -> float:
-        if v != int(v):
-            raise ValueError(f"must be a whole number of shares or contracts, got {v:g}")
+        # a float key because TOML may write 100.0; infinity is no number of shares either
+        if not (math.isfinite(v) and float(v).is_integer()):
+            raise ValueError("must be a whole number of shares or contracts")
         return v
 
     @model_validator(mode="after")

@@ -50,7 +50,30 @@ def test_mode_has_no_default():
         ),
         (
             lambda d: d["risk"].update(max_order_quantity=2.5),
-            r"risk\.max_order_quantity: must be a whole number of shares or contracts, got 2\.5",
+            r"max_order_quantity: must be a whole number of shares or contracts \(got 2\.5\)$",
+        ),
+        (
+            lambda d: d["risk"].update(max_order_quantity=float("inf")),
+            r"risk\.max_order_quantity: must be a whole number of shares or contracts \(got inf\)",
+        ),
+        # the other counting keys of [risk] refuse fractions with the same plain reason
+        *(
+            (
+                lambda d, key=key: d["risk"].update({key: 2.5}),
+                rf"risk\.{key}: must be a whole number \(got 2\.5\)$",
+            )
+            for key in (
+                "max_open_positions",
+                "max_orders_per_second",
+                "max_orders_per_minute",
+                "max_orders_per_day",
+                "max_executions_per_window",
+                "max_consecutive_rejects",
+            )
+        ),
+        (
+            lambda d: d["risk"].update(max_open_positions=3.0),
+            r"risk\.max_open_positions: must be an integer, written without a decimal point",
         ),
         (
             lambda d: d["broker"].update(port="4002"),
@@ -128,6 +151,28 @@ def test_cli_check_exits_non_zero_naming_the_key(tmp_path):
     assert proc.returncode == 2
     assert "risk.max_order_quantity" in proc.stderr
     assert "greater than 0" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["2.5", "inf"])
+def test_cli_check_refuses_a_fractional_max_order_quantity_naming_the_key(tmp_path, value):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        (ROOT / "config" / "paper.toml")
+        .read_text()
+        .replace("max_order_quantity = 100", f"max_order_quantity = {value}")
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime", "check", "--offline", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert (
+        f"risk.max_order_quantity: must be a whole number of shares or contracts (got {value})"
+        in proc.stderr
+    )
 
 
 def test_cli_check_accepts_a_good_config():
