@@ -145,3 +145,15 @@ async def test_cancel_and_global_cancel_through_the_adapter(live, admin, connect
     assert broker.reject_streak == 0  # our own cancels are not rejects
     answers = [r for r in caplog.records if r.name == "runtime.broker" and " 202 " in r.message]
     assert answers and all(r.levelno == logging.INFO for r in answers)  # nor warnings
+
+
+@pytest.mark.asyncio
+async def test_a_cancel_we_did_not_ask_for_stays_a_warning_and_counts(live, admin, caplog):
+    broker, db, cfg = live
+    caplog.set_level(logging.INFO, logger="runtime.broker")
+    admin.call("reject_next", code=202)  # the broker cancels our order on its own
+    sent = await send(broker, db, cfg.risk, order(symbol="AAPL", price=222.0))
+    assert sent.accepted
+    await eventually_async(lambda: broker.reject_streak == 1, what="the 202 counted as a reject")
+    answers = [r for r in caplog.records if r.name == "runtime.broker" and " 202 " in r.message]
+    assert answers and all(r.levelno == logging.WARNING for r in answers)
