@@ -224,6 +224,7 @@ def _hb(cfg: Config, name: str, timeout: float) -> dict[str, Any]:
             session = "stopped"
         elif session == "connected" and (poll_age is None or poll_age > timeout):
             session = "unreachable"  # the heartbeat says connected, but the poll is old
+        out["polls"] = hb.cycle  # a watchdog's count is of its polls ("cycle": kept, the same)
         out["session"] = session
         out["last_account_poll_age_s"] = None if poll_age is None else round(poll_age, 3)
         out["last_account_poll_at"] = (
@@ -291,12 +292,22 @@ def status_dict(cfg: Config, live: bool = True) -> dict[str, Any]:
     }
 
 
+NOTHING_ALIVE = 3  # `status`: neither the main loop nor the watchdog is alive
+
+
+def status_exit_code(st: dict[str, Any]) -> int:
+    """`status` exits 0 while the main loop or the watchdog is alive, NOTHING_ALIVE when
+    neither is (2, a missing data dir or unreadable database, is decided before)."""
+    return 0 if st["main"]["alive"] or st["watchdog"]["alive"] else NOTHING_ALIVE
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _config(args)
     st = status_dict(cfg, live=not args.offline)
+    code = status_exit_code(st)
     if args.json:
         print(json.dumps(st, indent=2, default=str))
-        return 0
+        return code
     b = st["breaker"]
     print(
         f"mode {st['mode']}   breaker {b['state']} since {b['since'] or '-'} "
@@ -368,7 +379,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in st["refusals_today"]:
         print(f"  refused today {r['n']} x {r['reason'][:100]}")
     print(f"database {st['database']}")
-    return 0
+    if code == NOTHING_ALIVE:
+        print(f"NOTHING ALIVE: neither the main loop nor the watchdog (exit {NOTHING_ALIVE})")
+    return code
 
 
 def _refuse(args: argparse.Namespace, message: str, code: int = 2) -> int:
@@ -1161,6 +1174,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-file", help="also log to this file, rotated at 10 MiB (5 kept)")
     p = add("status", cmd_status, "breaker, heartbeats, account (live), cycles, refusals, spend")
+    p.epilog = (
+        f"exit status: 0 the main loop or the watchdog is alive; {NOTHING_ALIVE} neither is "
+        "(nothing is running, or nothing that is running is alive); 2 the data directory is "
+        "missing or the database cannot be read"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
     p.add_argument(
         "--offline", action="store_true", help="do not ask the broker (database figures only)"

@@ -109,7 +109,7 @@ def test_check_and_status_with_relative_paths_from_another_directory(installed, 
     assert proc.returncode == 0, proc.stderr
     assert (etc / "var" / "trading.sqlite3").is_file()
     proc = _run(installed["bin"], "status", "--config", rel, cwd=installed["cwd"])
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 3, proc.stderr  # read, and nothing is running: exit 3
     assert not (installed["cwd"] / "var").exists()
 
 

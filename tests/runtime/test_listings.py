@@ -16,6 +16,7 @@ from data_lake import (
     record_llm_calls,
 )
 from runtime.breaker import BreakerState, CircuitBreaker
+from runtime.heartbeat import WATCHDOG_HEARTBEAT, SystemClock, write_heartbeat
 
 
 def _intent(ref: str, symbol: str, status: str) -> dict[str, object]:
@@ -224,14 +225,37 @@ def test_status_is_live_from_the_broker_and_says_why_not_when_the_gateway_is_fro
     cfg = write_config(tmp_path, gateway.port)
     Store.open(data(tmp_path)).close(5)  # a data directory where nothing has traded yet
     up = cli("status", "--config", str(cfg))
-    assert up.returncode == 0, up.stderr
+    assert up.returncode == 3, up.stderr  # the broker answers, but nothing of ours is alive
     assert "(live from the broker): net liq 1,000,000.00" in up.stdout
     admin.call("freeze", seconds=120)  # past both calls however slow the machine
-    frozen = _json("status", "--config", str(cfg))
+    frozen = _json("status", "--config", str(cfg), ok=(3,))
     assert frozen["live"] == {
         "reachable": False,
         "error": "no answer from the gateway within 2s",
     }
     text = cli("status", "--config", str(cfg))
-    assert text.returncode == 0
+    assert text.returncode == 3
     assert "broker not reachable (no answer from the gateway" in text.stdout
+
+
+def test_status_counts_the_watchdogs_polls_and_exits_3_when_nothing_is_alive(tmp_path):
+    cfg = str(write_config(tmp_path, 1, heartbeat_timeout_s=60.0))
+    Store.open(data(tmp_path)).close(5)
+    nothing = cli("status", "--config", cfg, "--offline")
+    assert nothing.returncode == 3, nothing.stderr
+    assert "NOTHING ALIVE: neither the main loop nor the watchdog (exit 3)" in nothing.stdout
+    assert cli("status", "--config", cfg, "--offline", "--json").returncode == 3
+    # this test's own process plays a watchdog that polled the account just now
+    clock, beat = SystemClock(), data(tmp_path) / WATCHDOG_HEARTBEAT
+    now = clock.monotonic()
+    write_heartbeat(beat, clock, 42, "polling", session="connected", account_poll_mono=now)
+    watched = _json("status", "--config", cfg, "--offline")["watchdog"]
+    assert watched["alive"] and (watched["polls"], watched["cycle"]) == (42, 42)
+    text = cli("status", "--config", cfg, "--offline")
+    assert text.returncode == 0 and "NOTHING ALIVE" not in text.stdout
+    [line] = [line for line in text.stdout.splitlines() if line.startswith("watchdog ")]
+    assert ", poll 42, " in line and "cycle" not in line
+    write_heartbeat(beat, clock, 43, "stopped", session="connected", account_poll_mono=now)
+    assert cli("status", "--config", cfg, "--offline").returncode == 3
+    missing = write_config(tmp_path / "none", 1)  # a missing data dir stays exit 2
+    assert cli("status", "--config", str(missing), "--offline").returncode == 2
