@@ -51,6 +51,7 @@ from .orders import (
 )
 from .redact import RedactingFilter, redact, redacting_excepthook, register_secret
 from .reports import (
+    alike_note,
     child_intents,
     closes_lifting_protection,
     cycle_rows,
@@ -59,6 +60,7 @@ from .reports import (
     list_orders,
     list_safety_events,
     llm_usage,
+    reason_line,
     resolve_ref,
     safety_events_between,
     status_summary,
@@ -106,6 +108,7 @@ __all__ = [
     "Store",
     "TraderError",
     "alert_cursor",
+    "alike_note",
     "backup_database",
     "breaker_history",
     "breaker_transitions_after",
@@ -145,6 +148,7 @@ __all__ = [
     "prune_snapshots",
     "query_safety_events",
     "query_trades",
+    "reason_line",
     "record_breaker_transition",
     "record_decisions",
     "record_llm_calls",

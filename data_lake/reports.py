@@ -17,6 +17,7 @@ from sqlite_utils import Database
 from .orders import OPEN_INTENT_STATES
 
 __all__ = [
+    "alike_note",
     "child_intents",
     "closes_lifting_protection",
     "cycle_rows",
@@ -26,6 +27,8 @@ __all__ = [
     "list_orders",
     "list_safety_events",
     "llm_usage",
+    "reason_line",
+    "reason_shape",
     "resolve_ref",
     "safety_events_between",
     "status_summary",
@@ -112,13 +115,15 @@ def status_summary(db: Database, today: str) -> dict[str, Any]:
                 "FROM cycles ORDER BY id DESC LIMIT 5"
             )
         ),
-        "refusals_today": list(
+        # alike reasons (other numbers) as one, shown by the latest example
+        "refusals_today": _alike(
             db.query(
                 "SELECT reason, COUNT(*) AS n FROM safety_events WHERE kind = 'gate_refusal' "
-                "AND at >= ? GROUP BY reason ORDER BY n DESC LIMIT 10",
+                "AND at >= ? GROUP BY reason ORDER BY MAX(id) DESC",
                 [today],
-            )
-        ),
+            ),
+            (),
+        )[:10],
         "last_account": _one(
             db,
             "SELECT at, net_liquidation, cash, unrealized_pnl, realized_pnl, daily_pnl "
@@ -130,21 +135,63 @@ def status_summary(db: Database, today: str) -> dict[str, Any]:
 _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 
 
+def reason_shape(reason: str) -> str:
+    """A reason with its numbers as '#': reasons that differ only in numbers (an order value
+    of 49,508 or 49,506) have one shape."""
+    return _NUMBER.sub("#", reason)
+
+
 def grouped_reasons(reasons: Iterable[str]) -> list[dict[str, Any]]:
-    """Reasons counted by their shape: the same words with other numbers (an order value
-    of 49,508 or 49,506) count as one, shown with the first example; most frequent first."""
+    """Reasons counted by their shape, each group shown by its first example with `n` and
+    `variants` (how many different texts it holds); most frequent first."""
     return _alike(({"reason": r} for r in reasons), ())
 
 
-def _alike(rows: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows counted as one when `keys` agree and their reasons differ only in numbers; each
-    group is its first row with `n`, most frequent first."""
+def _alike(
+    rows: Iterable[Mapping[str, Any]], keys: Sequence[str], texts: Sequence[str] = ("reason",)
+) -> list[dict[str, Any]]:
+    """Rows counted as one when `keys` agree and their `texts` differ only in numbers. A row
+    that is itself a count (an `n` from GROUP BY) counts `n` times. Each group is its first
+    row with `n` and `variants` (distinct texts), most frequent first."""
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    seen: dict[tuple[Any, ...], set[tuple[str, ...]]] = {}
     for row in rows:
-        shape = (*(row[k] for k in keys), _NUMBER.sub("#", str(row["reason"])))
+        said = tuple(str(row[t]) if row[t] is not None else "" for t in texts)
+        shape = (*(row[k] for k in keys), *(reason_shape(t) for t in said))
         g = groups.setdefault(shape, {**row, "n": 0})
-        g["n"] += 1
+        g["n"] += int(row.get("n", 1))
+        seen.setdefault(shape, set()).add(said)
+        g["variants"] = len(seen[shape])
     return sorted(groups.values(), key=lambda g: -int(g["n"]))
+
+
+def alike_note(group: Mapping[str, Any]) -> str:
+    """'' for a group of one text; else that the text shown is an example (its variants
+    differ only in numbers)."""
+    variants = int(group.get("variants", 1))
+    return (
+        f"  (an example of {variants} variants differing only in numbers)" if variants > 1 else ""
+    )
+
+
+def reason_line(group: Mapping[str, Any], width: int = 100) -> str:
+    """'N x REASON' for a group of alike reasons, saying when REASON is an example."""
+    return f"{group['n']:3} x {str(group['reason'])[:width]}{alike_note(group)}"
+
+
+# The gate's refusal of decision `d`'s order: its cycle's refusal of the same contract and
+# side (a refused order has no intent; its refusal names the cycle and the request).
+_REFUSAL_OF_DECISION = (
+    "SELECT e.reason FROM safety_events e WHERE e.kind = 'gate_refusal' "
+    "AND e.cycle_id = d.cycle_id "
+    "AND json_extract(e.details, '$.request.symbol') = d.symbol "
+    "AND json_extract(e.details, '$.request.action') = d.action "
+    "AND COALESCE(json_extract(e.details, '$.request.sec_type'), 'STK') = d.sec_type "
+    "AND COALESCE(json_extract(e.details, '$.request.expiry'), '') = COALESCE(d.expiry, '') "
+    "AND COALESCE(json_extract(e.details, '$.request.strike'), 0) = COALESCE(d.strike, 0) "
+    "AND COALESCE(json_extract(e.details, '$.request.right'), '') = COALESCE(d.opt_right, '') "
+    "ORDER BY e.id LIMIT 1"
+)
 
 
 def demo_summary(db: Database) -> dict[str, Any]:
@@ -157,16 +204,19 @@ def demo_summary(db: Database) -> dict[str, Any]:
                 "SUM(status = 'abstain') AS abstain FROM signals GROUP BY instance_id"
             )
         ),
-        # each decision with what became of it: the status of the order it sent (the
-        # parent's, not a protective child's), NULL when nothing was sent
+        # each decision with the gate's verdict on it: the status of the order it sent (the
+        # parent's, not a protective child's), else the gate's refusal of that contract and
+        # side in its cycle (both NULL: no verdict recorded)
         "decisions": _alike(
             db.query(
                 "SELECT d.symbol, d.sec_type, d.expiry, d.strike, d.opt_right, d.action, "
-                "d.reason, i.status AS sent FROM decisions d "
+                f"d.reason, i.status AS sent, ({_REFUSAL_OF_DECISION}) AS refused "
+                "FROM decisions d "
                 "LEFT JOIN order_intents i ON i.decision_id = d.id AND i.parent_ref IS NULL "
                 "ORDER BY d.id"
             ),
             ("symbol", "sec_type", "expiry", "strike", "opt_right", "action", "sent"),
+            ("reason", "refused"),
         ),
         "orders": list(
             db.query(

@@ -39,6 +39,7 @@ from data_lake import (
     open_readonly,
     prune_snapshots,
     query_trades,
+    reason_line,
     redact,
     redacting_excepthook,
     register_secret,
@@ -376,8 +377,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{st['safety_events_today']}, LLM spend today ${st['llm_usd_today']:.4f} of "
         f"${st['llm_budget_usd_per_day']:.2f}"
     )
-    for r in st["refusals_today"]:
-        print(f"  refused today {r['n']} x {r['reason'][:100]}")
+    for r in st["refusals_today"]:  # reasons that differ only in numbers count as one
+        print(f"  refused today {reason_line(r).lstrip()}")
     print(f"database {st['database']}")
     if code == NOTHING_ALIVE:
         print(f"NOTHING ALIVE: neither the main loop nor the watchdog (exit {NOTHING_ALIVE})")

@@ -21,11 +21,13 @@ from typing import Any
 
 from data_lake import (
     Contract,
+    alike_note,
     cycles_finished,
     demo_summary,
     open_intents,
     open_readonly,
     query_trades,
+    reason_line,
 )
 from paper_gateway import AdminClient
 from paper_gateway.process import gateway_process
@@ -279,14 +281,16 @@ def _open_watchdog_intents(work: Path) -> list[dict[str, Any]]:
     return open_intents(open_readonly(work), ("watchdog",))
 
 
-def _outcome(d: Mapping[str, Any]) -> str:
-    """What became of decisions the commander accepted: the order's status, or that the
-    execution gate (or a stop) kept it from being sent."""
+def _verdict(d: Mapping[str, Any]) -> str:
+    """The execution gate's verdict on a decision the commander accepted: sent (and what
+    became of the order), or refused and why; the commander's own refusals never reach it."""
     if not str(d["reason"]).startswith("accepted"):
         return ""
-    if d["sent"] is None:
-        return " | order: NOT SENT (see gate refusals)"
-    return f" | order: {d['sent']}"
+    if d["sent"] is not None:
+        return f" | gate: sent, order {d['sent']}"
+    if d["refused"] is not None:
+        return f" | gate: REFUSED, not sent: {str(d['refused'])[:110]}"
+    return " | gate: not sent (no verdict recorded: the cycle ended first)"
 
 
 def _summary(work: Path, admin: AdminClient) -> None:
@@ -303,13 +307,12 @@ def _summary(work: Path, admin: AdminClient) -> None:
     decisions = s["decisions"]
     _say(f"decisions: {sum(d['n'] for d in decisions)}")
     for d in decisions[:10]:
-        _say(
-            f"  {d['n']:3} x {d['action']} {Contract.from_row(d)}: {d['reason'][:90]}" + _outcome(d)
-        )
+        what = f"{d['action']} {Contract.from_row(d)}: commander {d['reason'][:80]}"
+        _say(f"  {d['n']:3} x {what}{_verdict(d)}{alike_note(d)}")
     refusals = s["refusals"]
     _say(f"gate refusals: {sum(r['n'] for r in refusals)}")
     for r in refusals[:8]:
-        _say(f"  {r['n']:3} x {r['reason'][:100]}" + (" (and alike)" if r["n"] > 1 else ""))
+        _say(f"  {reason_line(r)}")
     intents = s["intents"]
     _say(
         f"orders (intents): {sum(intents.values())} "

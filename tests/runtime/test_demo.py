@@ -1,6 +1,8 @@
 """The README's demo command, as a person runs it (fresh data dir, no key, no gateway)."""
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -29,12 +31,27 @@ def test_demo_runs_cycles_and_prints_a_summary(tmp_path):
     assert "fills: 1" in out and "BOT 20 MSFT" in out
     # a newcomer sees the gate work: the demo's oversized GS order is refused with its reason
     assert "exceeds the maximum 25,000" in out and "gate refusals: 0" not in out
-    # an accepted decision the gate refused says so; the two GS refusals, whose order values
-    # differ, count as one reason
-    gs = next(line for line in out.splitlines() if "x BUY GS: accepted" in line)
-    assert gs.strip().startswith("2 x") and gs.endswith("| order: NOT SENT (see gate refusals)")
-    assert "2 x order value" in out and "(and alike)" in out
-    assert any(line.endswith("| order: filled") and "BUY MSFT" in line for line in out.splitlines())
+    # a decision the commander accepted shows the gate's verdict: the GS order it refused
+    # (with why), the MSFT order it sent (and what became of it)
+    lines = out.splitlines()
+    gs = next(line for line in lines if "x BUY GS: commander accepted" in line)
+    assert gs.strip().startswith("2 x") and "accepted" not in gs.split("| gate:")[1]
+    assert "| gate: REFUSED, not sent: order value " in gs and "exceeds the maximum 25,000" in gs
+    assert any(line.endswith("| gate: sent, order filled") and "BUY MSFT" in line for line in lines)
+    # the two GS refusals count as one reason, shown by an example when their values differ
+    [refused] = [line for line in lines if line.strip().startswith("2 x order value ")]
+    lake = f"file:{tmp_path / 'demo' / 'trading.sqlite3'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(lake, uri=True)) as db:
+        texts = {
+            r
+            for (r,) in db.execute(
+                "SELECT reason FROM safety_events WHERE kind = ?", ["gate_refusal"]
+            )
+        }
+    assert len(texts) in (1, 2)
+    assert refused.endswith("(an example of 2 variants differing only in numbers)") is (
+        len(texts) == 2
+    )
     assert "BUY 20 MSFT LMT" in out and "python -m runtime why cmd-c1-" in out
     assert "net liquidation" in out and "breaker: ACTIVE" in out
     assert (tmp_path / "demo" / "trading.sqlite3").exists()

@@ -259,3 +259,27 @@ def test_status_counts_the_watchdogs_polls_and_exits_3_when_nothing_is_alive(tmp
     assert cli("status", "--config", cfg, "--offline").returncode == 3
     missing = write_config(tmp_path / "none", 1)  # a missing data dir stays exit 2
     assert cli("status", "--config", str(missing), "--offline").returncode == 2
+
+
+def test_status_counts_refusals_that_differ_only_in_numbers_as_one(tmp_path):
+    cfg = str(write_config(tmp_path, 1))
+    store = Store.open(data(tmp_path))
+    for reason in (
+        "order value 5,123.4 exceeds the maximum 5,000",
+        "quote stale",
+        "order value 5,200.1 exceeds the maximum 5,000",
+        "order value 6,001 exceeds the maximum 5,000",
+    ):
+        store.call(log_safety_event, "gate", "gate_refusal", reason, "warning", timeout=5)
+    store.close(5)
+    refusals = _json("status", "--config", cfg, "--offline", ok=(3,))["refusals_today"]
+    assert refusals == [  # the latest text is the example
+        {"reason": "order value 6,001 exceeds the maximum 5,000", "n": 3, "variants": 3},
+        {"reason": "quote stale", "n": 1, "variants": 1},
+    ]
+    text = cli("status", "--config", cfg, "--offline").stdout
+    assert (
+        "refused today 3 x order value 6,001 exceeds the maximum 5,000  (an example of 3 "
+        "variants differing only in numbers)" in text
+    )
+    assert "refused today 1 x quote stale\n" in text
