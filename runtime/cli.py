@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
 import os
@@ -648,11 +649,10 @@ def cmd_panic(args: argparse.Namespace) -> int:
     from .broker import BrokerError
     from .watchdog import run_panic
 
-    if (why := _person(args, "panic")) is not None:  # a person's action names who and why
-        print(f"{why}; nothing was done: run it again with them", file=sys.stderr)
-        return 2
     cfg = _config(args)
     _setup_logging("WARNING", "panic")
+    if not (args.by or "").strip():
+        args.by = f"{getpass.getuser()} (OS user; no --by given)"
     client_id = args.client_id if args.client_id is not None else cfg.broker.watchdog_client_id + 1
     try:
         print("panic: tripping the breaker, cancelling every order, closing every position ...")
@@ -1197,8 +1197,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--yes", action="store_true", help="reset: no confirmation prompt")
     p.add_argument("--json", action="store_true", help="status: machine-readable JSON")
     p = add("panic", cmd_panic, "kill switch: HALTED, cancel everything, close every position")
-    p.add_argument("--by", help="who pulls it (required: recorded with the trip)")
-    p.add_argument("--reason", help="why (required: recorded with the trip)")
+    # a kill switch asks nothing in an emergency: who ran it defaults to the OS user
+    p.add_argument("--by", default=None, help="who pulls it (default: the OS user running it)")
+    p.add_argument("--reason", default="manual panic (no reason given)")
     p.add_argument(
         "--client-id",
         type=int,
