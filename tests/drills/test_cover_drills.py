@@ -260,9 +260,10 @@ def test_positions_found_without_a_stop_are_covered_or_closed_at_the_first_cycle
             lambda: (
                 text
                 if "protection_cover" in (text := _why(nvda["order_ref"], tmp_path / "test.toml"))
+                and "working at the broker" in text
                 else None
             ),
-            what="why tells the cover's story",
+            what="why tells the cover's story, with the broker's status recorded",
         )
         assert "a standalone cover the daemon placed" in story
         assert "working at the broker (PreSubmitted; an untriggered stop)" in story
