@@ -27,6 +27,7 @@ __all__ = [
     "list_orders",
     "list_safety_events",
     "llm_usage",
+    "price_words",
     "reason_line",
     "reason_shape",
     "resolve_ref",
@@ -172,6 +173,14 @@ def alike_note(group: Mapping[str, Any]) -> str:
     return (
         f"  (an example of {variants} variants differing only in numbers)" if variants > 1 else ""
     )
+
+
+def price_words(limit_price: float | None, aux_price: float | None) -> str:
+    """An order's prices as its type reads them: ' trigger 406.69' (STP), ' trigger 406.69
+    limit 406.5' (STP LMT), ' @ 410' (LMT), or '' (MKT)."""
+    if aux_price:
+        return f" trigger {aux_price:g}" + (f" limit {limit_price:g}" if limit_price else "")
+    return f" @ {limit_price:g}" if limit_price else ""
 
 
 def reason_line(group: Mapping[str, Any], width: int = 100) -> str:
@@ -411,8 +420,8 @@ def list_orders(
     return _filtered(
         db,
         "SELECT id, created_at, order_ref, source, cycle_id, decision_id, symbol, sec_type, "
-        "expiry, strike, opt_right, action, quantity, order_type, limit_price, tif, status, "
-        "filled, avg_fill_price, last_error FROM order_intents",
+        "expiry, strike, opt_right, action, quantity, order_type, limit_price, aux_price, tif, "
+        "status, filled, avg_fill_price, last_error FROM order_intents",
         [
             ("status = ?", status),
             ("symbol = ?", symbol),

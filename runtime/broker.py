@@ -413,6 +413,7 @@ async def probe_account(
                     "quantity": _qty(t.order.totalQuantity),
                     "order_type": t.order.orderType,
                     "limit_price": _num(t.order.lmtPrice),
+                    "aux_price": _price(t.order.auxPrice),  # a stop's trigger
                     "status": t.orderStatus.status,
                 }
                 for t in orders
@@ -789,8 +790,10 @@ class Broker:
         done_by_ref = {t.order.orderRef: t for t in completed if t.order.orderRef}
         filled_by_ref: dict[str, float] = {}
         cost_by_ref: dict[str, float] = {}
+        exec_by_ref: dict[str, Any] = {}  # an execution of the order: its ids
         for f in fills:
             ref = f.execution.orderRef
+            exec_by_ref[ref] = f.execution
             filled_by_ref[ref] = filled_by_ref.get(ref, 0.0) + _qty(f.execution.shares)
             cost_by_ref[ref] = cost_by_ref.get(ref, 0.0) + _qty(f.execution.shares) * _qty(
                 f.execution.price
@@ -826,6 +829,9 @@ class Broker:
                 status = intent_status_for(t.orderStatus.status)
                 if status is IntentStatus.SUBMITTED:  # a completed order is never working
                     status = IntentStatus.CANCELLED
+                # the broker's final word on the order itself (its orders row and an order
+                # event), as if its status had arrived live: not the last we heard before
+                self._record_completed(t, filled_by_ref.get(ref, 0.0), avg_price(ref))
                 self.store.post(
                     update_intent,
                     ref,
@@ -840,6 +846,20 @@ class Broker:
                     IntentStatus.FILLED if filled >= intent["quantity"] else IntentStatus.SUBMITTED
                 )
                 if status != was or flag_missing:
+                    if status is IntentStatus.FILLED:  # its orders row says so too
+                        e = exec_by_ref[ref]
+                        self.store.post(
+                            record_order_event,
+                            order_ref=ref,
+                            perm_id=e.permId or None,
+                            order_id=e.orderId or None,
+                            client_id=e.clientId or None,
+                            status="Filled",
+                            filled=filled,
+                            remaining=0.0,
+                            avg_fill_price=avg_price(ref),
+                            message="reconciled: filled, by the executions",
+                        )
                     self.store.post(
                         update_intent,
                         ref,
@@ -1002,6 +1022,31 @@ class Broker:
             filled=_qty(s.filled),
             remaining=_qty(s.remaining),
             avg_fill_price=_num(s.avgFillPrice) or None,
+            order={
+                "symbol": c.symbol,
+                "sec_type": c.secType,
+                "action": o.action,
+                "quantity": _qty(o.totalQuantity),
+                "order_type": o.orderType,
+                "limit_price": _num(o.lmtPrice),
+            },
+        )
+
+    def _record_completed(self, trade: Trade, filled: float, avg_fill_price: float | None) -> None:
+        """Record a completed order found by reconciliation (filled or cancelled while no
+        session of ours heard it): its status, with the fills the executions show."""
+        s, o, c = trade.orderStatus, trade.order, trade.contract
+        self.store.post(
+            record_order_event,
+            order_ref=o.orderRef or None,
+            perm_id=o.permId or s.permId or None,
+            order_id=o.orderId or None,
+            client_id=o.clientId or None,
+            status=s.status,
+            filled=filled,
+            remaining=max(0.0, _qty(o.totalQuantity) - filled),
+            avg_fill_price=avg_fill_price,
+            message="reconciled: completed at the broker",
             order={
                 "symbol": c.symbol,
                 "sec_type": c.secType,

@@ -30,6 +30,7 @@ from data_lake import (
     breaker_history,
     compress_snapshots,
     db_path,
+    get_intent,
     last_safety_event,
     list_orders,
     list_safety_events,
@@ -38,6 +39,7 @@ from data_lake import (
     load_snapshot,
     log_safety_event,
     open_readonly,
+    price_words,
     prune_snapshots,
     query_trades,
     reason_line,
@@ -275,12 +277,25 @@ def _age_s(iso: str | None) -> float | None:
     return round((dt.datetime.now(dt.UTC) - at).total_seconds(), 1)
 
 
+def _stop_price(db: Database, order: dict[str, Any]) -> None:
+    """A broker's open order gets its trigger (`aux_price`): the broker's own, else the one
+    our stored intent of that orderRef sent."""
+    if order.get("aux_price") is None and order.get("order_ref"):
+        intent = get_intent(db, order["order_ref"])
+        order["aux_price"] = (intent or {}).get("aux_price")
+
+
 def status_dict(cfg: Config, live: bool = True) -> dict[str, Any]:
     db = open_readonly(cfg.data_dir)
     breaker = CircuitBreaker(cfg.data_dir).status()
     today = time.strftime("%Y-%m-%d", time.gmtime())
     summary = status_summary(db, today)
     timeout = cfg.watchdog.heartbeat_timeout_s
+    broker: dict[str, Any] = (
+        _live(cfg) if live else {"reachable": False, "error": "not asked (--offline)"}
+    )
+    for o in broker.get("open_orders") or []:
+        _stop_price(db, o)
     return {
         "mode": cfg.mode,
         "breaker": _breaker_doc(breaker),
@@ -289,7 +304,7 @@ def status_dict(cfg: Config, live: bool = True) -> dict[str, Any]:
         **summary,
         "last_account_age_s": _age_s((summary.get("last_account") or {}).get("at")),
         "llm_budget_usd_per_day": cfg.swarm.max_usd_per_day,
-        "live": _live(cfg) if live else {"reachable": False, "error": "not asked (--offline)"},
+        "live": broker,
         "database": str(db_path(cfg.data_dir)),
     }
 
@@ -349,7 +364,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for p in live["positions"]:
             print(f"  position {p['quantity']:g} {p['contract']} avg cost {p['avg_cost']:.2f}")
         for o in live["open_orders"]:
-            price = f" @ {o['limit_price']:g}" if o["limit_price"] else ""
+            price = price_words(o["limit_price"], o.get("aux_price"))
             print(
                 f"  open order {o['action']} {o['quantity']:g} {o['contract']} "
                 f"{o['order_type']}{price} {o['status']} (client {o['client_id']}, "
@@ -735,6 +750,7 @@ def cmd_orders(args: argparse.Namespace) -> int:
         ("contract", "contract", 24),
         ("order_type", "type", 4),
         ("limit_price", "limit", -9),
+        ("aux_price", "trigger", -9),
         ("status", "status", 10),
         ("filled", "filled", -6),
         ("order_ref", "ref", 24),

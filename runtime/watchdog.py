@@ -91,6 +91,7 @@ class Watchdog:
         self.data_dir = cfg.data_dir
         self.store = store
         self.broker = broker
+        self.source = broker.source  # who its safety events name: "watchdog" or "panic"
         self.breaker = CircuitBreaker(self.data_dir, store)
         self.started = self.clock.monotonic()
         self.stop = asyncio.Event()
@@ -155,7 +156,8 @@ class Watchdog:
             logging.CRITICAL if severity == "critical" else logging.WARNING, "%s: %s", kind, reason
         )
         # queued: a busy or full database delays the record, never the watchdog
-        self.store.post(log_safety_event, "watchdog", kind, reason, severity, details=details)
+        # recorded as its session's source: "watchdog", or "panic" for the panic command
+        self.store.post(log_safety_event, self.source, kind, reason, severity, details=details)
 
     def _event_repeated(self, kind: str, reason: str, severity: str = "critical") -> None:
         """An event that may repeat every poll: logged each time, recorded at most every
@@ -682,10 +684,17 @@ class Watchdog:
         """The kill switch, usable without the daemon: trip HALTED, cancel all, go flat.
         Closes the broker session and the store when done."""
         status = self.breaker.trip(BreakerState.HALTED, "person", f"panic by {by}: {reason}")
-        self._event("panic", f"panic by {by}: {reason}", "critical")
+        self._event("panic", f"panic by {by}: {reason}", "critical", {"by": by, "reason": reason})
         try:
-            await self.broker.connect()
-            self.broker.global_cancel()
+            try:
+                await self.broker.connect()
+                self.broker.global_cancel()
+            except Exception as exc:  # recorded: `why` must not take the panic for a cancel
+                self._event(
+                    "global_cancel_failed",
+                    f"panic: global cancel not sent ({str(exc) or type(exc).__name__})",
+                )
+                raise
             await self.broker.holdings(quote_wait_s=1.0)
             return await self.flatten(status.generation)
         finally:

@@ -15,7 +15,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data_lake import Contract, Database, SnapshotError, load_snapshot, resolve_ref, trade_chain
+from data_lake import (
+    DONE_BROKER_STATES,
+    Contract,
+    Database,
+    SnapshotError,
+    load_snapshot,
+    price_words,
+    resolve_ref,
+    trade_chain,
+)
 from skills.brackets import is_protective_ref, parent_ref_of
 
 from .why_children import child_story, children_of, render_child, render_children
@@ -101,8 +110,7 @@ def render_story(story: dict[str, Any]) -> str:
         title += (
             f": {intent['action']} {intent['quantity']:g} {Contract.from_row(intent)} "
             f"{intent['order_type']}"
-            + (f" @ {intent['limit_price']:g}" if intent["limit_price"] else "")
-            + (f" trigger {intent['aux_price']:g}" if intent.get("aux_price") else "")
+            + price_words(intent["limit_price"], intent.get("aux_price"))
             + f" ({intent['tif']}), from {intent['source']}"
         )
     elif story["decision"]:
@@ -137,6 +145,8 @@ def render_story(story: dict[str, Any]) -> str:
         out.append(
             f"  at the broker: order {o['order_id']} (perm {o['perm_id']}, client "
             f"{o['client_id']}) {o['status']}, filled {o['filled']:g}"
+            # a status of a working order is only as fresh as the last report recorded
+            + ("" if o["status"] in DONE_BROKER_STATES else f", last reported {o['updated_at']}")
         )
     events = story["order_events"]
     if events:

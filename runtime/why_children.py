@@ -11,6 +11,7 @@ parent's refusal alone.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,16 @@ from .replay_record import child_kind, child_reasons
 __all__ = ["bracket_record", "child_story", "children_of", "render_child", "render_children"]
 
 WORKING = ("pending", "submitted", "unknown", "unresolved")
-FLATTENS = ["breaker_trip", "panic"]  # followed by a global cancel and a flatten
+# Safety events after which nothing is left working at the broker: each is followed by a
+# global cancel (reqGlobalCancel, GTC children included) -- the watchdog's trip and a panic
+# (both then flatten), the watchdog's cancel of orders still working while HALTED...
+GLOBAL_CANCELS = ["breaker_trip", "panic", "halted_orders_working"]
+# ... and the watchdog's confirmation that a HALTED account is flat (it cancels every working
+# order first). A global cancel that could not be sent says so (CANCEL_FAILED).
+NOTHING_WORKING_SINCE = [*GLOBAL_CANCELS, "flat_confirmed"]
+CANCEL_FAILED = "global_cancel_failed"
+END_OF_TIME = "9999-12-31T23:59:59"
+_PANIC_REASON = re.compile(r"^panic by (?P<by>.*?): (?P<why>.*)$", re.DOTALL)
 
 
 def _kind_name(ref: str) -> str:
@@ -176,6 +186,10 @@ def _outcome(
         }
     if status in WORKING:
         at_broker = chain["orders"][-1]["status"] if chain["orders"] else "no broker status yet"
+        since = _status_time(chain)
+        later = _cancelled_since(db, since)
+        if later is not None:  # our record is older than a cancel of everything
+            return _last_known_working(at_broker, since, later)
         if parent.get("standalone"):
             held = "; an untriggered stop" if at_broker == "PreSubmitted" else ""
         else:
@@ -202,6 +216,110 @@ def _outcome(
     return {"state": status, "text": status}
 
 
+def _when(iso: str, day_of: str | None = None) -> str:
+    """'2026-11-20 02:04:02' (UTC, as stored), or '02:04:02' on the day of `day_of`."""
+    text = str(iso).replace("T", " ")[:19]
+    return text[11:] if day_of is not None and str(day_of)[:10] == text[:10] else text
+
+
+def _details(event: dict[str, Any]) -> dict[str, Any]:
+    raw = event.get("details")
+    if isinstance(raw, dict):
+        return raw
+    try:
+        doc = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _panic_by(event: dict[str, Any]) -> tuple[str, str]:
+    """Who pulled a panic and why: its details, else its reason ('panic by X: WHY')."""
+    d = _details(event)
+    m = _PANIC_REASON.match(str(event["reason"]))
+    by = d.get("by") or (m["by"] if m else "someone")
+    why = d.get("reason") or (m["why"] if m else str(event["reason"]))
+    return str(by), str(why)
+
+
+def _who(event: dict[str, Any]) -> tuple[str, str]:
+    """Who cancelled every order and why, from the safety event's recorded kind, source and
+    details: the panic command and its --by, or the watchdog and its reason."""
+    if event["kind"] == "panic":  # the panic command (recorded with the watchdog's name before)
+        by, why = _panic_by(event)
+        return "the panic command", f"by {by}: {why}"
+    who = f"the {event['source']}"
+    if event["kind"] == "breaker_trip":
+        return who, f"breaker tripped: {event['reason']}"
+    if event["kind"] == "halted_orders_working":
+        return who, "breaker HALTED with orders still working"
+    return who, str(event["reason"])
+
+
+def _event_doc(event: dict[str, Any]) -> dict[str, Any]:
+    out = {k: event[k] for k in ("kind", "source", "at", "reason")}
+    if event["kind"] == "panic":
+        out["by"] = _panic_by(event)[0]
+    return out
+
+
+def _status_time(chain: dict[str, Any]) -> str:
+    """When the child's last broker status was recorded (else its intent's last change)."""
+    statuses = [e for e in chain["order_events"] if e["status"]]
+    return str(statuses[-1]["at"] if statuses else chain["intent"]["updated_at"])
+
+
+def _cancelled_since(db: Database, since: str) -> dict[str, Any] | None:
+    """The first event after `since` that left nothing working at the broker, with the
+    failure of its global cancel if one followed; None when there is none."""
+    found: list[dict[str, Any]] = []
+    kinds = [*NOTHING_WORKING_SINCE, CANCEL_FAILED]
+    for e in safety_events_between(db, kinds, since, END_OF_TIME):
+        if str(e["at"]) <= since:
+            continue
+        if e["kind"] != CANCEL_FAILED:
+            found.append({"event": e, "failed": None})
+        elif found:  # the cancel of the event before it was never sent
+            found[-1]["failed"] = e
+    sent = [f for f in found if f["failed"] is None]
+    return sent[0] if sent else (found[-1] if found else None)
+
+
+def _last_known_working(at_broker: str, since: str, later: dict[str, Any]) -> dict[str, Any]:
+    """Our record says working, but a later event cancelled everything (or tried to): the
+    main loop, which records the broker's word, has not seen it yet."""
+    e, failed = later["event"], later["failed"]
+    when = _when(e["at"], since)
+    if e["kind"] == "flat_confirmed":
+        what = (
+            f"the {e['source']} confirmed the account flat at {when} with the breaker HALTED, "
+            "which leaves no order working"
+        )
+    else:
+        name = {"breaker_trip": "a flatten", "panic": "a panic"}.get(e["kind"], "a global cancel")
+        who, why = _who(e)
+        what = f"{name} at {when} ({who}, {why}) cancelled every order since"
+    unconfirmed = "the main loop has not confirmed it yet"
+    if failed is not None:
+        what = (
+            what.replace(" cancelled every order since", " tried to cancel every order")
+            + f", but its global cancel failed at {_when(failed['at'], since)} "
+            f"({failed['reason']}): it may still be working"
+        )
+        unconfirmed = "the main loop has not reported it since"
+    out: dict[str, Any] = {
+        "state": "last_known_working",
+        "text": f"last known working at the broker ({at_broker}, recorded {_when(since)}); "
+        f"{what} — {unconfirmed}",
+        "broker_status": at_broker,
+        "recorded_at": since,
+        "since": _event_doc(e),
+    }
+    if failed is not None:
+        out["cancel_failed"] = _event_doc(failed)
+    return out
+
+
 def _why_cancelled(
     db: Database,
     ref: str,
@@ -224,13 +342,22 @@ def _why_cancelled(
             "text": f"cancelled with its parent: its sibling {sibling['order_ref']} was "
             "rejected by the broker, and a position never stays without its stop",
         }
-    flattens = safety_events_between(db, FLATTENS, str(intent["created_at"]), at)
-    if flattens:
-        e = flattens[-1]
+    cancels = safety_events_between(db, GLOBAL_CANCELS, str(intent["created_at"]), at)
+    if cancels:  # a flatten (a trip or a panic) before the watchdog's repeated global cancel
+        flattens = [e for e in cancels if e["kind"] != "halted_orders_working"]
+        e = (flattens or cancels)[-1]
+        who, why = _who(e)
+        if e["kind"] == "halted_orders_working":
+            return {
+                "cause": "global_cancel",
+                "by": _event_doc(e),
+                "text": f"cancelled by a global cancel: {who} at {_when(e['at'])} ({why})",
+            }
         return {
             "cause": "flatten",
-            "text": f"cancelled by a flatten: {e['source']} {e['kind']} at {e['at']} "
-            f"({e['reason']}), every order cancelled and every position closed",
+            "by": _event_doc(e),
+            "text": f"cancelled by a flatten: {who} at {_when(e['at'])} ({why}) cancelled every "
+            "order and closed every position",
         }
     closes = closes_lifting_protection(db, intent, at)
     if closes:
@@ -262,17 +389,20 @@ def child_story(db: Database, data_dir: Path, ref: str, chain: dict[str, Any]) -
     sib_recorded = next(
         (c for c in (bracket or {}).get("children") or [] if c["order_ref"] == sib_ref), None
     )
-    sibling: dict[str, Any] = {}
-    if sib_chain["intent"] is not None or sib_recorded is not None:
-        sibling = _describe(sib_ref, sib_chain["intent"] or sib_recorded)
-        sibling.update(_outcome(db, sib_ref, sib_chain, parent, {}, []))
     own = child_reasons(parent["bracket_reasons"], recorded) if recorded else []
     story = _describe(ref, chain["intent"] or recorded)
-    story.update(
-        parent=parent,
-        sibling=sibling or None,
-        outcome=_outcome(db, ref, chain, parent, sibling, own),
+    if sib_chain["intent"] is None and sib_recorded is None:
+        outcome = _outcome(db, ref, chain, parent, {}, own)
+        story.update(parent=parent, sibling=None, outcome=outcome)
+        return story
+    sib = _describe(sib_ref, sib_chain["intent"] or sib_recorded)
+    # the sibling's state first (it may be the cause of this child's cancel), then the
+    # sibling's whole outcome with this child as its sibling: the same story `why` on it tells
+    outcome = _outcome(
+        db, ref, chain, parent, {**sib, **_outcome(db, sib_ref, sib_chain, parent, {}, [])}, own
     )
+    sibling = {**sib, **_outcome(db, sib_ref, sib_chain, parent, {**story, **outcome}, [])}
+    story.update(parent=parent, sibling=sibling, outcome=outcome)
     return story
 
 

@@ -66,6 +66,14 @@ def _execs_of(tmp_path: Path, ref: str) -> list[dict[str, Any]]:
     return rows or []
 
 
+def _broker_statuses(tmp_path: Path, ref: str) -> list[str]:
+    """The broker's status of the order(s) with this ref, as the orders table holds it."""
+    rows = _read(
+        tmp_path, lambda db: list(db.query("SELECT status FROM orders WHERE order_ref = ?", [ref]))
+    )
+    return [r["status"] for r in rows or []]
+
+
 def _cycles_done(tmp_path: Path) -> int:
     rows = _read(
         tmp_path, lambda db: list(db.query("SELECT id FROM cycles WHERE finished_at IS NOT NULL"))
@@ -138,6 +146,7 @@ def test_the_watchdogs_flatten_leaves_no_orphan_protective_order(gateway, admin,
     try:
         ref = eventually(lambda: _resting_stop(admin), timeout=30, what="rests")["order_ref"]
         eventually(lambda: (_intent(tmp_path, ref) or {}).get("status") == "submitted")
+        eventually(lambda: _broker_statuses(tmp_path, ref) == ["PreSubmitted"], what="recorded")
         os.kill(proc.pid, signal.SIGSTOP)  # frozen main loop: the watchdog trips and flattens
         eventually(
             lambda: (s := admin.call("state"))["positions"] == [] and s["open_orders"] == [],
@@ -145,6 +154,17 @@ def test_the_watchdogs_flatten_leaves_no_orphan_protective_order(gateway, admin,
             what="flat with no order left at the gateway",
         )
         eventually(lambda: proc.poll() is not None, timeout=20, what="frozen main loop killed")
+        # why, while no process of ours has heard the cancel: the stop's last recorded status,
+        # and the watchdog's flatten after it
+        stale = eventually(
+            lambda: _last_known_working(cfg, ref), timeout=15, what="why names the flatten"
+        )
+        assert stale["text"].startswith("last known working at the broker (PreSubmitted, recorded")
+        assert "; a flatten at " in stale["text"], stale
+        assert "(the watchdog, breaker tripped: " in stale["text"], stale
+        assert stale["text"].endswith(
+            " cancelled every order since — the main loop has not confirmed it yet"
+        )
         proc = start("run", cfg)  # HALTED: it only reconciles what happened while it was gone
         for child in (ref, ref.removesuffix("-sl") + "-tp"):
             eventually(
@@ -158,11 +178,16 @@ def test_the_watchdogs_flatten_leaves_no_orphan_protective_order(gateway, admin,
         stop(proc)
         stop_watchdog(tmp_path)
     assert_books_balance(admin, data(tmp_path))
-    # why: each child was cancelled by the watchdog's flatten, not by OCA
+    # why: each child was cancelled by the watchdog's flatten, not by OCA, and the broker's
+    # order reads as the restart's reconciliation found it, not as last heard before
     for child in (ref, ref.removesuffix("-sl") + "-tp"):
-        outcome = _why(cfg, child)["protective"]["outcome"]
+        story = _why(cfg, child)
+        assert [o["status"] for o in story["orders"]] == ["Cancelled"], story["orders"]
+        assert story["order_events"][-1]["status"] == "Cancelled"
+        outcome = story["protective"]["outcome"]
         assert outcome["cause"] == "flatten", outcome
-        assert outcome["text"].startswith("cancelled by a flatten: watchdog breaker_trip")
+        assert outcome["text"].startswith("cancelled by a flatten: the watchdog at "), outcome
+        assert "(breaker tripped: " in outcome["text"] and outcome["by"]["source"] == "watchdog"
 
 
 def test_a_refused_stop_closes_its_parents_position_with_a_safety_event(gateway, admin, tmp_path):
@@ -265,6 +290,12 @@ def _why(cfg: Path, ref: str) -> dict[str, Any]:
     assert code == 0, err.getvalue()
     story: dict[str, Any] = json.loads(out.getvalue())
     return story
+
+
+def _last_known_working(cfg: Path, ref: str) -> dict[str, Any] | None:
+    """The child's outcome once `why` says it was last known working, else None."""
+    outcome: dict[str, Any] = _why(cfg, ref)["protective"]["outcome"]
+    return outcome if outcome["state"] == "last_known_working" else None
 
 
 def _cycle_status(db: Any, cycle: int) -> str:

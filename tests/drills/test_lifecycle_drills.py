@@ -7,6 +7,7 @@ the safe outcome, then the accounting invariant.
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import signal
 
@@ -247,6 +248,10 @@ def test_panic_with_the_gateway_down_halts_and_says_the_account_may_not_be_flat(
     assert status.state is BreakerState.HALTED and "carol" in status.reason
     events = query_safety_events(open_readonly(data(tmp_path)), "panic")
     assert events and "carol" in events[0]["reason"]
+    # recorded as the panic command's, with who pulled it, and the cancel it could not send
+    assert events[0]["source"] == "panic" and json.loads(events[0]["details"])["by"] == "carol"
+    [unsent] = query_safety_events(open_readonly(data(tmp_path)), "global_cancel_failed")
+    assert unsent["source"] == "panic" and "global cancel not sent" in unsent["reason"]
     # in an emergency nobody types --by: the OS user who pulled it is recorded
     anon = write_config(tmp_path / "anon", 1, connect_timeout_s=1.0)
     assert cli("panic", "--config", str(anon)).returncode == 1

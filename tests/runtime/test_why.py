@@ -3,7 +3,9 @@ questions: a real daemon run against the paper gateway, then the CLI."""
 
 from __future__ import annotations
 
+import io
 import json
+from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
 import pytest
@@ -12,13 +14,18 @@ from procs import cli, data, start, stop, stop_watchdog, write_config
 from data_lake import (
     DatabaseError,
     DataLakeMissing,
+    Store,
     get_intent,
+    insert_intent,
+    log_safety_event,
     open_readonly,
     query_safety_events,
     query_trades,
+    record_order_event,
 )
 from paper_gateway import GatewayConfig
 from paper_gateway.testing import eventually
+from runtime.cli import main
 
 
 @pytest.fixture
@@ -126,6 +133,14 @@ def _text(cfg, ref: str) -> str:
     return shown.stdout
 
 
+def _main(*args: str) -> tuple[int, str]:
+    """`python -m runtime ARGS` in this process (quicker than a new one): exit code, stdout."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue()
+
+
 def _intent(tmp_path, ref: str) -> dict[str, Any]:
     try:
         row = get_intent(open_readonly(data(tmp_path)), ref)
@@ -187,6 +202,23 @@ def test_why_tells_a_protective_childs_story_working_then_filled_and_cancelled_b
             "commander decision",
         ):
             assert needle in text, (needle, text)
+        # status (the broker's open orders) and orders (our intents) show the stop's trigger
+        trigger = f"{stop_order['aux_price']:g}"
+        code, out = _main("status", "--config", str(cfg), "--json")
+        live = {o["order_ref"]: o for o in json.loads(out)["live"]["open_orders"]}
+        assert code == 0 and live[sl]["aux_price"] == stop_order["aux_price"], live
+        assert live[tp]["aux_price"] is None and live[tp]["limit_price"] > stop_order["aux_price"]
+        code, out = _main("status", "--config", str(cfg))
+        assert f"STP trigger {trigger} PreSubmitted (client" in out, out
+        code, out = _main("orders", "--config", str(cfg), "--json")
+        stored = {o["order_ref"]: o for o in json.loads(out)}
+        assert (
+            stored[sl]["aux_price"] == stop_order["aux_price"] and stored[tp]["aux_price"] is None
+        )
+        code, out = _main("orders", "--config", str(cfg))
+        assert "trigger" in out.splitlines()[0]
+        [row] = [line for line in out.splitlines() if line.endswith(sl)]
+        assert f" {trigger} " in row, row
         # the price falls through the stop: it fills, and OCA cancels the take-profit
         admin.call("set_price", symbol=stop_order["symbol"], price=stop_order["aux_price"] - 1.0)
         eventually(lambda: _intent(tmp_path, sl).get("status") == "filled", timeout=15)
@@ -206,6 +238,10 @@ def test_why_tells_a_protective_childs_story_working_then_filled_and_cancelled_b
     assert cancelled["outcome"]["cause"] == "oca"
     assert cancelled["outcome"]["text"].startswith(f"cancelled by OCA: its sibling {sl} filled")
     assert f"outcome: cancelled by OCA: its sibling {sl} filled" in _text(cfg, tp)
+    # the stop's story tells its sibling's cancel the same way
+    sibling = _story(cfg, sl)["protective"]["sibling"]
+    assert (sibling["order_ref"], sibling["cause"]) == (tp, "oca"), sibling
+    assert f": cancelled by OCA: its sibling {sl} filled (" in _text(cfg, sl)
     text = _text(cfg, parent)
     assert "protective children:" in text
     assert f"{sl} (stop-loss STP SELL" in text and f"filled: {fill['shares']:g} @" in text
@@ -251,3 +287,104 @@ def test_why_a_child_of_a_refused_bracket_was_never_sent_and_why(gateway, tmp_pa
     assert f"{parent}-sl (stop-loss STP SELL" in text and "never sent: its bracket" in text
     unknown = cli("why", "cmd-c9-nothing-sl", "--config", str(cfg))
     assert unknown.returncode == 2 and "no order, execution or order id" in unknown.stderr
+
+
+def _bracket(store: Store, parent: str, perm: int, at: str, tp: bool = True) -> None:
+    """A filled parent and its working children, as the daemon stores them (no processes)."""
+    base = {"source": "commander", "symbol": "MSFT", "sec_type": "STK", "quantity": 20}
+    store.call(
+        insert_intent,
+        {**base, "order_ref": parent, "action": "BUY", "order_type": "LMT"}
+        | {"limit_price": 415.0, "tif": "DAY", "status": "filled", "filled": 20},
+        at=at,
+        timeout=5,
+    )
+    children = [("-sl", "STP", None, 406.69)] + ([("-tp", "LMT", 430.0, None)] if tp else [])
+    for n, (suffix, kind, limit, aux) in enumerate(children):
+        store.call(
+            insert_intent,
+            {**base, "order_ref": parent + suffix, "action": "SELL", "order_type": kind}
+            | {"limit_price": limit, "aux_price": aux, "tif": "GTC", "status": "submitted"}
+            | {"parent_ref": parent},
+            at=at,
+            timeout=5,
+        )
+        _status(store, parent + suffix, perm + n, "PreSubmitted", at)
+
+
+def _status(store: Store, ref: str, perm: int, status: str, at: str) -> None:
+    store.call(
+        record_order_event,
+        order_ref=ref,
+        perm_id=perm,
+        order_id=perm,
+        client_id=1,
+        status=status,
+        filled=0.0,
+        at=at,
+        timeout=5,
+    )
+
+
+def test_why_says_who_cancelled_everything_after_the_last_status_we_recorded(tmp_path):
+    """The main loop records the broker's word; when it is gone, a panic or the watchdog's
+    flatten after its last record tells what became of a child it still calls working."""
+    cfg = write_config(tmp_path, 1)
+    store = Store.open(data(tmp_path))
+    _bracket(store, "cmd-c1-x", 80, "2026-11-20T02:03:11.000001+00:00")
+    store.call(
+        log_safety_event,
+        "panic",
+        "panic",
+        "panic by carol: drill",
+        "critical",
+        details={"by": "carol", "reason": "drill"},
+        at="2026-11-20T02:04:02.000001+00:00",
+        timeout=5,
+    )
+    # the take-profit's cancel was heard; the stop's was not (its process died first)
+    _status(store, "cmd-c1-x-tp", 81, "Cancelled", "2026-11-20T02:04:03.000001+00:00")
+    # later a stop that a panic run as the watchdog (its name before) could not cancel
+    _bracket(store, "cmd-c2-y", 90, "2026-11-20T02:10:00.000001+00:00", tp=False)
+    for source, kind, reason in (
+        ("watchdog", "panic", "panic by bob: gateway dead"),
+        ("panic", "global_cancel_failed", "panic: global cancel not sent (refused)"),
+    ):
+        store.call(
+            log_safety_event, source, kind, reason, at="2026-11-20T02:11:00+00:00", timeout=5
+        )
+    assert store.close(10) == 0
+
+    code, text = _main("why", "cmd-c1-x-sl", "--config", str(cfg))
+    assert code == 0, text
+    for needle in (
+        "order cmd-c1-x-sl: SELL 20 MSFT STP trigger 406.69 (GTC)",
+        "outcome: last known working at the broker (PreSubmitted, recorded 2026-11-20 "
+        "02:03:11); a panic at 02:04:02 (the panic command, by carol: drill) cancelled every "
+        "order since — the main loop has not confirmed it yet",
+        "OCA sibling cmd-c1-x-tp (take-profit LMT SELL 20 limit 430): cancelled by a flatten: "
+        "the panic command at 2026-11-20 02:04:02 (by carol: drill) cancelled every order and "
+        "closed every position",
+        "at the broker: order 80 (perm 80, client 1) PreSubmitted, filled 0, last reported "
+        "2026-11-20T02:03:11",
+    ):
+        assert needle in text, (needle, text)
+    code, out = _main("why", "cmd-c1-x-sl", "--config", str(cfg), "--json")
+    outcome = json.loads(out)["protective"]["outcome"]
+    assert outcome["state"] == "last_known_working" and outcome["broker_status"] == "PreSubmitted"
+    assert (outcome["since"]["kind"], outcome["since"]["by"]) == ("panic", "carol")
+    code, out = _main("why", "cmd-c1-x-tp", "--config", str(cfg), "--json")
+    tp = json.loads(out)["protective"]["outcome"]
+    assert tp["cause"] == "flatten" and tp["by"]["source"] == "panic", tp
+    assert (
+        "at the broker: order 81 (perm 81, client 1) Cancelled, filled 0\n"
+        in _main("why", "cmd-c1-x-tp", "--config", str(cfg))[1]
+    )
+
+    code, text = _main("why", "cmd-c2-y-sl", "--config", str(cfg))
+    assert (
+        "outcome: last known working at the broker (PreSubmitted, recorded 2026-11-20 02:10:00); "
+        "a panic at 02:11:00 (the panic command, by bob: gateway dead) tried to cancel every "
+        "order, but its global cancel failed at 02:11:00 (panic: global cancel not sent "
+        "(refused)): it may still be working — the main loop has not reported it since"
+    ) in text, text
