@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import getpass
 import json
 import logging
@@ -938,21 +939,32 @@ def _replay_error(args: argparse.Namespace, message: str, missing: list[str] | N
     return 2
 
 
-def _replay_bound(text: str, end: bool) -> str:
-    """A --from/--to value (YYYY-MM-DD, UTC; --to includes its day, or an ISO time) as an
-    ISO time to compare snapshot times with."""
-    import datetime as dt
-
+def _replay_bound(text: str, end: bool) -> dt.datetime:
+    """A --from/--to value (YYYY-MM-DD, UTC; --to includes its day, or an ISO time, UTC
+    unless it says otherwise) as a UTC time to compare snapshot times with."""
     try:
         if len(text) == 10:
             day = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.UTC)
-            return (day + dt.timedelta(days=1) if end else day).isoformat()
+            return day + dt.timedelta(days=1) if end else day
         at = dt.datetime.fromisoformat(text)
     except ValueError:
         raise ConfigError(
             f"--{'to' if end else 'from'} {text!r}: use a date (2026-11-20) or an ISO time"
         ) from None
-    return (at if at.tzinfo else at.replace(tzinfo=dt.UTC)).isoformat()
+    return (at if at.tzinfo else at.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+
+
+def _replay_range(start: str, end: str) -> tuple[str, str]:
+    """--from and --to as the ISO times (UTC) snapshot times are compared with; a range
+    that ends before it starts is refused."""
+    first, last = _replay_bound(start, False), _replay_bound(end, True)
+    if first >= last:
+        raise ConfigError(
+            f"--from {start} is after --to {end}"
+            if start != end
+            else f"--from {start} --to {end} is an empty range"
+        )
+    return first.isoformat(), last.isoformat()
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -960,7 +972,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from data_lake import snapshots_between
 
-    from .replay import CannotReplay, replay_cycle, summarise
+    from .replay import CannotReplay, replay_cycle
+    from .replay_summary import summarise
     from .replay_view import render_replay, render_summary
 
     ranged = args.start is not None or args.end is not None
@@ -972,9 +985,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return _replay_error(args, "give --config F (its [data] dir is read) or --data-dir DIR")
     try:
         cfg = load_config(args.config) if args.config else None
-        bounds = (
-            (_replay_bound(args.start, False), _replay_bound(args.end, True)) if ranged else None
-        )
+        bounds = _replay_range(args.start, args.end) if ranged else None
     except ConfigError as exc:
         return _replay_error(args, str(exc))
     data_dir = Path(args.data_dir) if args.data_dir else cfg.data_dir  # type: ignore[union-attr]
