@@ -189,6 +189,12 @@ def _reason_key(reason: str) -> str:
     return re.sub(r"'[^']*'", "'…'", text)
 
 
+def _was(reasons: Iterable[str]) -> str:
+    """What a refusal the replay lifted was for, short: '(recorded: ...)' of an accepted key."""
+    text = "; ".join(_reason_key(str(r)) for r in reasons) or "not judged"
+    return f"(recorded: {text if len(text) <= 60 else text[:59] + '…'})"
+
+
 def _label(d: Mapping[str, Any]) -> str:
     what = d.get("symbol", "?")
     if d.get("sec_type") == "OPT":
@@ -418,7 +424,7 @@ def _compare_decision(
                 + (
                     _reason_key(rep["reason"])
                     if kind == "refused"
-                    else f"accepted (recorded: {_reason_key(str(recorded.get('reason')))})"
+                    else f"accepted {_was([str(recorded.get('reason'))])}"
                 ),
             )
         )
@@ -520,7 +526,6 @@ def _compare_verdict(
     key = ", ".join(name for name, _ in replayed.checks) or replayed.stage
     if rec is None or rec["accepted"] != rep["accepted"]:
         kind = "accepted" if rep["accepted"] else "refused"
-        was = "; ".join(_reason_key(str(r)) for r in (rec or {}).get("reasons") or [])
         out.differences.append(
             Difference(
                 where=where,
@@ -529,7 +534,7 @@ def _compare_verdict(
                 replayed=rep,
                 reason_key=f"gate: {key}"
                 if kind == "refused"
-                else f"gate: accepted (recorded: {was or 'not judged'})",
+                else f"gate: accepted {_was((rec or {}).get('reasons') or [])}",
             )
         )
     elif rec["reasons"] != rep["reasons"]:  # refused either way, for other reasons or figures
@@ -621,7 +626,7 @@ def _compare_children(
                         if not ra
                         else f"{kind} reason changed ({_reason_key(rb[0])})"
                         if rb
-                        else f"{kind} accepted (recorded: {_reason_key(ra[0])})"
+                        else f"{kind} accepted {_was(ra)}"
                     ),
                 )
             )
