@@ -1126,7 +1126,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.cycles, args.kill_drill, args.data_dir)
+    return run_demo(args.cycles, args.kill_drill, args.data_dir, args.protect)
 
 
 def _with_ownership(args: argparse.Namespace) -> int:
@@ -1316,6 +1316,12 @@ def main(argv: list[str] | None = None) -> int:
         help="SIGKILL the main loop mid-run and show the watchdog flattening",
     )
     p.add_argument("--data-dir", default=None, help="where the demo keeps its files")
+    p.add_argument(
+        "--protect",
+        action="store_true",
+        help="every opening order carries a GTC stop (3%%, puts 10%%) and take-profit (6%%) "
+        "at the broker; the summary lists those resting",
+    )
     args = parser.parse_args(argv)
     register_secret(Secrets().anthropic_api_key)  # redacted from every line and traceback
     notify_urls()  # IB_SWARM_NOTIFY_URLS carry tokens: registered as secrets too
