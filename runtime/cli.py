@@ -465,6 +465,38 @@ def _breaker_trip(args: argparse.Namespace, cfg: Config) -> int:
     return 0 if st.persisted else 1
 
 
+def _answer() -> str | None:
+    """One line from stdin, terminal or not (a pipe, a file, /dev/null); None at EOF, on a
+    closed stdin or on Ctrl-C: nobody answered."""
+    if sys.stdin is None:
+        return None
+    try:
+        line = sys.stdin.readline()
+    except (KeyboardInterrupt, OSError, ValueError):  # ValueError: stdin already closed
+        return None
+    return line if line else None
+
+
+def _not_confirmed(args: argparse.Namespace, current: BreakerStatus) -> str | None:
+    """Ask before a reset without --yes, wherever stdin comes from: only y or yes
+    (any case) confirms. Why it is not confirmed, or None. The prompt goes to stdout, or
+    to stderr under --json (stdout keeps the document)."""
+    ask = sys.stderr if args.json else sys.stdout
+    print(
+        f"breaker is {current.state.value} since {current.since or '-'}: {current.reason}",
+        file=ask,
+    )
+    print("reset it to ACTIVE (new orders allowed again)? [y/N] ", end="", file=ask, flush=True)
+    answer = _answer()
+    if answer is None or not sys.stdin.isatty():
+        print(file=ask, flush=True)  # nothing echoed the answer's newline: end the prompt line
+    if answer is None:
+        return "not reset: not confirmed (no answer on stdin; --yes resets without asking)"
+    if answer.strip().lower() in ("y", "yes"):
+        return None
+    return "not reset: not confirmed (the answer was not y or yes)"
+
+
 def _breaker_reset(args: argparse.Namespace, cfg: Config) -> int:
     if (why := _person(args, "a breaker reset")) is not None:
         return _refuse(args, why)
@@ -476,15 +508,12 @@ def _breaker_reset(args: argparse.Namespace, cfg: Config) -> int:
         else:
             print(f"breaker already ACTIVE (since {current.since or '-'}): nothing to reset")
         return 0
-    if not args.yes and sys.stdin.isatty():
-        ask = sys.stderr if args.json else sys.stdout  # --json keeps stdout for the document
-        print(
-            f"breaker is {current.state.value} since {current.since or '-'}: {current.reason}",
-            file=ask,
-        )
-        print("reset it to ACTIVE (new orders allowed again)? [y/N] ", end="", file=ask, flush=True)
-        if input().strip() != "y":
-            return _refuse(args, "not reset", 1)
+    if not args.yes and (no := _not_confirmed(args, current)) is not None:
+        if args.json:  # the breaker as it stays, and why: exit 1 like any unconfirmed reset
+            doc = {**_breaker_change("reset", current, current, False), "error": no}
+            print(json.dumps(doc, indent=2, default=str))
+        print(no, file=sys.stderr)
+        return 1
     _quiet_breaker_log()
     store = Store.open(cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="cli")
     try:
@@ -1185,6 +1214,11 @@ def main(argv: list[str] | None = None) -> int:
         "--offline", action="store_true", help="do not ask the broker (database figures only)"
     )
     p = add("breaker", cmd_breaker, "show the breaker, or reset it (a person, with a reason)")
+    p.epilog = (
+        "exit status: 0 done; 1 a reset not confirmed (without --yes the answer is read from "
+        "stdin, terminal or not; EOF means no) or a trip not persisted; 2 refused (no --by or "
+        "--reason, a missing data directory, an unreadable database)"
+    )
     p.add_argument("action", nargs="?", choices=["status", "reset", "trip"], default="status")
     p.add_argument("--by", help="who resets or trips (required for both)")
     p.add_argument("--reason", help="why (required for reset and trip)")
@@ -1194,7 +1228,13 @@ def main(argv: list[str] | None = None) -> int:
         default="HALTED",
         help="trip: HALTED (no new orders; the watchdog flattens) or REDUCING",
     )
-    p.add_argument("--yes", action="store_true", help="reset: no confirmation prompt")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="reset: do not ask. Without it, reset asks and reads the answer from stdin even "
+        "when stdin is not a terminal (a pipe, a file, /dev/null): only y or yes resets; "
+        "anything else, an empty line or EOF means no (exit 1)",
+    )
     p.add_argument("--json", action="store_true", help="status: machine-readable JSON")
     p = add("panic", cmd_panic, "kill switch: HALTED, cancel everything, close every position")
     # a kill switch asks nothing in an emergency: who ran it defaults to the OS user
