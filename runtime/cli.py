@@ -918,15 +918,13 @@ def _prune(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     cfg = _config(args)
     open_readonly(cfg.data_dir)  # a missing database: one line, exit 2
 
     def progress(done: int, total: int) -> None:
         print(f"\r  {done}/{total} pages", end="", file=sys.stderr, flush=True)
 
-    dest = backup_database(cfg.data_dir, Path(args.dest), progress)
+    dest = backup_database(cfg.data_dir, args.dest, progress)  # a str: keeps a trailing /
     print(file=sys.stderr)
     print(f"backup of {db_path(cfg.data_dir)} written to {dest} (integrity ok)")
     if args.with_snapshots:
@@ -1308,7 +1306,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--symbol", default="SPY", help="the drill's position (default SPY)")
     p.add_argument("--quantity", type=int, default=1)
     p = add("backup", cmd_backup, "copy the live database (SQLite online backup API)")
-    p.add_argument("dest", help="a new file, or a directory for a dated one")
+    p.add_argument(
+        "dest",
+        help="a new file, or a folder to write a dated file in: an existing folder, or any "
+        "path ending in / (created, parents too)",
+    )
     p.add_argument("--with-snapshots", action="store_true", help="copy the snapshot files too")
     p = add("inspect", cmd_inspect, "browse the database read-only in Datasette (views, charts)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
