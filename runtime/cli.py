@@ -64,6 +64,7 @@ from .instance_lock import (
     LockHeld,
     account_lock_path,
     acquire,
+    role_lock_path,
 )
 from .notify import notify_urls
 from .ownership import hand_back
@@ -97,13 +98,15 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .broker import quiet_client_log
     from .preflight import gateway_refusals, static_refusals
 
     cfg = _config(args)
     secrets = Secrets()
     reasons = static_refusals(cfg, secrets)
     if not args.offline and not reasons:
-        reasons += asyncio.run(gateway_refusals(cfg, secrets))
+        with quiet_client_log():  # an unreachable gateway is said once, below
+            reasons += asyncio.run(gateway_refusals(cfg, secrets))
     if reasons:
         print(f"{args.config}: refused", file=sys.stderr)
         for reason in reasons:
@@ -141,7 +144,7 @@ def _gateway_account(cfg: Config) -> str:
 
 def _locks(cfg: Config, role: str) -> list[InstanceLock]:
     """Take this role's exclusive locks before anything is written or spawned."""
-    held = [acquire(cfg.data_dir / f"{role}.lock", f"the {role} lock of {cfg.data_dir}")]
+    held = [acquire(role_lock_path(cfg.data_dir, role), f"the {role} lock of {cfg.data_dir}")]
     if role == "run":
         b = cfg.broker
         try:
@@ -185,8 +188,9 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
     try:
         locks = _locks(cfg, "watchdog")
     except LockHeld as exc:
-        print(exc, file=sys.stderr)
-        return ANOTHER_WATCHDOG  # a main loop that spawned us adopts the one already watching
+        if not args.spawned:  # spawned: the main loop says it in one line, and adopts it
+            print(exc, file=sys.stderr)
+        return ANOTHER_WATCHDOG
     secrets = Secrets()
     register_secret(secrets.anthropic_api_key)
     try:
@@ -242,7 +246,7 @@ def _hb(cfg: Config, name: str, timeout: float) -> dict[str, Any]:
 
 def _live(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
     """The account from the broker itself, now (a short read-only session), or why not."""
-    from .broker import probe_account
+    from .broker import probe_account, quiet_client_log
 
     try:  # nothing listening: say so without loading the client library (CLI start-up)
         socket.create_connection((cfg.broker.host, cfg.broker.port), timeout=timeout).close()
@@ -251,9 +255,9 @@ def _live(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
     except OSError as exc:
         return {"reachable": False, "error": redact(f"{type(exc).__name__}: {exc}")}
     client_id = cfg.broker.watchdog_client_id + 4  # panic +1, drill +2/+3
-    logging.getLogger("ib_insync").setLevel(logging.CRITICAL)  # we say it in one line below
     try:
-        live = asyncio.run(probe_account(cfg.broker, cfg.mode, Secrets(), client_id, timeout))
+        with quiet_client_log():  # we say it in one line below
+            live = asyncio.run(probe_account(cfg.broker, cfg.mode, Secrets(), client_id, timeout))
     except TimeoutError:  # connected but no answer: a frozen or restarting gateway
         return {"reachable": False, "error": f"no answer from the gateway within {timeout:g}s"}
     except Exception as exc:  # unreachable, busy, refused: the database answers instead
@@ -1199,6 +1203,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-file", help="also log to this file, rotated at 10 MiB (5 kept)")
     p = add("watchdog", cmd_watchdog, "run the watchdog")
+    p.epilog = (
+        f"exit status: {ANOTHER_WATCHDOG} another watchdog already watches this data directory "
+        "(refused with its pid)"
+    )
+    # set by a main loop that spawns its watchdog: a refusal because one already watches is
+    # said by the main loop ("a watchdog is already running (pid N): adopting it"), once
+    p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-file", help="also log to this file, rotated at 10 MiB (5 kept)")
     p = add("status", cmd_status, "breaker, heartbeats, account (live), cycles, refusals, spend")
