@@ -1692,7 +1692,10 @@ class Broker:
                 request = self.ib.reqHistoricalDataAsync(
                     contract, end, duration, bar_size, what, use_rth
                 )
-                bars = await asyncio.wait_for(request, self.cfg.request_timeout_s)
+                try:
+                    bars = await asyncio.wait_for(request, self.cfg.request_timeout_s)
+                finally:  # counted from its end: the gateway saw it at the latest then
+                    self._history.record_over(key)
                 if self._history_refusals == refused:
                     self._history.record_answer(key, list(bars))
                     return list(bars)

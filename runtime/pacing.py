@@ -101,6 +101,22 @@ class HistoryPacer:
         """Count a request as sent now (whatever its answer)."""
         self._sent.append((self.monotonic(), key, contract))
 
+    def record_over(self, key: Hashable) -> None:
+        """The request for `key` sent last is over (answered, refused or timed out): count it
+        from now, the latest moment the gateway can have seen it. The client library may hold
+        a request back before it goes out (ib_insync sends at most 45 messages a second), and
+        a window counted from the send would then end before the gateway's does."""
+        now = self.monotonic()
+        for i in range(len(self._sent) - 1, -1, -1):
+            at, k, contract = self._sent[i]
+            if k == key:
+                if i == len(self._sent) - 1:
+                    self._sent[i] = (max(at, now), k, contract)
+                else:  # keep the log oldest first
+                    del self._sent[i]
+                    self._sent.append((max(at, now), k, contract))
+                return
+
     def record_answer(self, key: Hashable, answer: Any) -> None:
         """Remember a served answer for identical requests within the window."""
         self._cache[key] = (self.monotonic(), answer)

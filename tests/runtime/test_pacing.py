@@ -55,6 +55,20 @@ def test_a_sixth_request_for_one_contract_within_2s_waits():
     assert pacer.wait_s(("MSFT", 9), ("MSFT", "TRADES")) == 0
 
 
+def test_a_request_counts_from_its_answer_the_latest_the_gateway_can_have_seen_it():
+    clock = Clock()
+    pacer = HistoryPacer(clock, margin_s=0.5)
+    contract = ("AAPL", "TRADES")
+    pacer.record_sent(("AAPL", 0), contract)
+    clock.t += 1.0  # held back by the client library (45 messages a second), then answered
+    pacer.record_over(("AAPL", 0))
+    for i in range(1, 5):
+        pacer.record_sent(("AAPL", i), contract)
+        pacer.record_over(("AAPL", i))
+    # the gateway may have seen the first one a second late: 2 s + margin from its answer
+    assert pacer.wait_s(("AAPL", 9), contract) == 2.5
+
+
 def test_line_book_gives_up_the_least_recently_used_line_not_held():
     book = LineBook(3)
     for i, key in enumerate(("AAPL", "MSFT", "NVDA")):
