@@ -67,6 +67,7 @@ from .ib_errors import (
 )
 from .market_hours import is_open
 from .pacing import Backoff, HistoryPacer, LineBook
+from .pacing_log import HistoryLog
 
 __all__ = [
     "AccountModeError",
@@ -485,6 +486,7 @@ class Broker:
         intent_sources: tuple[str, ...] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_protective_reject: Callable[[str, int, str], None] | None = None,
+        history_log: HistoryLog | None = None,
     ) -> None:
         self.cfg = cfg
         self.mode = mode
@@ -536,7 +538,10 @@ class Broker:
         self._lines_lock = asyncio.Lock()
         self._lines_blocked_until = 0.0  # monotonic; after a 101, new lines wait until then
         self._line_backoff = Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s, self.rng)
-        self._history = HistoryPacer(monotonic)
+        # the requests earlier processes sent count too (IB counts them): `history_log` keeps
+        # them in the data directory across restarts (None: this process's requests only)
+        self._history_log = history_log
+        self._history = HistoryPacer(monotonic, sent=history_log.load() if history_log else ())
         self._history_lock = asyncio.Lock()
         self._history_refusals = 0  # 162 pacing refusals seen (the request in flight retries)
         # data proof after a reconnect: ticks older than the epoch are stale by definition
@@ -1689,6 +1694,7 @@ class Broker:
                     await self.sleep(wait)
                 refused = self._history_refusals
                 self._history.record_sent(key, burst)
+                self._save_history()  # before the answer: a crash still counts it
                 request = self.ib.reqHistoricalDataAsync(
                     contract, end, duration, bar_size, what, use_rth
                 )
@@ -1696,6 +1702,7 @@ class Broker:
                     bars = await asyncio.wait_for(request, self.cfg.request_timeout_s)
                 finally:  # counted from its end: the gateway saw it at the latest then
                     self._history.record_over(key)
+                    self._save_history()
                 if self._history_refusals == refused:
                     self._history.record_answer(key, list(bars))
                     return list(bars)
@@ -1709,6 +1716,10 @@ class Broker:
         raise TimeoutError(
             f"historical data for {_key(contract)} refused for pacing {HISTORY_ATTEMPTS} times"
         )
+
+    def _save_history(self) -> None:
+        if self._history_log is not None:
+            self._history_log.save(self._history.sent())
 
     async def option_chain(self, contract: IBContract) -> tuple[list[str], list[float]]:
         chains = await asyncio.wait_for(

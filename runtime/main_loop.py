@@ -60,6 +60,7 @@ from .instance_lock import (
     acquire,
 )
 from .notify import Notifier, start_notifier
+from .pacing_log import PACING_LOG, HistoryLog
 from .preflight import KEY_MISSING, static_refusals
 from .protection import ProtectionGuard
 from .restart_window import RestartWindow
@@ -227,6 +228,10 @@ class MainLoop:
             on_partial_fill=self._on_partial_fill,
             on_protective_reject=self._on_protective_reject,
             monotonic=self.clock.monotonic,
+            # IB counts the historical requests of earlier processes too (restarts)
+            history_log=HistoryLog(
+                self.data_dir / PACING_LOG, self.clock.monotonic, self.clock.wall
+            ),
         )
         self.commander = Commander(
             cfg=cfg,
