@@ -23,7 +23,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -86,6 +86,7 @@ __all__ = [
     "probe_account",
     "probe_gateway",
     "probe_positions",
+    "quiet_client_log",
 ]
 
 T = TypeVar("T")
@@ -233,6 +234,23 @@ def client_library(name: str) -> ModuleType:
     raise ConfigError(
         f"broker.client_library: {name!r} is not one of {', '.join(CLIENT_LIBRARIES)}"
     )
+
+
+@contextlib.contextmanager
+def quiet_client_log() -> Iterator[None]:
+    """Hold back the client library's own log lines while a command's short session runs
+    (`check`, `status`, `drill`): ib_insync's "API connection failed: ..." and "Make sure API
+    port on TWS/IBG is open" reach stderr through logging's last-resort handler before the
+    command's own one-line refusal says the same. Both libraries' loggers; levels restored."""
+    loggers = [logging.getLogger(name) for name in CLIENT_LIBRARIES]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _new_ib(cfg: BrokerConfig, timeout: float | None = None) -> IB:

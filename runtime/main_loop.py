@@ -58,6 +58,8 @@ from .instance_lock import (
     LockHeld,
     account_lock_path,
     acquire,
+    lock_holder,
+    role_lock_path,
 )
 from .notify import Notifier, start_notifier
 from .pacing_log import PACING_LOG, HistoryLog
@@ -349,7 +351,15 @@ class MainLoop:
 
     def _spawn_watchdog(self) -> None:
         self._child = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "watchdog", "--config", self.config_path],
+            [
+                sys.executable,
+                "-m",
+                "runtime",
+                "watchdog",
+                "--config",
+                self.config_path,
+                "--spawned",
+            ],
             stdin=subprocess.DEVNULL,
         )
         log.info("watchdog started as child process %s", self._child.pid)
@@ -361,8 +371,10 @@ class MainLoop:
             if self._child is not None and self._child.poll() == ANOTHER_WATCHDOG:
                 # a watchdog already watches this data dir (it outlived a main loop that was
                 # killed): adopt it; watchdog_alive() judges it by heartbeat, pid and start
-                log.warning("another watchdog already watches %s: adopting it", self.data_dir)
-                self._event("watchdog_adopted", "a watchdog already watches: adopted it", "info")
+                pid = lock_holder(role_lock_path(self.data_dir, "watchdog"))  # its lock's holder
+                running = f"a watchdog is already running (pid {pid})"
+                log.warning("%s: adopting it", running)
+                self._event("watchdog_adopted", f"{running}: adopted it", "info")
                 self._child = None
                 continue
             if self._child is None and self.cfg.watchdog.spawn:

@@ -550,8 +550,13 @@ def test_a_config_without_protection_replays_the_dropped_children_as_differences
     assert gs["recorded"] == f"SELL 100 STP trigger {gs_stop['aux_price']:g} GTC"
     assert gs["replayed"] is None and gs["reason_key"] == "bracket: stop dropped"
     assert gate["GS"]["bracket"]["replayed"] is None
-    # the parents' verdicts are unchanged: only the children differ
-    assert all(g["recorded"] == g["replayed"] for g in doc["gate"])
+    # the stocks' verdicts are unchanged: only their children differ; the puts, refused in
+    # the run because their 2% stop lay inside the spread, would have gone without one
+    stocks = [g for g in doc["gate"] if g["request"]["sec_type"] == "STK"]
+    assert len(stocks) == 2 and all(g["recorded"] == g["replayed"] for g in stocks)
+    puts = [d["where"].split()[2] for d in doc["differences"] if d["kind"] == "accepted"]
+    assert sorted(puts) == ["AMD", "NVDA"]
+    assert all(gate[s]["replayed"]["accepted"] for s in puts)
     msft = next(g for g in doc["gate"] if g["request"]["symbol"] == "MSFT")
     [stop] = msft["bracket"]["replayed"]["children"]
     assert stop["order_type"] == "STP" and stop == msft["bracket"]["recorded"]["children"][0]
@@ -573,9 +578,23 @@ def test_a_moved_stop_and_a_refused_bracket_are_differences(protected):
     code, doc = replay("1", "--config", str(wider))
     assert code == 1
     diffs = _children_diffs(doc)
-    moved = {w for w, d in diffs.items() if d["kind"] == "child_changed"}
+    moved = {d["where"] for d in doc["differences"] if d["kind"] == "child_changed"}
     assert {w.split()[2] for w in moved} == {"GS", "NVDA", "AMD"}  # MSFT keeps its own 4%
     assert all(w.endswith(" stop") for w in moved)
+    # the run's gate refused the puts' brackets: a 2% stop on a sold put lies inside its quoted
+    # spread (it would fire as the entry fills); at 3% it still does (the reason changes with
+    # the stop); at 6% they would have gone
+    puts = [g for g in doc["gate"] if g["request"]["sec_type"] == "OPT"]
+    assert [g["request"]["symbol"] for g in puts] == ["NVDA", "AMD"]
+    for g in puts:
+        was, now = g["recorded"]["reasons"], g["replayed"]["reasons"]
+        assert not g["recorded"]["accepted"] and not g["replayed"]["accepted"]
+        assert "not beyond the quoted spread" in was[0] and "not beyond" in now[0]
+        assert was != now
+    wide = variant(protected["cfg"], "wide6.toml", commander__stop_loss_pct="0.06")
+    code, wide_doc = replay("1", "--config", str(wide))
+    gone = {d["where"].split()[2] for d in wide_doc["differences"] if d["kind"] == "accepted"}
+    assert "NVDA" in gone
     gs = diffs["gate BUY GS 100 stop"]
     assert gs["reason_key"] == "bracket: stop moved"
     gs_gate = next(g for g in doc["gate"] if g["request"]["symbol"] == "GS")["bracket"]
@@ -586,7 +605,7 @@ def test_a_moved_stop_and_a_refused_bracket_are_differences(protected):
         f"SELL 100 STP trigger {was:g} GTC",
         f"SELL 100 STP trigger {now:g} GTC",
     )
-    assert all(g["recorded"] == g["replayed"] for g in doc["gate"])
+    assert all(g["recorded"] == g["replayed"] for g in doc["gate"] if g not in puts)
     # a collar below index_trend's own 4% stop: the gate refuses MSFT's bracket whole
     narrow = variant(protected["cfg"], "narrow.toml", risk__protective_collar_pct="0.035")
     code, doc = replay("1", "--config", str(narrow))
@@ -623,8 +642,9 @@ def test_range_summary_counts_child_differences(protected):
     assert code == 1 and doc["different"] >= 1
     by = doc["by_reason"]
     assert by["bracket: take-profit dropped"] > by["bracket: stop dropped"] >= 3
-    assert all(k.startswith("bracket: ") for k in by)
-    assert {o["kind"] for o in doc["orders"]} == {"child_dropped"}
+    # and the puts, refused for a stop inside their spread, would have gone without one
+    assert all(k.startswith("bracket: ") for k in by if k != "accepted") and by["accepted"] >= 2
+    assert {o["kind"] for o in doc["orders"]} == {"child_dropped", "accepted"}
     code, doc = replay("--from", days[0], "--to", days[1], "--config", str(protected["cfg"]))
     assert code == 0 and doc["identical"] == doc["replayed"] == 3 and doc["by_reason"] == {}
 
