@@ -62,6 +62,7 @@ from .instance_lock import (
     role_lock_path,
 )
 from .notify import Notifier, start_notifier
+from .pacing_log import PACING_LOG, HistoryLog
 from .preflight import KEY_MISSING, static_refusals
 from .protection import ProtectionGuard
 from .restart_window import RestartWindow
@@ -229,6 +230,10 @@ class MainLoop:
             on_partial_fill=self._on_partial_fill,
             on_protective_reject=self._on_protective_reject,
             monotonic=self.clock.monotonic,
+            # IB counts the historical requests of earlier processes too (restarts)
+            history_log=HistoryLog(
+                self.data_dir / PACING_LOG, self.clock.monotonic, self.clock.wall
+            ),
         )
         self.commander = Commander(
             cfg=cfg,
@@ -670,14 +675,18 @@ class MainLoop:
         inside a cycle it would run into max_cycle_s."""
         self._set_phase("warm-up")
         t0 = self.clock.monotonic()
+        timeout = max(60.0, self.cfg.loop.max_cycle_s)
+        sensor, spec = self.commander.sensor, self.commander.spec
         try:
-            await asyncio.wait_for(
-                self.commander.sensor.context(self.commander.spec, self.commander.wall_now()),
-                max(60.0, self.cfg.loop.max_cycle_s),
-            )
+            await asyncio.wait_for(sensor.context(spec, self.commander.wall_now()), timeout)
             log.info("warm-up done in %.1fs", self.clock.monotonic() - t0)
         except Exception as exc:  # the cycles will retry what is missing
-            log.warning("warm-up incomplete (%s); continuing", exc)
+            why = f"timed out after {timeout:g}s" if isinstance(exc, TimeoutError) else repr(exc)
+            log.warning(
+                "warm-up incomplete (%s): %s; continuing, the cycles retry what is missing",
+                why,
+                sensor.shortfall(spec),
+            )
 
     async def _run_cycle(self) -> None:
         if self.stop.is_set():
@@ -690,14 +699,17 @@ class MainLoop:
         try:
             await asyncio.wait_for(self.commander.run_cycle(cycle_id), self.cfg.loop.max_cycle_s)
         except TimeoutError:
+            pacing = self.broker.history_pacing()  # what it was waiting for, if pacing
+            during = f" while {pacing}" if pacing else ""
             log.error(
-                "cycle %s exceeded max_cycle_s=%.1f and was cancelled",
+                "cycle %s exceeded max_cycle_s=%.1f and was cancelled%s",
                 cycle_id,
                 self.cfg.loop.max_cycle_s,
+                during,
             )
             self._event(
                 "cycle_timeout",
-                f"cycle exceeded {self.cfg.loop.max_cycle_s:g}s and was cancelled",
+                f"cycle exceeded {self.cfg.loop.max_cycle_s:g}s and was cancelled{during}",
                 "warning",
                 cycle_id,
             )
