@@ -65,6 +65,7 @@ from .instance_lock import (
     LockHeld,
     account_lock_path,
     acquire,
+    role_lock_path,
 )
 from .notify import notify_urls
 from .ownership import hand_back
@@ -98,13 +99,15 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .broker import quiet_client_log
     from .preflight import gateway_refusals, static_refusals
 
     cfg = _config(args)
     secrets = Secrets()
     reasons = static_refusals(cfg, secrets)
     if not args.offline and not reasons:
-        reasons += asyncio.run(gateway_refusals(cfg, secrets))
+        with quiet_client_log():  # an unreachable gateway is said once, below
+            reasons += asyncio.run(gateway_refusals(cfg, secrets))
     if reasons:
         print(f"{args.config}: refused", file=sys.stderr)
         for reason in reasons:
@@ -142,7 +145,7 @@ def _gateway_account(cfg: Config) -> str:
 
 def _locks(cfg: Config, role: str) -> list[InstanceLock]:
     """Take this role's exclusive locks before anything is written or spawned."""
-    held = [acquire(cfg.data_dir / f"{role}.lock", f"the {role} lock of {cfg.data_dir}")]
+    held = [acquire(role_lock_path(cfg.data_dir, role), f"the {role} lock of {cfg.data_dir}")]
     if role == "run":
         b = cfg.broker
         try:
@@ -186,8 +189,9 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
     try:
         locks = _locks(cfg, "watchdog")
     except LockHeld as exc:
-        print(exc, file=sys.stderr)
-        return ANOTHER_WATCHDOG  # a main loop that spawned us adopts the one already watching
+        if not args.spawned:  # spawned: the main loop says it in one line, and adopts it
+            print(exc, file=sys.stderr)
+        return ANOTHER_WATCHDOG
     secrets = Secrets()
     register_secret(secrets.anthropic_api_key)
     try:
@@ -243,7 +247,7 @@ def _hb(cfg: Config, name: str, timeout: float) -> dict[str, Any]:
 
 def _live(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
     """The account from the broker itself, now (a short read-only session), or why not."""
-    from .broker import probe_account
+    from .broker import probe_account, quiet_client_log
 
     try:  # nothing listening: say so without loading the client library (CLI start-up)
         socket.create_connection((cfg.broker.host, cfg.broker.port), timeout=timeout).close()
@@ -252,9 +256,9 @@ def _live(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
     except OSError as exc:
         return {"reachable": False, "error": redact(f"{type(exc).__name__}: {exc}")}
     client_id = cfg.broker.watchdog_client_id + 4  # panic +1, drill +2/+3
-    logging.getLogger("ib_insync").setLevel(logging.CRITICAL)  # we say it in one line below
     try:
-        live = asyncio.run(probe_account(cfg.broker, cfg.mode, Secrets(), client_id, timeout))
+        with quiet_client_log():  # we say it in one line below
+            live = asyncio.run(probe_account(cfg.broker, cfg.mode, Secrets(), client_id, timeout))
     except TimeoutError:  # connected but no answer: a frozen or restarting gateway
         return {"reachable": False, "error": f"no answer from the gateway within {timeout:g}s"}
     except Exception as exc:  # unreachable, busy, refused: the database answers instead
@@ -466,6 +470,38 @@ def _breaker_trip(args: argparse.Namespace, cfg: Config) -> int:
     return 0 if st.persisted else 1
 
 
+def _answer() -> str | None:
+    """One line from stdin, terminal or not (a pipe, a file, /dev/null); None at EOF, on a
+    closed stdin or on Ctrl-C: nobody answered."""
+    if sys.stdin is None:
+        return None
+    try:
+        line = sys.stdin.readline()
+    except (KeyboardInterrupt, OSError, ValueError):  # ValueError: stdin already closed
+        return None
+    return line if line else None
+
+
+def _not_confirmed(args: argparse.Namespace, current: BreakerStatus) -> str | None:
+    """Ask before a reset without --yes, wherever stdin comes from: only y or yes
+    (any case) confirms. Why it is not confirmed, or None. The prompt goes to stdout, or
+    to stderr under --json (stdout keeps the document)."""
+    ask = sys.stderr if args.json else sys.stdout
+    print(
+        f"breaker is {current.state.value} since {current.since or '-'}: {current.reason}",
+        file=ask,
+    )
+    print("reset it to ACTIVE (new orders allowed again)? [y/N] ", end="", file=ask, flush=True)
+    answer = _answer()
+    if answer is None or not sys.stdin.isatty():
+        print(file=ask, flush=True)  # nothing echoed the answer's newline: end the prompt line
+    if answer is None:
+        return "not reset: not confirmed (no answer on stdin; --yes resets without asking)"
+    if answer.strip().lower() in ("y", "yes"):
+        return None
+    return "not reset: not confirmed (the answer was not y or yes)"
+
+
 def _breaker_reset(args: argparse.Namespace, cfg: Config) -> int:
     if (why := _person(args, "a breaker reset")) is not None:
         return _refuse(args, why)
@@ -477,15 +513,12 @@ def _breaker_reset(args: argparse.Namespace, cfg: Config) -> int:
         else:
             print(f"breaker already ACTIVE (since {current.since or '-'}): nothing to reset")
         return 0
-    if not args.yes and sys.stdin.isatty():
-        ask = sys.stderr if args.json else sys.stdout  # --json keeps stdout for the document
-        print(
-            f"breaker is {current.state.value} since {current.since or '-'}: {current.reason}",
-            file=ask,
-        )
-        print("reset it to ACTIVE (new orders allowed again)? [y/N] ", end="", file=ask, flush=True)
-        if input().strip() != "y":
-            return _refuse(args, "not reset", 1)
+    if not args.yes and (no := _not_confirmed(args, current)) is not None:
+        if args.json:  # the breaker as it stays, and why: exit 1 like any unconfirmed reset
+            doc = {**_breaker_change("reset", current, current, False), "error": no}
+            print(json.dumps(doc, indent=2, default=str))
+        print(no, file=sys.stderr)
+        return 1
     _quiet_breaker_log()
     store = Store.open(cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="cli")
     try:
@@ -890,15 +923,13 @@ def _prune(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     cfg = _config(args)
     open_readonly(cfg.data_dir)  # a missing database: one line, exit 2
 
     def progress(done: int, total: int) -> None:
         print(f"\r  {done}/{total} pages", end="", file=sys.stderr, flush=True)
 
-    dest = backup_database(cfg.data_dir, Path(args.dest), progress)
+    dest = backup_database(cfg.data_dir, args.dest, progress)  # a str: keeps a trailing /
     print(file=sys.stderr)
     print(f"backup of {db_path(cfg.data_dir)} written to {dest} (integrity ok)")
     if args.with_snapshots:
@@ -1137,7 +1168,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.cycles, args.kill_drill, args.data_dir)
+    return run_demo(args.cycles, args.kill_drill, args.data_dir, args.protect)
 
 
 def _with_ownership(args: argparse.Namespace) -> int:
@@ -1183,6 +1214,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-file", help="also log to this file, rotated at 10 MiB (5 kept)")
     p = add("watchdog", cmd_watchdog, "run the watchdog")
+    p.epilog = (
+        f"exit status: {ANOTHER_WATCHDOG} another watchdog already watches this data directory "
+        "(refused with its pid)"
+    )
+    # set by a main loop that spawns its watchdog: a refusal because one already watches is
+    # said by the main loop ("a watchdog is already running (pid N): adopting it"), once
+    p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-file", help="also log to this file, rotated at 10 MiB (5 kept)")
     p = add("status", cmd_status, "breaker, heartbeats, account (live), cycles, refusals, spend")
@@ -1196,6 +1234,11 @@ def main(argv: list[str] | None = None) -> int:
         "--offline", action="store_true", help="do not ask the broker (database figures only)"
     )
     p = add("breaker", cmd_breaker, "show the breaker, or reset it (a person, with a reason)")
+    p.epilog = (
+        "exit status: 0 done; 1 a reset not confirmed (without --yes the answer is read from "
+        "stdin, terminal or not; EOF means no) or a trip not persisted; 2 refused (no --by or "
+        "--reason, a missing data directory, an unreadable database)"
+    )
     p.add_argument("action", nargs="?", choices=["status", "reset", "trip"], default="status")
     p.add_argument("--by", help="who resets or trips (required for both)")
     p.add_argument("--reason", help="why (required for reset and trip)")
@@ -1205,7 +1248,13 @@ def main(argv: list[str] | None = None) -> int:
         default="HALTED",
         help="trip: HALTED (no new orders; the watchdog flattens) or REDUCING",
     )
-    p.add_argument("--yes", action="store_true", help="reset: no confirmation prompt")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="reset: do not ask. Without it, reset asks and reads the answer from stdin even "
+        "when stdin is not a terminal (a pipe, a file, /dev/null): only y or yes resets; "
+        "anything else, an empty line or EOF means no (exit 1)",
+    )
     p.add_argument("--json", action="store_true", help="status: machine-readable JSON")
     p = add("panic", cmd_panic, "kill switch: HALTED, cancel everything, close every position")
     # a kill switch asks nothing in an emergency: who ran it defaults to the OS user
@@ -1279,7 +1328,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--symbol", default="SPY", help="the drill's position (default SPY)")
     p.add_argument("--quantity", type=int, default=1)
     p = add("backup", cmd_backup, "copy the live database (SQLite online backup API)")
-    p.add_argument("dest", help="a new file, or a directory for a dated one")
+    p.add_argument(
+        "dest",
+        help="a new file, or a folder to write a dated file in: an existing folder, or any "
+        "path ending in / (created, parents too)",
+    )
     p.add_argument("--with-snapshots", action="store_true", help="copy the snapshot files too")
     p = add("inspect", cmd_inspect, "browse the database read-only in Datasette (views, charts)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
@@ -1327,6 +1380,12 @@ def main(argv: list[str] | None = None) -> int:
         help="SIGKILL the main loop mid-run and show the watchdog flattening",
     )
     p.add_argument("--data-dir", default=None, help="where the demo keeps its files")
+    p.add_argument(
+        "--protect",
+        action="store_true",
+        help="every opening order carries a GTC stop (3%%, puts 10%%) and take-profit (6%%) "
+        "at the broker; the summary lists those resting",
+    )
     args = parser.parse_args(argv)
     register_secret(Secrets().anthropic_api_key)  # redacted from every line and traceback
     notify_urls()  # IB_SWARM_NOTIFY_URLS carry tokens: registered as secrets too
