@@ -17,7 +17,7 @@ from the seed (the first round fires every kind once, in a seeded order, even pa
   price_jump       one stock jumps 2-6 % up or down
 
 After a fault, and whenever the breaker is seen tripped, the injector waits for the account
-to go flat, resets the breaker the way a person does (`python -m runtime breaker reset`),
+to go flat, resets the breaker the way a person does (`python -m runtime breaker reset --yes`),
 restarts the main loop if it is gone and waits for it to cycle again. At the end: the
 accounting invariant (benchmarks/books.py), every breaker trip explained by a fault fired
 just before it, the scripted restarts done, and the RSS, open descriptors and threads of the
@@ -435,6 +435,7 @@ class Soak:
                 "soak",
                 "--reason",
                 f"after {why}",
+                "--yes",  # without it the reset asks, and reads no from a closed stdin
                 "--config",
                 str(self.cfg),
             ],

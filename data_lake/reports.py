@@ -229,8 +229,8 @@ def demo_summary(db: Database) -> dict[str, Any]:
         ),
         "orders": list(
             db.query(
-                "SELECT order_ref, symbol, sec_type, expiry, strike, opt_right, action, "
-                "quantity, order_type, limit_price, status FROM order_intents ORDER BY id"
+                "SELECT order_ref, symbol, sec_type, expiry, strike, opt_right, action, quantity, "
+                "order_type, limit_price, aux_price, status FROM order_intents ORDER BY id"
             )
         ),
         "refusals": grouped_reasons(

@@ -23,17 +23,42 @@ from .db import db_path, utc_now
 __all__ = ["backup_database", "compress_snapshots", "prune_snapshots"]
 
 
+def _is_dir_target(dest: Path | str) -> bool:
+    """A destination written with a trailing separator ("/backups/ib-swarm/") names a
+    directory, existing or not; so does an existing directory."""
+    text = os.fspath(dest)
+    seps = tuple(sep for sep in (os.sep, os.altsep) if sep)
+    return text.endswith(seps) or Path(text).is_dir()
+
+
+def _dated_name(folder: Path) -> Path:
+    """trading-<UTC time>.sqlite3 in `folder`; -2, -3, ... when a backup of the same second
+    is there already (the name is ours to choose: a folder target never says "exists")."""
+    stamp = utc_now()[:19].replace(":", "").replace("-", "")
+    dest = folder / f"trading-{stamp}.sqlite3"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = folder / f"trading-{stamp}-{n}.sqlite3"
+    return dest
+
+
 def backup_database(
-    data_dir: Path, dest: Path, progress: Callable[[int, int], None] | None = None
+    data_dir: Path, dest: Path | str, progress: Callable[[int, int], None] | None = None
 ) -> Path:
-    """Copy the live database to `dest` (a file, or a directory to put a dated file in) with
-    the online backup API; verify the copy (integrity_check); return its path."""
+    """Copy the live database to `dest` with the online backup API; verify the copy
+    (integrity_check); return its path. `dest` is a new file, or a directory (an existing one,
+    or any path ending in a separator: created with its parents) to put a dated file in."""
     source_path = db_path(data_dir)
     if not source_path.is_file():
         raise FileNotFoundError(f"no database at {source_path}")
-    if dest.is_dir():
-        stamp = utc_now()[:19].replace(":", "").replace("-", "")
-        dest = dest / f"trading-{stamp}.sqlite3"
+    as_dir = _is_dir_target(dest)
+    dest = Path(dest)
+    if as_dir:
+        if dest.exists() and not dest.is_dir():
+            raise FileExistsError(f"backup destination {dest}/ is a folder, but {dest} is a file")
+        dest.mkdir(parents=True, exist_ok=True)
+        dest = _dated_name(dest)
     if dest.exists():
         raise FileExistsError(f"{dest} exists: choose a new name")
     if not dest.parent.is_dir():

@@ -23,7 +23,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -67,6 +67,7 @@ from .ib_errors import (
 )
 from .market_hours import is_open
 from .pacing import Backoff, HistoryPacer, LineBook
+from .pacing_log import HistoryLog
 
 __all__ = [
     "AccountModeError",
@@ -85,6 +86,7 @@ __all__ = [
     "probe_account",
     "probe_gateway",
     "probe_positions",
+    "quiet_client_log",
 ]
 
 T = TypeVar("T")
@@ -232,6 +234,23 @@ def client_library(name: str) -> ModuleType:
     raise ConfigError(
         f"broker.client_library: {name!r} is not one of {', '.join(CLIENT_LIBRARIES)}"
     )
+
+
+@contextlib.contextmanager
+def quiet_client_log() -> Iterator[None]:
+    """Hold back the client library's own log lines while a command's short session runs
+    (`check`, `status`, `drill`): ib_insync's "API connection failed: ..." and "Make sure API
+    port on TWS/IBG is open" reach stderr through logging's last-resort handler before the
+    command's own one-line refusal says the same. Both libraries' loggers; levels restored."""
+    loggers = [logging.getLogger(name) for name in CLIENT_LIBRARIES]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _new_ib(cfg: BrokerConfig, timeout: float | None = None) -> IB:
@@ -486,6 +505,7 @@ class Broker:
         intent_sources: tuple[str, ...] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_protective_reject: Callable[[str, int, str], None] | None = None,
+        history_log: HistoryLog | None = None,
     ) -> None:
         self.cfg = cfg
         self.mode = mode
@@ -537,8 +557,14 @@ class Broker:
         self._lines_lock = asyncio.Lock()
         self._lines_blocked_until = 0.0  # monotonic; after a 101, new lines wait until then
         self._line_backoff = Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s, self.rng)
-        self._history = HistoryPacer(monotonic)
+        # the requests earlier processes sent count too (IB counts them): `history_log` keeps
+        # them in the data directory across restarts (None: this process's requests only)
+        self._history_log = history_log
+        self._history = HistoryPacer(monotonic, sent=history_log.load() if history_log else ())
         self._history_lock = asyncio.Lock()
+        # the pacing wait under way: (monotonic end, seconds, contract and why); it outlives a
+        # cancel of the wait, so a cycle cancelled in it can say what it was waiting for
+        self._history_wait: tuple[float, float, str] | None = None
         self._history_refusals = 0  # 162 pacing refusals seen (the request in flight retries)
         # data proof after a reconnect: ticks older than the epoch are stale by definition
         self._data_epoch = float("-inf")
@@ -1730,14 +1756,25 @@ class Broker:
             for _ in range(HISTORY_ATTEMPTS):
                 wait = self._history.wait_s(key, burst)
                 if wait > 0:
-                    log.info("historical request for %s waits %.1fs (pacing)", _key(contract), wait)
-                    await self.sleep(wait)
+                    why = self._history.why_wait(key, burst)
+                    log.info(
+                        "historical request for %s waits %.1fs (pacing: %s)",
+                        _key(contract),
+                        wait,
+                        why,
+                    )
+                    await self._history_sleep(wait, f"{_key(contract)}: {why}")
                 refused = self._history_refusals
                 self._history.record_sent(key, burst)
+                self._save_history()  # before the answer: a crash still counts it
                 request = self.ib.reqHistoricalDataAsync(
                     contract, end, duration, bar_size, what, use_rth
                 )
-                bars = await asyncio.wait_for(request, self.cfg.request_timeout_s)
+                try:
+                    bars = await asyncio.wait_for(request, self.cfg.request_timeout_s)
+                finally:  # counted from its end: the gateway saw it at the latest then
+                    self._history.record_over(key)
+                    self._save_history()
                 if self._history_refusals == refused:
                     self._history.record_answer(key, list(bars))
                     return list(bars)
@@ -1747,10 +1784,33 @@ class Broker:
                     _key(contract),
                     delay,
                 )
-                await self.sleep(delay)
+                await self._history_sleep(delay, f"{_key(contract)}: refused for pacing (162)")
         raise TimeoutError(
             f"historical data for {_key(contract)} refused for pacing {HISTORY_ATTEMPTS} times"
         )
+
+    def _save_history(self) -> None:
+        if self._history_log is not None:
+            self._history_log.save(self._history.sent())
+
+    async def _history_sleep(self, seconds: float, why: str) -> None:
+        self._history_wait = (self.monotonic() + seconds, seconds, why)
+        await self.sleep(seconds)
+        self._history_wait = None
+
+    def history_pacing(self) -> str | None:
+        """The historical-data pacing wait under way, in words ('waiting 14.4 s for
+        historical-data pacing (AAPL: 60 of 60 requests used in the last 10 min, next slot in
+        312 s)'), or None. Still said after the wait was cancelled, until its end."""
+        wait = self._history_wait
+        if wait is None or self.monotonic() >= wait[0]:
+            return None
+        return f"waiting {wait[1]:.1f} s for historical-data pacing ({wait[2]})"
+
+    def history_budget(self) -> str:
+        """IB's 10-minute historical budget as this session counts it (earlier processes'
+        requests included): '58 of 60 requests used in the last 10 min[, next slot in N s]'."""
+        return self._history.budget()
 
     async def option_chain(self, contract: IBContract) -> tuple[list[str], list[float]]:
         chains = await asyncio.wait_for(

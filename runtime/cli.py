@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import getpass
 import json
 import logging
@@ -66,6 +67,7 @@ from .instance_lock import (
     LockHeld,
     account_lock_path,
     acquire,
+    role_lock_path,
 )
 from .notify import notify_urls
 from .ownership import hand_back
@@ -99,13 +101,15 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .broker import quiet_client_log
     from .preflight import gateway_refusals, static_refusals
 
     cfg = _config(args)
     secrets = Secrets()
     reasons = static_refusals(cfg, secrets)
     if not args.offline and not reasons:
-        reasons += asyncio.run(gateway_refusals(cfg, secrets))
+        with quiet_client_log():  # an unreachable gateway is said once, below
+            reasons += asyncio.run(gateway_refusals(cfg, secrets))
     if reasons:
         print(f"{args.config}: refused", file=sys.stderr)
         for reason in reasons:
@@ -143,7 +147,7 @@ def _gateway_account(cfg: Config) -> str:
 
 def _locks(cfg: Config, role: str) -> list[InstanceLock]:
     """Take this role's exclusive locks before anything is written or spawned."""
-    held = [acquire(cfg.data_dir / f"{role}.lock", f"the {role} lock of {cfg.data_dir}")]
+    held = [acquire(role_lock_path(cfg.data_dir, role), f"the {role} lock of {cfg.data_dir}")]
     if role == "run":
         b = cfg.broker
         try:
@@ -187,8 +191,9 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
     try:
         locks = _locks(cfg, "watchdog")
     except LockHeld as exc:
-        print(exc, file=sys.stderr)
-        return ANOTHER_WATCHDOG  # a main loop that spawned us adopts the one already watching
+        if not args.spawned:  # spawned: the main loop says it in one line, and adopts it
+            print(exc, file=sys.stderr)
+        return ANOTHER_WATCHDOG
     secrets = Secrets()
     register_secret(secrets.anthropic_api_key)
     try:
@@ -244,7 +249,7 @@ def _hb(cfg: Config, name: str, timeout: float) -> dict[str, Any]:
 
 def _live(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
     """The account from the broker itself, now (a short read-only session), or why not."""
-    from .broker import probe_account
+    from .broker import probe_account, quiet_client_log
 
     try:  # nothing listening: say so without loading the client library (CLI start-up)
         socket.create_connection((cfg.broker.host, cfg.broker.port), timeout=timeout).close()
@@ -253,9 +258,9 @@ def _live(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
     except OSError as exc:
         return {"reachable": False, "error": redact(f"{type(exc).__name__}: {exc}")}
     client_id = cfg.broker.watchdog_client_id + 4  # panic +1, drill +2/+3
-    logging.getLogger("ib_insync").setLevel(logging.CRITICAL)  # we say it in one line below
     try:
-        live = asyncio.run(probe_account(cfg.broker, cfg.mode, Secrets(), client_id, timeout))
+        with quiet_client_log():  # we say it in one line below
+            live = asyncio.run(probe_account(cfg.broker, cfg.mode, Secrets(), client_id, timeout))
     except TimeoutError:  # connected but no answer: a frozen or restarting gateway
         return {"reachable": False, "error": f"no answer from the gateway within {timeout:g}s"}
     except Exception as exc:  # unreachable, busy, refused: the database answers instead
@@ -480,6 +485,38 @@ def _breaker_trip(args: argparse.Namespace, cfg: Config) -> int:
     return 0 if st.persisted else 1
 
 
+def _answer() -> str | None:
+    """One line from stdin, terminal or not (a pipe, a file, /dev/null); None at EOF, on a
+    closed stdin or on Ctrl-C: nobody answered."""
+    if sys.stdin is None:
+        return None
+    try:
+        line = sys.stdin.readline()
+    except (KeyboardInterrupt, OSError, ValueError):  # ValueError: stdin already closed
+        return None
+    return line if line else None
+
+
+def _not_confirmed(args: argparse.Namespace, current: BreakerStatus) -> str | None:
+    """Ask before a reset without --yes, wherever stdin comes from: only y or yes
+    (any case) confirms. Why it is not confirmed, or None. The prompt goes to stdout, or
+    to stderr under --json (stdout keeps the document)."""
+    ask = sys.stderr if args.json else sys.stdout
+    print(
+        f"breaker is {current.state.value} since {current.since or '-'}: {current.reason}",
+        file=ask,
+    )
+    print("reset it to ACTIVE (new orders allowed again)? [y/N] ", end="", file=ask, flush=True)
+    answer = _answer()
+    if answer is None or not sys.stdin.isatty():
+        print(file=ask, flush=True)  # nothing echoed the answer's newline: end the prompt line
+    if answer is None:
+        return "not reset: not confirmed (no answer on stdin; --yes resets without asking)"
+    if answer.strip().lower() in ("y", "yes"):
+        return None
+    return "not reset: not confirmed (the answer was not y or yes)"
+
+
 def _breaker_reset(args: argparse.Namespace, cfg: Config) -> int:
     if (why := _person(args, "a breaker reset")) is not None:
         return _refuse(args, why)
@@ -491,15 +528,12 @@ def _breaker_reset(args: argparse.Namespace, cfg: Config) -> int:
         else:
             print(f"breaker already ACTIVE (since {current.since or '-'}): nothing to reset")
         return 0
-    if not args.yes and sys.stdin.isatty():
-        ask = sys.stderr if args.json else sys.stdout  # --json keeps stdout for the document
-        print(
-            f"breaker is {current.state.value} since {current.since or '-'}: {current.reason}",
-            file=ask,
-        )
-        print("reset it to ACTIVE (new orders allowed again)? [y/N] ", end="", file=ask, flush=True)
-        if input().strip() != "y":
-            return _refuse(args, "not reset", 1)
+    if not args.yes and (no := _not_confirmed(args, current)) is not None:
+        if args.json:  # the breaker as it stays, and why: exit 1 like any unconfirmed reset
+            doc = {**_breaker_change("reset", current, current, False), "error": no}
+            print(json.dumps(doc, indent=2, default=str))
+        print(no, file=sys.stderr)
+        return 1
     _quiet_breaker_log()
     store = Store.open(cfg.data_dir, busy_timeout_ms=cfg.data.busy_timeout_ms, name="cli")
     try:
@@ -905,15 +939,13 @@ def _prune(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     cfg = _config(args)
     open_readonly(cfg.data_dir)  # a missing database: one line, exit 2
 
     def progress(done: int, total: int) -> None:
         print(f"\r  {done}/{total} pages", end="", file=sys.stderr, flush=True)
 
-    dest = backup_database(cfg.data_dir, Path(args.dest), progress)
+    dest = backup_database(cfg.data_dir, args.dest, progress)  # a str: keeps a trailing /
     print(file=sys.stderr)
     print(f"backup of {db_path(cfg.data_dir)} written to {dest} (integrity ok)")
     if args.with_snapshots:
@@ -954,21 +986,32 @@ def _replay_error(args: argparse.Namespace, message: str, missing: list[str] | N
     return 2
 
 
-def _replay_bound(text: str, end: bool) -> str:
-    """A --from/--to value (YYYY-MM-DD, UTC; --to includes its day, or an ISO time) as an
-    ISO time to compare snapshot times with."""
-    import datetime as dt
-
+def _replay_bound(text: str, end: bool) -> dt.datetime:
+    """A --from/--to value (YYYY-MM-DD, UTC; --to includes its day, or an ISO time, UTC
+    unless it says otherwise) as a UTC time to compare snapshot times with."""
     try:
         if len(text) == 10:
             day = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.UTC)
-            return (day + dt.timedelta(days=1) if end else day).isoformat()
+            return day + dt.timedelta(days=1) if end else day
         at = dt.datetime.fromisoformat(text)
     except ValueError:
         raise ConfigError(
             f"--{'to' if end else 'from'} {text!r}: use a date (2026-11-20) or an ISO time"
         ) from None
-    return (at if at.tzinfo else at.replace(tzinfo=dt.UTC)).isoformat()
+    return (at if at.tzinfo else at.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+
+
+def _replay_range(start: str, end: str) -> tuple[str, str]:
+    """--from and --to as the ISO times (UTC) snapshot times are compared with; a range
+    that ends before it starts is refused."""
+    first, last = _replay_bound(start, False), _replay_bound(end, True)
+    if first >= last:
+        raise ConfigError(
+            f"--from {start} is after --to {end}"
+            if start != end
+            else f"--from {start} --to {end} is an empty range"
+        )
+    return first.isoformat(), last.isoformat()
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -976,7 +1019,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from data_lake import snapshots_between
 
-    from .replay import CannotReplay, replay_cycle, summarise
+    from .replay import CannotReplay, replay_cycle
+    from .replay_summary import summarise
     from .replay_view import render_replay, render_summary
 
     ranged = args.start is not None or args.end is not None
@@ -988,9 +1032,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return _replay_error(args, "give --config F (its [data] dir is read) or --data-dir DIR")
     try:
         cfg = load_config(args.config) if args.config else None
-        bounds = (
-            (_replay_bound(args.start, False), _replay_bound(args.end, True)) if ranged else None
-        )
+        bounds = _replay_range(args.start, args.end) if ranged else None
     except ConfigError as exc:
         return _replay_error(args, str(exc))
     data_dir = Path(args.data_dir) if args.data_dir else cfg.data_dir  # type: ignore[union-attr]
@@ -1142,7 +1184,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.cycles, args.kill_drill, args.data_dir)
+    return run_demo(args.cycles, args.kill_drill, args.data_dir, args.protect)
 
 
 def _with_ownership(args: argparse.Namespace) -> int:
@@ -1188,6 +1230,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-file", help="also log to this file, rotated at 10 MiB (5 kept)")
     p = add("watchdog", cmd_watchdog, "run the watchdog")
+    p.epilog = (
+        f"exit status: {ANOTHER_WATCHDOG} another watchdog already watches this data directory "
+        "(refused with its pid)"
+    )
+    # set by a main loop that spawns its watchdog: a refusal because one already watches is
+    # said by the main loop ("a watchdog is already running (pid N): adopting it"), once
+    p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-file", help="also log to this file, rotated at 10 MiB (5 kept)")
     p = add("status", cmd_status, "breaker, heartbeats, account (live), cycles, refusals, spend")
@@ -1201,6 +1250,11 @@ def main(argv: list[str] | None = None) -> int:
         "--offline", action="store_true", help="do not ask the broker (database figures only)"
     )
     p = add("breaker", cmd_breaker, "show the breaker, or reset it (a person, with a reason)")
+    p.epilog = (
+        "exit status: 0 done; 1 a reset not confirmed (without --yes the answer is read from "
+        "stdin, terminal or not; EOF means no) or a trip not persisted; 2 refused (no --by or "
+        "--reason, a missing data directory, an unreadable database)"
+    )
     p.add_argument("action", nargs="?", choices=["status", "reset", "trip"], default="status")
     p.add_argument("--by", help="who resets or trips (required for both)")
     p.add_argument("--reason", help="why (required for reset and trip)")
@@ -1210,7 +1264,13 @@ def main(argv: list[str] | None = None) -> int:
         default="HALTED",
         help="trip: HALTED (no new orders; the watchdog flattens) or REDUCING",
     )
-    p.add_argument("--yes", action="store_true", help="reset: no confirmation prompt")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="reset: do not ask. Without it, reset asks and reads the answer from stdin even "
+        "when stdin is not a terminal (a pipe, a file, /dev/null): only y or yes resets; "
+        "anything else, an empty line or EOF means no (exit 1)",
+    )
     p.add_argument("--json", action="store_true", help="status: machine-readable JSON")
     p = add("panic", cmd_panic, "kill switch: HALTED, cancel everything, close every position")
     # a kill switch asks nothing in an emergency: who ran it defaults to the OS user
@@ -1284,7 +1344,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--symbol", default="SPY", help="the drill's position (default SPY)")
     p.add_argument("--quantity", type=int, default=1)
     p = add("backup", cmd_backup, "copy the live database (SQLite online backup API)")
-    p.add_argument("dest", help="a new file, or a directory for a dated one")
+    p.add_argument(
+        "dest",
+        help="a new file, or a folder to write a dated file in: an existing folder, or any "
+        "path ending in / (created, parents too)",
+    )
     p.add_argument("--with-snapshots", action="store_true", help="copy the snapshot files too")
     p = add("inspect", cmd_inspect, "browse the database read-only in Datasette (views, charts)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
@@ -1332,6 +1396,12 @@ def main(argv: list[str] | None = None) -> int:
         help="SIGKILL the main loop mid-run and show the watchdog flattening",
     )
     p.add_argument("--data-dir", default=None, help="where the demo keeps its files")
+    p.add_argument(
+        "--protect",
+        action="store_true",
+        help="every opening order carries a GTC stop (3%%, puts 10%%) and take-profit (6%%) "
+        "at the broker; the summary lists those resting",
+    )
     args = parser.parse_args(argv)
     register_secret(Secrets().anthropic_api_key)  # redacted from every line and traceback
     notify_urls()  # IB_SWARM_NOTIFY_URLS carry tokens: registered as secrets too

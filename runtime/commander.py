@@ -322,8 +322,10 @@ class Commander:
         except asyncio.CancelledError:
             if self.stopping():
                 report.status, report.skipped = "interrupted", "cut short by a stop (SIGTERM)"
-            else:
-                report.status, report.skipped = "timeout", "cancelled at max_cycle_s"
+            else:  # say what it was waiting for when that was IB's historical pacing
+                pacing = self.broker.history_pacing()
+                report.status = "timeout"
+                report.skipped = "cancelled at max_cycle_s" + (f" while {pacing}" if pacing else "")
             raise
         except Exception as exc:
             report.status, report.skipped = "error", f"{type(exc).__name__}: {exc}"

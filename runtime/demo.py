@@ -3,6 +3,8 @@
 Starts the paper gateway on free loopback ports, runs the daemon (offline swarm provider, the
 watchdog as its child) for N cycles, then prints what happened from the SQLite trail. With
 --kill-drill it SIGKILLs the main loop mid-run and shows the watchdog flattening the account.
+With --protect every opening order carries its protective stop and take-profit at the broker
+(a bracket), and the summary lists the ones resting at the gateway.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from data_lake import (
     demo_summary,
     open_intents,
     open_readonly,
+    price_words,
     query_trades,
     reason_line,
 )
 from paper_gateway import AdminClient
 from paper_gateway.process import gateway_process
+from skills.brackets import is_protective_ref
 
 from .breaker import BreakerState, CircuitBreaker
 from .config import DEFAULT_INSTANCES_DIR, DEFAULT_TEMPLATES_DIR, example_config, load_config
@@ -97,7 +101,16 @@ def _demo_root() -> Path:
     return ROOT / "data_lake" / "var" if checkout.is_file() else Path.cwd() / "ib-swarm-demo"
 
 
-def run_demo(cycles: int = 5, kill_drill: bool = False, data_dir: str | None = None) -> int:
+# --protect: stocks' stops 3% from the entry, take-profits 6%; the instances that sell puts get
+# their own 10%: an option's bid/ask spread is often 2-4% of its premium, and the gate refuses a
+# stop inside the spread (it would fire as the entry fills)
+PROTECT = {"commander__stop_loss_pct": 0.03, "commander__take_profit_pct": 0.06}
+OPTION_STOP_PCT = 0.10
+
+
+def run_demo(
+    cycles: int = 5, kill_drill: bool = False, data_dir: str | None = None, protect: bool = False
+) -> int:
     work = Path(data_dir) if data_dir else _demo_root() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -110,7 +123,7 @@ def run_demo(cycles: int = 5, kill_drill: bool = False, data_dir: str | None = N
     ):
         _say(f"demo: paper gateway on 127.0.0.1:{ready['port']} (admin {ready['admin_port']})")
         with AdminClient(ready["admin_port"]) as admin:
-            return _run(work, ready["port"], admin, cycles, kill_drill)
+            return _run(work, ready["port"], admin, cycles, kill_drill, protect)
 
 
 # A demo-only instance that always asks for 100 shares of GS (about $49,500): the gate
@@ -133,24 +146,32 @@ GATE_CHECK = {
 }
 
 
-def _demo_instances(work: Path) -> Path:
-    """The shipped instances plus the demo's gate check, in the demo's folder."""
+def _demo_instances(work: Path, protect: bool = False) -> Path:
+    """The shipped instances plus the demo's gate check, in the demo's folder (with
+    `protect`, the put sellers with their own wider stop)."""
     folder = work / "instances"
     folder.mkdir(exist_ok=True)
     for path in DEFAULT_INSTANCES_DIR.glob("*.json"):
         shutil.copy(path, folder / path.name)
+        inst = json.loads(path.read_text(encoding="utf-8"))
+        if protect and inst.get("template") == "vol_sniper.md":
+            inst.setdefault("parameters", {})["stop_loss_pct"] = OPTION_STOP_PCT
+            (folder / path.name).write_text(json.dumps(inst, indent=1), encoding="utf-8")
     (folder / "demo_gate_check.json").write_text(json.dumps(GATE_CHECK, indent=1))
     return folder
 
 
-def _run(work: Path, port: int, admin: AdminClient, cycles: int, kill_drill: bool) -> int:
+def _run(
+    work: Path, port: int, admin: AdminClient, cycles: int, kill_drill: bool, protect: bool
+) -> int:
     cfg_path = write_config(
         work / "demo.toml",
         {
             "port": port,
             "dir": work.as_posix(),
-            "instances_dir": _demo_instances(work).as_posix(),
+            "instances_dir": _demo_instances(work, protect).as_posix(),
             "min_confidence": 0.4,  # lets the gate check's signal reach the gate
+            **(PROTECT if protect else {}),
         },
     )
     cfg = load_config(cfg_path)
@@ -293,6 +314,33 @@ def _verdict(d: Mapping[str, Any]) -> str:
     return " | gate: not sent (no verdict recorded: the cycle ended first)"
 
 
+def _as_intent(broker_status: str) -> str:
+    """The broker's order status in our intents' words: every working state is submitted (an
+    untriggered stop, or a child waiting for its parent, is PreSubmitted at IB)."""
+    s = broker_status.lower()
+    return "submitted" if s in ("presubmitted", "pendingsubmit", "apipending") else s
+
+
+def _protective(state: Mapping[str, Any], work: Path) -> None:
+    """The protective orders resting at the gateway (with --protect): stop triggers and
+    take-profit limits, and how to read each one's story."""
+    kids = [o for o in state["open_orders"] if is_protective_ref(o["order_ref"])]
+    if not kids:
+        return
+    _say(f"protective orders at the gateway: {len(kids)}")
+    for o in kids:
+        price = (
+            f"STP trigger {o['aux_price']:g}"
+            if o["order_type"] == "STP"
+            else f"{o['order_type']} {o['lmt_price']:g}"
+        )
+        contract = Contract.from_row(o)
+        _say(
+            f"  {o['action']} {o['quantity']:g} {contract} {price} {o['tif']} ({o['status']}) "
+            f"(why: python -m runtime why {o['order_ref']} --config {work / 'demo.toml'})"
+        )
+
+
 def _summary(work: Path, admin: AdminClient) -> None:
     db = open_readonly(work)
     s = demo_summary(db)
@@ -321,9 +369,9 @@ def _summary(work: Path, admin: AdminClient) -> None:
     at_broker = {o["order_ref"]: o["status"] for o in admin.call("ledger")["orders"]}
     lagging = 0
     for o in s["orders"][-10:]:
-        price = f" @ {o['limit_price']:g}" if o["limit_price"] else ""
+        price = price_words(o["limit_price"], o.get("aux_price"))
         broker = at_broker.get(o["order_ref"])
-        differs = broker is not None and broker.lower() != str(o["status"]).lower()
+        differs = broker is not None and _as_intent(broker) != str(o["status"]).lower()
         lagging += differs
         _say(
             f"  {o['action']} {o['quantity']:g} {Contract.from_row(o)} {o['order_type']}{price}: "
@@ -351,6 +399,7 @@ def _summary(work: Path, admin: AdminClient) -> None:
             f"(commission {(t['commission'] or 0):.2f}) ref {t['order_ref']}"
         )
     state = admin.call("state")
+    _protective(state, work)
     _say(f"positions at the gateway: {len(state['positions'])}")
     for p in state["positions"]:
         contract = Contract.from_row(p)

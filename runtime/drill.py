@@ -35,7 +35,7 @@ from data_lake import Contract, Store
 from skills.execution_gate import GateState, OrderRequest, place_order_with_guard
 
 from .breaker import BreakerState, CircuitBreaker
-from .broker import Broker, probe_positions
+from .broker import Broker, probe_positions, quiet_client_log
 from .config import Config, Secrets, load_config
 from .gate_context import build_gate_context
 from .heartbeat import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT, read_heartbeat
@@ -139,9 +139,10 @@ async def _open_position(cfg: Config, store: Store, symbol: str, quantity: int) 
 
 def _positions(cfg: Config) -> dict[str, float] | None:
     try:
-        return asyncio.run(
-            probe_positions(cfg.broker, cfg.mode, Secrets(), cfg.broker.watchdog_client_id + 3)
-        )
+        with quiet_client_log():  # a failure is said in one line below
+            return asyncio.run(
+                probe_positions(cfg.broker, cfg.mode, Secrets(), cfg.broker.watchdog_client_id + 3)
+            )
     except Exception as exc:
         _say(f"  ! positions not read from the broker: {exc}")
         return None
@@ -161,7 +162,10 @@ def run_drill(config_path: Path, cfg: Config, yes: bool, symbol: str, quantity: 
         )
         return 2
     secrets = Secrets()
-    refusals = static_refusals(cfg, secrets) or asyncio.run(gateway_refusals(cfg, secrets))
+    refusals = static_refusals(cfg, secrets)
+    if not refusals:
+        with quiet_client_log():  # an unreachable gateway is said once, below
+            refusals = asyncio.run(gateway_refusals(cfg, secrets))
     if refusals:
         for reason in refusals:
             _say(f"refused: {reason}")

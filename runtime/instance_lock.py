@@ -24,7 +24,15 @@ from pathlib import Path
 
 from data_lake import RefuseToStart
 
-__all__ = ["ANOTHER_WATCHDOG", "InstanceLock", "LockHeld", "account_lock_path", "acquire"]
+__all__ = [
+    "ANOTHER_WATCHDOG",
+    "InstanceLock",
+    "LockHeld",
+    "account_lock_path",
+    "acquire",
+    "lock_holder",
+    "role_lock_path",
+]
 
 # The exit code of a watchdog refused because another one already watches the data dir.
 ANOTHER_WATCHDOG = 3
@@ -47,7 +55,13 @@ class InstanceLock:
             self._fd = None
 
 
-def _holder(path: Path) -> str:
+def role_lock_path(data_dir: Path, role: str) -> Path:
+    """The data directory's lock for one role ("run", "watchdog")."""
+    return data_dir / f"{role}.lock"
+
+
+def lock_holder(path: Path) -> str:
+    """The pid written in a lock file by its holder ("unknown" if it cannot be read)."""
     try:
         text = path.read_text(encoding="utf-8").strip()
     except OSError:
@@ -69,7 +83,7 @@ def acquire(path: Path, what: str) -> InstanceLock:
     except BlockingIOError:
         os.close(fd)
         raise LockHeld(
-            f"refused: {what} is already held by pid {_holder(path)} ({path}); "
+            f"refused: {what} is already held by pid {lock_holder(path)} ({path}); "
             "one daemon per data directory and account"
         ) from None
     except BaseException:

@@ -58,8 +58,11 @@ from .instance_lock import (
     LockHeld,
     account_lock_path,
     acquire,
+    lock_holder,
+    role_lock_path,
 )
 from .notify import Notifier, start_notifier
+from .pacing_log import PACING_LOG, HistoryLog
 from .preflight import KEY_MISSING, static_refusals
 from .protection import ProtectionGuard
 from .restart_window import RestartWindow
@@ -227,6 +230,10 @@ class MainLoop:
             on_partial_fill=self._on_partial_fill,
             on_protective_reject=self._on_protective_reject,
             monotonic=self.clock.monotonic,
+            # IB counts the historical requests of earlier processes too (restarts)
+            history_log=HistoryLog(
+                self.data_dir / PACING_LOG, self.clock.monotonic, self.clock.wall
+            ),
         )
         self.commander = Commander(
             cfg=cfg,
@@ -344,7 +351,15 @@ class MainLoop:
 
     def _spawn_watchdog(self) -> None:
         self._child = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "watchdog", "--config", self.config_path],
+            [
+                sys.executable,
+                "-m",
+                "runtime",
+                "watchdog",
+                "--config",
+                self.config_path,
+                "--spawned",
+            ],
             stdin=subprocess.DEVNULL,
         )
         log.info("watchdog started as child process %s", self._child.pid)
@@ -356,8 +371,10 @@ class MainLoop:
             if self._child is not None and self._child.poll() == ANOTHER_WATCHDOG:
                 # a watchdog already watches this data dir (it outlived a main loop that was
                 # killed): adopt it; watchdog_alive() judges it by heartbeat, pid and start
-                log.warning("another watchdog already watches %s: adopting it", self.data_dir)
-                self._event("watchdog_adopted", "a watchdog already watches: adopted it", "info")
+                pid = lock_holder(role_lock_path(self.data_dir, "watchdog"))  # its lock's holder
+                running = f"a watchdog is already running (pid {pid})"
+                log.warning("%s: adopting it", running)
+                self._event("watchdog_adopted", f"{running}: adopted it", "info")
                 self._child = None
                 continue
             if self._child is None and self.cfg.watchdog.spawn:
@@ -658,14 +675,18 @@ class MainLoop:
         inside a cycle it would run into max_cycle_s."""
         self._set_phase("warm-up")
         t0 = self.clock.monotonic()
+        timeout = max(60.0, self.cfg.loop.max_cycle_s)
+        sensor, spec = self.commander.sensor, self.commander.spec
         try:
-            await asyncio.wait_for(
-                self.commander.sensor.context(self.commander.spec, self.commander.wall_now()),
-                max(60.0, self.cfg.loop.max_cycle_s),
-            )
+            await asyncio.wait_for(sensor.context(spec, self.commander.wall_now()), timeout)
             log.info("warm-up done in %.1fs", self.clock.monotonic() - t0)
         except Exception as exc:  # the cycles will retry what is missing
-            log.warning("warm-up incomplete (%s); continuing", exc)
+            why = f"timed out after {timeout:g}s" if isinstance(exc, TimeoutError) else repr(exc)
+            log.warning(
+                "warm-up incomplete (%s): %s; continuing, the cycles retry what is missing",
+                why,
+                sensor.shortfall(spec),
+            )
 
     async def _run_cycle(self) -> None:
         if self.stop.is_set():
@@ -678,14 +699,17 @@ class MainLoop:
         try:
             await asyncio.wait_for(self.commander.run_cycle(cycle_id), self.cfg.loop.max_cycle_s)
         except TimeoutError:
+            pacing = self.broker.history_pacing()  # what it was waiting for, if pacing
+            during = f" while {pacing}" if pacing else ""
             log.error(
-                "cycle %s exceeded max_cycle_s=%.1f and was cancelled",
+                "cycle %s exceeded max_cycle_s=%.1f and was cancelled%s",
                 cycle_id,
                 self.cfg.loop.max_cycle_s,
+                during,
             )
             self._event(
                 "cycle_timeout",
-                f"cycle exceeded {self.cfg.loop.max_cycle_s:g}s and was cancelled",
+                f"cycle exceeded {self.cfg.loop.max_cycle_s:g}s and was cancelled{during}",
                 "warning",
                 cycle_id,
             )

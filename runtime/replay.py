@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +60,6 @@ __all__ = [
     "cover_text",
     "missing_pieces",
     "replay_cycle",
-    "summarise",
 ]
 
 
@@ -77,10 +75,12 @@ class CannotReplay(Exception):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Difference:
     """One thing the replay decided differently. `kind`: resized, refused, accepted,
-    reason, tool_result, order_ref, decision, prompt, turns, unjudged; for a bracket's
-    protective children: child_added, child_dropped, child_changed (type, side, quantity,
-    trigger or limit price, tif), child_refused, child_accepted, child_reason (the reasons the
-    gate gives for that child), bracket_reason (reasons about the bracket as a whole)."""
+    reason (refused either way, with other words or figures), not_sent (recorded at the gate,
+    refused at Decide now), tool_result, order_ref, decision, prompt, turns, unjudged, signal,
+    cover; for a bracket's protective children: child_added, child_dropped, child_changed
+    (type, side, quantity, trigger or limit price, tif), child_refused, child_accepted,
+    child_reason (the reasons the gate gives for that child), bracket_reason (reasons about
+    the bracket as a whole). runtime.replay_summary files each kind under a category."""
 
     where: str
     kind: str
@@ -187,6 +187,12 @@ def _reason_key(reason: str) -> str:
     """A refusal reason with its figures taken out (to count alike reasons together)."""
     text = re.sub(r"[-+]?\d[\d,]*(\.\d+)?", "N", reason)
     return re.sub(r"'[^']*'", "'…'", text)
+
+
+def _was(reasons: Iterable[str]) -> str:
+    """What a refusal the replay lifted was for, short: '(recorded: ...)' of an accepted key."""
+    text = "; ".join(_reason_key(str(r)) for r in reasons) or "not judged"
+    return f"(recorded: {text if len(text) <= 60 else text[:59] + '…'})"
 
 
 def _label(d: Mapping[str, Any]) -> str:
@@ -414,7 +420,12 @@ def _compare_decision(
                 kind=kind,
                 recorded=recorded.get("reason"),
                 replayed=rep["reason"],
-                reason_key="decide: " + _reason_key(rep["reason"]) if kind == "refused" else "",
+                reason_key="decide: "
+                + (
+                    _reason_key(rep["reason"])
+                    if kind == "refused"
+                    else f"accepted {_was([str(recorded.get('reason'))])}"
+                ),
             )
         )
     elif recorded.get("quantity") != rep["quantity"]:
@@ -429,12 +440,24 @@ def _compare_decision(
         )
     elif _jsonish(dict(recorded)) != rep:
         changed = sorted(k for k in rep if _jsonish(recorded.get(k)) != rep[k])
+        if changed == ["reason"] and not rep["accepted"]:  # refused either way, other words
+            out.differences.append(
+                Difference(
+                    where=where,
+                    kind="reason",
+                    recorded=recorded.get("reason"),
+                    replayed=rep["reason"],
+                    reason_key="decide: " + _reason_key(rep["reason"]),
+                )
+            )
+            return
         out.differences.append(
             Difference(
                 where=where,
                 kind="decision",
                 recorded={k: recorded.get(k) for k in changed},
                 replayed={k: rep[k] for k in changed},
+                reason_key="decide: " + ", ".join(changed) + " changed",
             )
         )
 
@@ -446,9 +469,11 @@ def _compare_verdict(
     replayed: ReplayedVerdict | None,
     call: Mapping[str, Any] | None = None,
     brackets: _Brackets | None = None,
+    not_sent: str = "",
 ) -> None:
     """Compare one order's recorded and replayed verdicts (and, when the snapshot records
-    brackets, its protective children: `call` is the recorded gate call)."""
+    brackets, its protective children: `call` is the recorded gate call). `not_sent`: why
+    the replay did not send it (`replayed` None), as a range summary counts it."""
     where = f"gate {_label(request)} {request.get('quantity', 0):g}"
     rep = None if replayed is None else _jsonish(replayed.public())
     rec = (
@@ -477,7 +502,13 @@ def _compare_verdict(
         return
     if replayed is None:  # recorded at the gate; the replay refused it at Decide
         out.differences.append(
-            Difference(where=where, kind="not_sent", recorded=rec, replayed=None)
+            Difference(
+                where=where,
+                kind="not_sent",
+                recorded=rec,
+                replayed=None,
+                reason_key=not_sent or "not sent to the gate",
+            )
         )
         return
     rep = _jsonish(replayed.public())
@@ -492,23 +523,35 @@ def _compare_verdict(
             )
         )
         return
+    key = ", ".join(name for name, _ in replayed.checks) or replayed.stage
     if rec is None or rec["accepted"] != rep["accepted"]:
         kind = "accepted" if rep["accepted"] else "refused"
-        key = ", ".join(name for name, _ in replayed.checks) or replayed.stage
         out.differences.append(
             Difference(
                 where=where,
                 kind=kind,
                 recorded=rec,
                 replayed=rep,
-                reason_key=f"gate: {key}" if kind == "refused" else "",
+                reason_key=f"gate: {key}"
+                if kind == "refused"
+                else f"gate: accepted {_was((rec or {}).get('reasons') or [])}",
             )
         )
-    elif rec["reasons"] != rep["reasons"]:
-        out.differences.append(Difference(where=where, kind="reason", recorded=rec, replayed=rep))
+    elif rec["reasons"] != rep["reasons"]:  # refused either way, for other reasons or figures
+        out.differences.append(
+            Difference(
+                where=where, kind="reason", recorded=rec, replayed=rep, reason_key=f"gate: {key}"
+            )
+        )
     else:
         out.differences.append(
-            Difference(where=where, kind="order_ref", recorded=rec, replayed=rep)
+            Difference(
+                where=where,
+                kind="order_ref",
+                recorded=rec,
+                replayed=rep,
+                reason_key="gate: order_ref changed",
+            )
         )
 
 
@@ -577,7 +620,14 @@ def _compare_children(
                     kind=kind_,
                     recorded=ra,
                     replayed=rb,
-                    reason_key="bracket: " + _reason_key(rb[0]) if kind_ == "child_refused" else "",
+                    reason_key="bracket: "
+                    + (
+                        _reason_key(rb[0])
+                        if not ra
+                        else f"{kind} reason changed ({_reason_key(rb[0])})"
+                        if rb
+                        else f"{kind} accepted {_was(ra)}"
+                    ),
                 )
             )
     own = [*rec.values(), *rep.values()]
@@ -586,7 +636,12 @@ def _compare_children(
     if whole_a != whole_b:
         out.differences.append(
             Difference(
-                where=f"{where} bracket", kind="bracket_reason", recorded=whole_a, replayed=whole_b
+                where=f"{where} bracket",
+                kind="bracket_reason",
+                recorded=whole_a,
+                replayed=whole_b,
+                reason_key="bracket as a whole: "
+                + (_reason_key(whole_b[0]) if whole_b else "accepted (recorded: refused)"),
             )
         )
 
@@ -627,7 +682,16 @@ def _replay_rules(
         if replayed is None or not replayed.accepted:
             if call is not None:
                 gate.skip(call)
-                _compare_verdict(out, call["request"], call.get("verdict"), None, call, brackets)
+                why = "no decision" if replayed is None else _reason_key(replayed.reason)
+                _compare_verdict(
+                    out,
+                    call["request"],
+                    call.get("verdict"),
+                    None,
+                    call,
+                    brackets,
+                    not_sent=f"decide: {why}",
+                )
             continue
         request = replayed.request(out.cycle_id, decision_id)
         if call is None:  # refused at Decide when recorded: the gate never saw its world
@@ -679,6 +743,7 @@ def _replay_llm(
                 recorded="rendered from the recorded config",
                 replayed="rendered from this config: the model would have been told other "
                 "limits or settings (its recorded answers are replayed as they were)",
+                reason_key="llm: system prompt changed",
             )
         )
     turns = [m for m in messages if m.get("role") == "assistant"]
@@ -762,7 +827,15 @@ def _replay_llm(
                     )
                 )
     for call in calls[placed:]:  # recorded orders the replayed turns never placed
-        _compare_verdict(out, call["request"], call.get("verdict"), None, call, brackets)
+        _compare_verdict(
+            out,
+            call["request"],
+            call.get("verdict"),
+            None,
+            call,
+            brackets,
+            not_sent="llm: the replayed turns never placed it",
+        )
 
 
 def _turns_within_budget(doc: Mapping[str, Any], cfg: Config, out: CycleReplay, n: int) -> int:
@@ -797,51 +870,3 @@ def _turns_within_budget(doc: Mapping[str, Any], cfg: Config, out: CycleReplay, 
 
 def _as_gate_verdict(v: ReplayedVerdict) -> GateVerdict:
     return GateVerdict(v.accepted, v.order_ref, v.reasons)
-
-
-# --- a range of cycles ----------------------------------------------------------------------
-def summarise(replays: list[CycleReplay], refused: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts by reason and the list of orders the replayed config would have refused or
-    resized (and those it would have accepted that were refused), over many cycles.
-    `refused` lists the cycles that could not be replayed ({cycle_id, missing})."""
-    counts: Counter[str] = Counter()
-    changed: list[dict[str, Any]] = []
-    for r in replays:
-        for d in r.differences:
-            if d.kind not in (
-                "refused",
-                "resized",
-                "accepted",
-                "unjudged",
-                "tool_result",
-                "turns",
-                "signal",
-                "child_added",
-                "child_dropped",
-                "child_changed",
-                "child_refused",
-                "child_accepted",
-            ):
-                continue  # not_sent is counted with its decision's refusal; a reason that
-                # changed wording (reason, child_reason, bracket_reason) with its cycle
-            key = d.reason_key or d.kind
-            counts[key] += 1
-            changed.append(
-                {
-                    "cycle_id": r.cycle_id,
-                    "where": d.where,
-                    "kind": d.kind,
-                    "reason": key,
-                    "recorded": d.recorded,
-                    "replayed": d.replayed,
-                }
-            )
-    return {
-        "cycles": len(replays) + len(refused),
-        "replayed": len(replays),
-        "identical": sum(1 for r in replays if r.identical),
-        "different": sum(1 for r in replays if not r.identical),
-        "cannot_replay": refused,
-        "by_reason": dict(counts.most_common()),
-        "orders": changed,
-    }

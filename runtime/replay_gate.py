@@ -138,6 +138,8 @@ class GateReplayer:
     def _refused_after_checks(self, call: Mapping[str, Any]) -> bool:
         if self.recorded_limits is None or "sent_at" in call:
             return False
+        if (call.get("bracket") or {}).get("reasons"):
+            return False  # its bracket was refused by the checks (recorded with the call)
         original = request_from(call["request"])
         ctx = context_from(call["context"])
         state = state_from(call["state"])

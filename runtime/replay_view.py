@@ -10,8 +10,9 @@ from typing import Any
 
 from .replay import CycleReplay, cover_text
 from .replay_record import child_kind, child_reasons
+from .replay_summary import category_of
 
-__all__ = ["render_replay", "render_summary"]
+__all__ = ["diff_text", "render_replay", "render_summary"]
 
 WIDTH = 44
 
@@ -64,6 +65,48 @@ def _children(bracket: Mapping[str, Any] | None) -> list[str]:
         _row(f"  └ {kind}", _child(bracket["recorded"], kind), _child(bracket["replayed"], kind))
         for kind in sorted(kinds, key=lambda k: k != "stop")
     ]
+
+
+def _figure(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:g}"
+    if isinstance(x, (Mapping, list, tuple)):
+        return json.dumps(x, separators=(",", ":"), default=str)
+    return str(x)
+
+
+def _verdict_text(v: Mapping[str, Any]) -> str:
+    """A gate verdict in words: accepted or refused, its orderRef, every reason."""
+    ref = f" (order_ref {v['order_ref']})" if v.get("order_ref") else ""
+    if v.get("accepted"):
+        return f"accepted{ref}"
+    return f"refused{ref}: " + ("; ".join(str(r) for r in v.get("reasons") or []) or "no reason")
+
+
+def diff_text(kind: str, value: Any) -> str:
+    """One side (recorded or replayed) of a difference as text (--json keeps the values)."""
+    if value is None:
+        return "not sent to the gate" if kind == "not_sent" else "- (none)"
+    if isinstance(value, Mapping) and "accepted" in value:
+        return _verdict_text(value)
+    if isinstance(value, Mapping) and "content" in value and "is_error" in value:
+        content = value["content"]
+        if isinstance(content, Mapping) and "accepted" in content:
+            return "tool result: " + _verdict_text(content)
+        if isinstance(content, Mapping) and "error" not in content:
+            return "tool result: " + "; ".join(f"{k} {_figure(x)}" for k, x in content.items())
+        text = _tool_text(content)
+        plain = not value["is_error"] or text.startswith("error:")
+        return ("" if plain else "tool error: ") + text
+    if isinstance(value, list):
+        return "; ".join(str(x) for x in value) or "no reasons against it"
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k} {_figure(x)}" for k, x in value.items())
+    if kind == "resized":
+        return f"quantity {_figure(value)}"
+    if kind == "turns":
+        return f"{value} turns"
+    return _figure(value)
 
 
 def _tool_text(content: Any) -> str:
@@ -142,9 +185,9 @@ def render_replay(r: CycleReplay) -> str:
     else:
         lines.append(f"{len(r.differences)} difference(s):")
         for diff in r.differences:
-            lines.append(f"  - {diff.where}: {diff.kind}")
-            lines.append(f"      recorded: {diff.recorded}")
-            lines.append(f"      replayed: {diff.replayed}")
+            lines.append(f"  - {diff.where}: {category_of(diff.kind)}")
+            lines.append(f"      recorded: {diff_text(diff.kind, diff.recorded)}")
+            lines.append(f"      replayed: {diff_text(diff.kind, diff.replayed)}")
         if r.mode == "llm" and any(d.kind == "tool_result" for d in r.differences):
             lines.append(
                 "  (the model's later turns are the recorded ones: with these results it might "
@@ -153,21 +196,45 @@ def render_replay(r: CycleReplay) -> str:
     return "\n".join(lines)
 
 
+def _ids(ids: list[int]) -> str:
+    """Cycle ids as runs: 'cycle 4', 'cycles 1-3, 7'."""
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    text = ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+    return f"cycle{'s' if len(ids) > 1 else ''} {text}"
+
+
 def render_summary(s: Mapping[str, Any], start: str, end: str, source: str) -> str:
-    """A range's summary as text."""
+    """A range's summary as text: the counts, every difference by category (then by reason,
+    with an example), then every difference."""
     lines = [
         f"replay of {s['cycles']} cycles from {start} to {end} with {source}: "
         f"{s['replayed']} replayed, {s['identical']} identical, {s['different']} different, "
         f"{len(s['cannot_replay'])} cannot be replayed",
     ]
-    if s["by_reason"]:
-        lines.append("")
-        lines.append("orders refused, resized or accepted differently, by reason:")
-        for reason, n in s["by_reason"].items():
-            lines.append(f"  {n:5}  {reason}")
-        lines.append("")
-        for o in s["orders"]:
-            lines.append(f"  cycle {o['cycle_id']}: {o['where']}: {o['kind']} ({o['reason']})")
+    if s["differences"]:
+        lines += [
+            "",
+            f"{len(s['differences'])} difference(s) in {s['different']} cycle(s), by category "
+            "(a cycle with differences of several categories is under each):",
+        ]
+        for c in s["by_category"]:
+            lines.append(f"  {c['category']}: {c['differences']} in {_ids(c['cycles'])}")
+            for r in c["reasons"]:
+                ex = r["example"]
+                lines += [
+                    f"    {r['n']:5}  {r['reason']}",
+                    f"           e.g. cycle {ex['cycle_id']}, {ex['where']}",
+                    f"             recorded: {diff_text(ex['kind'], ex['recorded'])}",
+                    f"             replayed: {diff_text(ex['kind'], ex['replayed'])}",
+                ]
+        lines += ["", "every difference:"]
+        for d in s["differences"]:
+            lines.append(f"  cycle {d['cycle_id']}: {d['where']}: {d['category']} ({d['reason']})")
     for c in s["cannot_replay"]:
         lines.append(f"  cycle {c['cycle_id']}: cannot replay: missing {'; '.join(c['missing'])}")
     return "\n".join(lines)

@@ -45,11 +45,13 @@ class MarketSensor:
         self.broker = broker
         self.quote_wait_s = quote_wait_s
         self._cache = _DayCache()
+        self._left_out: dict[str, str] = {}  # symbol -> why the last context() left it out
 
     async def context(self, spec: SenseSpec, now: dt.datetime) -> MarketContext:
         day = now.strftime("%Y%m%d")
         if self._cache.day != day:
             self._cache = _DayCache(day)
+        self._left_out = {}
         positions = {p.key: p.quantity for p in self.broker.positions()}
         views = await asyncio.gather(*(self._symbol(s, positions) for s in spec.symbols))
         symbols = tuple(v for v in views if v is not None)
@@ -63,10 +65,12 @@ class MarketSensor:
         contract = await b.qualify(Contract.stock(symbol))
         if contract is None:
             log.warning("sense: %s could not be qualified; left out of this cycle", symbol)
+            self._left_out[symbol] = "not qualified"
             return None
         q = await b.quote(contract, max_wait_s=self.quote_wait_s)
         if q is None:
             log.warning("sense: no quote for %s; left out of this cycle", symbol)
+            self._left_out[symbol] = "no quote"
             return None
         if symbol not in self._cache.iv_rank:
             found = await b.iv_rank(contract)
@@ -86,6 +90,32 @@ class MarketSensor:
             self._cache.sma20[symbol],
             positions.get(symbol, 0.0),
         )
+
+    def missing(self, spec: SenseSpec) -> list[str]:
+        """What the last context() (finished or cut short) did not load, one entry a symbol:
+        'AAPL (IV rank history, 20-day closes)'. Empty when everything is there."""
+        out = []
+        for symbol in spec.symbols:
+            parts = [self._left_out[symbol]] if symbol in self._left_out else []
+            if symbol not in self._cache.iv_rank:
+                parts.append("IV rank history")
+            if symbol not in self._cache.sma20:
+                parts.append("20-day closes")
+            if parts:
+                out.append(f"{symbol} ({', '.join(parts)})")
+        return out
+
+    def shortfall(self, spec: SenseSpec) -> str:
+        """Why a context() cut short is incomplete: what is missing and, for history, IB's
+        pacing as the broker counts it ('missing AAPL (IV rank history, 20-day closes);
+        waiting 312.0 s for historical-data pacing (AAPL: 60 of 60 requests used in the last
+        10 min, next slot in 312 s)')."""
+        missing = self.missing(spec)
+        what = f"missing {', '.join(missing)}" if missing else "nothing missing"
+        pacing = self.broker.history_pacing()
+        if pacing is None:
+            pacing = f"history pacing: {self.broker.history_budget()}"
+        return f"{what}; {pacing}"
 
     async def _puts(
         self, view: SymbolView, spec: SenseSpec, now: dt.datetime, positions: dict[str, float]

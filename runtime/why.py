@@ -38,6 +38,16 @@ class UnknownRef(LookupError):
     """No order, execution or order id matches REF."""
 
 
+def _market_value(key: str, value: object) -> str:
+    """A market figure as a person reads it: an IV rank as 0-100 (the templates' scale), others
+    to 6 significant digits (the JSON keeps the full value)."""
+    if not isinstance(value, float):
+        return str(value)
+    if key == "iv_rank":
+        return f"{value * 100:.1f}"
+    return f"{value:.6g}"
+
+
 def _excerpt(text: str | None, n: int = EXCERPT) -> str:
     text = (text or "").strip()
     return text if len(text) <= n else text[: n - 1] + "…"
@@ -196,7 +206,7 @@ def render_story(story: dict[str, Any]) -> str:
         out.append(f"  {inst['instance']} answered ({inst['status']}): {inst['raw_excerpt']}")
     market = story.get("market")
     if market:
-        shown = ", ".join(f"{k} {v}" for k, v in market.items() if k != "symbol")
+        shown = ", ".join(f"{k} {_market_value(k, v)}" for k, v in market.items() if k != "symbol")
         out.append(f"  market the swarm saw for {market.get('symbol')}: {shown}")
     if story.get("snapshot"):
         out.append(f"  decision snapshot: {story['snapshot']['path']}")

@@ -10,8 +10,10 @@ sent and reconciled like any order.
 `bracket_reasons()` is the gate's check of the whole bracket: each child's price against the
 parent's fill reference price (the collar), quantities equal to the parent's, children only
 reducing the position the parent leaves, the stop on the losing side of the entry, the
-take-profit on the winning side. `place_bracket_with_guard()` sends nothing unless the parent
-passes every check of `execution_gate.evaluate()` and the bracket passes these.
+take-profit on the winning side, the stop further from the entry than the quoted bid/ask
+spread (a stop inside it triggers as soon as the entry fills). `place_bracket_with_guard()`
+sends nothing unless the parent passes every check of `execution_gate.evaluate()` and the
+bracket passes these.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .execution_gate import (
     GateState,
     GateVerdict,
     OrderRequest,
+    Quote,
     evaluate,
     intent_row,
     order_ref_for,
@@ -183,6 +186,27 @@ def _check_child(b: Bracket, c: OrderRequest, held_after: float, limits: RiskCon
     return out
 
 
+def _stop_clear_of_spread(b: Bracket, c: OrderRequest, quote: Quote | None) -> list[str]:
+    """A stop no further from the entry than the quoted spread triggers as soon as the entry
+    fills: a buy fills when the ask comes down to its limit, which puts the bid (a sell stop's
+    trigger) a spread lower; a sell fills when the bid reaches it, the ask (a buy stop's
+    trigger) a spread higher. Wide spreads (options) make a tight `stop_loss_pct` exactly that:
+    a round trip through the spread, a certain loss. No quote: the parent's own checks refuse."""
+    price = c.aux_price
+    if quote is None or not (_positive(quote.bid) and _positive(quote.ask)) or price is None:
+        return []
+    spread = quote.ask - quote.bid
+    gap = abs(price - b.reference_price)
+    if spread <= 0 or gap > spread + 1e-9:
+        return []
+    return [
+        f"stop {c.action} {c.quantity:g}: stop {price:g} is {gap:.2f} from the entry "
+        f"{b.reference_price:g}, not beyond the quoted spread {spread:.2f} (bid {quote.bid:g}, "
+        f"ask {quote.ask:g}): it would trigger as soon as the entry fills; the stop_loss_pct "
+        "for this contract must be wider than its spread"
+    ]
+
+
 def bracket_reasons(b: Bracket, ctx: GateContext, limits: RiskConfig) -> list[str]:
     """Every reason the bracket as a whole may not go (empty: it may)."""
     out: list[str] = []
@@ -198,6 +222,7 @@ def bracket_reasons(b: Bracket, ctx: GateContext, limits: RiskConfig) -> list[st
         want = STOP_SUFFIX if c.order_type == "STP" else TAKE_PROFIT_SUFFIX
         if c.ref_seed != want:
             out.append(f"bracket: a {c.order_type} child's orderRef suffix must be {want!r}")
+    out += [r for c in stops for r in _stop_clear_of_spread(b, c, ctx.quote)]
     holding = ctx.holdings.get(b.parent.key)
     held = holding.quantity if holding else 0.0
     if held != 0 and (held > 0) != (b.parent.action == "BUY"):

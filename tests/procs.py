@@ -64,11 +64,15 @@ def start(
     )
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m runtime ARGS` to completion."""
+def cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m runtime ARGS` to completion, `stdin` on its stdin (by default nothing:
+    EOF at once, never the terminal pytest was started from, so a prompt answers no)."""
     return subprocess.run(
         [sys.executable, "-m", "runtime", *args],
         cwd=ROOT,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=120,

@@ -260,7 +260,7 @@ def test_positions_found_without_a_stop_are_covered_or_closed_at_the_first_cycle
             lambda: (
                 text
                 if "protection_cover" in (text := _why(nvda["order_ref"], tmp_path / "test.toml"))
-                and "working at the broker" in text
+                and "working at the broker (PreSubmitted" in text  # not "no broker status yet"
                 else None
             ),
             what="why tells the cover's story, with the broker's status recorded",

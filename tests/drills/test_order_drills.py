@@ -313,7 +313,9 @@ def test_a_restart_keeps_the_gates_memory_until_a_person_reenables_the_throttle(
     assert first.wait(60) == 0
     assert len(_orders(admin, 1)) == 1 and len(_execs(admin)) == 1
     eventually(lambda: _events(tmp_path, "execution_throttle"), timeout=5, what="latch stored")
-    ok = cli("breaker", "reset", "--config", str(cfg), "--by", "alice", "--reason", "drill")
+    ok = cli(
+        "breaker", "reset", "--config", str(cfg), "--by", "alice", "--reason", "drill", "--yes"
+    )
     assert ok.returncode == 0, ok.stderr
     # someone closes the position by hand: the swarm wants the same order again
     admin.call("set_position", symbol="MSFT", quantity=0, avg_cost=0.0)

@@ -429,7 +429,15 @@ def test_a_reset_after_a_crash_is_not_undone_by_the_dead_loops_old_heartbeat(
         eventually(lambda: _positions(admin) == {}, timeout=20, what="flat after the crash")
         eventually(lambda: "flat_confirmed" in _kinds(tmp_path), timeout=10)
         ok = cli(
-            "breaker", "reset", "--config", str(cfg), "--by", "alice", "--reason", "crash handled"
+            "breaker",
+            "reset",
+            "--config",
+            str(cfg),
+            "--by",
+            "alice",
+            "--reason",
+            "crash handled",
+            "--yes",
         )
         assert ok.returncode == 0, ok.stderr
         # the orphaned watchdog keeps judging the dead loop's heartbeat for many polls

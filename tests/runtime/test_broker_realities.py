@@ -1,10 +1,12 @@
 """The broker adapter against IB's production realities, played by the paper gateway over TCP:
-data proven after a reconnect, market-data lines and historical pacing (queue, not error),
-fills delivered after a 1100 outage counted in every limit."""
+data proven after a reconnect, market-data lines and historical pacing (queue, not error; its
+budget kept across a restart), fills delivered after a 1100 outage counted in every limit."""
 
 import asyncio
 import datetime as dt
 import random
+import re
+import time
 
 import pytest
 import pytest_asyncio
@@ -19,6 +21,8 @@ from paper_gateway.testing import eventually_async
 from runtime.broker import Broker
 from runtime.config import Secrets
 from runtime.gate_context import build_gate_context
+from runtime.pacing_log import PACING_LOG, HistoryLog
+from runtime.sense import MarketSensor, SenseSpec
 from skills.execution_gate import GateState, evaluate, place_order_with_guard
 
 FRIDAY_MORNING = dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC)
@@ -205,6 +209,95 @@ async def test_historical_requests_are_paced_under_ibs_limits_and_a_162_only_del
     assert TIME.offset - start >= 600 - 15  # the window counted the first paced request too
     assert b.reject_streak == 0 and b.ready
     assert not [e for e in read(db, query_safety_events, limit=100) if e["severity"] == "critical"]
+
+
+class MachineTime(SteppedTime):
+    """SteppedTime that also runs in real time, as the machine's clocks do: a wait that is
+    not stepped really waits, and a request the client library holds back arrives late."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.real0 = time.monotonic()
+
+    def reset(self) -> None:
+        self.offset, self.real0 = 0.0, time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.offset + time.monotonic() - self.real0
+
+    def gateway(self) -> dt.datetime:
+        return FRIDAY_MORNING + dt.timedelta(seconds=self.elapsed())
+
+    def monotonic(self) -> float:
+        return 1000.0 + self.elapsed()
+
+    def wall(self) -> float:
+        return 1.8e9 + self.elapsed()
+
+
+RESTART_TIME = MachineTime()
+
+
+@pytest.mark.parametrize(
+    "gateway_config",
+    [GatewayConfig(tick_interval_s=0.0, historical_pacing=True, clock=RESTART_TIME.gateway)],
+)
+@pytest.mark.asyncio
+async def test_a_restart_keeps_ibs_historical_budget_and_a_cut_short_warm_up_says_what_waits(
+    gateway, db, started, tmp_path
+):
+    clock = RESTART_TIME
+    clock.reset()
+    monotonic = clock.monotonic
+
+    def history_log():  # the main loop's: in the data directory, on the injected clocks
+        return HistoryLog(tmp_path / PACING_LOG, clock.monotonic, clock.wall)
+
+    cfg = make_config(gateway.port)
+    refused = []
+    # the first process spends IB's 10-minute budget (60 requests; its waits step the clock)
+    first = await started(
+        cfg, db, monotonic=monotonic, sleep=clock.sleep, history_log=history_log()
+    )
+    first.ib.errorEvent += lambda req_id, code, msg, c: refused.append(code)
+    aapl = await first.qualify(Contract.stock("AAPL"))
+    t0 = monotonic()
+    for n in range(60):
+        assert await first.daily_closes(aapl, f"{n + 1} D"), n
+    await first.close()
+    # (ib_insync holds a request back beyond 45 messages a second: counted from its send, the
+    # 2-second rule ended before the gateway's and drew a 162 here; counted from its answer)
+    assert 162 not in refused
+    # the restart: a new session over the same data directory; its waits take real time
+    second = await started(
+        cfg, db, client_id=cfg.broker.client_id + 10, monotonic=monotonic, history_log=history_log()
+    )
+    second.ib.errorEvent += lambda req_id, code, msg, c: refused.append(code)
+    budget = re.fullmatch(
+        r"60 of 60 requests used in the last 10 min, next slot in (\d+) s", second.history_budget()
+    )
+    assert budget, second.history_budget()  # a pacer that started empty: 0 of 60
+    assert float(budget[1]) == pytest.approx(600.5 - (monotonic() - t0), abs=1.0)
+    sensor = MarketSensor(second, quote_wait_s=2.0)
+    spec = SenseSpec(("AAPL", "MSFT"))
+    warm_up = asyncio.create_task(sensor.context(spec, FRIDAY_MORNING))
+    await eventually_async(second.history_pacing, what="the warm-up waiting on history pacing")
+    warm_up.cancel()  # the warm-up's timeout (a cycle's max_cycle_s cancels the same way)
+    with pytest.raises(asyncio.CancelledError):
+        await warm_up
+    assert 162 not in refused  # it waited for the budget instead of drawing a 162
+    # the warm-up's message names what is missing and why
+    pattern = (
+        r"missing AAPL \(IV rank history, 20-day closes\), MSFT \(IV rank history, 20-day "
+        r"closes\); waiting (\d+\.\d) s for historical-data pacing \((AAPL|MSFT): 60 of 60 "
+        r"requests used in the last 10 min, next slot in \d+ s\)"
+    )
+    shortfall = sensor.shortfall(spec)
+    found = re.fullmatch(pattern, shortfall)
+    assert found, shortfall
+    assert float(found[1]) == pytest.approx(600.5 - (monotonic() - t0), abs=1.0)
+    # the cancelled wait still says what it was: a cycle cancelled in it records this
+    assert second.history_pacing() == shortfall.partition("; ")[2]
 
 
 # --- fills delivered after a 1100 outage ---------------------------------------------------

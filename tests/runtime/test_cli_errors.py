@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 import time
 
+import pytest
 from procs import cli, data, write_config
 
 from data_lake import Store, log_safety_event
+from runtime.cli import main as cli_main
+from runtime.config import CLIENT_LIBRARIES
+from runtime.instance_lock import ANOTHER_WATCHDOG, acquire, role_lock_path
 
 SECRET = "sk-ant-api03-SECRETSECRETSECRET"
 
@@ -96,3 +102,46 @@ def test_secrets_never_appear_even_in_a_debug_traceback(tmp_path):
         assert out.returncode != 0
         assert SECRET not in out.stdout + out.stderr
         assert "[REDACTED]" in out.stderr
+
+
+@pytest.fixture
+def library_loggers_unquieted():
+    """conftest quiets the client libraries for the whole test run; a test of the CLI's own
+    quieting needs them as a command finds them (NOTSET), and restores conftest's after."""
+    loggers = [logging.getLogger(name) for name in CLIENT_LIBRARIES]
+    before = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.NOTSET)
+    yield loggers
+    for logger, level in zip(loggers, before, strict=True):
+        logger.setLevel(level)
+
+
+def test_check_on_a_closed_port_says_it_once_without_the_librarys_lines(
+    tmp_path, capsys, caplog, library_loggers_unquieted
+):
+    cfg = write_config(tmp_path, 1)  # nothing listens on port 1
+    assert cli_main(["check", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and "127.0.0.1:1 unreachable" in err
+    library = [r for r in caplog.records if r.name.split(".")[0] in CLIENT_LIBRARIES]
+    assert library == [], [r.getMessage() for r in library]  # "API connection failed" ...
+    assert [lg.level for lg in library_loggers_unquieted] == [logging.NOTSET] * 2  # restored
+
+
+def test_a_spawned_watchdog_leaves_the_one_line_to_its_main_loop_a_person_gets_the_pid(tmp_path):
+    cfg = write_config(tmp_path, 1)
+    data(tmp_path).mkdir()
+    held = acquire(role_lock_path(data(tmp_path), "watchdog"), "the test's watchdog")
+    try:
+        spawned = cli("watchdog", "--config", str(cfg), "--spawned")
+        assert spawned.returncode == ANOTHER_WATCHDOG and spawned.stderr == "", spawned
+        by_hand = cli("watchdog", "--config", str(cfg))
+        assert by_hand.returncode == ANOTHER_WATCHDOG
+        assert f"refused: the watchdog lock of {data(tmp_path)} is already held by pid " in (
+            by_hand.stderr
+        )
+        assert f"pid {os.getpid()} " in by_hand.stderr
+        assert len(by_hand.stderr.strip().splitlines()) == 1, by_hand.stderr
+    finally:
+        held.release()

@@ -1,6 +1,7 @@
 """The README's demo command, as a person runs it (fresh data dir, no key, no gateway)."""
 
 import contextlib
+import math
 import os
 import sqlite3
 import subprocess
@@ -56,6 +57,31 @@ def test_demo_runs_cycles_and_prints_a_summary(tmp_path):
     assert "net liquidation" in out and "breaker: ACTIVE" in out
     assert (tmp_path / "demo" / "trading.sqlite3").exists()
     assert list((tmp_path / "demo" / "snapshots").rglob("cycle-*.json"))
+
+
+def test_demo_protect_shows_each_position_with_its_stop_resting_at_the_gateway(tmp_path):
+    proc = run_demo(tmp_path, "--cycles", "1", "--protect")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    resting = lines[lines.index(next(x for x in lines if x.startswith("protective orders at"))) :]
+    fill = next(x for x in lines if x.strip().startswith("BOT 20 MSFT @ "))
+    entry = float(fill.split("@ ")[1].split()[0])
+    stop = next(x for x in resting if "SELL 20 MSFT STP trigger" in x)
+    trigger = float(stop.split("trigger ")[1].split()[0])
+    assert trigger == math.floor(entry * 0.97 * 100 + 1e-9) / 100  # 3% below, in cents
+    assert "GTC (PreSubmitted)" in stop and "python -m runtime why cmd-c1-" in stop
+    assert any("SELL 20 MSFT LMT" in x and "GTC (Submitted)" in x for x in resting)
+    # the puts: their instances' own 10% stop, clear of the spread, so the gate let them go
+    lake = f"file:{tmp_path / 'demo' / 'trading.sqlite3'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(lake, uri=True)) as db:
+        stops = db.execute(
+            "SELECT c.aux_price, p.limit_price FROM order_intents c JOIN order_intents p "
+            "ON c.order_ref = p.order_ref || '-sl' WHERE p.sec_type = 'OPT'"
+        ).fetchall()
+    assert len(stops) == 2
+    assert all(aux == math.ceil(lmt * 1.10 * 100 - 1e-9) / 100 for aux, lmt in stops)
+    # the stored status of a working stop is not shown as differing from IB's PreSubmitted
+    assert "stored status differs" not in proc.stdout
 
 
 def test_demo_kill_drill_shows_the_watchdog_flattening(tmp_path):

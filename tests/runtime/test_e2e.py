@@ -114,7 +114,9 @@ def test_restarted_main_loop_stays_halted_until_a_person_resets(gateway, admin, 
     assert admin.call("state")["executions"] == 0
     refused = cli("breaker", "reset", "--config", str(cfg))
     assert refused.returncode == 2 and "needs the person's name" in refused.stderr
-    ok = cli("breaker", "reset", "--config", str(cfg), "--by", "alice", "--reason", "drill done")
+    ok = cli(
+        "breaker", "reset", "--config", str(cfg), "--by", "alice", "--reason", "drill done", "--yes"
+    )
     assert ok.returncode == 0 and "alice" in ok.stdout
     assert admin.call("ledger")["orders"] == []  # nothing reached the broker while HALTED
     proc = start("run", cfg, "--max-cycles", "1")

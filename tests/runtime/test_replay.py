@@ -195,6 +195,17 @@ def test_tighter_order_notional_reports_the_refusals_it_would_have_made(recorded
         assert main(["replay", "1", "--config", str(tight)]) == 1
     row = next(line for line in out.getvalue().splitlines() if "BUY 20 MSFT" in line)
     assert row.startswith(" ≠") and "accepted cmd-c1-" in row and "REFUSED: order value" in row
+    # each difference in words (no Python dict), under its category
+    text = out.getvalue().split("difference(s):")[1]
+    assert "{" not in text and "[" not in text
+    msft = text[text.index("gate BUY MSFT 20") :].splitlines()
+    assert msft[0] == "gate BUY MSFT 20: refused now, accepted when recorded"
+    assert msft[1].strip() == f"recorded: accepted (order_ref {refused['recorded']['order_ref']})"
+    assert msft[2].strip() == (
+        f"replayed: refused (order_ref {refused['replayed']['order_ref']}): "
+        f"{refused['replayed']['reasons'][0]}"
+    )
+    assert "gate BUY GS 100: refused either way, reason changed" in text
     # --recorded-config: the same file locates the data, the recording's config decides
     code, doc = replay("1", "--config", str(tight), "--recorded-config")
     assert code == 0 and doc["identical"]
@@ -218,20 +229,92 @@ def test_a_smaller_kelly_cap_resizes_and_refuses_at_decide(recorded):
     assert len(by_kind["not_sent"]) == 2
 
 
-def test_range_summary_counts_refusals_by_reason(recorded):
+def test_a_smaller_max_order_quantity_is_the_gates_to_enforce_not_the_commanders(recorded):
+    """The commander sizes by Kelly and the signal's quantity and never by the gate's limits
+    (the demo's GS order shows the gate refusing max_order_notional). A signal above
+    max_order_quantity would not have reached Decide at all: the swarm's parse rejects it.
+    The replay says so, and shows the gate refusing the size Decide gives the recorded one."""
+    small = variant(
+        recorded["cfg"], "q10.toml", risk__max_order_quantity="10", commander__kelly_cap="0.01"
+    )
+    code, doc = replay("1", "--config", str(small))
+    assert code == 1
+    diffs = {d["where"]: d for d in doc["differences"]}
+    signal = diffs["swarm demo_gate_check BUY GS"]
+    assert signal["kind"] == "signal" and "the instance abstains" in signal["replayed"]
+    assert (diffs["decision 1 (BUY GS)"]["recorded"], diffs["decision 1 (BUY GS)"]["replayed"]) == (
+        100.0,
+        20.0,
+    )
+    gs = diffs["gate BUY GS 100"]
+    assert gs["kind"] == "reason" and gs["reason_key"] == "gate: max_quantity"
+    assert gs["replayed"]["reasons"] == ["quantity 20 exceeds the maximum 10"]
+
+
+def _assert_every_difference_is_counted(doc: dict[str, Any]) -> None:
+    """A range summary's categories partition its differences, and every cycle that differs
+    is under at least one of them."""
+    cats = doc["by_category"]
+    assert sum(c["differences"] for c in cats) == len(doc["differences"])
+    assert all(sum(r["n"] for r in c["reasons"]) == c["differences"] for c in cats)
+    differing = {d["cycle_id"] for d in doc["differences"]}
+    assert set().union(*(c["cycles"] for c in cats)) == differing
+    assert len(differing) == doc["different"] == doc["replayed"] - doc["identical"]
+
+
+def test_range_summary_files_every_difference_under_a_category(recorded):
     tight = variant(recorded["cfg"], "tight2.toml", risk__max_order_notional="5000.0")
     today = dt.datetime.now(dt.UTC).date()
     days = ((today - dt.timedelta(days=1)).isoformat(), (today + dt.timedelta(days=1)).isoformat())
     code, doc = replay("--from", days[0], "--to", days[1], "--config", str(tight))
     assert code == 1
-    assert (doc["cycles"], doc["replayed"], doc["cannot_replay"]) == (3, 3, [])
-    assert doc["by_reason"] == {"gate: max_notional": 1}
-    [order] = doc["orders"]
-    assert order["cycle_id"] == 1 and "MSFT" in order["where"] and order["kind"] == "refused"
+    assert (doc["cycles"], doc["replayed"], doc["different"], doc["cannot_replay"]) == (3, 3, 3, [])
+    _assert_every_difference_is_counted(doc)
+    cats = {c["category"]: c for c in doc["by_category"]}
+    # MSFT, accepted when recorded, is refused in cycle 1; the demo's GS, refused every cycle,
+    # is refused again with the new limit in its reason
+    assert list(cats) == [
+        "refused now, accepted when recorded",
+        "refused either way, reason changed",
+    ]
+    refused, reworded = (
+        cats["refused now, accepted when recorded"],
+        cats["refused either way, reason changed"],
+    )
+    assert (refused["differences"], refused["cycles"]) == (1, [1])
+    assert (reworded["differences"], reworded["cycles"]) == (3, [1, 2, 3])
+    [why] = reworded["reasons"]
+    assert (why["reason"], why["n"]) == ("gate: max_notional", 3)
+    ex = why["example"]
+    assert ex["cycle_id"] == 1 and ex["where"] == "gate BUY GS 100"
+    assert "exceeds the maximum 25,000" in ex["recorded"]["reasons"][0]
+    assert "exceeds the maximum 5,000" in ex["replayed"]["reasons"][0]
+    [msft] = [d for d in doc["differences"] if d["kind"] == "refused"]
+    assert (
+        msft["cycle_id"] == 1
+        and "MSFT" in msft["where"]
+        and msft["reason"] == ("gate: max_notional")
+    )
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["replay", "--from", days[0], "--to", days[1], "--config", str(tight)]) == 1
+    text = out.getvalue()
+    assert "4 difference(s) in 3 cycle(s), by category" in text
+    assert "  refused either way, reason changed: 3 in cycles 1-3" in text
+    assert "recorded: refused (order_ref cmd-c1-" in text and "maximum 25,000" in text
+    assert "{" not in text
+    assert all(f"cycle {c}: gate BUY GS 100: refused either way" in text for c in (1, 2, 3))
     code, doc = replay("--from", days[0], "--to", days[1], "--config", str(recorded["cfg"]))
-    assert code == 0 and doc["identical"] == 3 and doc["by_reason"] == {}
+    assert code == 0 and doc["identical"] == 3 and doc["by_category"] == doc["differences"] == []
     code, doc = replay("--from", "2001-01-01", "--to", "2001-01-02", "--config", str(tight))
     assert code == 2 and "has no cycle snapshots" in doc["error"]
+    # a range that ends before it starts is refused as such
+    code, doc = replay("--from", days[1], "--to", days[0], "--config", str(tight))
+    assert code == 2 and doc["error"] == f"--from {days[1]} is after --to {days[0]}"
+    err = io.StringIO()
+    with redirect_stderr(err):
+        assert main(["replay", "--from", days[1], "--to", days[0], "--config", str(tight)]) == 2
+    assert err.getvalue() == f"error: --from {days[1]} is after --to {days[0]}\n"
 
 
 def _old_database(directory: Path, doc: dict[str, Any]) -> None:
@@ -388,6 +471,9 @@ def test_llm_commander_cycle_replays_from_its_transcript(gateway, admin, tmp_pat
         assert main(["replay", "1", "--config", str(tight)]) == 1
     row = next(x for x in text.getvalue().splitlines() if "2: place_guarded_order" in x)
     assert row.startswith(" ≠") and "exceeds the maximum 1,000" in row
+    assert "replayed: tool result: refused (order_ref cmd-c1-" in text.getvalue()
+    assert "replayed: tool result: fraction 0.01; units " in text.getvalue()
+    assert "{'" not in text.getvalue()
     assert "might have answered differently" in text.getvalue()
     # a per-cycle budget the first answer already spends: the later turns never happen
     poor = variant(cfg, "poor.toml", swarm__max_usd_per_cycle="0.000001")
@@ -416,6 +502,32 @@ def test_replay_refuses_bad_arguments_and_a_missing_data_dir_with_one_line(tmp_p
     assert code == 2 and "--data-dir" in doc["error"]
     code, doc = replay("--from", "yesterday", "--to", "2026-11-20", "--config", str(cfg))
     assert code == 2 and "--from 'yesterday'" in doc["error"]
+
+
+def test_a_decide_refusal_in_other_words_is_refused_either_way(recorded):
+    """A decision refused when recorded and refused again for a reason with other figures is
+    counted as such (not as a decision changed otherwise)."""
+    from runtime.replay import replay_cycle
+
+    doc = load_snapshot(open_readonly(recorded["data"]), recorded["data"], cycle_id=1)
+    cfg = load_config(recorded["cfg"])
+
+    def confident(at: float) -> Any:
+        return cfg.model_copy(
+            update={"commander": cfg.commander.model_copy(update={"min_confidence": at})}
+        )
+
+    # the recording as if made with a threshold above the demo's GS signal: refused
+    doc = json.loads(json.dumps(doc))
+    seen = doc["decisions"][0]["inputs"]["confidence"]
+    low, high = round(seen + 0.01, 4), round(seen + 0.02, 4)
+    doc["decisions"] = [d["replayed"] for d in replay_cycle(doc, confident(low)).decisions]
+    gs = doc["decisions"][0]
+    assert gs["symbol"] == "GS" and gs["reason"] == f"confidence {seen:.2f} below {low}"
+    result = replay_cycle(doc, confident(high))
+    [d] = [d for d in result.differences if d.where.startswith("decision 1")]
+    assert d.kind == "reason" and d.reason_key == "decide: confidence N below N"
+    assert (d.recorded, d.replayed) == (gs["reason"], f"confidence {seen:.2f} below {high}")
 
 
 def test_a_skipped_cycle_has_nothing_to_replay_and_a_cut_one_cannot_be(recorded):
@@ -550,8 +662,13 @@ def test_a_config_without_protection_replays_the_dropped_children_as_differences
     assert gs["recorded"] == f"SELL 100 STP trigger {gs_stop['aux_price']:g} GTC"
     assert gs["replayed"] is None and gs["reason_key"] == "bracket: stop dropped"
     assert gate["GS"]["bracket"]["replayed"] is None
-    # the parents' verdicts are unchanged: only the children differ
-    assert all(g["recorded"] == g["replayed"] for g in doc["gate"])
+    # the stocks' verdicts are unchanged: only their children differ; the puts, refused in
+    # the run because their 2% stop lay inside the spread, would have gone without one
+    stocks = [g for g in doc["gate"] if g["request"]["sec_type"] == "STK"]
+    assert len(stocks) == 2 and all(g["recorded"] == g["replayed"] for g in stocks)
+    puts = [d["where"].split()[2] for d in doc["differences"] if d["kind"] == "accepted"]
+    assert sorted(puts) == ["AMD", "NVDA"]
+    assert all(gate[s]["replayed"]["accepted"] for s in puts)
     msft = next(g for g in doc["gate"] if g["request"]["symbol"] == "MSFT")
     [stop] = msft["bracket"]["replayed"]["children"]
     assert stop["order_type"] == "STP" and stop == msft["bracket"]["recorded"]["children"][0]
@@ -573,9 +690,23 @@ def test_a_moved_stop_and_a_refused_bracket_are_differences(protected):
     code, doc = replay("1", "--config", str(wider))
     assert code == 1
     diffs = _children_diffs(doc)
-    moved = {w for w, d in diffs.items() if d["kind"] == "child_changed"}
+    moved = {d["where"] for d in doc["differences"] if d["kind"] == "child_changed"}
     assert {w.split()[2] for w in moved} == {"GS", "NVDA", "AMD"}  # MSFT keeps its own 4%
     assert all(w.endswith(" stop") for w in moved)
+    # the run's gate refused the puts' brackets: a 2% stop on a sold put lies inside its quoted
+    # spread (it would fire as the entry fills); at 3% it still does (the reason changes with
+    # the stop); at 6% they would have gone
+    puts = [g for g in doc["gate"] if g["request"]["sec_type"] == "OPT"]
+    assert [g["request"]["symbol"] for g in puts] == ["NVDA", "AMD"]
+    for g in puts:
+        was, now = g["recorded"]["reasons"], g["replayed"]["reasons"]
+        assert not g["recorded"]["accepted"] and not g["replayed"]["accepted"]
+        assert "not beyond the quoted spread" in was[0] and "not beyond" in now[0]
+        assert was != now
+    wide = variant(protected["cfg"], "wide6.toml", commander__stop_loss_pct="0.06")
+    code, wide_doc = replay("1", "--config", str(wide))
+    gone = {d["where"].split()[2] for d in wide_doc["differences"] if d["kind"] == "accepted"}
+    assert "NVDA" in gone
     gs = diffs["gate BUY GS 100 stop"]
     assert gs["reason_key"] == "bracket: stop moved"
     gs_gate = next(g for g in doc["gate"] if g["request"]["symbol"] == "GS")["bracket"]
@@ -586,7 +717,7 @@ def test_a_moved_stop_and_a_refused_bracket_are_differences(protected):
         f"SELL 100 STP trigger {was:g} GTC",
         f"SELL 100 STP trigger {now:g} GTC",
     )
-    assert all(g["recorded"] == g["replayed"] for g in doc["gate"])
+    assert all(g["recorded"] == g["replayed"] for g in doc["gate"] if g not in puts)
     # a collar below index_trend's own 4% stop: the gate refuses MSFT's bracket whole
     narrow = variant(protected["cfg"], "narrow.toml", risk__protective_collar_pct="0.035")
     code, doc = replay("1", "--config", str(narrow))
@@ -621,12 +752,26 @@ def test_range_summary_counts_child_differences(protected):
     days = ((today - dt.timedelta(days=1)).isoformat(), (today + dt.timedelta(days=1)).isoformat())
     code, doc = replay("--from", days[0], "--to", days[1], "--config", str(bare))
     assert code == 1 and doc["different"] >= 1
-    by = doc["by_reason"]
+    _assert_every_difference_is_counted(doc)
+    cats = {c["category"]: c for c in doc["by_category"]}
+    assert list(cats) == [
+        "accepted now, refused when recorded",
+        "protective child added or dropped",
+    ]
+    dropped = cats["protective child added or dropped"]
+    by = {r["reason"]: r["n"] for r in dropped["reasons"]}
     assert by["bracket: take-profit dropped"] > by["bracket: stop dropped"] >= 3
     assert all(k.startswith("bracket: ") for k in by)
-    assert {o["kind"] for o in doc["orders"]} == {"child_dropped"}
+    # and the puts, refused for a stop inside their spread, would have gone without one
+    accepted = cats["accepted now, refused when recorded"]
+    assert accepted["differences"] >= 2
+    for r in accepted["reasons"]:
+        assert r["reason"].startswith("gate: accepted (recorded: stop BUY N: stop N is N from")
+        assert "not beyond the quoted spread" in r["example"]["recorded"]["reasons"][0]
+        assert r["example"]["replayed"]["accepted"] is True
+    assert {o["kind"] for o in doc["differences"]} == {"child_dropped", "accepted"}
     code, doc = replay("--from", days[0], "--to", days[1], "--config", str(protected["cfg"]))
-    assert code == 0 and doc["identical"] == doc["replayed"] == 3 and doc["by_reason"] == {}
+    assert code == 0 and doc["identical"] == doc["replayed"] == 3 and doc["by_category"] == []
 
 
 def test_a_snapshot_from_before_the_children_were_recorded_replays_parents_only(

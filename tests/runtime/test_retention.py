@@ -6,9 +6,17 @@ import datetime as dt
 import sqlite3
 import threading
 
+import pytest
 from procs import cli, data, write_config
 
-from data_lake import Store, load_snapshot, log_safety_event, open_readonly, save_snapshot
+from data_lake import (
+    Store,
+    backup_database,
+    load_snapshot,
+    log_safety_event,
+    open_readonly,
+    save_snapshot,
+)
 
 
 def _ago(days: float) -> str:
@@ -68,3 +76,23 @@ def test_backup_of_a_database_being_written_is_complete_and_consistent(tmp_path)
     assert copy.execute("SELECT COUNT(*) FROM safety_events WHERE kind='before'").fetchone()[0]
     again = cli("backup", str(tmp_path / "copy.sqlite3"), "--config", str(cfg))
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_backup_to_a_path_ending_in_a_slash_makes_the_folder_and_a_dated_file_every_day(tmp_path):
+    cfg = write_config(tmp_path, 1)
+    d = data(tmp_path)
+    Store.open(d).close(5)
+    folder = tmp_path / "backups" / "ib-swarm"  # neither exists yet: created, parents too
+    out = cli("backup", f"{folder}/", "--config", str(cfg))
+    assert out.returncode == 0 and "integrity ok" in out.stdout, out.stderr
+    assert folder.is_dir()
+    [first] = folder.iterdir()
+    assert first.name.startswith("trading-") and first.suffix == ".sqlite3"
+    # the next day's job (or one in the same second): a new dated file, never "exists"
+    second = backup_database(d, folder)
+    assert second.parent == folder and second != first
+    for copy in (first, second):
+        assert sqlite3.connect(copy).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        backup_database(d, f"{tmp_path / 'a-file'}/")

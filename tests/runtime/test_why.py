@@ -77,6 +77,8 @@ def test_why_tells_the_chain_from_the_fill_back_to_the_signal_and_the_market(tra
         "market the swarm saw for MSFT",
     ):
         assert needle in text, (needle, text)
+    # the IV rank on the templates' 0-100 scale, as the rationales say it; JSON keeps 0-1
+    assert f"iv_rank {story['market']['iv_rank'] * 100:.1f}," in text
     by_order_id = cli("why", str(trade["order_id"]), "--config", str(cfg), "--json")
     assert json.loads(by_order_id.stdout)["order_ref"] == trade["order_ref"]
 

@@ -101,6 +101,31 @@ def test_short_option_gets_a_buy_stop_above_its_price():
     assert bracket_reasons(b, ctx(quote=Quote(2.95, 3.05, 0.5, 100.0, -0.3, 100.0)), LIMITS) == []
 
 
+def test_a_stop_inside_the_quoted_spread_is_refused_it_would_fire_as_the_entry_fills():
+    # a put sold at 7.61 fills when the bid reaches it: the ask (its buy stop's trigger) is
+    # then a spread (0.22) higher, 7.83, through a 2% stop at 7.77: a certain round trip
+    sell_put = parent(
+        sec_type="OPT", expiry="20991217", strike=160.0, right="P", action="SELL", quantity=1,
+        limit_price=7.61,
+    )  # fmt: skip
+    quote = Quote(7.50, 7.72, 0.5, 100.0, -0.3, 170.0)
+    tight = with_children(sell_put, 7.61, Protection(stop_loss_pct=0.02))
+    assert tight.children[0].aux_price == 7.77
+    [reason] = bracket_reasons(tight, ctx(quote=quote), LIMITS)
+    assert reason.startswith("stop BUY 1: stop 7.77 is 0.16 from the entry 7.61, not beyond")
+    assert "quoted spread 0.22 (bid 7.5, ask 7.72): it would trigger as soon as" in reason
+    wider = with_children(sell_put, 7.61, Protection(stop_loss_pct=0.04))  # 7.92: 0.31 away
+    assert bracket_reasons(wider, ctx(quote=quote), LIMITS) == []
+    # a long stock with its stop exactly a spread below the entry: refused too (bid 99.95,
+    # ask 100.05); a cent further it may go
+    at_spread = _with(with_children(parent(), 100.0, BOTH), 0, aux_price=99.9)
+    assert any(
+        "not beyond the quoted spread 0.10" in r for r in bracket_reasons(at_spread, ctx(), LIMITS)
+    )
+    clear = _with(at_spread, 0, aux_price=99.89)
+    assert bracket_reasons(clear, ctx(), LIMITS) == []
+
+
 def _with(b: Bracket, i: int, **kw) -> Bracket:
     kids = list(b.children)
     kids[i] = dataclasses.replace(kids[i], **kw)
