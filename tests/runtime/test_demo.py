@@ -64,8 +64,9 @@ def test_demo_protect_shows_each_position_with_its_stop_resting_at_the_gateway(t
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     resting = lines[lines.index(next(x for x in lines if x.startswith("protective orders at"))) :]
-    fill = next(x for x in lines if x.strip().startswith("BOT 20 MSFT @ "))
-    entry = float(fill.split("@ ")[1].split()[0])
+    # the stop is priced from the parent's reference (its limit), stored before it was sent
+    parent = next(x for x in lines if x.strip().startswith("BUY 20 MSFT LMT @ "))
+    entry = float(parent.split("@ ")[1].split(":")[0])
     stop = next(x for x in resting if "SELL 20 MSFT STP trigger" in x)
     trigger = float(stop.split("trigger ")[1].split()[0])
     assert trigger == math.floor(entry * 0.97 * 100 + 1e-9) / 100  # 3% below, in cents
