@@ -123,6 +123,11 @@ def record_decisions(
     ids: list[int] = []
     for row in rows:
         d = with_contract_columns(row)
+        # the contract columns as stored; the signals behind it are matched on the same values
+        # (a row with a Contract spells its right `opt_right`, a loose row may say `right`)
+        expiry = d.get("expiry") or None
+        strike = d.get("strike") or None
+        opt_right = d.get("opt_right") or d.get("right") or None
         cur = db.conn.execute(
             "INSERT INTO decisions (cycle_id, symbol, action, sec_type, expiry, strike, "
             "opt_right, order_type, limit_price, quantity, reason, sources, created_at, "
@@ -132,9 +137,9 @@ def record_decisions(
                 d["symbol"],
                 d["action"],
                 d["sec_type"],
-                d.get("expiry") or None,
-                d.get("strike") or None,
-                d.get("opt_right") or d.get("right") or None,
+                expiry,
+                strike,
+                opt_right,
                 d["order_type"],
                 d.get("limit_price"),
                 d["quantity"],
@@ -161,9 +166,9 @@ def record_decisions(
                 d["symbol"],
                 d["action"],
                 d["sec_type"],
-                d.get("expiry") or "",
-                d.get("strike") or 0,
-                d.get("right") or "",
+                expiry or "",
+                float(strike or 0),
+                opt_right or "",
             ),
         )
         ids.append(decision_id)
