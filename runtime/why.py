@@ -6,7 +6,8 @@ hashes, raw answer excerpt) <- the market data the swarm saw. Everything comes f
 database (read-only) and the cycle's decision snapshot (hash-checked). A bracket's parent
 lists its protective children and their states; a child (`<ref>-sl`, `<ref>-tp`) tells its
 type and price, its parent in short, its OCA sibling and what became of it
-(runtime/why_children.py).
+(runtime/why_children.py). Any order stored as working tells whether a flatten or panic
+cancelled every order after our last record of it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from data_lake import (
 )
 from skills.brackets import is_protective_ref, parent_ref_of
 
-from .why_children import child_story, children_of, render_child, render_children
+from .why_children import (
+    child_story,
+    children_of,
+    render_child,
+    render_children,
+    working_outcome,
+)
 
 __all__ = ["UnknownRef", "render_story", "trade_story"]
 
@@ -107,6 +114,8 @@ def trade_story(db: Database, data_dir: Path, ref: str) -> dict[str, Any]:
     if is_protective_ref(order_ref):
         story["protective"] = child_story(db, data_dir, order_ref, chain)
     else:
+        # an order stored as working: still working, or cancelled by a flatten since
+        story["outcome"] = working_outcome(db, chain)
         story["children"] = children_of(db, data_dir, order_ref, chain)
     return story
 
@@ -140,6 +149,8 @@ def render_story(story: dict[str, Any]) -> str:
     out.append(title)
     if story.get("protective"):
         out += render_child(story)
+    elif story.get("outcome"):
+        out.append(f"  outcome: {story['outcome']['text']}")
     execs = story["executions"]
     if execs:
         total = sum(e["shares"] for e in execs)

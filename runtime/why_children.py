@@ -29,7 +29,14 @@ from skills.brackets import STOP_SUFFIX, TAKE_PROFIT_SUFFIX, is_protective_ref, 
 
 from .replay_record import child_kind, child_reasons
 
-__all__ = ["bracket_record", "child_story", "children_of", "render_child", "render_children"]
+__all__ = [
+    "bracket_record",
+    "child_story",
+    "children_of",
+    "render_child",
+    "render_children",
+    "working_outcome",
+]
 
 WORKING = ("pending", "submitted", "unknown", "unresolved")
 # Safety events after which nothing is left working at the broker: each is followed by a
@@ -173,6 +180,16 @@ def _outcome(
         if own_reasons and own_reasons != reasons:
             text += f" (this {_kind_name(ref)}: {'; '.join(own_reasons)})"
         return {"state": "never_sent", "text": text, "reasons": reasons, "own": own_reasons}
+    working = working_outcome(db, chain)
+    if working is not None:
+        if working["state"] == "working":
+            at_broker = working["broker_status"]
+            if parent.get("standalone"):
+                held = "; an untriggered stop" if at_broker == "PreSubmitted" else ""
+            else:
+                held = "" if parent["fills"] else "; held by the broker until its parent fills"
+            working["text"] = f"working at the broker ({at_broker}{held})"
+        return working
     status = intent["status"]
     if status == "not_sent":
         why = intent["last_error"] or "not sent"
@@ -184,17 +201,6 @@ def _outcome(
             "reasons": reasons,
             "own": own_reasons,
         }
-    if status in WORKING:
-        at_broker = chain["orders"][-1]["status"] if chain["orders"] else "no broker status yet"
-        since = _status_time(chain)
-        later = _cancelled_since(db, since)
-        if later is not None:  # our record is older than a cancel of everything
-            return _last_known_working(at_broker, since, later)
-        if parent.get("standalone"):
-            held = "; an untriggered stop" if at_broker == "PreSubmitted" else ""
-        else:
-            held = "" if parent["fills"] else "; held by the broker until its parent fills"
-        return {"state": "working", "text": f"working at the broker ({at_broker}{held})"}
     if status == "filled":
         f = _fills(chain)
         text = "filled" + (
@@ -283,6 +289,25 @@ def _cancelled_since(db: Database, since: str) -> dict[str, Any] | None:
             found[-1]["failed"] = e
     sent = [f for f in found if f["failed"] is None]
     return sent[0] if sent else (found[-1] if found else None)
+
+
+def working_outcome(db: Database, chain: dict[str, Any]) -> dict[str, Any] | None:
+    """What became of any order (a plain one, a bracket's parent or child) whose stored state
+    is working: last known working when an event after our last record of it cancelled every
+    order (or tried to), else working at the broker; None when it is not stored as working."""
+    intent = chain["intent"]
+    if intent is None or intent["status"] not in WORKING:
+        return None
+    at_broker = chain["orders"][-1]["status"] if chain["orders"] else "no broker status yet"
+    since = _status_time(chain)
+    later = _cancelled_since(db, since)
+    if later is not None:  # our record is older than a cancel of everything
+        return _last_known_working(at_broker, since, later)
+    return {
+        "state": "working",
+        "text": f"working at the broker ({at_broker})",
+        "broker_status": at_broker,
+    }
 
 
 def _last_known_working(at_broker: str, since: str, later: dict[str, Any]) -> dict[str, Any]:
@@ -450,7 +475,8 @@ def render_child(story: dict[str, Any]) -> list[str]:
     if p["refusal"]:
         state += f" by the gate ({'; '.join(p['refusal'])})"
     out.append(f"{parent_line} ({state})")
-    if p["decision"]:
+    told = (story.get("decision") or {}).get("id")
+    if p["decision"] and p["decision"]["id"] != told:  # else told once, below, in full
         d = p["decision"]
         out.append(f"    commander decision {d['id']} in cycle {d['cycle_id']}: {d['reason']}")
     s = c["sibling"]

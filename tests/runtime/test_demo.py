@@ -1,12 +1,16 @@
 """The README's demo command, as a person runs it (fresh data dir, no key, no gateway)."""
 
 import contextlib
+import io
 import math
 import os
 import sqlite3
 import subprocess
 import sys
+from contextlib import redirect_stdout
 from pathlib import Path
+
+from runtime.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,6 +25,14 @@ def run_demo(tmp_path, *args):
         timeout=240,
         env=env,
     )
+
+
+def _main(*args: str) -> tuple[int, str]:
+    """`python -m runtime ARGS` in this process (quicker than a new one): exit code, stdout."""
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = main(list(args))
+    return code, out.getvalue()
 
 
 def test_demo_runs_cycles_and_prints_a_summary(tmp_path):
@@ -49,6 +61,18 @@ def test_demo_runs_cycles_and_prints_a_summary(tmp_path):
                 "SELECT reason FROM safety_events WHERE kind = ?", ["gate_refusal"]
             )
         }
+        # every decision is linked to the signals behind it, options like stocks
+        linked = db.execute(
+            "SELECT sec_type, COUNT(*), SUM(EXISTS(SELECT 1 FROM decision_signals ds "
+            "WHERE ds.decision_id = d.id)) FROM decisions d GROUP BY sec_type"
+        ).fetchall()
+        [option_ref] = db.execute(
+            "SELECT order_ref FROM order_intents WHERE sec_type = 'OPT' AND symbol = 'NVDA'"
+        ).fetchone()
+    assert {t for t, _, _ in linked} == {"OPT", "STK"}, linked
+    assert all(n == k for _, n, k in linked), linked
+    code, why = _main("why", option_ref, "--config", str(tmp_path / "demo" / "demo.toml"))
+    assert code == 0 and "signal from tech_aggressive (offline): SELL NVDA " in why, why
     assert len(texts) in (1, 2)
     assert refused.endswith("(an example of 2 variants differing only in numbers)") is (
         len(texts) == 2

@@ -204,6 +204,8 @@ def test_why_tells_a_protective_childs_story_working_then_filled_and_cancelled_b
             "commander decision",
         ):
             assert needle in text, (needle, text)
+        # the decision behind the parent (and so the child) is told once, in full
+        assert text.count("commander decision") == 1 and "Kelly fraction" in text, text
         # status (the broker's open orders) and orders (our intents) show the stop's trigger
         trigger = f"{stop_order['aux_price']:g}"
         code, out = _main("status", "--config", str(cfg), "--json")
@@ -334,6 +336,16 @@ def test_why_says_who_cancelled_everything_after_the_last_status_we_recorded(tmp
     cfg = write_config(tmp_path, 1)
     store = Store.open(data(tmp_path))
     _bracket(store, "cmd-c1-x", 80, "2026-11-20T02:03:11.000001+00:00")
+    # a plain order (no bracket) still working when its process died
+    store.call(
+        insert_intent,
+        {"source": "commander", "symbol": "AMD", "sec_type": "STK", "quantity": 5}
+        | {"order_ref": "cmd-c1-p", "action": "BUY", "order_type": "LMT", "limit_price": 140.0}
+        | {"tif": "DAY", "status": "submitted"},
+        at="2026-11-20T02:03:11.000001+00:00",
+        timeout=5,
+    )
+    _status(store, "cmd-c1-p", 79, "Submitted", "2026-11-20T02:03:11.000001+00:00")
     store.call(
         log_safety_event,
         "panic",
@@ -375,6 +387,14 @@ def test_why_says_who_cancelled_everything_after_the_last_status_we_recorded(tmp
     outcome = json.loads(out)["protective"]["outcome"]
     assert outcome["state"] == "last_known_working" and outcome["broker_status"] == "PreSubmitted"
     assert (outcome["since"]["kind"], outcome["since"]["by"]) == ("panic", "carol")
+    # a plain order stored as working tells the same, as its outcome
+    code, text = _main("why", "cmd-c1-p", "--config", str(cfg))
+    assert (
+        "order cmd-c1-p: BUY 5 AMD LMT @ 140 (DAY), from commander\n  outcome: last known "
+        "working at the broker (Submitted, recorded 2026-11-20 02:03:11); a panic at 02:04:02 "
+        "(the panic command, by carol: drill) cancelled every order since — the main loop has "
+        "not confirmed it yet\n"
+    ) in text, text
     code, out = _main("why", "cmd-c1-x-tp", "--config", str(cfg), "--json")
     tp = json.loads(out)["protective"]["outcome"]
     assert tp["cause"] == "flatten" and tp["by"]["source"] == "panic", tp
