@@ -9,6 +9,7 @@ from lake import read as _read
 
 from data_lake import (
     SCHEMA_VERSION,
+    Contract,
     DataLakeMissing,
     SnapshotError,
     StorageUnavailable,
@@ -407,6 +408,24 @@ def test_decisions_carry_their_signals_as_foreign_keys(store):
         record_decisions, 1, [_decision("MSFT", ["a", "b"]), _decision("NVDA", ["a"])], timeout=5
     )
     assert _read(store, _linked) == [(msft, "a", "MSFT"), (msft, "b", "MSFT"), (nvda, "a", "NVDA")]
+    # an option, carried as a Contract (as the daemon stores them): same expiry, strike, right
+    put = Contract.option("AMD", "20270108", 162.5, "P")
+
+    def sell(instance: str, contract: Contract) -> dict[str, object]:
+        return {**_signal(instance, "AMD", action="SELL"), "contract": contract}
+
+    store.call(
+        record_signals,
+        [
+            sell("a", put),
+            sell("b", Contract.option("AMD", "20270108", 165.0, "P")),  # another strike
+            sell("c", Contract.option("AMD", "20270108", 162.5, "C")),  # another right
+        ],
+        timeout=5,
+    )
+    decision = {**_decision("AMD", ["a", "b", "c"]), "action": "SELL", "contract": put}
+    [amd] = store.call(record_decisions, 1, [decision], timeout=5)
+    assert [x for x in _read(store, _linked) if x[0] == amd] == [(amd, "a", "AMD")]
 
 
 def test_a_version_2_database_gets_its_decisions_linked_on_upgrade(tmp_path):
