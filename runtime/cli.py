@@ -469,7 +469,7 @@ def _breaker_trip(args: argparse.Namespace, cfg: Config) -> int:
         breaker = CircuitBreaker(cfg.data_dir, store)
         old = breaker.status()
         reason = f"tripped by {args.by}: {args.reason}"
-        st = breaker.trip(BreakerState(args.state), "person", reason)
+        st = breaker.trip(BreakerState(args.state), "person", reason, actor=args.by)
     finally:
         store.close(5.0)
     changed = st.generation != old.generation  # trip() never de-escalates: same or higher
@@ -561,12 +561,13 @@ def cmd_breaker(args: argparse.Namespace) -> int:
         doc = {**_breaker_doc(st), "history": breaker_history(db, 10)}
         print(json.dumps(doc, indent=2, default=str))
         return 0
-    actor = f" ({st.actor})" if st.actor else ""
+    actor = f" ({st.actor})" if st.actor and st.actor != st.source else ""
     print(f"{st.state.value} since {st.since or '-'} by {st.source}{actor}: {st.reason}")
     for row in breaker_history(db, 10):
         print(
             f"  {row['at']} {row['from_state']} -> {row['to_state']} by {row['source']}"
-            f"{' (' + row['actor'] + ')' if row['actor'] else ''}: {row['reason']}"
+            + (f" ({row['actor']})" if row["actor"] and row["actor"] != row["source"] else "")
+            + f": {row['reason']}"
         )
     return 0
 

@@ -353,7 +353,7 @@ class Watchdog:
     # --- actions -----------------------------------------------------------------------------
     async def trip(self, reasons: list[str]) -> None:
         reason = "; ".join(reasons)
-        status = self.breaker.trip(BreakerState.HALTED, "watchdog", reason)
+        status = self.breaker.trip(BreakerState.HALTED, "watchdog", reason, actor="watchdog")
         self.trips += 1
         self._event(
             "breaker_trip",
@@ -683,7 +683,9 @@ class Watchdog:
     async def panic(self, by: str, reason: str) -> bool:
         """The kill switch, usable without the daemon: trip HALTED, cancel all, go flat.
         Closes the broker session and the store when done."""
-        status = self.breaker.trip(BreakerState.HALTED, "person", f"panic by {by}: {reason}")
+        status = self.breaker.trip(
+            BreakerState.HALTED, "person", f"panic by {by}: {reason}", actor=by
+        )
         self._event("panic", f"panic by {by}: {reason}", "critical", {"by": by, "reason": reason})
         try:
             try:
