@@ -1311,7 +1311,7 @@ def main(argv: list[str] | None = None) -> int:
     p = add("orders", cmd_orders, "list order intents and their status")
     p.add_argument("--status", help="pending, submitted, filled, cancelled, rejected, ...")
     p.add_argument("--symbol")
-    p.add_argument("--source", help="commander, watchdog, person")
+    p.add_argument("--source", help="commander, watchdog, panic (the panic command), person")
     p.add_argument("--since", help="a date (2026-11-20) or an age (7d, 12h)")
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--json", action="store_true")
