@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS order_intents (
     order_ref TEXT NOT NULL UNIQUE,
     cycle_id INTEGER,
     decision_id INTEGER,
-    source TEXT NOT NULL,                         -- commander | watchdog | person
+    source TEXT NOT NULL,                         -- commander | watchdog | panic | person
     symbol TEXT NOT NULL, sec_type TEXT NOT NULL,
     expiry TEXT, strike REAL, opt_right TEXT, con_id INTEGER,
     action TEXT NOT NULL, quantity REAL NOT NULL,

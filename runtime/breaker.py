@@ -125,9 +125,11 @@ class CircuitBreaker:
                 -1,
             )
 
-    def trip(self, to: BreakerState, source: str, reason: str) -> BreakerStatus:
+    def trip(self, to: BreakerState, source: str, reason: str, *, actor: str = "") -> BreakerStatus:
         """Escalate to `to` (never de-escalates); return the resulting status. Never raises
-        for an unwritable file: the trip is latched in memory and reported loudly."""
+        for an unwritable file: the trip is latched in memory and reported loudly. `actor`
+        names who tripped it: the person (`breaker trip --by`, `panic --by`), or the process
+        ("watchdog", "main_loop"), as a reset names its person."""
         if to is BreakerState.ACTIVE:
             raise ValueError("trip() cannot go to ACTIVE; a person uses reset()")
         old = self.status()  # may persist an earlier unwritten trip (takes the lock itself)
@@ -139,7 +141,12 @@ class CircuitBreaker:
                 if _SEVERITY[old.state] >= _SEVERITY[to] and old.generation >= 0:
                     return old
                 new = BreakerStatus(
-                    to, self.wall_clock(), source, reason, max(old.generation, 0) + 1
+                    to,
+                    self.wall_clock(),
+                    source,
+                    reason,
+                    max(old.generation, 0) + 1,
+                    actor=actor.strip(),
                 )
                 self._write(new)
         except OSError as exc:
@@ -149,6 +156,7 @@ class CircuitBreaker:
                 source,
                 reason,
                 max(old.generation, 0) + 1,
+                actor=actor.strip(),
                 persisted=False,
             )
             self._latched = new

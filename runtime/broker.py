@@ -63,6 +63,7 @@ from .ib_errors import (
     ErrorPolicy,
     Severity,
     first_sighting,
+    is_global_cancel,
     policy_for,
 )
 from .market_hours import is_open
@@ -1117,8 +1118,10 @@ class Broker:
         level = {Severity.INFO: logging.INFO, Severity.WARNING: logging.WARNING}.get(
             policy.severity, logging.ERROR
         )
-        if code == 202 and self._cancelled_by_us(self._own_ref(req_id)):
-            level = logging.INFO  # the answer to our own cancel (or an OCA sibling's)
+        if code == 202 and (
+            self._cancelled_by_us(self._own_ref(req_id)) or is_global_cancel(code, msg)
+        ):
+            level = logging.INFO  # our own cancel (or an OCA sibling's), or a global cancel
         log.log(
             level,
             "broker %s: IB %s %s (req %s%s): %s",
@@ -1275,10 +1278,12 @@ class Broker:
 
     def _on_order_error(self, req_id: int, code: int, msg: str) -> None:
         """The reject accounting (ORDER_REJECT rows): stored on the order; ending codes reject
-        its intent; counted codes (and 202s the daemon did not ask for) feed the trip."""
+        its intent; counted codes (and 202s the daemon did not ask for) feed the trip. A 202
+        from a global cancel (the watchdog's, the panic's, a person's in TWS) is a cancel: its
+        text is kept as the intent's last error (the cause), and it counts as no reject."""
         ref = self._own_ref(req_id)
-        cancelled_by_us = code == 202 and self._cancelled_by_us(ref)
-        counted = code in REJECT_CODES or (code == 202 and not cancelled_by_us)
+        cancelled = code == 202 and (self._cancelled_by_us(ref) or is_global_cancel(code, msg))
+        counted = code in REJECT_CODES or (code == 202 and not cancelled)
         if counted:  # the safety counter first, independent of the audit writes
             self.reject_streak += 1
             if self.on_reject_streak is not None:

@@ -469,7 +469,7 @@ def _breaker_trip(args: argparse.Namespace, cfg: Config) -> int:
         breaker = CircuitBreaker(cfg.data_dir, store)
         old = breaker.status()
         reason = f"tripped by {args.by}: {args.reason}"
-        st = breaker.trip(BreakerState(args.state), "person", reason)
+        st = breaker.trip(BreakerState(args.state), "person", reason, actor=args.by)
     finally:
         store.close(5.0)
     changed = st.generation != old.generation  # trip() never de-escalates: same or higher
@@ -561,12 +561,13 @@ def cmd_breaker(args: argparse.Namespace) -> int:
         doc = {**_breaker_doc(st), "history": breaker_history(db, 10)}
         print(json.dumps(doc, indent=2, default=str))
         return 0
-    actor = f" ({st.actor})" if st.actor else ""
+    actor = f" ({st.actor})" if st.actor and st.actor != st.source else ""
     print(f"{st.state.value} since {st.since or '-'} by {st.source}{actor}: {st.reason}")
     for row in breaker_history(db, 10):
         print(
             f"  {row['at']} {row['from_state']} -> {row['to_state']} by {row['source']}"
-            f"{' (' + row['actor'] + ')' if row['actor'] else ''}: {row['reason']}"
+            + (f" ({row['actor']})" if row["actor"] and row["actor"] != row["source"] else "")
+            + f": {row['reason']}"
         )
     return 0
 
@@ -1310,7 +1311,7 @@ def main(argv: list[str] | None = None) -> int:
     p = add("orders", cmd_orders, "list order intents and their status")
     p.add_argument("--status", help="pending, submitted, filled, cancelled, rejected, ...")
     p.add_argument("--symbol")
-    p.add_argument("--source", help="commander, watchdog, person")
+    p.add_argument("--source", help="commander, watchdog, panic (the panic command), person")
     p.add_argument("--since", help="a date (2026-11-20) or an age (7d, 12h)")
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--json", action="store_true")

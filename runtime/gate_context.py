@@ -14,7 +14,7 @@ from data_lake import (
     query_trades,
 )
 from skills.execution_gate import (
-    WATCHDOG,
+    FLATTENERS,
     GateContext,
     GateState,
     GateVerdict,
@@ -104,7 +104,7 @@ async def build_gate_context(
                 suspect=snap.suspect,
             )
     holdings = await broker.holdings(quote_wait_s)
-    working = () if request.source == WATCHDOG else await broker.working_orders()
+    working = () if request.source in FLATTENERS else await broker.working_orders()
     return GateContext(
         breaker=breaker,
         connected=broker.ready,

@@ -37,6 +37,7 @@ __all__ = [
     "ErrorPolicy",
     "Severity",
     "first_sighting",
+    "is_global_cancel",
     "markdown_table",
     "policy_for",
 ]
@@ -131,7 +132,8 @@ _ROWS = (
         W,
         False,
         A.ORDER_REJECT,
-        "order cancelled: counts as a reject unless the daemon asked for the cancel",
+        "order cancelled: counts as a reject unless the daemon asked for the cancel or its "
+        "text names a global cancel",
         counts_as_reject=True,
     ),
     _row(
@@ -287,6 +289,18 @@ REJECT_CODES = frozenset(r.code for r in _ROWS if r.counts_as_reject and r.code 
 ORDER_ENDING_CODES = frozenset(
     r.code for r in _ROWS if r.action is Action.ORDER_REJECT and r.ends_request
 )
+
+
+# A 202 whose text names a global cancel (reqGlobalCancel: the watchdog's or the panic's, or a
+# person's in TWS) is a cancel, not a broker refusal. IB's 202 text is "Order Canceled -
+# reason:" with a suffix that varies; the paper gateway's suffix for reqGlobalCancel is
+# "Cancelled by global cancel". Matched case-insensitively anywhere in the text.
+GLOBAL_CANCEL_TEXT = "global cancel"
+
+
+def is_global_cancel(code: int, msg: str) -> bool:
+    """True for a 202 that says its order went in a global cancel (not a reject)."""
+    return code == 202 and GLOBAL_CANCEL_TEXT in (msg or "").lower()
 
 
 def policy_for(code: int) -> ErrorPolicy:

@@ -466,7 +466,10 @@ class MainLoop:
     def _on_reject_streak(self, n: int, why: str) -> None:
         if n >= self.cfg.risk.max_consecutive_rejects:
             self.breaker.trip(
-                BreakerState.HALTED, "broker", f"{n} consecutive order rejects (last: {why})"
+                BreakerState.HALTED,
+                "broker",
+                f"{n} consecutive order rejects (last: {why})",
+                actor="main_loop",
             )
 
     def _on_execution(self, when: float) -> None:
@@ -488,6 +491,7 @@ class MainLoop:
                 "gate",
                 f"repeated-execution throttle: {self.cfg.risk.max_executions_per_window}"
                 f" executions in {self.cfg.risk.execution_window_s:g}s",
+                actor="main_loop",
             )
 
     # --- lifecycle -------------------------------------------------------------------------------

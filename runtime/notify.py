@@ -482,7 +482,7 @@ class Notifier:
         if generation <= int(st["generation"]):
             return  # already told (from the file or the history)
         st["generation"] = generation
-        who = f"{source} ({actor})" if actor else source
+        who = f"{source} ({actor})" if actor and actor != source else source
         if to == BreakerState.ACTIVE.value:
             self._emit(
                 Alert(

@@ -33,7 +33,13 @@ from typing import Any
 import psutil
 
 from data_lake import Store, log_safety_event
-from skills.execution_gate import GateState, OrderRequest, place_order_with_guard
+from skills.execution_gate import (
+    FLATTENERS,
+    GateState,
+    OrderRequest,
+    is_flattener_ref,
+    place_order_with_guard,
+)
 
 from .breaker import BreakerState, BreakerStatus, CircuitBreaker
 from .broker import Broker, BrokerNotReady, PositionView
@@ -130,7 +136,10 @@ class Watchdog:
         progress: Callable[[str], None] | None = None,
     ) -> Watchdog:
         """A watchdog on `store` with its own broker session (the watchdog's client id unless
-        `client_id` is given: panic uses one of its own)."""
+        `client_id` is given: panic uses one of its own). `source` ("watchdog" or "panic")
+        names its safety events and its closing orders' intents."""
+        if source not in FLATTENERS:
+            raise ValueError(f"a watchdog's source is one of {sorted(FLATTENERS)}: {source!r}")
         clock = clock or SystemClock()
         broker = Broker(
             cfg.broker,
@@ -139,7 +148,8 @@ class Watchdog:
             store,
             client_id=cfg.broker.watchdog_client_id if client_id is None else client_id,
             source=source,
-            intent_sources=("watchdog",),
+            # both: the panic command exits, its closes' late fills are the watchdog's to record
+            intent_sources=tuple(sorted(FLATTENERS)),
             monotonic=clock.monotonic,
         )
         return cls(cfg, secrets, store=store, broker=broker, clock=clock, progress=progress)
@@ -353,7 +363,7 @@ class Watchdog:
     # --- actions -----------------------------------------------------------------------------
     async def trip(self, reasons: list[str]) -> None:
         reason = "; ".join(reasons)
-        status = self.breaker.trip(BreakerState.HALTED, "watchdog", reason)
+        status = self.breaker.trip(BreakerState.HALTED, "watchdog", reason, actor="watchdog")
         self.trips += 1
         self._event(
             "breaker_trip",
@@ -426,7 +436,7 @@ class Watchdog:
             order_type="LMT" if limit is not None else "MKT",
             limit_price=limit,
             tif="DAY",
-            source="watchdog",
+            source=self.source,  # "panic" for the panic command's closes (`orders`, `why`)
             # unique per close: a late fill closed under the same generation gets a new ref
             ref_seed=f"g{generation}-a{attempt}-p{os.getpid()}-n{self._close_seq}",
         )
@@ -638,7 +648,8 @@ class Watchdog:
                 "orders_unverified", f"working orders not read: {exc!r}", "warning"
             )
             return
-        stray = sorted(w.order_ref or w.key for w in working if not w.order_ref.startswith("wd-"))
+        # the watchdog's and the panic command's closes are ours; anything else is stray
+        stray = sorted(w.order_ref or w.key for w in working if not is_flattener_ref(w.order_ref))
         if not stray:
             return
         self._event_repeated(
@@ -683,7 +694,9 @@ class Watchdog:
     async def panic(self, by: str, reason: str) -> bool:
         """The kill switch, usable without the daemon: trip HALTED, cancel all, go flat.
         Closes the broker session and the store when done."""
-        status = self.breaker.trip(BreakerState.HALTED, "person", f"panic by {by}: {reason}")
+        status = self.breaker.trip(
+            BreakerState.HALTED, "person", f"panic by {by}: {reason}", actor=by
+        )
         self._event("panic", f"panic by {by}: {reason}", "critical", {"by": by, "reason": reason})
         try:
             try:

@@ -31,6 +31,7 @@ from skills.brackets import is_protective_ref, parent_ref_of
 from .why_children import (
     child_story,
     children_of,
+    panic_behind,
     render_child,
     render_children,
     working_outcome,
@@ -75,6 +76,9 @@ def trade_story(db: Database, data_dir: Path, ref: str) -> dict[str, Any]:
         decision["inputs"] = json.loads(decision.get("inputs") or "{}")
     for event in story["safety_events"]:
         event["details"] = json.loads(event["details"] or "{}")
+    intent = chain["intent"]
+    if intent and intent["source"] == "panic":  # a close of the panic command: who, and why
+        story["panic"] = panic_behind(db, intent)
     doc: dict[str, Any] | None = None
     if chain["snapshot"]:
         try:
@@ -120,6 +124,18 @@ def trade_story(db: Database, data_dir: Path, ref: str) -> dict[str, Any]:
     return story
 
 
+def _origin(story: dict[str, Any]) -> str:
+    """Where the order came from: its intent's source; for the panic command's closes, who
+    pulled the panic and why."""
+    source = str(story["intent"]["source"])
+    if source != "panic":
+        return source
+    panic = story.get("panic")
+    return (
+        f"the panic command (by {panic['by']}: {panic['reason']})" if panic else "the panic command"
+    )
+
+
 def render_story(story: dict[str, Any]) -> str:
     """Tell the chain as text a person reads top to bottom (newest first, cause last)."""
     out: list[str] = []
@@ -130,7 +146,7 @@ def render_story(story: dict[str, Any]) -> str:
             f": {intent['action']} {intent['quantity']:g} {Contract.from_row(intent)} "
             f"{intent['order_type']}"
             + price_words(intent["limit_price"], intent.get("aux_price"))
-            + f" ({intent['tif']}), from {intent['source']}"
+            + f" ({intent['tif']}), from {_origin(story)}"
         )
     elif story["decision"]:
         d = story["decision"]
@@ -201,6 +217,8 @@ def render_story(story: dict[str, Any]) -> str:
             shown = ", ".join(f"{k} {v}" for k, v in inputs.items() if v is not None)
             out.append(f"    inputs: {shown}")
         out.append(f"    from instances: {', '.join(decision['sources']) or '-'}")
+    elif intent and intent["source"] == "panic":
+        out.append("  no commander decision: a close of the panic command")
     elif intent and intent["source"] != "commander":
         out.append(f"  no commander decision: a {intent['source']} order")
     for s in story["signals"]:

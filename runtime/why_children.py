@@ -33,6 +33,7 @@ __all__ = [
     "bracket_record",
     "child_story",
     "children_of",
+    "panic_behind",
     "render_child",
     "render_children",
     "working_outcome",
@@ -246,6 +247,16 @@ def _panic_by(event: dict[str, Any]) -> tuple[str, str]:
     by = d.get("by") or (m["by"] if m else "someone")
     why = d.get("reason") or (m["why"] if m else str(event["reason"]))
     return str(by), str(why)
+
+
+def panic_behind(db: Database, intent: dict[str, Any]) -> dict[str, Any] | None:
+    """The panic a close of the panic command (intent source `panic`) came from: the last
+    `panic` event recorded at or before its intent, with who pulled it and why."""
+    events = safety_events_between(db, ["panic"], "", str(intent["created_at"]))
+    if not events:
+        return None
+    by, why = _panic_by(events[-1])
+    return {"at": events[-1]["at"], "by": by, "reason": why}
 
 
 def _who(event: dict[str, Any]) -> tuple[str, str]:

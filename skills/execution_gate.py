@@ -8,7 +8,8 @@ order's intent, with a deterministic orderRef, is stored before the broker sees 
 What an LLM produces can only ever become an `OrderRequest`; the limits (`RiskConfig`), the
 context and the gate's own counters are out of its reach, and there is no bypass switch.
 Exposure-reducing orders skip the exposure limits (they must always be able to reduce risk);
-the watchdog's closing orders are the only orders allowed while the breaker is HALTED.
+the watchdog's closing orders (and the panic command's, source `panic`: the same code on its
+own session) are the only orders allowed while the breaker is HALTED.
 
 Working orders count: an order is exposure-reducing only if, together with the orders resting
 at the broker on that contract, it can neither flip nor extend the position; the exposure
@@ -44,6 +45,8 @@ from .risk import RiskConfig
 
 __all__ = [
     "CHECKS",
+    "FLATTENERS",
+    "PANIC",
     "WATCHDOG",
     "GateContext",
     "GateState",
@@ -56,6 +59,7 @@ __all__ = [
     "WorkingOrder",
     "evaluate",
     "evaluate_named",
+    "is_flattener_ref",
     "order_ref_for",
     "place_order_with_guard",
 ]
@@ -63,6 +67,11 @@ __all__ = [
 log = logging.getLogger("skills.execution_gate")
 
 WATCHDOG = "watchdog"
+PANIC = "panic"  # the panic command's closes: the watchdog's code on its own session
+# The kill switch's closing orders (the watchdog's, the panic command's): the only orders
+# allowed while HALTED, with the watchdog's exemptions. Never a source an LLM can choose.
+FLATTENERS = frozenset({WATCHDOG, PANIC})
+_REF_PREFIX = {"commander": "cmd", WATCHDOG: "wd", PANIC: "panic"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -325,13 +334,13 @@ def _finite(x: object) -> bool:
 
 def _exempt(e: _Eval) -> bool:
     """The watchdog's closing orders: they must always be able to close."""
-    return e.r.source == WATCHDOG and e.reducing
+    return e.r.source in FLATTENERS and e.reducing
 
 
 # --- the checks ---------------------------------------------------------------------------
 def check_breaker(e: _Eval) -> str | None:
     state = e.ctx.breaker
-    if state == "HALTED" and not (e.r.source == WATCHDOG and e.reducing):
+    if state == "HALTED" and not (e.r.source in FLATTENERS and e.reducing):
         return "breaker HALTED: no new orders"
     if state == "REDUCING" and not e.reducing:
         return "breaker REDUCING: only exposure-reducing orders"
@@ -357,7 +366,7 @@ def check_watchdog(e: _Eval) -> str | None:
 
 
 def check_market_open(e: _Eval) -> str | None:
-    if e.ctx.market_open or e.r.source == WATCHDOG:
+    if e.ctx.market_open or e.r.source in FLATTENERS:
         return None
     return "market closed for this instrument (outside liquid hours)"
 
@@ -461,7 +470,7 @@ def check_finite_inputs(e: _Eval) -> str | None:
 
 
 def check_quote(e: _Eval) -> str | None:
-    if e.r.source == WATCHDOG and e.reducing and e.r.order_type == "MKT":
+    if e.r.source in FLATTENERS and e.reducing and e.r.order_type == "MKT":
         return None  # the watchdog's last-resort market close must not wait for a quote
     q = e.ctx.quote
     if q is None:
@@ -494,7 +503,7 @@ def check_price_collar(e: _Eval) -> str | None:
     mid = q.mid
     if e.r.order_type == "MKT":
         spread = (q.ask - q.bid) / mid
-        if spread > collar and e.r.source != WATCHDOG:
+        if spread > collar and e.r.source not in FLATTENERS:
             return f"market order refused: spread {spread:.1%} wider than the collar {collar:.1%}"
         return None
     limit = e.r.limit_price
@@ -509,7 +518,7 @@ def check_price_collar(e: _Eval) -> str | None:
 
 
 def check_max_quantity(e: _Eval) -> str | None:
-    if e.r.source == WATCHDOG and e.reducing:
+    if e.r.source in FLATTENERS and e.reducing:
         return None
     if e.r.quantity > e.limits.max_order_quantity:
         return f"quantity {e.r.quantity:g} exceeds the maximum {e.limits.max_order_quantity:g}"
@@ -517,7 +526,7 @@ def check_max_quantity(e: _Eval) -> str | None:
 
 
 def check_max_notional(e: _Eval) -> str | None:
-    if e.price is None or (e.r.source == WATCHDOG and e.reducing):
+    if e.price is None or (e.r.source in FLATTENERS and e.reducing):
         return None
     notional = e.r.quantity * e.price * e.multiplier
     if notional > e.limits.max_order_notional:
@@ -674,7 +683,7 @@ def check_daily_loss(e: _Eval) -> str | None:
 
 
 def check_order_rate(e: _Eval) -> str | None:
-    if e.r.source == WATCHDOG and e.reducing:
+    if e.r.source in FLATTENERS and e.reducing:
         return None
     now = e.ctx.now
     sent = e.state.sent
@@ -706,7 +715,7 @@ def check_execution_throttle(e: _Eval) -> str | None:
 
 
 def check_duplicate(e: _Eval) -> str | None:
-    if e.r.source == WATCHDOG:
+    if e.r.source in FLATTENERS:
         return None
     when = e.state.recent.get((e.r.key, e.r.action, e.r.quantity))
     if when is not None and e.ctx.now - when < e.limits.duplicate_window_s:
@@ -758,7 +767,7 @@ def _prepare(
     # together with this one they must not flip it. (The watchdog's closes judge holdings
     # alone: it cancels everything before it closes, and re-checks flat after.)
     resting = 0.0
-    if r.source != WATCHDOG and held != 0:
+    if r.source not in FLATTENERS and held != 0:
         resting = sum(
             abs(w.signed_quantity)
             for w in ctx.working
@@ -836,9 +845,17 @@ def order_ref_for(r: OrderRequest) -> str:
         )
     )
     digest = hashlib.sha256(material.encode()).hexdigest()[:12]
-    prefix = {"commander": "cmd", WATCHDOG: "wd"}.get(r.source, r.source[:6])
+    prefix = _REF_PREFIX.get(r.source, r.source[:6])
     cycle = f"c{r.cycle_id}" if r.cycle_id is not None else "x"
     return f"{prefix}-{cycle}-{digest}"
+
+
+def is_flattener_ref(order_ref: str | None) -> bool:
+    """An orderRef of the kill switch's closing orders (the watchdog's `wd-`, the panic
+    command's `panic-`): ours while HALTED, never a stray order to cancel."""
+    return bool(order_ref) and any(
+        str(order_ref).startswith(f"{_REF_PREFIX[s]}-") for s in FLATTENERS
+    )
 
 
 async def place_order_with_guard(

@@ -311,6 +311,7 @@ def test_panic_with_the_gateway_down_halts_and_says_the_account_may_not_be_flat(
     assert "may NOT be flat" in out.stdout and "Traceback" not in out.stdout + out.stderr
     status = CircuitBreaker(data(tmp_path)).status()
     assert status.state is BreakerState.HALTED and "carol" in status.reason
+    assert (status.source, status.actor) == ("person", "carol")  # named as a reset names one
     events = query_safety_events(open_readonly(data(tmp_path)), "panic")
     assert events and "carol" in events[0]["reason"]
     # recorded as the panic command's, with who pulled it, and the cancel it could not send
@@ -322,6 +323,7 @@ def test_panic_with_the_gateway_down_halts_and_says_the_account_may_not_be_flat(
     assert cli("panic", "--config", str(anon)).returncode == 1
     who = f"{getpass.getuser()} (OS user; no --by given)"
     assert who in CircuitBreaker(data(tmp_path / "anon")).status().reason
+    assert CircuitBreaker(data(tmp_path / "anon")).status().actor == who
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to play the operator who forgot sudo -u")

@@ -25,6 +25,7 @@ from data_lake import (
     insert_intent,
     open_readonly,
     query_safety_events,
+    reject_streak,
     update_intent,
 )
 from paper_gateway import GatewayConfig
@@ -196,7 +197,8 @@ def test_the_watchdogs_global_cancel_converges_the_intents_of_a_running_daemon(
     gateway, admin, tmp_path
 ):
     """Panic (the watchdog's code, its own session) cancels every order at the broker; the
-    running daemon's intent shows the cancel, and `status` shows no dead order as open."""
+    running daemon's intent shows the cancel, and `status` shows no dead order as open. The
+    202 "Cancelled by global cancel" its resting order gets is a cancel, not a reject."""
     cfg = write_config(tmp_path, gateway.port, quote_max_age_s=STILL)
     proc = start("run", cfg)
     try:
@@ -216,6 +218,12 @@ def test_the_watchdogs_global_cancel_converges_the_intents_of_a_running_daemon(
     finally:
         stop(proc)
         stop_watchdog(tmp_path)
+    # stopped: everything the main loop queued is written. Its 202 is on the intent (the
+    # cause), and neither a reject event nor the reject streak's alert count came of it
+    intent = _read(tmp_path, get_intent, order["order_ref"])
+    assert "202: Order Canceled - reason: Cancelled by global cancel" in intent["last_error"]
+    assert _events(tmp_path, "order_reject") == []
+    assert _read(tmp_path, reject_streak) == 0
     assert_books_balance(admin, data(tmp_path))
 
 

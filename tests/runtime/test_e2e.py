@@ -191,7 +191,17 @@ def test_panic_command_trips_cancels_and_flattens(gateway, admin, tmp_path, conn
     assert "attempt 1: close 10 NVDA: sent" in result.stdout  # progress, one line per position
     state = admin.call("state")
     assert state["positions"] == [] and state["open_orders"] == []
-    assert CircuitBreaker(data(tmp_path)).status().reason == "panic by bob: test"
+    status = CircuitBreaker(data(tmp_path)).status()
+    assert (status.reason, status.actor) == ("panic by bob: test", "bob")
+    # its closes are the panic command's (client 1000), not the watchdog's
+    [close] = json.loads(cli("orders", "--config", str(cfg), "--source", "panic", "--json").stdout)
+    assert (close["symbol"], close["action"], close["order_ref"][:6]) == ("NVDA", "SELL", "panic-")
+    assert (
+        json.loads(cli("orders", "--config", str(cfg), "--source", "watchdog", "--json").stdout)
+        == []
+    )
+    why = cli("why", close["order_ref"], "--config", str(cfg)).stdout
+    assert "from the panic command (by bob: test)" in why and "client 1000" in why, why
 
 
 @pytest.fixture

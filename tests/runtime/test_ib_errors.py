@@ -16,6 +16,7 @@ from runtime.ib_errors import (
     Action,
     Severity,
     first_sighting,
+    is_global_cancel,
     markdown_table,
     policy_for,
 )
@@ -70,6 +71,11 @@ def test_order_reject_sets_are_derived_from_the_table_and_unchanged():
         *(103, 104, 105, 110, 135, 161, 200, 201, 202, 203, 321, 387, 399, 10147, 10148)
     } == ORDER_ERROR_CODES
     assert {201, 203, 10147} == REJECT_CODES  # 202 counts unless the daemon asked to cancel
+    # ... or a global cancel took the order (IB's suffix after "reason:" varies)
+    assert is_global_cancel(202, "Order Canceled - reason: Cancelled by global cancel")
+    assert is_global_cancel(202, "Order Canceled - reason: GLOBAL CANCEL by the desk")
+    assert not is_global_cancel(202, "Order Canceled - reason:")
+    assert not is_global_cancel(201, "Order rejected - reason: global cancel")
     assert {103, 104, 105, 110, 135, 161, 200, 201, 203, 321, 387} == ORDER_ENDING_CODES
     assert all(POLICIES[c].action is Action.ORDER_REJECT for c in ORDER_ERROR_CODES)
 

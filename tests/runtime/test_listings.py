@@ -133,7 +133,9 @@ def test_a_person_trips_the_breaker_with_a_name_and_a_reason(tmp_path):
     assert "dana" in status.reason
     shown = _json("breaker", "--config", cfg)
     assert (shown["state"], shown["source"]) == ("HALTED", "person") and "dana" in shown["reason"]
+    assert (shown["actor"], shown["history"][0]["actor"]) == ("dana", "dana")  # as a reset
     assert shown["history"][0]["to_state"] == "HALTED"
+    assert "by person (dana): tripped by dana: news" in cli("breaker", "--config", cfg).stdout
     reset = cli("breaker", "reset", "--by", "dana", "--reason", "ok", "--yes", "--config", cfg)
     assert reset.returncode == 0 and CircuitBreaker(data(tmp_path)).status().state is (
         BreakerState.ACTIVE
@@ -156,6 +158,7 @@ def test_the_breakers_write_forms_answer_in_json_and_refuse_naming_the_missing_f
     trip = ("breaker", "trip", "--by", "dana", "--reason", "news", "--state", "REDUCING")
     tripped = _json(*trip, "--config", cfg)
     assert tripped["action"] == "trip" and tripped["changed"] is True
+    assert (tripped["source"], tripped["actor"]) == ("person", "dana")
     assert (tripped["previous_state"], tripped["state"], tripped["persisted"]) == (
         "ACTIVE",
         "REDUCING",

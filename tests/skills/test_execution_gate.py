@@ -21,6 +21,7 @@ from skills.execution_gate import (
     SentOrder,
     WorkingOrder,
     evaluate,
+    is_flattener_ref,
     order_ref_for,
     place_order_with_guard,
 )
@@ -104,6 +105,11 @@ def test_halted_allows_only_the_watchdogs_closing_orders():
     held = {"NVDA": Holding(contract=Contract.stock("NVDA"), quantity=20, mark=100.0)}
     close = buy(action="SELL", qty=20, source="watchdog", order_type="MKT", limit_price=None)
     assert reasons(close, ctx(breaker="HALTED", holdings=held)) == []
+    # the panic command's closes (the watchdog's code, their own source and orderRef prefix)
+    panic = dataclasses.replace(close, source="panic")
+    assert reasons(panic, ctx(breaker="HALTED", holdings=held)) == []
+    assert order_ref_for(panic).startswith("panic-") and is_flattener_ref(order_ref_for(panic))
+    assert is_flattener_ref(order_ref_for(close)) and not is_flattener_ref("cmd-c1-0123")
     assert (
         reasons(
             dataclasses.replace(close, source="commander"), ctx(breaker="HALTED", holdings=held)
