@@ -176,10 +176,10 @@ def _leave_no_trace(lock: InstanceLock, created: Path | None) -> None:
         lock.release()
 
 
-def _locks(cfg: Config, role: str) -> list[InstanceLock]:
+def _locks(cfg: Config, role: str, created: Path | None = None) -> list[InstanceLock]:
     """Take this role's exclusive locks before anything is written or spawned. A `run`
-    refused here leaves no data directory behind when it was the one creating it."""
-    created = _missing_from(cfg.data_dir)
+    refused here leaves no data directory behind when it was the one creating it
+    (`created`: the outermost folder of it that did not exist before)."""
     held = [acquire(role_lock_path(cfg.data_dir, role), f"the {role} lock of {cfg.data_dir}")]
     if role == "run":
         b = cfg.broker
@@ -202,16 +202,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     _setup_logging(args.log_level, "main", args.log_file)
+    created = _missing_from(cfg.data_dir)  # None: the data directory exists already
     try:
-        locks = _locks(cfg, "run")
+        locks = _locks(cfg, "run", created)
     except LockHeld as exc:
         print(exc, file=sys.stderr)
         return 2
     secrets = Secrets()
     register_secret(secrets.anthropic_api_key)
+    code = 2
     try:
-        return asyncio.run(run_main_loop(cfg, args.config, secrets, max_cycles=args.max_cycles))
+        code = asyncio.run(run_main_loop(cfg, args.config, secrets, max_cycles=args.max_cycles))
+        return code
     finally:
+        if code == 2:  # refused before it started (config, key, arming): its lock goes too
+            _leave_no_trace(locks[0], created)
         for lock in locks:
             lock.release()
 

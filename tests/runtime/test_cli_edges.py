@@ -232,3 +232,9 @@ def test_a_run_refused_by_the_account_lock_leaves_no_data_dir_it_created(
         held.release()
     assert "refused: account (default)" in capsys.readouterr().err
     assert not new.exists() and tmp_path.exists()
+    # refused after the locks (live mode not armed): nothing of it stays either
+    live = Path(cfg).read_text().replace('mode = "paper"', 'mode = "live"', 1)
+    Path(cfg).write_text(live)
+    assert main(["run", "--config", cfg]) == 2
+    assert "LIVE_TRADING_ARMED" in capsys.readouterr().err
+    assert not new.exists()
