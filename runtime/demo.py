@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -354,7 +354,7 @@ EVENT_WORDS = {
 }
 
 
-def event_counts(events: list[Mapping[str, Any]]) -> str:
+def event_counts(events: Sequence[Mapping[str, Any]]) -> str:
     """`other safety events:` as words: each kind and its count, with what it means when
     the name alone misleads (stop_cancel 1 (the clean stop cancelled ...))."""
     return ", ".join(
