@@ -76,10 +76,12 @@ FAULTS: tuple[Fault, ...] = (
     ),
     Fault(
         fault="watchdog SIGKILLed or exits",
-        outcome="no new positions at once; restarted by the main loop (an orphan is adopted)",
+        outcome="no new positions at once; restarted by the main loop (an orphan is adopted, "
+        "and stopped by the next clean stop)",
         drills=(
             WD + "test_the_watchdog_childs_exit_stops_new_positions_at_once_and_it_is_restarted",
             E2E + "test_dead_watchdog_is_restarted_by_the_main_loop",
+            LC + "test_an_adopted_watchdog_ends_with_the_next_clean_stop",
         ),
         soak="kill_watchdog",
     ),
@@ -200,6 +202,12 @@ FAULTS: tuple[Fault, ...] = (
             E2E + "test_sigterm_exits_cleanly_with_nothing_unrecorded",
             LC + "test_a_stop_with_the_gateway_down_says_which_orders_may_still_be_working",
         ),
+    ),
+    Fault(
+        fault="SIGTERM while the warm-up waits on IB's historical-data pacing (restarts spent it)",
+        outcome="the stop cuts the warm-up: exit 0 well inside `stop_timeout_s` (a supervisor "
+        "never has to kill it, so no flatten); `status` shows the pacing wait meanwhile",
+        drills=(LC + "test_a_stop_during_a_pacing_warm_up_is_prompt_and_shown_in_status",),
     ),
     Fault(
         fault="LLM call hangs; a cycle raises; breaker trips mid-swarm",

@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +256,7 @@ class MainLoop:
             cfg=cfg, store=store, broker=self.broker, sender=self.commander, clock=self.clock
         )
         self._child: subprocess.Popen[bytes] | None = None
+        self._adopted = False  # the watchdog watching for us is one we adopted, not our child
         self._tasks: list[asyncio.Task[Any]] = []
         self._cycle_task: asyncio.Task[Any] | None = None
         self._last_cycle_id = last_cycle_id
@@ -292,9 +293,17 @@ class MainLoop:
         return "proving data" if self.broker.data_pause_reason() else "connected"
 
     def _waiting(self) -> str | None:
-        """What `status` shows about the gateway's daily restart: its window while "now"
-        (the injected wall clock) is in it, and after it while the broker is still
-        reconnecting or proving its data after a drop that happened in the window."""
+        """What `status` shows the main loop waiting on: the gateway's daily restart (its
+        window while "now", the injected wall clock, is in it, and after it while the broker
+        is still reconnecting or proving its data after a drop in the window), and IB's
+        historical-data pacing (a wait under way, in the warm-up or a cycle)."""
+        restart = self._restart_waiting()
+        pacing = self.broker.history_pacing()
+        if pacing:
+            pacing = f"{self.phase}: {pacing}"
+        return "; ".join(w for w in (restart, pacing) if w) or None
+
+    def _restart_waiting(self) -> str | None:
         window = self.restart_window
         if window is None:
             return None
@@ -373,9 +382,14 @@ class MainLoop:
                 # killed): adopt it; watchdog_alive() judges it by heartbeat, pid and start
                 pid = lock_holder(role_lock_path(self.data_dir, "watchdog"))  # its lock's holder
                 running = f"a watchdog is already running (pid {pid})"
-                log.warning("%s: adopting it", running)
+                log.warning(
+                    "watchdog child %s stood down: %s: adopting it (a clean stop stops it too)",
+                    self._child.pid,
+                    running,
+                )
                 self._event("watchdog_adopted", f"{running}: adopted it", "info")
                 self._child = None
+                self._adopted = True
                 continue
             if self._child is None and self.cfg.watchdog.spawn:
                 hb = read_heartbeat(self.data_dir / WATCHDOG_HEARTBEAT)
@@ -400,6 +414,25 @@ class MainLoop:
                 self._spawn_watchdog()
             elif self.watchdog_alive():
                 delay = 1.0
+
+    async def _stop_adopted_watchdog(self) -> None:
+        """A clean stop ends the watchdog we adopted as it ends our own child (with `[watchdog]
+        spawn` the main loop runs the watchdog; one left by a killed main loop would otherwise
+        outlive every stop). Only the process that wrote the watchdog's heartbeat, never a pid
+        reused since; it stops cleanly (its SIGTERM handler), bounded."""
+        hb = read_heartbeat(self.data_dir / WATCHDOG_HEARTBEAT)
+        if hb is None or hb.phase == "stopped" or is_same_process(hb) is not True:
+            return
+        log.info("stopping the adopted watchdog (pid %s)", hb.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hb.pid, signal.SIGTERM)
+        deadline = self.clock.monotonic() + 10.0
+        while self.clock.monotonic() < deadline:
+            now = read_heartbeat(self.data_dir / WATCHDOG_HEARTBEAT)
+            if now is None or now.phase == "stopped" or is_same_process(now) is not True:
+                return
+            await asyncio.sleep(0.1)
+        log.error("the adopted watchdog (pid %s) did not stop within 10 s", hb.pid)
 
     def _event(
         self, kind: str, reason: str, severity: str = "warning", cycle_id: int | None = None
@@ -476,6 +509,9 @@ class MainLoop:
         if self.cfg.watchdog.spawn:
             await self._wait_for_watchdog()
         await self._warm_up()
+        if self.stop.is_set():  # stopped while starting: no cycle, straight to the clean stop
+            await self._shutdown()
+            return 0
         self._set_phase("idle")
         log.info(
             "main loop running: cycle every %.1fs (max %.1fs), breaker %s",
@@ -648,7 +684,11 @@ class MainLoop:
         start = self.clock.monotonic()
         timeout = self.cfg.watchdog.heartbeat_timeout_s
         deadline = start + max(10.0, timeout)
-        while not self.watchdog_alive() and self.clock.monotonic() < deadline:
+        while (
+            not self.watchdog_alive()
+            and self.clock.monotonic() < deadline
+            and not self.stop.is_set()
+        ):
             hb = read_heartbeat(self.data_dir / WATCHDOG_HEARTBEAT)
             if (
                 hb is not None
@@ -658,7 +698,7 @@ class MainLoop:
             ):
                 break
             await asyncio.sleep(0.05)
-        if not self.watchdog_alive():
+        if not self.watchdog_alive() and not self.stop.is_set():
             hb = read_heartbeat(self.data_dir / WATCHDOG_HEARTBEAT)
             session = hb.session if hb is not None and hb.session else "no heartbeat"
             self._event(
@@ -678,8 +718,13 @@ class MainLoop:
         timeout = max(60.0, self.cfg.loop.max_cycle_s)
         sensor, spec = self.commander.sensor, self.commander.spec
         try:
-            await asyncio.wait_for(sensor.context(spec, self.commander.wall_now()), timeout)
-            log.info("warm-up done in %.1fs", self.clock.monotonic() - t0)
+            done = await self._unless_stopped(
+                sensor.context(spec, self.commander.wall_now()), timeout
+            )
+            if done:
+                log.info("warm-up done in %.1fs", self.clock.monotonic() - t0)
+            else:
+                log.warning("warm-up cut by the stop after %.1fs", self.clock.monotonic() - t0)
         except Exception as exc:  # the cycles will retry what is missing
             why = f"timed out after {timeout:g}s" if isinstance(exc, TimeoutError) else repr(exc)
             log.warning(
@@ -687,6 +732,28 @@ class MainLoop:
                 why,
                 sensor.shortfall(spec),
             )
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, Any], timeout: float) -> bool:
+        """Await `work` for at most `timeout` seconds unless a stop comes first: then cancel it
+        (a stop never waits on a startup step: a supervisor kills a process that overstays
+        its stop timeout, and the watchdog flattens a main loop that died). True: it finished;
+        False: the stop cut it; TimeoutError: it overran."""
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait(
+                {task, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopped.cancel()
+        if task.done():
+            task.result()  # its exception, if it failed
+            return True
+        task.cancel()
+        await asyncio.wait({task}, timeout=5)
+        if self.stop.is_set():
+            return False
+        raise TimeoutError
 
     async def _run_cycle(self) -> None:
         if self.stop.is_set():
@@ -754,6 +821,8 @@ class MainLoop:
                 await asyncio.wait_for(asyncio.to_thread(self._child.wait), 10)
             except TimeoutError:
                 self._child.kill()
+        elif self._child is None and self._adopted:
+            await self._stop_adopted_watchdog()
         if self._notifier is not None:
             await asyncio.to_thread(self._notifier.stop)
         left = await asyncio.to_thread(self.store.close, self.cfg.loop.stop_timeout_s / 4)

@@ -10,6 +10,7 @@ import getpass
 import json
 import os
 import signal
+import time
 
 import pytest
 from anthropic_server import AnthropicStub, Reply, tool_answer
@@ -21,6 +22,7 @@ from paper_gateway import GatewayConfig
 from paper_gateway.testing import eventually
 from runtime.breaker import BreakerState, CircuitBreaker
 from runtime.heartbeat import read_heartbeat
+from runtime.pacing_log import PACING_LOG, HistoryLog
 
 
 @pytest.fixture
@@ -177,6 +179,69 @@ def test_sigterm_mid_cycle_sends_nothing_more_and_cancels_our_working_orders(
     kinds = [r["kind"] for r in db.query("SELECT kind FROM safety_events")]
     assert "stop_cancel" in kinds
     assert_books_balance(admin, data(tmp_path))
+
+
+def test_a_stop_during_a_pacing_warm_up_is_prompt_and_shown_in_status(gateway, admin, tmp_path):
+    """A supervisor's restart lands while the warm-up waits on IB's historical-data budget
+    (earlier processes spent it): the stop must not wait for the warm-up (up to a minute), or
+    the supervisor kills the main loop after its stop timeout and the watchdog flattens."""
+    cfg = write_config(tmp_path, gateway.port)
+    stop_timeout = 20.0  # config/demo.toml's [loop] stop_timeout_s; supervisord waits as long
+    d = data(tmp_path)
+    d.mkdir(parents=True, exist_ok=True)
+    spent = time.monotonic() - 1.0  # 60 requests a second ago: the next slot in ~10 minutes
+    HistoryLog(d / PACING_LOG, time.monotonic, time.time).save(
+        [(spent, ("spent", i), "SPENT") for i in range(60)]
+    )
+    proc = start("run", cfg)
+    try:
+        hb = eventually(
+            lambda: (
+                h
+                if (h := _main_hb(tmp_path)) and "historical-data pacing" in (h.waiting or "")
+                else None
+            ),
+            timeout=30,
+            what="the warm-up waiting on pacing, in the heartbeat status reads",
+        )
+        assert hb.phase == "warm-up" and "60 of 60 requests used" in (hb.waiting or "")
+        shown = cli("status", "--config", str(cfg))
+        assert "warm-up: waiting " in shown.stdout and "for historical-data pacing" in shown.stdout
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(stop_timeout)  # TimeoutExpired: the stop waited on the warm-up
+    finally:
+        stop(proc)
+        stop_watchdog(tmp_path)
+    assert code == 0
+    assert _main_hb(tmp_path).phase == "stopped"
+    assert CircuitBreaker(data(tmp_path)).status().state is BreakerState.ACTIVE
+    cycles = open_readonly(data(tmp_path)).query("SELECT COUNT(*) AS n FROM cycles")
+    assert next(iter(cycles))["n"] == 0  # stopped before any cycle began
+
+
+def test_an_adopted_watchdog_ends_with_the_next_clean_stop(gateway, admin, tmp_path):
+    cfg = write_config(tmp_path, gateway.port)
+    left = start("watchdog", cfg)  # as a SIGKILLed main loop's child outlives it
+    try:
+        eventually(lambda: 999 in admin.call("state")["clients"], timeout=20, what="watchdog")
+        proc = start("run", cfg)
+        try:
+            eventually(
+                lambda: any(
+                    e["kind"] == "watchdog_adopted"
+                    for e in query_safety_events(open_readonly(data(tmp_path)))
+                ),
+                timeout=30,
+                what="the main loop adopting the running watchdog",
+            )
+        finally:
+            assert stop(proc) == 0
+        assert left.wait(15) == 0  # stopped by the main loop's clean stop, cleanly
+        assert heartbeat(data(tmp_path) / "heartbeat-watchdog.json").phase == "stopped"
+    finally:
+        stop(left)
+    said = (proc.stdout.read() if proc.stdout else b"").decode()
+    assert f"stood down: a watchdog is already running (pid {left.pid}): adopting it" in said
 
 
 def test_a_stop_with_the_gateway_down_says_which_orders_may_still_be_working(
