@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -145,8 +146,40 @@ def _gateway_account(cfg: Config) -> str:
         return cfg.broker.account
 
 
-def _locks(cfg: Config, role: str) -> list[InstanceLock]:
-    """Take this role's exclusive locks before anything is written or spawned."""
+def _missing_from(path: Path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist yet (None: it exists)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _leave_no_trace(lock: InstanceLock, created: Path | None) -> None:
+    """A `run` refused before it started, in a data directory it created itself (`created`:
+    the outermost folder that did not exist before): remove the lock file and the folders,
+    only while nothing but the lock is in them. A folder that existed before is never
+    touched. The file goes while the lock is still held (nobody else took it meanwhile)."""
+    try:
+        if created is None or [p.name for p in lock.path.parent.iterdir()] != [lock.path.name]:
+            return
+        lock.path.unlink()
+        lock.release()
+        for folder in (lock.path.parent, *lock.path.parent.parents):
+            folder.rmdir()  # an empty folder only: anything put there since stays
+            if folder == created:
+                break
+    except OSError:  # someone else's file appeared, or no permission: leave it as it is
+        pass
+    finally:
+        lock.release()
+
+
+def _locks(cfg: Config, role: str, created: Path | None = None) -> list[InstanceLock]:
+    """Take this role's exclusive locks before anything is written or spawned. A `run`
+    refused here leaves no data directory behind when it was the one creating it
+    (`created`: the outermost folder of it that did not exist before)."""
     held = [acquire(role_lock_path(cfg.data_dir, role), f"the {role} lock of {cfg.data_dir}")]
     if role == "run":
         b = cfg.broker
@@ -159,7 +192,7 @@ def _locks(cfg: Config, role: str) -> list[InstanceLock]:
                 )
             )
         except LockHeld:
-            held[0].release()
+            _leave_no_trace(held[0], created)
             raise
     return held
 
@@ -169,16 +202,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     _setup_logging(args.log_level, "main", args.log_file)
+    created = _missing_from(cfg.data_dir)  # None: the data directory exists already
     try:
-        locks = _locks(cfg, "run")
+        locks = _locks(cfg, "run", created)
     except LockHeld as exc:
         print(exc, file=sys.stderr)
         return 2
     secrets = Secrets()
     register_secret(secrets.anthropic_api_key)
+    code = 2
     try:
-        return asyncio.run(run_main_loop(cfg, args.config, secrets, max_cycles=args.max_cycles))
+        code = asyncio.run(run_main_loop(cfg, args.config, secrets, max_cycles=args.max_cycles))
+        return code
     finally:
+        if code == 2:  # refused before it started (config, key, arming): its lock goes too
+            _leave_no_trace(locks[0], created)
         for lock in locks:
             lock.release()
 
@@ -1016,7 +1054,6 @@ def _replay_range(start: str, end: str) -> tuple[str, str]:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from data_lake import snapshots_between
 
@@ -1025,10 +1062,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .replay_view import render_replay, render_summary
 
     ranged = args.start is not None or args.end is not None
-    if (args.cycle is None) == (not ranged) or (
-        ranged and (args.start is None or args.end is None)
-    ):
-        return _replay_error(args, "give a CYCLE, or --from DATE and --to DATE (not both)")
+    if args.cycle is not None and ranged:
+        return _replay_error(args, "give a CYCLE or --from DATE --to DATE, not both")
+    if not ranged and args.cycle is None:
+        return _replay_error(args, "give a CYCLE, or --from DATE and --to DATE")
+    if args.end is None and args.start is not None:
+        return _replay_error(args, f"--from {args.start} needs --to DATE (the range's last day)")
+    if args.start is None and args.end is not None:
+        return _replay_error(args, f"--to {args.end} needs --from DATE (the range's first day)")
     if args.config is None and args.data_dir is None:
         return _replay_error(args, "give --config F (its [data] dir is read) or --data-dir DIR")
     try:
@@ -1077,16 +1118,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     import tempfile
-    from pathlib import Path
 
-    from .datasette_view import serve_args
+    from .datasette_view import free_port, serve_args
 
     cfg = _config(args)
     open_readonly(cfg.data_dir)  # a missing or unreadable database: one line, exit 2
+    # --port 0: the system picks a free port now, and that one is printed and served
+    port = args.port or free_port(args.host)
     meta = Path(tempfile.mkdtemp(prefix="ib-swarm-inspect-")) / "metadata.json"
-    argv = serve_args(db_path(cfg.data_dir), meta, args.host, args.port)
+    argv = serve_args(db_path(cfg.data_dir), meta, args.host, port)
     print(
-        f"Datasette on http://{args.host}:{args.port}/ -- {db_path(cfg.data_dir)}, read-only "
+        f"Datasette on http://{args.host}:{port}/ -- {db_path(cfg.data_dir)}, read-only "
         "(Ctrl-C stops it)",
         flush=True,
     )
@@ -1097,7 +1139,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .drill import run_drill
 
@@ -1197,6 +1238,38 @@ def _with_ownership(args: argparse.Namespace) -> int:
             with contextlib.suppress(ConfigError):
                 hand_back(load_config(args.config).data_dir)
     return code
+
+
+# who stores order intents (order_intents.source): the commander's decisions, the watchdog's
+# closing orders, a person's (drill) orders
+INTENT_SOURCES = ["commander", "watchdog", "panic", "person"]  # panic: the panic command
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a bad one: exit 2, naming it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535)")
+    return value
+
+
+def _symbol(text: str) -> str:
+    """An argparse type: a symbol, in IB's upper case whatever case it was typed in."""
+    return text.strip().upper()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1309,9 +1382,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reason", help="why (required)")
     p.add_argument("--json", action="store_true", help="list: machine-readable JSON")
     p = add("orders", cmd_orders, "list order intents and their status")
-    p.add_argument("--status", help="pending, submitted, filled, cancelled, rejected, ...")
-    p.add_argument("--symbol")
-    p.add_argument("--source", help="commander, watchdog, panic (the panic command), person")
+    p.add_argument(
+        "--status",
+        choices=[status.value for status in IntentStatus],
+        help="only intents in this status: %(choices)s",
+    )
+    p.add_argument("--symbol", type=_symbol, help="only this symbol (any case: MSFT, msft)")
+    p.add_argument("--source", choices=INTENT_SOURCES, help="only intents sent by: %(choices)s")
     p.add_argument("--since", help="a date (2026-11-20) or an age (7d, 12h)")
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--json", action="store_true")
@@ -1328,7 +1405,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p = add("trades", cmd_trades, "list recorded executions")
     p.add_argument("--since", help="a date (2026-11-20) or an age (7d, 12h)")
-    p.add_argument("--symbol")
+    p.add_argument("--symbol", type=_symbol, help="only this symbol (any case: MSFT, msft)")
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--json", action="store_true")
     p = add("snapshots", cmd_snapshots, "list decision snapshots, print one, or prune old ones")
@@ -1353,7 +1430,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with-snapshots", action="store_true", help="copy the snapshot files too")
     p = add("inspect", cmd_inspect, "browse the database read-only in Datasette (views, charts)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
-    p.add_argument("--port", type=int, default=8001)
+    p.add_argument(
+        "--port", type=_port, default=8001, help="listen port (default 8001; 0: any free one)"
+    )
     p = add("why", cmd_why, "why did it trade? the chain from a fill back to the market")
     p.add_argument("ref", help="an orderRef, an execId, or an order id")
     p.add_argument("--json", action="store_true", help="the same as one JSON document")
@@ -1390,7 +1469,9 @@ def main(argv: list[str] | None = None) -> int:
         "run the demo: embedded paper gateway, offline swarm, watchdog",
         config=False,
     )
-    p.add_argument("--cycles", type=int, default=5)
+    p.add_argument(
+        "--cycles", type=_positive_int, default=5, help="how many cycles to run (default 5)"
+    )
     p.add_argument(
         "--kill-drill",
         action="store_true",

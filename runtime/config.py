@@ -76,6 +76,16 @@ class ConfigError(RefuseToStart, ValueError):
     """The configuration is invalid; the message names every bad key and why."""
 
 
+class CrossCheck(ValueError):
+    """A check across keys failed: `keys` are the keys involved (relative to the section
+    whose validator raised it), so the error names them instead of the section alone (or
+    "(top level)")."""
+
+    def __init__(self, message: str, *keys: str) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -162,9 +172,15 @@ class BrokerConfig(_Section):
     @model_validator(mode="after")
     def _distinct_ids(self) -> BrokerConfig:
         if self.client_id == self.watchdog_client_id:
-            raise ValueError("client_id and watchdog_client_id must differ")
+            raise CrossCheck(
+                "client_id and watchdog_client_id must differ", "client_id", "watchdog_client_id"
+            )
         if self.reconnect_initial_s > self.reconnect_max_s:
-            raise ValueError("reconnect_initial_s must not exceed reconnect_max_s")
+            raise CrossCheck(
+                "reconnect_initial_s must not exceed reconnect_max_s",
+                "reconnect_initial_s",
+                "reconnect_max_s",
+            )
         return self
 
 
@@ -244,9 +260,11 @@ class CommanderConfig(_Section):
     @model_validator(mode="after")
     def _protection(self) -> CommanderConfig:
         if self.take_profit_pct > 0 and self.stop_loss_pct == 0:
-            raise ValueError(
+            raise CrossCheck(
                 "take_profit_pct needs stop_loss_pct: a position never has a take-profit "
-                "without its stop"
+                "without its stop",
+                "take_profit_pct",
+                "stop_loss_pct",
             )
         return self
 
@@ -305,34 +323,52 @@ class Config(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         if self.loop.max_cycle_s > self.loop.cycle_interval_s:
-            raise ValueError("loop.max_cycle_s must not exceed loop.cycle_interval_s")
+            raise CrossCheck(
+                "loop.max_cycle_s must not exceed loop.cycle_interval_s",
+                "loop.max_cycle_s",
+                "loop.cycle_interval_s",
+            )
         if self.swarm.deadline_s > self.loop.max_cycle_s:
-            raise ValueError(
+            raise CrossCheck(
                 "swarm.deadline_s must not exceed loop.max_cycle_s (a swarm never outlives "
-                "its cycle)"
+                "its cycle)",
+                "swarm.deadline_s",
+                "loop.max_cycle_s",
             )
         if self.data.busy_timeout_ms >= self.watchdog.heartbeat_timeout_s * 1000:
-            raise ValueError(
+            raise CrossCheck(
                 "data.busy_timeout_ms must be below watchdog.heartbeat_timeout_s (a locked "
-                "database must never look like a frozen loop)"
+                "database must never look like a frozen loop)",
+                "data.busy_timeout_ms",
+                "watchdog.heartbeat_timeout_s",
             )
         if self.data.write_timeout_s >= self.loop.max_cycle_s:
-            raise ValueError("data.write_timeout_s must be below loop.max_cycle_s")
+            raise CrossCheck(
+                "data.write_timeout_s must be below loop.max_cycle_s",
+                "data.write_timeout_s",
+                "loop.max_cycle_s",
+            )
         collar = self.risk.protective_collar_pct
         for key in ("stop_loss_pct", "take_profit_pct"):
             pct = getattr(self.commander, key)
             if pct > collar:
-                raise ValueError(
+                raise CrossCheck(
                     f"commander.{key} = {pct:g} exceeds risk.protective_collar_pct = {collar:g} "
-                    "(the gate would refuse every bracket)"
+                    "(the gate would refuse every bracket)",
+                    f"commander.{key}",
+                    "risk.protective_collar_pct",
                 )
         if not self.broker.client_library and default_client_library() is None:
-            raise ValueError(
-                "broker.client_library: neither ib_insync nor ib_async is installed "
-                "(pip install -r requirements.txt)"
+            raise CrossCheck(
+                "neither ib_insync nor ib_async is installed (pip install -r requirements.txt)",
+                "broker.client_library",
             )
         if self.mode == "paper" and self.broker.port in (4001, 7496):
-            raise ValueError("broker.port 4001/7496 are IB's live ports; paper mode uses 4002/7497")
+            raise CrossCheck(
+                "broker.port 4001/7496 are IB's live ports; paper mode uses 4002/7497",
+                "broker.port",
+                "mode",
+            )
         return self
 
     @property
@@ -372,6 +408,9 @@ def _describe(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid configuration"]
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, CrossCheck) and cause.keys:  # the keys it involves, each in full
+            key = ", ".join(".".join([*(str(p) for p in err["loc"]), k]) for k in cause.keys)
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
         if err["type"] == "extra_forbidden":

@@ -9,11 +9,12 @@ that open them as charts (the datasette-vega plugin: equity over time, LLM spend
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["DB_NAME", "metadata", "serve_args"]
+__all__ = ["DB_NAME", "free_port", "metadata", "serve_args"]
 
 DB_NAME = "trading"
 
@@ -149,3 +150,12 @@ def serve_args(db_file: Path, metadata_file: Path, host: str, port: int) -> list
         "sql_time_limit_ms",
         "3000",
     ]
+
+
+def free_port(host: str) -> int:
+    """A port free on `host` now, chosen by the system (what `--port 0` asks for), so the
+    address printed before Datasette starts is the one it serves on."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.bind(addr)
+        return int(sock.getsockname()[1])

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +213,7 @@ def _run(
                     cycles,
                     cycles * (cfg.loop.cycle_interval_s + cfg.loop.max_cycle_s) + 60,
                 )
-            _summary(work, admin)
+            _summary(work, admin, protect)
         finally:
             if main.poll() is None:
                 main.terminate()
@@ -321,11 +321,12 @@ def _as_intent(broker_status: str) -> str:
     return "submitted" if s in ("presubmitted", "pendingsubmit", "apipending") else s
 
 
-def _protective(state: Mapping[str, Any], work: Path) -> None:
-    """The protective orders resting at the gateway (with --protect): stop triggers and
-    take-profit limits, and how to read each one's story."""
+def _protective(state: Mapping[str, Any], work: Path, protect: bool) -> None:
+    """The protective orders resting at the gateway: stop triggers and take-profit limits,
+    and how to read each one's story. Asked for (--protect), the count is said even when it
+    is 0 (the watchdog flattened, or nothing opened); not asked for, only when some rest."""
     kids = [o for o in state["open_orders"] if is_protective_ref(o["order_ref"])]
-    if not kids:
+    if not kids and not protect:
         return
     _say(f"protective orders at the gateway: {len(kids)}")
     for o in kids:
@@ -341,7 +342,29 @@ def _protective(state: Mapping[str, Any], work: Path) -> None:
         )
 
 
-def _summary(work: Path, admin: AdminClient) -> None:
+# safety-event kinds whose names mislead when read alone, in words (the demo's summary)
+EVENT_WORDS = {
+    "stop_cancel": "the clean stop cancelled our working orders; not a stop-loss",
+    "main_killed": "the watchdog killed a frozen main loop",
+    "main_absent": "the watchdog saw no main loop heartbeat yet",
+    "flat_confirmed": "the watchdog verified at the broker that the account is flat",
+    "watchdog_adopted": "the main loop adopted a watchdog already running",
+    "protection_trim": "the cover keeper replaced protective orders not fitting the position",
+    "protection_partial": "the cover keeper cancelled the unfilled rest of a partly filled entry",
+}
+
+
+def event_counts(events: Sequence[Mapping[str, Any]]) -> str:
+    """`other safety events:` as words: each kind and its count, with what it means when
+    the name alone misleads (stop_cancel 1 (the clean stop cancelled ...))."""
+    return ", ".join(
+        f"{e['kind']} {e['n']}"
+        + (f" ({EVENT_WORDS[e['kind']]})" if e["kind"] in EVENT_WORDS else "")
+        for e in events
+    )
+
+
+def _summary(work: Path, admin: AdminClient, protect: bool = False) -> None:
     db = open_readonly(work)
     s = demo_summary(db)
     _say("\n=== demo summary ===")
@@ -399,7 +422,7 @@ def _summary(work: Path, admin: AdminClient) -> None:
             f"(commission {(t['commission'] or 0):.2f}) ref {t['order_ref']}"
         )
     state = admin.call("state")
-    _protective(state, work)
+    _protective(state, work, protect)
     _say(f"positions at the gateway: {len(state['positions'])}")
     for p in state["positions"]:
         contract = Contract.from_row(p)
@@ -411,7 +434,7 @@ def _summary(work: Path, admin: AdminClient) -> None:
     )
     events = s["events"]
     if events:
-        _say("other safety events: " + ", ".join(f"{e['kind']} {e['n']}" for e in events))
+        _say("other safety events: " + event_counts(events))
     _say(f"breaker: {CircuitBreaker(work).status().state.value}")
     _say(f"database: {work / 'trading.sqlite3'}")
     _say(

@@ -8,6 +8,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from data_lake import Contract
+
 from .replay import CycleReplay, cover_text
 from .replay_record import child_kind, child_reasons
 from .replay_summary import category_of
@@ -125,9 +127,18 @@ def _what(d: Mapping[str, Any]) -> str:
     return f"{what} {d.get('order_type')}" + (f" {price:g}" if price else "")
 
 
+LABEL = 24
+
+
 def _row(label: str, left: str, right: str) -> str:
+    """One row: its label, the recorded and the replayed side. A label too long for its
+    column (an option's contract: SELL NVDA 20270108 162.5P LMT 3.2) is never cut: it gets a
+    line of its own, the two sides the next one."""
     mark = " " if left == right else "≠"
-    return f" {mark} {_cut(label, 24):24} {_cut(left):{WIDTH}} {right}"
+    sides = f"{_cut(left):{WIDTH}} {right}"
+    if len(label) > LABEL:
+        return f" {mark} {label}\n   {'':{LABEL}} {sides}"
+    return f" {mark} {label:{LABEL}} {sides}"
 
 
 def render_replay(r: CycleReplay) -> str:
@@ -153,7 +164,8 @@ def render_replay(r: CycleReplay) -> str:
         lines.append(f"   {'gate':24} {'recorded':{WIDTH}} replayed")
         for g in r.gate:
             req = g["request"]
-            label = f"{req.get('action')} {req.get('quantity', 0):g} {req.get('symbol')}"
+            contract = Contract.from_row({"symbol": "?", **req})  # an option: in full
+            label = f"{req.get('action')} {req.get('quantity', 0):g} {contract}"
             lines.append(_row(label, _verdict(g["recorded"]), _verdict(g["replayed"])))
             lines += _children(g.get("bracket"))
     if r.cover.get("recorded") or r.cover.get("replayed"):
@@ -235,6 +247,8 @@ def render_summary(s: Mapping[str, Any], start: str, end: str, source: str) -> s
         lines += ["", "every difference:"]
         for d in s["differences"]:
             lines.append(f"  cycle {d['cycle_id']}: {d['where']}: {d['category']} ({d['reason']})")
-    for c in s["cannot_replay"]:
-        lines.append(f"  cycle {c['cycle_id']}: cannot replay: missing {'; '.join(c['missing'])}")
+    if s["cannot_replay"]:  # not differences: listed apart, each with why
+        lines += ["", "could not replay:"]
+        for c in s["cannot_replay"]:
+            lines.append(f"  cycle {c['cycle_id']}: missing {'; '.join(c['missing'])}")
     return "\n".join(lines)

@@ -89,7 +89,8 @@ def test_mode_has_no_default():
         ),
         (
             lambda d: d["broker"].update(watchdog_client_id=1),
-            r"client_id and watchdog_client_id must differ",
+            r"(?m)^  broker\.client_id, broker\.watchdog_client_id: client_id and "
+            r"watchdog_client_id must differ",
         ),
         (lambda d: d["loop"].update(max_cycle_s=120.0), r"max_cycle_s must not exceed"),
         (lambda d: d["broker"].update(port=4001), r"live ports"),
@@ -101,10 +102,13 @@ def test_mode_has_no_default():
         ),
         (
             lambda d: d["commander"].update(take_profit_pct=0.1),
-            r"commander: take_profit_pct needs stop_loss_pct",
+            r"(?m)^  commander\.take_profit_pct, commander\.stop_loss_pct: take_profit_pct needs "
+            r"stop_loss_pct",
         ),
         (
             lambda d: d["commander"].update(stop_loss_pct=0.6),
+            # a check across keys is labelled with the keys it involves, not "(top level)"
+            r"(?m)^  commander\.stop_loss_pct, risk\.protective_collar_pct: "
             r"commander\.stop_loss_pct = 0\.6 exceeds risk\.protective_collar_pct = 0\.5",
         ),
     ],
