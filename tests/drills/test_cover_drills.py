@@ -131,9 +131,9 @@ def test_a_partly_filled_entry_is_cut_and_its_filled_part_gets_its_stop(
             what="the entry sent",
         )
         eventually(
-            lambda: (
-                _working(admin, "MSFT", "-sl")
-                and _working(admin, "MSFT", "-sl")[0]["order_ref"] != parent["order_ref"] + "-sl"
+            lambda: any(
+                o["order_ref"] != parent["order_ref"] + "-sl"
+                for o in _working(admin, "MSFT", "-sl")  # one read of the gateway
             ),
             timeout=30,
             what="a stop of its own for the filled part",
@@ -205,7 +205,8 @@ def test_a_person_trading_the_position_elsewhere_never_leaves_a_stop_larger_than
             timeout=40,
             what="the bracket resting",
         )
-        [tp] = _working(admin, "MSFT", "-tp")
+        # the take-profit is the bracket's last child: it may reach the gateway a moment later
+        [tp] = eventually(lambda: _working(admin, "MSFT", "-tp"), timeout=15, what="its tp")
         avg = next(p for p in admin.call("state")["positions"] if p["symbol"] == "MSFT")
         admin.call("set_position", symbol="MSFT", quantity=4, avg_cost=avg["avg_cost"])
         [cover] = eventually(
@@ -213,7 +214,11 @@ def test_a_person_trading_the_position_elsewhere_never_leaves_a_stop_larger_than
             timeout=30,
             what="the stop cut to the 4 left",
         )
-        [cover_tp] = _working(admin, "MSFT", "-tp")
+        [cover_tp] = eventually(
+            lambda: [o for o in _working(admin, "MSFT", "-tp") if o["quantity"] == 4],
+            timeout=15,
+            what="the take-profit cut to the 4 left (sent after its stop)",
+        )
         assert (cover["aux_price"], cover_tp["lmt_price"], cover_tp["quantity"]) == (
             sl["aux_price"],
             tp["lmt_price"],
