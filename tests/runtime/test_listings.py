@@ -166,6 +166,8 @@ def test_the_breakers_write_forms_answer_in_json_and_refuse_naming_the_missing_f
     )
     shown = _json("status", "--config", cfg, "--offline", ok=(0, 3))["breaker"]
     assert {k: tripped[k] for k in shown} == shown  # the same keys as status --json's breaker
+    line = cli("status", "--config", cfg, "--offline").stdout.splitlines()[0]
+    assert line.endswith("(person (dana): tripped by dana: news)"), line  # who, in its field
     again = _json(*trip, "--config", cfg)
     assert again["changed"] is False and again["generation"] == tripped["generation"]
     reset = _json("breaker", "reset", "--by", "dana", "--reason", "ok", "--yes", "--config", cfg)
