@@ -84,14 +84,16 @@ def test_demo_runs_cycles_and_prints_a_summary(tmp_path):
 
 
 def test_demo_protect_shows_each_position_with_its_stop_resting_at_the_gateway(tmp_path):
-    proc = run_demo(tmp_path, "--cycles", "1", "--protect")
+    # two cycles: the first one's bracket has surely reached the gateway by the summary
+    proc = run_demo(tmp_path, "--cycles", "2", "--protect")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     resting = lines[lines.index(next(x for x in lines if x.startswith("protective orders at"))) :]
     # the stop is priced from the parent's reference (its limit), stored before it was sent
     parent = next(x for x in lines if x.strip().startswith("BUY 20 MSFT LMT @ "))
     entry = float(parent.split("@ ")[1].split(":")[0])
-    stop = next(x for x in resting if "SELL 20 MSFT STP trigger" in x)
+    [stop] = [x for x in resting if "SELL 20 MSFT STP trigger" in x] or [proc.stdout]
+    assert "SELL 20 MSFT STP trigger" in stop, stop
     trigger = float(stop.split("trigger ")[1].split()[0])
     assert trigger == math.floor(entry * 0.97 * 100 + 1e-9) / 100  # 3% below, in cents
     assert "GTC (PreSubmitted)" in stop and "python -m runtime why cmd-c1-" in stop
