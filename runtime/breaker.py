@@ -27,7 +27,14 @@ from pathlib import Path
 
 from data_lake import HaltAndAlert, RefuseToStart, Store, record_breaker_transition
 
-__all__ = ["BreakerState", "BreakerStatus", "BreakerUnwritable", "CircuitBreaker", "ResetRefused"]
+__all__ = [
+    "BreakerState",
+    "BreakerStatus",
+    "BreakerUnwritable",
+    "CircuitBreaker",
+    "ResetRefused",
+    "who_changed",
+]
 
 log = logging.getLogger("runtime.breaker")
 STATE_FILE = "breaker.json"
@@ -63,6 +70,12 @@ class BreakerStatus:
     @property
     def allows_new_exposure(self) -> bool:
         return self.state is BreakerState.ACTIVE
+
+
+def who_changed(source: str, actor: str | None) -> str:
+    """Who changed the breaker, for people: its source and, where it names someone else, its
+    actor ('person (dana)', 'watchdog')."""
+    return f"{source} ({actor})" if actor and actor != source else source
 
 
 def _utc() -> str:

@@ -29,7 +29,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # typed against ib_insync; at run time the configured library (client_library)
-    from ib_insync import IB, Fill, Ticker, Trade
+    from ib_insync import IB, Fill, Order, Ticker, Trade
     from ib_insync import Contract as IBContract
 
 from data_lake import (
@@ -266,6 +266,18 @@ def _num(x: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) and v != 1.7976931348623157e308 else None
+
+
+def _order_row(o: Order, c: IBContract) -> dict[str, Any]:
+    """The order as record_order_event stores it."""
+    return {
+        "symbol": c.symbol,
+        "sec_type": c.secType,
+        "action": o.action,
+        "quantity": _qty(o.totalQuantity),
+        "order_type": o.orderType,
+        "limit_price": _num(o.lmtPrice),
+    }
 
 
 def _qty(x: Any) -> float:
@@ -1049,14 +1061,7 @@ class Broker:
             filled=_qty(s.filled),
             remaining=_qty(s.remaining),
             avg_fill_price=_num(s.avgFillPrice) or None,
-            order={
-                "symbol": c.symbol,
-                "sec_type": c.secType,
-                "action": o.action,
-                "quantity": _qty(o.totalQuantity),
-                "order_type": o.orderType,
-                "limit_price": _num(o.lmtPrice),
-            },
+            order=_order_row(o, c),
         )
 
     def _record_completed(self, trade: Trade, filled: float, avg_fill_price: float | None) -> None:
@@ -1074,14 +1079,7 @@ class Broker:
             remaining=max(0.0, _qty(o.totalQuantity) - filled),
             avg_fill_price=avg_fill_price,
             message="reconciled: completed at the broker",
-            order={
-                "symbol": c.symbol,
-                "sec_type": c.secType,
-                "action": o.action,
-                "quantity": _qty(o.totalQuantity),
-                "order_type": o.orderType,
-                "limit_price": _num(o.lmtPrice),
-            },
+            order=_order_row(o, c),
         )
 
     def _on_status(self, trade: Trade) -> None:

@@ -59,6 +59,7 @@ from .breaker import (
     BreakerUnwritable,
     CircuitBreaker,
     ResetRefused,
+    who_changed,
 )
 from .config import Config, ConfigError, Secrets, load_config
 from .heartbeat import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT, is_same_process, read_heartbeat
@@ -361,13 +362,6 @@ def status_exit_code(st: dict[str, Any]) -> int:
     return 0 if st["main"]["alive"] or st["watchdog"]["alive"] else NOTHING_ALIVE
 
 
-def _who(breaker: dict[str, Any]) -> str:
-    """The breaker's last change by source and, where it names someone else, its actor:
-    'person (dana)', 'watchdog'."""
-    source, actor = breaker.get("source") or "", breaker.get("actor") or ""
-    return f"{source} ({actor})" if actor and actor != source else source
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _config(args)
     st = status_dict(cfg, live=not args.offline)
@@ -378,7 +372,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     b = st["breaker"]
     print(
         f"mode {st['mode']}   breaker {b['state']} since {b['since'] or '-'} "
-        f"({_who(b)}: {b['reason']})"
+        f"({who_changed(b['source'] or '', b.get('actor'))}: {b['reason']})"
     )
     for name in ("main", "watchdog"):
         h = st[name]

@@ -51,7 +51,7 @@ from data_lake import (
     schema_ready,
 )
 
-from .breaker import BreakerState, CircuitBreaker
+from .breaker import BreakerState, CircuitBreaker, who_changed
 from .config import Config
 from .heartbeat import MAIN_HEARTBEAT, WATCHDOG_HEARTBEAT, read_heartbeat
 from .instance_lock import InstanceLock, LockHeld, acquire
@@ -482,7 +482,7 @@ class Notifier:
         if generation <= int(st["generation"]):
             return  # already told (from the file or the history)
         st["generation"] = generation
-        who = f"{source} ({actor})" if actor and actor != source else source
+        who = who_changed(source, actor)
         if to == BreakerState.ACTIVE.value:
             self._emit(
                 Alert(
